@@ -1,0 +1,1 @@
+"""One module per ``mmgen`` subcommand (see ``mmgen.cli``)."""

@@ -1,0 +1,514 @@
+"""Typed configuration: nested dataclasses, YAML load/save, dotted overrides, validation.
+
+A run is described by one :class:`Config` holding :class:`ModelConfig` (encoder / projector /
+decoder), :class:`DataConfig`, :class:`TrainConfig`, :class:`GenerationConfig` and
+:class:`EvalConfig`. Every field is validated in ``__post_init__`` so that a bad value fails
+before any model is built, with an error naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the dotted key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _choice(value: Any, key: str, choices: tuple) -> None:
+    _check(value in choices, key, f"got {value!r}, expected one of {', '.join(map(repr, choices))}")
+
+
+# --------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    """timm model name (hub-pretrained names work when ``pretrained`` is true)."""
+    pretrained: bool = False
+    """Load hub weights through ``timm.create_model(pretrained=True)``."""
+    weights: Optional[str] = None
+    """Local weights file (.safetensors, or a timm-loadable checkpoint) loaded after creation."""
+    img_size: Optional[int] = None
+    """Architecture overrides passed to timm (None keeps the model's default)."""
+    patch_size: Optional[int] = None
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    keep_prefix_tokens: bool = False
+    """Keep class/register tokens in the output; by default only patch tokens are returned."""
+    freeze: str = "none"
+    """'none' | 'all' | 'last_k' (all blocks but the last ``unfrozen_blocks`` frozen)."""
+    unfrozen_blocks: int = 0
+    """With freeze='last_k': how many final blocks (and the final norm) stay trainable."""
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.encoder.name", "must be a timm model name")
+        _choice(self.freeze, "model.encoder.freeze", ("none", "all", "last_k"))
+        _check(self.unfrozen_blocks >= 0, "model.encoder.unfrozen_blocks", "must be >= 0")
+        for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
+            v = getattr(self, k)
+            _check(v is None or (isinstance(v, int) and v > 0), f"model.encoder.{k}", f"must be a positive int, got {v!r}")
+        _check(
+            not (self.pretrained and self.weights),
+            "model.encoder.weights",
+            "set either pretrained: true or a local weights file, not both",
+        )
+
+    def timm_kwargs(self) -> dict:
+        """Architecture overrides for ``timm.create_model``."""
+        keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+PROJECTOR_KINDS = ("linear", "mlp", "pool", "pixel_shuffle", "mapper")
+
+
+@dataclass
+class ProjectorConfig:
+    kind: str = "mlp"
+    """'linear' | 'mlp' (2 layers, GELU) | 'pool' (2x2 average pooling then mlp) |
+    'pixel_shuffle' (2x2 space-to-depth then mlp) | 'mapper' (transformer with learned queries)."""
+    factor: int = 2
+    """Spatial reduction for 'pool' and 'pixel_shuffle': tokens shrink by factor**2."""
+    hidden_dim: Optional[int] = None
+    """Hidden width of the mlp (default: the decoder's width)."""
+    num_queries: int = 10
+    """'mapper': number of learned prefix tokens."""
+    mapper_layers: int = 2
+    mapper_heads: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice(self.kind, "model.projector.kind", PROJECTOR_KINDS)
+        _check(self.factor >= 1, "model.projector.factor", "must be >= 1")
+        _check(self.num_queries >= 1, "model.projector.num_queries", "must be >= 1")
+        _check(self.mapper_layers >= 1, "model.projector.mapper_layers", "must be >= 1")
+        _check(self.mapper_heads >= 1, "model.projector.mapper_heads", "must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, "model.projector.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: Optional[list[str]] = None
+    """Module names for peft (None: peft's default for the architecture)."""
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "model.decoder.lora.rank", "must be >= 1")
+        _check(self.alpha > 0, "model.decoder.lora.alpha", "must be > 0")
+
+
+@dataclass
+class DecoderConfig:
+    name: str = "gpt2"
+    """AutoModelForCausalLM hub name or local directory."""
+    pretrained: bool = False
+    """Load weights with ``from_pretrained(name)``; otherwise random init from a config."""
+    config_overrides: dict = field(default_factory=dict)
+    """Fields applied to the decoder's config for random init (e.g. n_layer: 2, n_embd: 64)."""
+    model_type: Optional[str] = None
+    """With pretrained=false and no local config for ``name``: build ``AutoConfig.for_model(model_type)``."""
+    mode: str = "full"
+    """'full' | 'frozen' | 'lora'."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    attn_implementation: Optional[str] = "sdpa"
+    """Passed to transformers ('sdpa', 'eager', 'flash_attention_2'); None lets it choose."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.decoder.name", "must be a hub name or a local directory")
+        _choice(self.mode, "model.decoder.mode", ("full", "frozen", "lora"))
+        _check(isinstance(self.config_overrides, dict), "model.decoder.config_overrides", "must be a mapping")
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "decoder"
+    """'decoder' (the decoder's own tokenizer: ``name`` or the decoder name) | 'wordlevel' | 'bpe'
+    (trained on the training captions) | 'path' (a saved tokenizer directory in ``name``)."""
+    name: Optional[str] = None
+    vocab_size: int = 2000
+    """Upper bound for a trained tokenizer's vocabulary."""
+    min_frequency: int = 1
+    lowercase: bool = True
+
+    def __post_init__(self) -> None:
+        _choice(self.kind, "model.tokenizer.kind", ("decoder", "wordlevel", "bpe", "path"))
+        _check(self.vocab_size >= 8, "model.tokenizer.vocab_size", "must be >= 8")
+        _check(self.kind != "path" or bool(self.name), "model.tokenizer.name", "kind 'path' needs a directory")
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    prompt: str = ""
+    """Optional text after the image prefix and BOS (e.g. 'a photo of'); never part of the loss."""
+    max_caption_tokens: int = 32
+    """Caption tokens kept in training (BOS/prompt not counted, EOS counted)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_caption_tokens >= 2, "model.max_caption_tokens", "must be >= 2")
+
+
+# --------------------------------------------------------------------------------------------
+# data / generation / eval / train
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    train: Optional[str] = None
+    """Training data: a COCO/Karpathy json, a JSONL/CSV file, a HF dataset dir/name or shards glob."""
+    train_images: Optional[str] = None
+    """Images directory for COCO-style annotation files."""
+    val: Optional[str] = None
+    val_images: Optional[str] = None
+    train_split: str = "train"
+    val_split: str = "val"
+    restval: bool = True
+    """Karpathy json: count 'restval' images as training images."""
+    caption_sampling: str = "random"
+    """'random' (one random reference per image per epoch) | 'all' (every image-caption pair)."""
+    synth: Optional[dict] = None
+    """Generate a synthetic scenes dataset before training: {n_train, n_val, seed, image_size}."""
+    num_workers: int = 2
+    max_pixels: int = 89_478_485
+    """Decompression-bomb guard (PIL's default)."""
+    max_bad_fraction: float = 0.01
+    """Training fails once more than this fraction of images could not be decoded."""
+    augment: bool = False
+    """Light training augmentation (random resized crop, small colour jitter)."""
+    streaming: bool = False
+    image_column: str = "image"
+    caption_column: str = "caption"
+
+    def __post_init__(self) -> None:
+        _choice(self.caption_sampling, "data.caption_sampling", ("random", "all"))
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.max_pixels > 0, "data.max_pixels", "must be > 0")
+        _check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
+
+
+@dataclass
+class GenerationConfig:
+    num_beams: int = 3
+    max_new_tokens: int = 20
+    min_new_tokens: int = 0
+    length_penalty: float = 1.0
+    early_stopping: bool = True
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_return_sequences: int = 1
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check(self.num_beams >= 1, "generation.num_beams", "must be >= 1")
+        _check(self.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1")
+        _check(0 <= self.min_new_tokens <= self.max_new_tokens, "generation.min_new_tokens", "must be in [0, max_new_tokens]")
+        _check(self.no_repeat_ngram_size >= 0, "generation.no_repeat_ngram_size", "must be >= 0")
+        _check(self.repetition_penalty > 0, "generation.repetition_penalty", "must be > 0")
+        _check(self.temperature > 0, "generation.temperature", "must be > 0")
+        _check(self.top_k >= 0, "generation.top_k", "must be >= 0")
+        _check(0 < self.top_p <= 1, "generation.top_p", "must be in (0, 1]")
+        _check(
+            1 <= self.num_return_sequences <= max(self.num_beams, 1 if not self.do_sample else 10**6),
+            "generation.num_return_sequences",
+            "must be between 1 and num_beams",
+        )
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate on the validation split every N optimizer steps (0: only at the end)."""
+    max_images: Optional[int] = None
+    batch_size: int = 32
+    metric: str = "CIDEr"
+    """Metric that picks the best checkpoint."""
+    early_stop_patience: int = 0
+    """Stop after this many evaluations without improvement (0: never)."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "eval.every", "must be >= 0")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        _choice(self.metric, "eval.metric", ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "loss"))
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/run"
+    seed: int = 0
+    batch_size: int = 32
+    """Global batch size (per optimizer step, across ranks and accumulation)."""
+    grad_accum: int = 1
+    max_steps: int = 1000
+    max_time: Optional[float] = None
+    """Wall-clock budget in seconds; training stops (and saves) when it is spent."""
+    lr: float = 1e-4
+    encoder_lr: Optional[float] = None
+    projector_lr: Optional[float] = None
+    decoder_lr: Optional[float] = None
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    """'auto' (bf16 autocast on CUDA, fp32 on CPU) | 'fp32' | 'bf16'."""
+    compile: bool = False
+    fused_adam: Optional[bool] = None
+    """None: fused AdamW on CUDA, plain elsewhere."""
+    distributed: str = "ddp"
+    """'ddp' | 'fsdp' (only used when launched with more than one process)."""
+    save_every: int = 500
+    keep_last: int = 2
+    log_every: int = 10
+    max_bad_steps: int = 5
+    """Stop after this many consecutive non-finite losses."""
+    feature_cache: bool = False
+    """Train from precomputed frozen-encoder features (requires model.encoder.freeze=all)."""
+    feature_cache_dir: Optional[str] = None
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # YAML gives a list
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check(self.batch_size % self.grad_accum == 0, "train.batch_size", "must be divisible by train.grad_accum")
+        _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+        _choice(self.precision, "train.precision", ("auto", "fp32", "bf16"))
+        _choice(self.distributed, "train.distributed", ("ddp", "fsdp"))
+        _check(self.save_every >= 1, "train.save_every", "must be >= 1")
+        _check(self.keep_last >= 1, "train.keep_last", "must be >= 1")
+        _check(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+        _check(len(self.betas) == 2, "train.betas", "must be two numbers")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.feature_cache:
+            _check(
+                self.model.encoder.freeze == "all",
+                "train.feature_cache",
+                "needs a frozen encoder (model.encoder.freeze: all)",
+            )
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        return from_dict(cls, d)
+
+    def save(self, path: str | Path) -> None:
+        save_config(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> Config:
+        return load_config(path, overrides, cls)
+
+
+# --------------------------------------------------------------------------------------------
+# generic dataclass <-> dict
+# --------------------------------------------------------------------------------------------
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain nested dict/list of a (nested) dataclass, suitable for JSON and YAML."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown key '{key}'{hint}")
+
+
+def _strip_optional(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert a YAML value to the field type ``tp``; errors name ``key``."""
+    if value is None:
+        return None
+    tp = _strip_optional(tp)
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys with suggestions."""
+    d = {} if d is None else d
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if k not in fields:
+            raise _unknown_key(key, sorted(fields))
+        tp = _strip_optional(hints[k])
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = from_dict(tp, v, prefix=f"{key}.")
+        else:
+            kwargs[k] = _coerce(v, hints[k], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _parse_value(text: str) -> Any:
+    """A CLI override value in YAML syntax (``true``, ``[a, b]``, ``null``); ``3e-4`` is a float."""
+    if _FLOAT.match(text.strip()):
+        return int(text) if re.fullmatch(r"[-+]?\d+", text.strip()) else float(text)
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(d: dict, overrides: list[str] | None, cls: type = None) -> dict:
+    """Apply ``a.b.c=value`` overrides to a nested dict (returns a new dict)."""
+    cls = cls or Config
+    d = copy.deepcopy(d)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        # walk the dataclass schema to validate the path and give suggestions
+        schema = cls
+        node = d
+        for i, p in enumerate(parts):
+            dotted = ".".join(parts[: i + 1])
+            if schema is not None:
+                fields = {f.name: f for f in dataclasses.fields(schema)}
+                if p not in fields:
+                    raise _unknown_key(dotted, sorted(fields))
+                tp = _strip_optional(typing.get_type_hints(schema)[p])
+                schema = tp if dataclasses.is_dataclass(tp) else None
+            if i == len(parts) - 1:
+                node[p] = _parse_value(text)
+            else:
+                if not isinstance(node.get(p), dict):
+                    node[p] = {}
+                node = node[p]
+    return d
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type = Config) -> Any:
+    """Load a YAML (or JSON) config file, apply dotted overrides, validate."""
+    d: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML: {e}") from e
+        if not isinstance(d, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+    d = apply_overrides(d, overrides, cls)
+    return from_dict(cls, d)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a config as YAML (``.yaml``/``.yml``) or JSON (anything else)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    d = to_dict(cfg)
+    text = yaml.safe_dump(d, sort_keys=False) if p.suffix in (".yaml", ".yml") else json.dumps(d, indent=2)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(p)

@@ -1,0 +1,272 @@
+"""CaptionModel: timm encoder -> projector -> causal LM over ``[image prefix ; token embeddings]``."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, PreTrainedTokenizerBase
+
+from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
+from mmgen.models.decoder import base_model, build_decoder
+from mmgen.models.encoder import Encoder
+from mmgen.models.projector import build_projector
+from mmgen.models.tokenizer import ensure_special_tokens, load_tokenizer, start_ids
+
+CONFIG_NAME = "config.json"
+DECODER_CONFIG_NAME = "decoder_config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class CaptionOutput:
+    """``loss`` (mean cross-entropy over caption tokens, or None) and ``logits`` (B, T, V).
+
+    ``logits[:, t]`` is the prediction for ``input_ids[:, t + 1]`` (transformers convention).
+    """
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class CaptionModel(nn.Module):
+    """Image captioner built from its three parts; no hub call happens unless the config asks for one.
+
+    Args:
+        config: Model configuration.
+        tokenizer: The tokenizer (its length sizes a random-init decoder; special ids come from it).
+        load_weights: Load hub / local weights named by the config (false when a checkpoint follows).
+        decoder_hf_config: A saved transformers config to rebuild the decoder offline.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        load_weights: bool = True,
+        decoder_hf_config=None,
+    ):
+        super().__init__()
+        self.config = config
+        self.tokenizer = ensure_special_tokens(tokenizer)
+        special = {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        self.encoder = Encoder(config.encoder, load_weights=load_weights)
+        self.decoder = build_decoder(config.decoder, len(tokenizer), special, hf_config=decoder_hf_config)
+        d_lm = self.decoder.get_input_embeddings().embedding_dim
+        grid = None if config.encoder.keep_prefix_tokens else self.encoder.grid_size
+        if config.projector.kind in ("pool", "pixel_shuffle") and grid is None:
+            raise ValueError(
+                f"model.projector.kind={config.projector.kind} needs the patch grid: "
+                "set model.encoder.keep_prefix_tokens: false"
+            )
+        self.projector = build_projector(config.projector, self.encoder.embed_dim, d_lm, grid)
+        self.register_buffer("start_ids", torch.tensor(start_ids(tokenizer, config.prompt)), persistent=False)
+        fwd = inspect.signature(base_model(self.decoder).forward).parameters
+        self._logits_to_keep = "logits_to_keep" in fwd
+        self.generation_config = GenerationConfig()
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def data_config(self) -> dict:
+        """timm preprocessing config of the encoder (input size, mean, std, interpolation, crop)."""
+        return self.encoder.data_config
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Image tokens the decoder sees per image (N')."""
+        return self.projector.num_tokens(self.encoder.num_tokens)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.decoder.get_input_embeddings().embedding_dim
+
+    # -- building blocks --------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None):
+        """Image prefix embeddings (B, N', D). ``features`` (B, N, C) skips the encoder (feature cache)."""
+        if features is None:
+            if self.encoder.fully_frozen:
+                with torch.no_grad():
+                    features = self.encoder(pixel_values)  # (B, N, C)
+            else:
+                features = self.encoder(pixel_values)  # (B, N, C)
+        return self.projector(features.to(self.projector_dtype))  # (B, N', D)
+
+    @property
+    def projector_dtype(self) -> torch.dtype:
+        return next(self.projector.parameters()).dtype
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Decoder input embeddings of token ids (..., D)."""
+        return self.decoder.get_input_embeddings()(ids)
+
+    def start_embeds(self, batch: int) -> torch.Tensor:
+        """Embeddings of BOS + prompt, (B, P, D): what follows the image prefix at generation."""
+        return self.embed_tokens(self.start_ids).unsqueeze(0).expand(batch, -1, -1)
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+    ) -> CaptionOutput:
+        """Caption loss and logits.
+
+        Args:
+            pixel_values: Images (B, 3, H, W) (or ``features`` from the frozen encoder).
+            input_ids: (B, T): BOS, prompt, caption, EOS, right padding (``mmgen.data.collate``).
+            attention_mask: (B, T), 1 on real tokens.
+            labels: (B, T), -100 on BOS/prompt/padding; ``labels[:, t]`` is the target at position t.
+            features: Precomputed encoder tokens (B, N, C).
+
+        Returns:
+            ``CaptionOutput``; ``logits`` (B, T, V) cover the text positions only.
+        """
+        prefix = self.encode_images(pixel_values, features)  # (B, N', D)
+        tokens = self.embed_tokens(input_ids)  # (B, T, D)
+        b, n = prefix.shape[:2]
+        t = input_ids.shape[1]
+        embeds = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)  # (B, N'+T, D)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)  # (B, N'+T)
+        kwargs = {"logits_to_keep": t} if self._logits_to_keep else {}
+        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **kwargs)
+        logits = out.logits[:, -t:]  # (B, T, V): position n+i predicts input_ids[:, i+1]
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        return CaptionOutput(loss=loss, logits=logits)
+
+    # -- training helpers -------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> CaptionModel:
+        """Like ``nn.Module.train``, but modules whose parameters are all frozen stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                params = list(m.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    m.eval()
+        return self
+
+    def parameter_summary(self) -> dict[str, dict[str, int]]:
+        """Trainable and total parameters per part (encoder / projector / decoder / all)."""
+        out = {}
+        for name, part in (("encoder", self.encoder), ("projector", self.projector), ("decoder", self.decoder)):
+            ps = {id(p): p for p in part.parameters()}.values()  # tied weights counted once
+            out[name] = {"trainable": sum(p.numel() for p in ps if p.requires_grad), "total": sum(p.numel() for p in ps)}
+        out["all"] = {k: sum(v[k] for v in out.values()) for k in ("trainable", "total")}
+        return out
+
+    def param_groups(
+        self,
+        lr: float,
+        weight_decay: float,
+        encoder_lr: float | None = None,
+        projector_lr: float | None = None,
+        decoder_lr: float | None = None,
+    ) -> list[dict]:
+        """AdamW groups per part and decay class; frozen parameters are left out (no optimizer state).
+
+        Matrices decay; biases, norms, embeddings of positions and other 1-D parameters do not.
+        """
+        lrs = {"encoder": encoder_lr or lr, "projector": projector_lr or lr, "decoder": decoder_lr or lr}
+        groups = []
+        seen: set[int] = set()
+        for part in ("encoder", "projector", "decoder"):
+            decay, no_decay = [], []
+            for _, p in getattr(self, part).named_parameters():
+                if not p.requires_grad or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                (decay if p.ndim >= 2 else no_decay).append(p)
+            for params, wd, suffix in ((decay, weight_decay, "decay"), (no_decay, 0.0, "no_decay")):
+                if params:
+                    groups.append({"params": params, "lr": lrs[part], "weight_decay": wd, "name": f"{part}.{suffix}"})
+        return groups
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save_pretrained(self, path: str | os.PathLike, generation: GenerationConfig | None = None) -> None:
+        """Write ``config.json``, ``decoder_config.json``, ``model.safetensors`` and ``tokenizer/``.
+
+        Every file is written under a temporary name and renamed, so a reader never sees half a file.
+        """
+        from safetensors.torch import save_model
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "model": to_dict(self.config),
+            "generation": to_dict(generation or self.generation_config),
+            "data_config": _jsonable(self.data_config),
+        }
+        _atomic_write_text(path / CONFIG_NAME, json.dumps(meta, indent=2))
+        _atomic_write_text(path / DECODER_CONFIG_NAME, base_model(self.decoder).config.to_json_string())
+        tmp = path / (WEIGHTS_NAME + ".tmp")
+        save_model(self, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path / WEIGHTS_NAME)
+        self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> CaptionModel:
+        """Load a directory written by ``save_pretrained``; safetensors only, nothing is unpickled."""
+        from safetensors.torch import load_model
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.exists():
+            raise FileNotFoundError(f"{path}: not a mmgen model directory (no {CONFIG_NAME})")
+        meta = json.loads(cfg_file.read_text())
+        config = from_dict(ModelConfig, meta["model"])
+        tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
+        hf_cfg_dict = json.loads((path / DECODER_CONFIG_NAME).read_text())
+        hf_cfg = AutoConfig.for_model(**hf_cfg_dict)
+        model = cls(config, tokenizer, load_weights=False, decoder_hf_config=hf_cfg)
+        load_model(model, str(path / WEIGHTS_NAME), strict=True)
+        if "generation" in meta:
+            model.generation_config = from_dict(GenerationConfig, meta["generation"])
+        model.eval()
+        if dtype is not None:
+            model.to(dtype)
+        if device is not None:
+            model.to(device)
+        return model
+
+
+def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> CaptionModel:
+    """A ``CaptionModel`` from a config; a trained tokenizer (kind wordlevel/bpe) must be passed."""
+    if tokenizer is None:
+        if config.tokenizer.kind in ("wordlevel", "bpe"):
+            raise ValueError(
+                f"model.tokenizer.kind={config.tokenizer.kind} is trained on captions: pass the trained tokenizer"
+            )
+        tokenizer = load_tokenizer(config.tokenizer, config.decoder.name)
+    return CaptionModel(config, tokenizer)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -1,0 +1,29 @@
+"""Shared test fixtures: offline tiny models, the optional ../shared/data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """``$MMGEN_SHARED_DATA`` or ``../shared/data`` beside the project root, when present."""
+    env = os.environ.get("MMGEN_SHARED_DATA")
+    path = Path(env) if env else ROOT.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real-data folder; the test is skipped when it is absent."""
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("shared data folder (../shared/data or $MMGEN_SHARED_DATA) is absent")
+    return path

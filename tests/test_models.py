@@ -1,0 +1,169 @@
+"""CaptionModel: building, freezing, loss masking, save/load."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmgen.config import load_config
+from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models.decoder import build_decoder
+from mmgen.models.encoder import Encoder
+
+CAPTIONS = [
+    "a red circle to the left of a blue square",
+    "a small green triangle on a striped background",
+    "two yellow stars above a purple circle",
+    "a photo of a big orange square",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_caption_tokenizer(CAPTIONS, "wordlevel", 200)
+
+
+def _batch(tok, prompt="", pad_equals_eos=False):
+    """A right-padded batch with BOS + prompt + caption + EOS, labels -100 on BOS/prompt/padding."""
+    start = [tok.bos_token_id] + (tok(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+    seqs = [start + tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for c in CAPTIONS[:3]]
+    t = max(map(len, seqs))
+    pad = tok.eos_token_id if pad_equals_eos else tok.pad_token_id
+    ids = torch.full((3, t), pad)
+    mask = torch.zeros(3, t, dtype=torch.long)
+    labels = torch.full((3, t), -100)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        labels[i, len(start) : len(s)] = torch.tensor(s[len(start) :])
+    return ids, mask, labels, len(start)
+
+
+def test_tiny_builds_and_loss_is_finite(tokenizer):
+    model = CaptionModel(tiny_model_config(), tokenizer)
+    ids, mask, labels, _ = _batch(tokenizer)
+    out = model(torch.randn(3, 3, 32, 32), ids, mask, labels)
+    assert torch.isfinite(out.loss)
+    assert out.logits.shape == (3, ids.shape[1], len(tokenizer))
+    assert model.decoder.config.vocab_size == len(tokenizer)  # decoder sized to the trained tokenizer
+
+
+@pytest.mark.parametrize("projector, tokens", [("linear", 16), ("mlp", 16), ("pool", 4), ("pixel_shuffle", 4),
+                                               ("mapper", 4)])
+def test_projectors_shapes(tokenizer, projector, tokens):
+    model = CaptionModel(tiny_model_config(projector=projector), tokenizer)
+    prefix = model.encode_images(torch.randn(2, 3, 32, 32))
+    assert prefix.shape == (2, tokens, 64) and model.num_prefix_tokens == tokens
+
+
+def test_pool_projector_is_average_of_2x2_patches(tokenizer):
+    model = CaptionModel(tiny_model_config(projector="pool"), tokenizer)
+    feats = torch.randn(1, 16, 64)  # 4x4 grid
+    grid = feats.reshape(1, 4, 4, 64)
+    manual = torch.stack([grid[0, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean((0, 1)) for i in range(2) for j in range(2)])
+    torch.testing.assert_close(model.projector(feats), model.projector.mlp(manual[None]))
+
+
+def _trained_parts(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    parts = {}
+    for name, p in model.named_parameters():
+        part = name.split(".")[0]
+        parts.setdefault(part, []).append((name, p.grad is not None and p.grad.abs().sum() > 0, p.requires_grad))
+    return parts
+
+
+@pytest.mark.parametrize(
+    "kw, expect",
+    [
+        ({}, {"encoder": True, "projector": True, "decoder": True}),
+        ({"decoder_mode": "frozen"}, {"encoder": True, "projector": True, "decoder": False}),
+        ({"encoder_freeze": "all"}, {"encoder": False, "projector": True, "decoder": True}),
+        ({"encoder_freeze": "all", "decoder_mode": "frozen"}, {"encoder": False, "projector": True, "decoder": False}),
+    ],
+)
+def test_gradients_reach_exactly_the_trainable_parts(tokenizer, kw, expect):
+    model = CaptionModel(tiny_model_config(**kw), tokenizer).train()
+    ids, mask, labels, _ = _batch(tokenizer)
+    parts = _trained_parts(model, model(torch.randn(3, 3, 32, 32), ids, mask, labels).loss)
+    for part, trains in expect.items():
+        got = [g for _, g, _ in parts[part]]
+        assert all(got) if trains else not any(got), part
+        assert all(rg == trains for _, _, rg in parts[part])
+    # frozen parts stay in eval mode while the model trains
+    if not expect["decoder"]:
+        assert not model.decoder.training
+    if not expect["encoder"]:
+        assert not model.encoder.training
+
+
+def test_lora_trains_only_adapters(tokenizer):
+    cfg = tiny_model_config(decoder_mode="lora")
+    cfg.decoder.lora.target_modules = ["c_attn"]
+    model = CaptionModel(cfg, tokenizer).train()
+    ids, mask, labels, _ = _batch(tokenizer)
+    parts = _trained_parts(model, model(torch.randn(3, 3, 32, 32), ids, mask, labels).loss)
+    dec = parts["decoder"]
+    assert all(g for n, g, _ in dec if "lora_B" in n)  # B starts at zero, so A's gradient is zero at step 0
+    assert not any(g or rg for n, g, rg in dec if "lora_" not in n)
+    summary = model.parameter_summary()
+    assert 0 < summary["decoder"]["trainable"] < summary["decoder"]["total"] / 10
+
+
+def test_last_k_blocks(tokenizer):
+    cfg = tiny_model_config(depth=2, encoder_freeze="last_k")
+    cfg.encoder.unfrozen_blocks = 1
+    model = CaptionModel(cfg, tokenizer).train()
+    ids, mask, labels, _ = _batch(tokenizer)
+    parts = dict((n, g) for n, g, _ in _trained_parts(model, model(torch.randn(3, 3, 32, 32), ids, mask, labels).loss)[
+        "encoder"])
+    assert all(g for n, g in parts.items() if ".blocks.1." in n or n.startswith("encoder.model.norm"))
+    assert not any(g for n, g in parts.items() if ".blocks.0." in n or "patch_embed" in n or "pos_embed" in n)
+    groups = model.param_groups(1e-3, 0.1)
+    in_groups = {id(p) for g in groups for p in g["params"]}
+    assert all(id(p) not in in_groups for n, p in model.named_parameters() if not p.requires_grad)
+
+
+@pytest.mark.parametrize("prompt, pad_equals_eos", [("", False), ("a photo of", False), ("a photo of", True)])
+def test_loss_is_cross_entropy_over_caption_tokens_only(tokenizer, prompt, pad_equals_eos):
+    model = CaptionModel(tiny_model_config(prompt=prompt), tokenizer).eval()
+    ids, mask, labels, n_start = _batch(tokenizer, prompt, pad_equals_eos)
+    out = model(torch.randn(3, 3, 32, 32), ids, mask, labels)
+    # manual: logits[:, t] predicts ids[:, t+1]; only caption tokens and EOS (mask==1, t+1 >= n_start)
+    total, count = 0.0, 0
+    for i in range(3):
+        length = int(mask[i].sum())
+        for t in range(n_start - 1, length - 1):
+            total = total + F.cross_entropy(out.logits[i, t][None], ids[i, t + 1][None], reduction="sum")
+            count += 1
+    torch.testing.assert_close(out.loss, total / count)
+    assert count == int((labels != -100).sum())
+    assert int((labels[:, : n_start] != -100).sum()) == 0  # BOS and prompt carry no label
+
+
+def test_save_and_load_give_identical_logits(tokenizer, tmp_path):
+    cfg = tiny_model_config(projector="mapper", prompt="a photo of")
+    model = CaptionModel(cfg, tokenizer).eval()
+    model.save_pretrained(tmp_path / "m")
+    files = sorted(p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*") if p.is_file())
+    assert all(f.endswith((".json", ".safetensors")) or f.startswith("tokenizer/") for f in files), files
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl", ".tmp")) for f in files)
+    loaded = CaptionModel.from_pretrained(tmp_path / "m")
+    ids, mask, labels, _ = _batch(tokenizer, "a photo of")
+    px = torch.randn(3, 3, 32, 32)
+    assert torch.equal(model(px, ids, mask).logits, loaded(px, ids, mask).logits)
+    assert loaded.config == cfg and torch.equal(loaded.start_ids, model.start_ids)
+
+
+def test_vit_b16_gpt2_config_has_hub_sizes_offline():
+    cfg = load_config(
+        __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "vit_b16_gpt2.yaml",
+        ["model.encoder.pretrained=false", "model.decoder.pretrained=false"],
+    )
+    enc = Encoder(cfg.model.encoder)
+    n_enc = sum(p.numel() for p in enc.parameters())
+    assert 85e6 < n_enc < 87e6 and enc.grid_size == (14, 14) and enc.embed_dim == 768
+    dec = build_decoder(cfg.model.decoder, 50257, {"bos_token_id": 50256, "eos_token_id": 50256})
+    n_dec = sum(p.numel() for p in {id(p): p for p in dec.parameters()}.values())
+    assert 124e6 < n_dec < 125e6
+    assert enc.data_config["input_size"] == (3, 224, 224)
