@@ -13,6 +13,8 @@ import sys
 
 COMMANDS = {
     # name: module under mmgen.commands
+    "data": "data",
+    "caption": "caption",
 }
 
 

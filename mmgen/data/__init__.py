@@ -1,0 +1,43 @@
+"""Caption data: records from many formats, safe image decoding, transforms, batching, synthetic scenes.
+
+Names are imported from their submodules on first use, so that ``mmgen data synth`` does not pay for
+torch/transformers imports it does not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "formats": ("Record", "DataFormatError", "read_coco", "read_karpathy", "read_jsonl", "read_csv"),
+    "sources": ("load_records", "load_split", "detect_format"),
+    "hf": ("hf_records", "load_hf_datasets", "HFRecords", "StreamingRecords", "split_by_node", "require_datasets"),
+    "images": ("decode_image", "to_rgb", "BadImageError", "BadItem", "BadImageTracker", "TooManyBadImagesError"),
+    "transforms": ("build_transform", "resolve_data_config", "normalize_on_device", "image_size"),
+    "collate": ("CaptionCollator", "EvalCollator", "tokenize_captions", "normalize_caption", "IGNORE_INDEX"),
+    "datasets": (
+        "CaptionTrainDataset",
+        "CaptionEvalDataset",
+        "StreamingCaptionDataset",
+        "EpochSampler",
+        "ConcatRecords",
+        "make_loader",
+    ),
+    "synthetic": ("make_scenes", "make_scenes_splits", "sample_scene", "scene_captions", "draw_scene"),
+    "stats": ("dataset_stats", "format_stats", "DatasetStats"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmgen.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mmgen.data.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

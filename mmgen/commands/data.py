@@ -1,0 +1,106 @@
+"""``mmgen data ACTION``: dataset tools (``synth``, ``stats``).
+
+Each action is a pair of functions in ``ACTIONS``: one adds its arguments to a sub-subparser, the
+other runs it and returns the exit code. The logic lives in :mod:`mmgen.data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+
+def _add_synth(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="output directory (captions_train.json, captions_val.json, images/)")
+    p.add_argument("--n", type=int, required=True, help="total number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=64, help="side length in pixels (default: 64)")
+    p.add_argument("--split-val", type=int, default=0, metavar="K", help="the last K images form the val split")
+    p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default: png)")
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from mmgen.data.synthetic import make_scenes
+
+    summary = make_scenes(
+        args.out, args.n, seed=args.seed, image_size=args.image_size, val=args.split_val, image_format=args.format
+    )
+    for split, path in summary["splits"].items():
+        print(f"{split}: {path}")
+    print(f"wrote {summary['n']} images in {summary['seconds']:.2f} s ({summary['images_per_second']:.0f} images/s)")
+    return 0
+
+
+def _add_stats(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="SOURCE",
+        help="caption file(s) (COCO or Karpathy json, JSONL, CSV), HF dataset folder, shards or hub name",
+    )
+    p.add_argument("--images", default=None, help="images directory for COCO/Karpathy files and relative paths")
+    p.add_argument("--split", default=None, help="keep one split (train/val/test) where the source has splits")
+    p.add_argument("--no-restval", dest="restval", action="store_false", help="Karpathy: keep 'restval' apart")
+    p.add_argument("--image-column", default=None)
+    p.add_argument("--caption-column", default=None)
+    p.add_argument("--no-decode", dest="decode", action="store_false", help="do not decode the images")
+    p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit (default: DataConfig's)")
+    p.add_argument("--max-images", type=int, default=None, help="only look at the first N images")
+    p.add_argument("--workers", type=int, default=4, help="decoding threads")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a report")
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from mmgen.config import DataConfig
+    from mmgen.data.formats import DataFormatError
+    from mmgen.data.sources import load_records
+    from mmgen.data.stats import dataset_stats, format_stats, stats_dict
+
+    try:
+        records = load_records(
+            args.data,
+            images=args.images,
+            split=args.split,
+            restval=args.restval,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+        )
+    except (DataFormatError, FileNotFoundError, ImportError) as e:
+        print(f"mmgen data stats: {e}", file=sys.stderr)
+        return 2
+    max_pixels = args.max_pixels or DataConfig().max_pixels
+    st = dataset_stats(
+        records, decode=args.decode, max_pixels=max_pixels, workers=args.workers, max_images=args.max_images
+    )
+    print(json.dumps(stats_dict(st), indent=2) if args.as_json else format_stats(st))
+    return 1 if st.failed else 0
+
+
+ACTIONS: dict[str, tuple[str, Callable, Callable]] = {
+    # name: (help, add_arguments, run)
+    "synth": ("write a synthetic shapes-and-backgrounds caption dataset", _add_synth, _run_synth),
+    "stats": ("statistics of a caption dataset and the images that fail to decode", _add_stats, _run_stats),
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``mmgen data`` and its actions."""
+    names = ", ".join(ACTIONS)
+    p = subparsers.add_parser("data", help=f"dataset tools: {names}", description=f"Dataset tools: {names}.")
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    for name, (help_text, add_args, _) in ACTIONS.items():
+        add_args(sub.add_parser(name, help=help_text, description=help_text))
+    p.set_defaults(func=run, _data_parser=p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch to the chosen action; without one, print the help."""
+    action = ACTIONS.get(getattr(args, "data_command", None) or "")
+    if action is None:
+        args._data_parser.print_help()
+        return 2
+    return int(action[2](args) or 0)

@@ -1,0 +1,343 @@
+"""The :class:`Record` interface and the readers of caption files: COCO annotation files, Karpathy
+splits, JSONL and CSV tables.
+
+:func:`mmgen.data.sources.load_records` is the entry point that detects the format and calls these
+readers (or :mod:`mmgen.data.hf`). Malformed input raises :class:`DataFormatError` naming the file
+and the line or key.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGE_COLUMNS = ("image", "file_name", "filename", "image_path", "path", "file", "img", "jpg", "png")
+CAPTION_COLUMNS = ("captions", "caption", "sentences", "text", "txt", "raw")
+ID_COLUMNS = ("image_id", "cocoid", "imgid", "id")
+
+
+class DataFormatError(ValueError):
+    """Malformed dataset input; the message names the file and, where it applies, the line or key."""
+
+
+@dataclass
+class Record:
+    """One image with its reference captions.
+
+    Attributes:
+        image: A path (str or Path), the encoded bytes, or a PIL image.
+        captions: Reference captions (at least one for training; may be empty for caption-only use).
+        image_id: The dataset's id for the image (COCO id, file stem, ...); unique within a dataset.
+        split: 'train' / 'val' / 'test' / 'restval' when the source says, else None.
+    """
+
+    image: Any
+    captions: list[str] = field(default_factory=list)
+    image_id: Any = None
+    split: str | None = None
+
+    def __repr__(self) -> str:
+        image = f"<{len(self.image)} bytes>" if isinstance(self.image, (bytes, bytearray)) else repr(self.image)
+        return f"Record(image={image}, captions={self.captions!r}, image_id={self.image_id!r}, split={self.split!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# COCO and Karpathy json
+# --------------------------------------------------------------------------------------------
+
+
+def _default_images_dir(json_path: Path, first_file: str | None) -> Path:
+    """The json's directory when it holds the first listed image, else ``<dir>/images`` when that exists."""
+    base = json_path.parent
+    if first_file is not None and (base / first_file).exists():
+        return base
+    return base / "images" if (base / "images").is_dir() else base
+
+
+def read_coco(path: str | Path, images: str | Path | None = None, data: dict | None = None) -> list[Record]:
+    """Read an official COCO caption annotation file (``images`` + ``annotations``).
+
+    Args:
+        path: The annotation json.
+        images: Directory holding the ``file_name`` of every image (default: the json's directory
+            when it holds the first image, else ``images/`` beside the json when that exists).
+        data: The already parsed json (saves parsing twice after format detection).
+
+    Returns:
+        One record per image that has at least one caption, in the file's image order; ``split`` is None.
+    """
+    path = Path(path)
+    data = _load_json(path) if data is None else data
+    imgs = _expect_list(data, "images", path)
+    anns = _expect_list(data, "annotations", path)
+    by_id: dict[Any, dict] = {}
+    for i, im in enumerate(imgs):
+        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
+            raise DataFormatError(f"{path}: images[{i}] needs 'id' and 'file_name', got {_short(im)}")
+        by_id[im["id"]] = im
+    captions: dict[Any, list[str]] = {k: [] for k in by_id}
+    for i, ann in enumerate(anns):
+        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
+            raise DataFormatError(f"{path}: annotations[{i}] needs 'image_id' and 'caption', got {_short(ann)}")
+        if ann["image_id"] not in captions:
+            raise DataFormatError(f"{path}: annotations[{i}].image_id {ann['image_id']!r} is not in 'images'")
+        if not isinstance(ann["caption"], str):
+            raise DataFormatError(f"{path}: annotations[{i}].caption must be a string, got {_short(ann['caption'])}")
+        captions[ann["image_id"]].append(ann["caption"])
+    root = Path(images) if images is not None else _default_images_dir(path, imgs[0]["file_name"] if imgs else None)
+    return [
+        Record(image=str(root / im["file_name"]), captions=captions[k], image_id=k, split=None)
+        for k, im in by_id.items()
+        if captions[k]
+    ]
+
+
+def read_karpathy(
+    path: str | Path,
+    images: str | Path | None = None,
+    split: str | None = None,
+    restval: bool = True,
+    data: dict | None = None,
+) -> list[Record]:
+    """Read a Karpathy split file (``dataset_coco.json``, ``dataset_flickr8k.json``, ``dataset_flickr30k.json``).
+
+    Args:
+        path: The json file.
+        images: Root directory; an image lives at ``images/filepath/filename`` (``filepath`` only in the
+            COCO file). Default: the json's directory.
+        split: Keep only this split ('train', 'val', 'test'); None keeps all.
+        restval: Count 'restval' images as 'train' (the usual 113k-image COCO training set).
+        data: The already parsed json.
+
+    Returns:
+        Records whose ``image_id`` is the COCO id when present, else ``imgid``, else the file name.
+    """
+    path = Path(path)
+    data = _load_json(path) if data is None else data
+    root = Path(images) if images is not None else path.parent
+    out = []
+    for i, im in enumerate(_expect_list(data, "images", path)):
+        if not isinstance(im, dict) or "filename" not in im or not isinstance(im.get("sentences"), list):
+            raise DataFormatError(f"{path}: images[{i}] needs 'filename' and a 'sentences' list, got {_short(im)}")
+        s = im.get("split")
+        if s == "restval" and restval:
+            s = "train"
+        if split is not None and s != split:
+            continue
+        caps = []
+        for j, sent in enumerate(im["sentences"]):
+            raw = sent.get("raw") if isinstance(sent, dict) else None
+            tokens = sent.get("tokens") if isinstance(sent, dict) else None
+            if raw is None and isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+                raw = " ".join(tokens)
+            if not isinstance(raw, str):
+                raise DataFormatError(f"{path}: images[{i}].sentences[{j}] needs 'raw' text, got {_short(sent)}")
+            caps.append(raw)
+        image_id = im.get("cocoid", im.get("imgid", im["filename"]))
+        out.append(
+            Record(image=str(root / im.get("filepath", "") / im["filename"]), captions=caps, image_id=image_id, split=s)
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# JSONL / CSV tables
+# --------------------------------------------------------------------------------------------
+
+
+def _pick(columns: Iterable[str], wanted: str | None, candidates: Sequence[str], path: Path, what: str) -> str:
+    """The ``wanted`` column when present, else the first present candidate."""
+    cols = list(columns)
+    tried = ([wanted] if wanted else []) + list(candidates)
+    for c in tried:
+        if c in cols:
+            return c
+    raise DataFormatError(f"{path}: cannot find the {what} column (tried {tried}); columns are {cols}")
+
+
+def caption_list(value: Any, where: str) -> list[str]:
+    """Captions from a cell: a string, a list of strings, a JSON list string, or Karpathy-style sentence dicts."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            try:
+                return caption_list(json.loads(text), where)
+            except json.JSONDecodeError:
+                pass
+        return [value] if text else []
+    if isinstance(value, dict):
+        for k in ("raw", "caption", "captions", "text", "sentences"):
+            if k in value:
+                return caption_list(value[k], where)
+        raise DataFormatError(f"{where}: a caption dict needs one of raw/caption/captions/text, got {_short(value)}")
+    if isinstance(value, (list, tuple)):
+        return [c for v in value for c in caption_list(v, where)]
+    raise DataFormatError(f"{where}: captions must be text or a list of texts, got {_short(value)}")
+
+
+def _caption_columns(cols: list[str], wanted: str | Sequence[str] | None, path: Path) -> list[str]:
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    if wanted and all(c in cols for c in wanted):
+        return list(wanted)
+    numbered = [c for c in cols if c.startswith("caption") and c not in ("caption", "captions")]
+    if numbered:  # caption_1, caption_2, ... (plus 'caption' when present)
+        return [c for c in cols if c.startswith("caption")]
+    return [_pick(cols, None, CAPTION_COLUMNS, path, "caption")]
+
+
+def records_from_rows(
+    rows: Iterable[tuple[str, dict]],
+    path: Path,
+    images: str | Path | None = None,
+    image_column: str | None = None,
+    caption_column: str | Sequence[str] | None = None,
+) -> list[Record]:
+    """Group table rows (``(location, row)`` pairs) into records, one per image path.
+
+    Rows naming the same image are merged, so both one-row-per-image (several caption columns or a
+    list column) and one-row-per-caption tables work. Relative paths are resolved against ``images``
+    or the table file's directory.
+    """
+    root = Path(images) if images is not None else path.parent
+    by_image: dict[str, Record] = {}
+    img_col = cap_cols = None
+    for where, row in rows:
+        if img_col is None:
+            img_col = _pick(row.keys(), image_column, IMAGE_COLUMNS, path, "image")
+            cap_cols = _caption_columns(list(row.keys()), caption_column, path)
+        rel = row.get(img_col)
+        if not isinstance(rel, str) or not rel:
+            raise DataFormatError(f"{where}: column {img_col!r} must hold an image path, got {_short(rel)}")
+        caps = [c for col in cap_cols for c in caption_list(row.get(col), f"{where}: column {col!r}")]
+        full = str(root / rel) if not os.path.isabs(rel) else rel
+        rec = by_image.get(full)
+        if rec is None:
+            image_id = next((row[k] for k in ID_COLUMNS if row.get(k) not in (None, "")), rel)
+            split = row.get("split") or None
+            by_image[full] = Record(image=full, captions=caps, image_id=image_id, split=split)
+        else:
+            rec.captions.extend(caps)
+    return list(by_image.values())
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterable[tuple[str, dict]]:
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataFormatError(f"{path}:{n}: each line must be a JSON object, got {_short(row)}")
+        yield f"{path}:{n}", row
+
+
+def read_jsonl(
+    path: str | Path,
+    images: str | Path | None = None,
+    image_column: str | None = None,
+    caption_column: str | Sequence[str] | None = None,
+) -> list[Record]:
+    """Read JSON Lines (one object per line; a top-level JSON list of objects works too)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        rows = _load_json(path, text)
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise DataFormatError(f"{path}: [{bad}] must be an object, got {_short(rows[bad])}")
+        it: Iterable[tuple[str, dict]] = ((f"{path}: [{i}]", r) for i, r in enumerate(rows))
+    else:
+        it = _jsonl_rows(path, text)
+    return records_from_rows(it, path, images, image_column, caption_column)
+
+
+def read_csv(
+    path: str | Path,
+    images: str | Path | None = None,
+    image_column: str | None = None,
+    caption_column: str | Sequence[str] | None = None,
+) -> list[Record]:
+    """Read a CSV/TSV file with a header row (the delimiter is sniffed from the header)."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        head = f.readline()
+        f.seek(0)
+        delim = "\t" if head.count("\t") > head.count(",") else ("|" if head.count("|") > head.count(",") else ",")
+        reader = csv.DictReader(f, delimiter=delim)
+        if not reader.fieldnames:
+            raise DataFormatError(f"{path}: empty CSV (no header row)")
+
+        def rows() -> Iterable[tuple[str, dict]]:
+            for row in reader:
+                if None in row:
+                    raise DataFormatError(f"{path}:{reader.line_num}: more fields than the header has")
+                yield f"{path}:{reader.line_num}", row
+
+        try:
+            return records_from_rows(rows(), path, images, image_column, caption_column)
+        except UnicodeDecodeError as e:
+            raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _short(v: Any, n: int = 80) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _load_json(path: Path, text: str | None = None) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8") if text is None else text)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _expect_list(data: dict, key: str, path: Path) -> list:
+    if not isinstance(data.get(key), list):
+        raise DataFormatError(f"{path}: key {key!r} must be a list")
+    return data[key]
+
+
+def sniff_json(path: Path) -> tuple[str, Any]:
+    """Classify a text file by its content: ('coco'|'karpathy'|'jsonl'|'csv', parsed json or None)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    start = head.lstrip()[:1]
+    if start not in (b"{", b"["):
+        return "csv", None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        if start == b"{" and e.msg == "Extra data":  # several objects: JSON Lines
+            return "jsonl", None
+        raise DataFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+    if isinstance(data, dict) and "annotations" in data and "images" in data:
+        return "coco", data
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        first = data["images"][0] if data["images"] else {}
+        if isinstance(first, dict) and "sentences" in first:
+            return "karpathy", data
+        raise DataFormatError(
+            f"{path}: has 'images' but neither COCO 'annotations' nor Karpathy 'sentences' "
+            f"(images[0] = {_short(first)})"
+        )
+    return "jsonl", None  # a single-line JSONL file or a list of row objects

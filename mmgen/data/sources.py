@@ -1,0 +1,224 @@
+"""One entry point for caption data: :func:`load_records` detects the format of each source from its
+content (not its name) and returns records from the matching reader.
+
+Supported: COCO caption json + images directory, Karpathy split json, JSONL/CSV tables (see
+:mod:`mmgen.data.formats`), and Hugging Face sources -- save_to_disk folders, image folders with
+metadata, parquet/webdataset shards, hub names, streaming (see :mod:`mmgen.data.hf`).
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mmgen.data.formats import (
+    DataFormatError,
+    Record,
+    read_coco,
+    read_csv,
+    read_jsonl,
+    read_karpathy,
+    sniff_json,
+)
+
+FILE_FORMATS = ("coco", "karpathy", "jsonl", "csv")
+HF_FORMATS = ("hf_disk", "imagefolder", "parquet", "webdataset", "hub")
+
+
+def _detect(source: str | Path) -> tuple[str, Any]:
+    """(format, the parsed json for COCO/Karpathy files or None)."""
+    from mmgen.data.hf import detect_hf_kind
+
+    kind = detect_hf_kind(source)  # binary shards, dataset folders, hub names; needs no `datasets`
+    if kind is not None:
+        return kind, None
+    p = Path(source)
+    if p.is_dir():
+        raise DataFormatError(
+            f"{p}: folder holds no recognised dataset (a save_to_disk folder, an image folder with "
+            "metadata.jsonl/csv, or parquet/tar shards); for a COCO/Karpathy json pass the file"
+        )
+    return sniff_json(p)
+
+
+def detect_format(source: str | Path) -> str:
+    """The format of a data source, from its content: one of FILE_FORMATS or HF_FORMATS.
+
+    Raises:
+        FileNotFoundError: a path-like source that does not exist.
+        DataFormatError: a folder or file that holds no recognised dataset.
+    """
+    return _detect(source)[0]
+
+
+def _filter_split(records: list[Record], split: str | None, restval: bool) -> list[Record]:
+    if split is None:
+        return records
+    out = []
+    for r in records:
+        s = "train" if (r.split == "restval" and restval) else r.split
+        if s is None or s == split:  # records of sources without split information always pass
+            out.append(r)
+    return out
+
+
+def _merge_duplicates(records: list[Record], sources: str) -> list[Record]:
+    """Merge records of the same image_id and image (several caption files); conflicting ids are an error."""
+    by_id: dict[Any, Record] = {}
+    out = []
+    for r in records:
+        prev = by_id.get(r.image_id)
+        if prev is None:
+            by_id[r.image_id] = r
+            out.append(r)
+        elif isinstance(prev.image, (str, Path)) and str(prev.image) == str(r.image):
+            prev.captions = prev.captions + r.captions
+        else:
+            raise DataFormatError(f"{sources}: image_id {r.image_id!r} names two images: {prev.image} and {r.image}")
+    return out
+
+
+def _expand_globs(sources: list, dirs: list) -> tuple[list, list]:
+    """A glob over caption files (``captions_*2017.json``) becomes one source per file; shard globs stay."""
+    from mmgen.data.hf import detect_hf_kind
+
+    out_s, out_d = [], []
+    for s, d in zip(sources, dirs):
+        if isinstance(s, str) and glob.has_magic(s) and detect_hf_kind(s) is None:
+            files = sorted(glob.glob(s))
+            out_s += files
+            out_d += [d] * len(files)
+        else:
+            out_s.append(s)
+            out_d.append(d)
+    return out_s, out_d
+
+
+def _load_one(source: str | Path, images: str | Path | None, split: str | None, restval: bool, kw: dict) -> Any:
+    fmt, data = (kw["format"], None) if kw.get("format") else _detect(source)
+    cols = {"image_column": kw.get("image_column"), "caption_column": kw.get("caption_column")}
+    if fmt in HF_FORMATS:
+        from mmgen.data.hf import hf_records
+
+        return hf_records(
+            source,
+            fmt,
+            split,
+            kw.get("streaming", False),
+            cache_dir=kw.get("cache_dir"),
+            rank=kw.get("rank", 0),
+            world_size=kw.get("world_size", 1),
+            **cols,
+        )
+    path = Path(source)
+    if fmt == "coco":
+        return read_coco(path, images, data=data)  # data: parsed once, during detection
+    if fmt == "karpathy":
+        return read_karpathy(path, images, split, restval, data=data)
+    if fmt == "jsonl":
+        return _filter_split(read_jsonl(path, images, **cols), split, restval)
+    if fmt == "csv":
+        return _filter_split(read_csv(path, images, **cols), split, restval)
+    raise DataFormatError(f"{source}: unknown format {fmt!r}; expected one of {FILE_FORMATS + HF_FORMATS}")
+
+
+def load_records(
+    source: str | Path | Sequence[str | Path],
+    images: str | Path | Sequence[str | Path | None] | None = None,
+    split: str | None = None,
+    restval: bool = True,
+    *,
+    image_column: str | None = None,
+    caption_column: str | Sequence[str] | None = None,
+    streaming: bool = False,
+    cache_dir: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    format: str | None = None,
+) -> Sequence[Record] | Iterable[Record]:
+    """Load caption records from any supported source; the format is detected from the content.
+
+    Args:
+        source: A COCO caption json, a Karpathy split json, a JSONL/CSV table, a HF save_to_disk
+            folder, an image folder with metadata, parquet/webdataset shard files or a glob, a hub
+            name; or a list of those, combined (e.g. a COCO train and val file).
+        images: The images directory for COCO/Karpathy files and relative table paths (one for all
+            sources, or one per source).
+        split: Keep this split ('train', 'val', 'test') where the source records splits; sources
+            without split information (COCO files, explicit shard files) are taken whole.
+        restval: Karpathy/table splits: count 'restval' as 'train'.
+        image_column: Preferred image column of tables and HF datasets (auto-detected otherwise).
+        caption_column: Preferred caption column(s) (auto-detected otherwise).
+        streaming: HF sources are read lazily as a stream (an iterable, not a sequence).
+        cache_dir: The ``datasets`` cache directory.
+        rank: With ``world_size > 1``, keep only this rank's part (HF ``split_dataset_by_node``;
+            map-style data is usually split by a DistributedSampler instead).
+        world_size: Number of ranks.
+        format: Skip detection (one of FILE_FORMATS + HF_FORMATS).
+
+    Returns:
+        A sequence of :class:`Record` (a list for file formats), or an iterable when streaming.
+
+    Raises:
+        DataFormatError: malformed input, naming the file and the line or key.
+        FileNotFoundError: a missing file.
+    """
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    if not sources:
+        raise ValueError("load_records needs at least one source")
+    dirs = list(images) if isinstance(images, (list, tuple)) else [images] * len(sources)
+    if len(dirs) != len(sources):
+        raise ValueError(f"got {len(dirs)} image directories for {len(sources)} sources")
+    sources, dirs = _expand_globs(sources, dirs)
+    kw = {
+        "image_column": image_column,
+        "caption_column": caption_column,
+        "streaming": streaming,
+        "cache_dir": cache_dir,
+        "rank": rank,
+        "world_size": world_size,
+        "format": format,
+    }
+    parts = [_load_one(s, d, split, restval, kw) for s, d in zip(sources, dirs)]
+    if all(isinstance(p, list) for p in parts):
+        merged = _merge_duplicates([r for p in parts for r in p], ", ".join(map(str, sources)))
+        return merged[rank::world_size] if world_size > 1 else merged
+    from mmgen.data.datasets import ChainedRecords, ConcatRecords  # torch only when needed
+
+    parts = [p[rank::world_size] if isinstance(p, list) and world_size > 1 else p for p in parts]
+    if streaming:
+        return parts[0] if len(parts) == 1 else ChainedRecords(parts)
+    return parts[0] if len(parts) == 1 else ConcatRecords(parts)
+
+
+def load_split(
+    cfg: Any, which: str = "train", rank: int = 0, world_size: int = 1, cache_dir: str | None = None
+) -> Sequence[Record] | Iterable[Record]:
+    """Records of the training or validation data named by a :class:`mmgen.config.DataConfig`.
+
+    Args:
+        cfg: The data config (``train``/``val`` sources, image directories, splits, columns, streaming).
+        which: 'train' or 'val'.
+        rank: This rank (see :func:`load_records`; only applied when ``world_size > 1``).
+        world_size: Number of ranks.
+        cache_dir: The ``datasets`` cache directory.
+    """
+    if which not in ("train", "val"):
+        raise ValueError(f"which must be 'train' or 'val', got {which!r}")
+    source = cfg.train if which == "train" else cfg.val
+    if source is None:
+        raise ValueError(f"data.{which} is not set")
+    return load_records(
+        source,
+        images=cfg.train_images if which == "train" else cfg.val_images,
+        split=cfg.train_split if which == "train" else cfg.val_split,
+        restval=cfg.restval,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
+        streaming=cfg.streaming,
+        cache_dir=cache_dir,
+        rank=rank,
+        world_size=world_size,
+    )

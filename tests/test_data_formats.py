@@ -1,0 +1,200 @@
+"""Readers of COCO, Karpathy, JSONL and CSV caption files, format detection, errors, and coco-mini."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmgen.data.formats import DataFormatError, Record
+from mmgen.data.sources import detect_format, load_records
+
+
+def _img(path: Path, color=(200, 10, 10), size=(12, 8)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def _coco(path: Path, items: dict[int, list[str]], prefix: str = "") -> Path:
+    images = [{"id": i, "file_name": f"{prefix}{i:04d}.png", "width": 12, "height": 8} for i in items]
+    anns = [{"id": 100 * i + j, "image_id": i, "caption": c} for i, caps in items.items() for j, c in enumerate(caps)]
+    path.write_text(json.dumps({"info": {}, "images": images, "annotations": anns}))
+    return path
+
+
+def test_coco_json_with_images_dir(tmp_path):
+    for i in (1, 2):
+        _img(tmp_path / "imgs" / f"{i:04d}.png")
+    ann = _coco(tmp_path / "a.json", {1: ["a red box", "a red thing"], 2: ["one more"]})
+    recs = load_records(ann, images=tmp_path / "imgs")
+    assert detect_format(ann) == "coco"
+    assert [r.image_id for r in recs] == [1, 2]
+    assert recs[0].captions == ["a red box", "a red thing"]
+    assert Path(recs[1].image) == tmp_path / "imgs" / "0002.png"
+    assert recs[0].split is None
+
+
+def test_coco_default_images_dir_and_combined_files(tmp_path):
+    _coco(tmp_path / "train.json", {1: ["a", "b"], 2: ["c"]})
+    _coco(tmp_path / "val.json", {3: ["d"], 1: ["e"]})
+    _img(tmp_path / "images" / "0001.png")
+    recs = load_records([tmp_path / "train.json", tmp_path / "val.json"])
+    by_id = {r.image_id: r for r in recs}
+    assert sorted(by_id) == [1, 2, 3]
+    assert by_id[1].captions == ["a", "b", "e"]  # the same image in two files: captions merged
+    assert Path(by_id[3].image).parent == tmp_path / "images"
+
+
+def test_format_is_detected_from_content_not_name(tmp_path):
+    path = _coco(tmp_path / "captions.txt", {1: ["x"]})
+    assert detect_format(path) == "coco"
+    (tmp_path / "table.json").write_text('{"image": "a.png", "caption": "x"}\n{"image": "b.png", "caption": "y"}\n')
+    assert detect_format(tmp_path / "table.json") == "jsonl"
+    (tmp_path / "rows.dat").write_text("image,caption\na.png,x\n")
+    assert detect_format(tmp_path / "rows.dat") == "csv"
+
+
+def _karpathy(path: Path) -> Path:
+    splits = ["train", "val", "test", "restval"]
+    images = [
+        {
+            "filepath": "val2014",
+            "filename": f"im{i}.jpg",
+            "imgid": i,
+            "cocoid": 1000 + i,
+            "split": s,
+            "sentences": [{"raw": f"caption {i} one", "tokens": ["caption"]}, {"raw": f"caption {i} two"}],
+        }
+        for i, s in enumerate(splits)
+    ]
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}))
+    return path
+
+
+def test_karpathy_splits_and_restval(tmp_path):
+    path = _karpathy(tmp_path / "dataset_coco.json")
+    assert detect_format(path) == "karpathy"
+    train = load_records(path, images="/data/coco", split="train")
+    assert [r.image_id for r in train] == [1000, 1003]  # restval counts as train
+    assert train[0].image == str(Path("/data/coco/val2014/im0.jpg"))
+    assert train[0].captions == ["caption 0 one", "caption 0 two"]
+    assert [r.image_id for r in load_records(path, split="train", restval=False)] == [1000]
+    assert [r.image_id for r in load_records(path, split="test")] == [1002]
+    assert {r.split for r in load_records(path, restval=False)} == {"train", "val", "test", "restval"}
+
+
+def test_karpathy_flickr_without_filepath_uses_imgid(tmp_path):
+    images = [{"filename": "1000_a.jpg", "imgid": 7, "split": "val", "sentences": [{"raw": "a dog runs"}]}]
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps({"images": images, "dataset": "flickr8k"}))
+    (rec,) = load_records(tmp_path / "dataset_flickr8k.json", images=tmp_path / "Flickr8k_Dataset", split="val")
+    assert rec.image_id == 7 and rec.image == str(tmp_path / "Flickr8k_Dataset" / "1000_a.jpg")
+
+
+def test_jsonl_list_column_and_numbered_columns(tmp_path):
+    sub = tmp_path / "d"
+    sub.mkdir()
+    rows = [
+        {"image": "img/a.png", "captions": ["first", "second"], "split": "train"},
+        {"image": "img/b.png", "captions": ["third"], "split": "val"},
+    ]
+    (sub / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    recs = load_records(sub / "data.jsonl")
+    assert [r.captions for r in recs] == [["first", "second"], ["third"]]
+    assert recs[0].image == str(sub / "img" / "a.png")  # relative to the file
+    assert [r.image_id for r in load_records(sub / "data.jsonl", split="val")] == ["img/b.png"]
+    (sub / "wide.jsonl").write_text(json.dumps({"file_name": "x.png", "caption_1": "one", "caption_2": "two"}) + "\n")
+    assert load_records(sub / "wide.jsonl")[0].captions == ["one", "two"]
+
+
+def test_csv_one_row_per_caption_is_grouped(tmp_path):
+    (tmp_path / "captions.csv").write_text(
+        'image,caption,image_id\na.jpg,"a dog, running",1\na.jpg,a dog on grass,1\nb.jpg,a cat,2\n'
+    )
+    recs = load_records(tmp_path / "captions.csv")
+    assert [(r.image_id, r.captions) for r in recs] == [("1", ["a dog, running", "a dog on grass"]), ("2", ["a cat"])]
+    (tmp_path / "t.tsv").write_text('path\tcaptions\nq.png\t["x", "y"]\n')
+    rec = load_records(tmp_path / "t.tsv", images=tmp_path / "elsewhere")[0]
+    assert rec.captions == ["x", "y"] and rec.image == str(tmp_path / "elsewhere" / "q.png")
+    assert load_records(tmp_path / "t.tsv", caption_column="captions")[0].captions == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        (
+            "bad.jsonl",
+            '{"image": "a.png", "caption": "x"}\n{"image": "b.png", "caption": \n',
+            r"bad\.jsonl:2: invalid JSON",
+        ),
+        (
+            "rows.jsonl",
+            '{"image": "a.png", "caption": "x"}\n[1, 2]\n',
+            r"rows\.jsonl:2: each line must be a JSON object",
+        ),
+        ("nopath.jsonl", '{"image": 3, "caption": "x"}\n', r"nopath\.jsonl:1: column 'image' must hold an image path"),
+        ("cols.jsonl", '{"picture": "a.png", "caption": "x"}\n', r"cols\.jsonl: cannot find the image column"),
+        (
+            "c.json",
+            '{"images": [{"id": 1, "file_name": "a"}], "annotations": [{"image_id": 2, "caption": "x"}]}',
+            r"c\.json: annotations\[0\]\.image_id 2 is not in 'images'",
+        ),
+        ("d.json", '{"images": [{"id": 1}], "annotations": []}', r"d\.json: images\[0\] needs 'id' and 'file_name'"),
+        (
+            "k.json",
+            '{"images": [{"filename": "a.jpg", "sentences": [{"tokens": 3}]}]}',
+            r"k\.json: images\[0\]\.sentences\[0\] needs 'raw'",
+        ),
+        ("e.json", '{"images": [{"id": 1,\n "file_name": ', r"e\.json:2: invalid JSON"),
+        ("f.csv", "image,caption\na.png,x,extra\n", r"f\.csv:2: more fields than the header"),
+    ],
+)
+def test_malformed_input_names_file_and_line_or_key(tmp_path, name, text, expected):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataFormatError, match=expected):
+        load_records(tmp_path / name)
+
+
+def test_missing_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.json"):
+        load_records(tmp_path / "nothing.json")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(DataFormatError, match="empty_dir"):
+        load_records(tmp_path / "empty_dir")
+
+
+def test_record_repr_abbreviates_bytes():
+    assert "<3 bytes>" in repr(Record(image=b"abc", captions=["x"], image_id=1))
+
+
+def test_coco_mini_both_files_decode_to_encoder_input(shared_data):
+    import timm
+    import torch
+
+    from mmgen.data.collate import EvalCollator
+    from mmgen.data.datasets import CaptionEvalDataset
+    from mmgen.data.transforms import build_transform, image_size, resolve_data_config
+
+    root = shared_data / "coco-mini"
+    recs = load_records([root / "captions_train2017.json", root / "captions_val2017.json"], images=root / "images")
+    assert len(recs) == 239 and len({r.image_id for r in recs}) == 239
+    assert all(len(r.captions) == 5 for r in recs)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=1, embed_dim=64, num_heads=2
+    )
+    cfg = resolve_data_config(model)
+    ds = CaptionEvalDataset(recs, build_transform(cfg), max_pixels=40_000_000)
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, collate_fn=EvalCollator(image_size(cfg)))
+    n, threads = 0, torch.get_num_threads()
+    torch.set_num_threads(1)  # small per-image tensor ops: extra threads only contend on a shared CPU
+    try:
+        for batch in loader:
+            assert batch["failed"] == []
+            assert batch["pixel_values"].shape[1:] == (3, *image_size(cfg)) == (3, 224, 224)
+            assert batch["pixel_values"].dtype == torch.float32
+            n += len(batch["image_ids"])
+    finally:
+        torch.set_num_threads(threads)
+    assert n == 239
