@@ -64,7 +64,14 @@ class Encoder(nn.Module):
     @property
     def data_config(self) -> dict:
         """timm's data config (input size, interpolation, mean, std, crop) for preprocessing."""
-        return timm.data.resolve_model_data_config(self.model)
+        cfg = dict(timm.data.resolve_model_data_config(self.model))
+        img_size = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
+        if img_size is not None:  # architecture overrides change the input size the hub config names
+            cfg["input_size"] = (3, int(img_size[0]), int(img_size[1]))
+        if not (self.cfg.pretrained or self.cfg.weights):
+            # a model trained from scratch here sees whole images: no eval-time centre crop
+            cfg["crop_pct"] = 1.0
+        return cfg
 
     def apply_freeze(self) -> None:
         """Freeze per ``cfg.freeze``: 'none', 'all', or all but the last ``unfrozen_blocks`` blocks."""

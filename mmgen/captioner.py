@@ -1,0 +1,231 @@
+"""Captioner: caption images with a saved model.
+
+>>> from mmgen import Captioner
+>>> captioner = Captioner.from_pretrained("runs/coco/final")
+>>> captioner.caption(["cat.jpg", "dog.png"], num_beams=5)
+['a cat sitting on a couch', 'a dog running on the beach']
+
+Images may be paths, PIL images or tensors already preprocessed for the encoder; they are decoded
+safely (RGB, EXIF orientation, pixel limit), preprocessed with the saved encoder's timm data config
+and captioned in batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from PIL import Image
+
+from mmgen.config import GenerationConfig
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
+"""A path, a PIL image, or a preprocessed tensor (3, H, W) / batch (B, 3, H, W)."""
+
+
+@dataclass
+class CaptionResult:
+    """The captions of one input image.
+
+    Attributes:
+        source: The path, or ``<image i>`` for an in-memory image (i: its position in the input).
+        captions: ``num_return_sequences`` captions, best first (empty when ``error`` is set).
+        scores: Their sequence scores.
+        error: Why the image could not be captioned (only with ``skip_errors=True``), else None.
+    """
+
+    source: str
+    captions: list[str]
+    scores: list[float]
+    error: str | None = None
+
+    @property
+    def caption(self) -> str | None:
+        """The best caption (None for a failed image)."""
+        return self.captions[0] if self.captions else None
+
+
+def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand directories to the image files directly inside them (sorted by name); files are kept as given."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            out.append(p)
+    return out
+
+
+def _flatten(images: ImageInput | Sequence[ImageInput]) -> list[tuple[str, Any]]:
+    """(source name, image) per image; a batched tensor counts as its B images."""
+    single = isinstance(images, (str, os.PathLike, torch.Tensor, Image.Image))
+    items: list[tuple[str, Any]] = []
+    for x in [images] if single else list(images):
+        if isinstance(x, torch.Tensor) and x.ndim == 4:
+            items += [(f"<image {len(items) + i}>", t) for i, t in enumerate(x)]
+        elif isinstance(x, (str, os.PathLike)):
+            items.append((str(x), x))
+        else:
+            items.append((f"<image {len(items)}>", x))
+    return items
+
+
+class Captioner:
+    """Captions images with a :class:`~mmgen.models.CaptionModel`.
+
+    Args:
+        model: The model (kept in eval mode on its current device).
+        generation: Default generation settings (default: those saved with the model).
+    """
+
+    def __init__(self, model, generation: GenerationConfig | None = None) -> None:
+        from mmgen.data.transforms import build_transform
+
+        self.model = model.eval()
+        self.generation = generation or model.generation_config
+        self.transform = build_transform(model.data_config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+    ) -> Captioner:
+        """Load a model directory written by ``CaptionModel.save_pretrained`` (or by training).
+
+        Args:
+            path: The model directory.
+            device: Where to run (default: CUDA when available, else the CPU).
+            dtype: Weights dtype, e.g. ``torch.bfloat16`` or ``"bfloat16"`` (default: as saved).
+        """
+        from mmgen.models import CaptionModel
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        return cls(CaptionModel.from_pretrained(path, device=device, dtype=dtype))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def resolve_generation(self, **overrides: Any) -> GenerationConfig:
+        """The default generation settings with ``overrides`` applied (validated)."""
+        valid = {f.name for f in dataclasses.fields(GenerationConfig)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(f"unknown generation setting(s) {unknown}; valid: {sorted(valid)}")
+        return dataclasses.replace(self.generation, **overrides)
+
+    def caption(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32, **generation: Any) -> list[str]:
+        """The best caption of each image.
+
+        Args:
+            images: One image or a list (paths, PIL images, preprocessed tensors); a ``(B, 3, H, W)``
+                tensor counts as B images.
+            batch_size: Images per forward pass.
+            **generation: ``GenerationConfig`` overrides (``num_beams=5``, ``max_new_tokens=30``, ...).
+
+        Returns:
+            One caption per image, in input order.
+
+        Raises:
+            mmgen.data.BadImageError: an image could not be decoded (the message names it).
+        """
+        return [r.caption for r in self.iter_captions(images, batch_size, **generation)]
+
+    def caption_with_scores(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32, **generation: Any
+    ) -> list[list[tuple[str, float]]]:
+        """The ``num_return_sequences`` best ``(caption, score)`` pairs of each image, best first."""
+        return [list(zip(r.captions, r.scores)) for r in self.iter_captions(images, batch_size, **generation)]
+
+    def iter_captions(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int = 32,
+        skip_errors: bool = False,
+        **generation: Any,
+    ) -> Iterator[CaptionResult]:
+        """Caption images batch by batch, yielding results in input order as they are ready.
+
+        Images are only decoded when their batch is assembled, so a long list of paths is never
+        held in memory at once.
+
+        Args:
+            images: As for :meth:`caption`.
+            batch_size: Images per forward pass.
+            skip_errors: Yield a result with ``error`` set for an image that cannot be decoded,
+                instead of raising.
+            **generation: ``GenerationConfig`` overrides.
+        """
+        from mmgen.data.images import BadImageError
+        from mmgen.generation import generate_captions
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        gen = self.resolve_generation(**generation)
+        rng = None
+        if gen.do_sample and gen.seed is not None:  # one stream for the whole call
+            rng = torch.Generator(device=self.device).manual_seed(gen.seed)
+        pending: list[tuple[str, torch.Tensor | str]] = []  # (source, pixels or error), input order
+
+        def flush() -> Iterator[CaptionResult]:
+            pixels = [p for _, p in pending if isinstance(p, torch.Tensor)]
+            out = generate_captions(self.model, torch.stack(pixels), gen, generator=rng) if pixels else None
+            done = 0
+            for source, p in pending:
+                if isinstance(p, str):
+                    yield CaptionResult(source, [], [], error=p)
+                else:
+                    yield CaptionResult(source, out.texts[done], out.scores[done])
+                    done += 1
+            pending.clear()
+
+        ready = 0
+        for source, image in _flatten(images):
+            try:
+                pending.append((source, self.preprocess(image, source)))
+                ready += 1
+            except BadImageError as e:
+                if not skip_errors:
+                    raise
+                pending.append((source, e.reason))
+            if ready == batch_size:
+                yield from flush()
+                ready = 0
+        if pending:
+            yield from flush()
+
+    def preprocess(self, image: Any, source: str | None = None) -> torch.Tensor:
+        """One image as the encoder's ``(3, H, W)`` input.
+
+        Paths and PIL images are decoded (RGB, EXIF orientation) and transformed with the model's
+        data config. A float tensor is taken as already preprocessed; a uint8 tensor ``(3, H, W)``
+        in 0..255 at the input size is normalised with the data config's mean and std.
+
+        Raises:
+            mmgen.data.BadImageError: the image cannot be decoded, or a tensor has the wrong shape.
+        """
+        from mmgen.data.images import BadImageError, decode_image
+        from mmgen.data.transforms import image_size, normalize_on_device
+
+        source = source or "<image>"
+        if not isinstance(image, torch.Tensor):
+            return self.transform(decode_image(image, name=source))
+        size = image_size(self.model.data_config)
+        if image.ndim != 3 or image.shape[0] != 3 or tuple(image.shape[1:]) != size:
+            raise BadImageError(source, f"tensor of shape {tuple(image.shape)}; expected (3, {size[0]}, {size[1]})")
+        if image.dtype == torch.uint8:
+            cfg = self.model.data_config
+            return normalize_on_device(image[None], cfg["mean"], cfg["std"])[0]
+        return image.float()

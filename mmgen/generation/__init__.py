@@ -1,0 +1,7 @@
+"""Caption generation: greedy, sampling and beam search over a causal LM with a KV cache."""
+
+from mmgen.generation.captions import GeneratedCaptions, generate_captions, prompt_embeds
+from mmgen.generation.outputs import SearchOutput
+from mmgen.generation.search import search
+
+__all__ = ["GeneratedCaptions", "SearchOutput", "generate_captions", "prompt_embeds", "search"]

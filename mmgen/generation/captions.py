@@ -1,0 +1,87 @@
+"""Captions from a :class:`~mmgen.models.CaptionModel`: image prefix + BOS/prompt -> search -> text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mmgen.config import GenerationConfig
+from mmgen.generation.search import search
+
+
+@dataclass
+class GeneratedCaptions:
+    """N-best captions of a batch of images.
+
+    Attributes:
+        texts: One list per image of ``num_return_sequences`` captions, best first.
+        scores: The matching sequence scores (see :class:`~mmgen.generation.SearchOutput`).
+    """
+
+    texts: list[list[str]]
+    scores: list[list[float]]
+
+    @property
+    def best(self) -> list[str]:
+        """The best caption of each image."""
+        return [options[0] for options in self.texts]
+
+
+def prompt_embeds(model, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None):
+    """The decoder's prompt for each image, ``(B, N' + P, D)``: image prefix, then BOS and the text prompt.
+
+    Args:
+        model: A ``CaptionModel``.
+        pixel_values: Preprocessed images ``(B, 3, H, W)`` (moved to the encoder's device and dtype).
+        features: Encoder tokens ``(B, N, C)`` instead of images (frozen-encoder feature cache).
+    """
+    if pixel_values is not None:
+        param = next(model.encoder.parameters())
+        pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
+    prefix = model.encode_images(pixel_values, features)  # (B, N', D)
+    start = model.start_embeds(prefix.shape[0])  # (B, P, D)
+    return torch.cat([prefix.to(start.dtype), start], dim=1)  # (B, N'+P, D)
+
+
+@torch.inference_mode()
+def generate_captions(
+    model,
+    pixel_values: torch.Tensor | None = None,
+    gen: GenerationConfig | None = None,
+    *,
+    features: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> GeneratedCaptions:
+    """Caption a batch of preprocessed images.
+
+    Args:
+        model: A ``CaptionModel`` (its decoder, tokenizer and prompt are used).
+        pixel_values: ``(B, 3, H, W)`` images preprocessed with the model's data config.
+        gen: Generation settings (default: the ones saved with the model).
+        features: Encoder tokens ``(B, N, C)`` in place of ``pixel_values``.
+        generator: Random source for sampling (default: seeded with ``gen.seed`` when set).
+
+    Returns:
+        Decoded captions (special tokens skipped, whitespace stripped) and their scores.
+    """
+    gen = gen or model.generation_config
+    tok = model.tokenizer
+    out = search(
+        model.decoder,
+        prompt_embeds(model, pixel_values, features),
+        gen,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        generator=generator,
+    )
+    b, r, _ = out.sequences.shape
+    seqs = out.sequences.reshape(b * r, -1).tolist()
+    lengths = out.lengths.reshape(-1).tolist()
+    texts = tok.batch_decode([s[:n] for s, n in zip(seqs, lengths)], skip_special_tokens=True)
+    texts = [t.strip() for t in texts]
+    scores = out.scores.float().reshape(-1).tolist()
+    return GeneratedCaptions(
+        texts=[texts[i * r : (i + 1) * r] for i in range(b)],
+        scores=[scores[i * r : (i + 1) * r] for i in range(b)],
+    )

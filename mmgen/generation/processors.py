@@ -1,0 +1,123 @@
+"""Vectorised score processors for decoding: penalties, bans and sampling filters.
+
+Every function takes next-token scores ``(N, V)`` (one row per running hypothesis) and returns
+new scores of the same shape. ``prev`` holds the tokens generated so far for each row, ``(N, t)``;
+the prompt (image prefix, BOS, text prompt) is never part of it, so penalties and n-gram bans only
+see generated tokens.
+
+Greedy decoding and sampling apply the processors to raw logits; beam search applies them to
+log-probabilities (the convention of transformers' ``generate``). None of them loops over rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmgen.config import GenerationConfig
+
+NEG_INF = float("-inf")
+
+
+def repetition_penalty(scores: torch.Tensor, prev: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make every token already generated in a row less likely.
+
+    A negative score is multiplied by ``penalty`` and a positive one divided by it (CTRL's rule),
+    once per distinct token whatever its count.
+
+    Args:
+        scores: Next-token scores, ``(N, V)``.
+        prev: Generated tokens, ``(N, t)``.
+        penalty: Values above 1 discourage repetition; 1 is a no-op.
+    """
+    if penalty == 1.0 or prev.shape[1] == 0:
+        return scores
+    seen = torch.gather(scores, 1, prev)  # (N, t)
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return scores.scatter(1, prev, seen)  # duplicates write the same value
+
+
+def ban_repeated_ngrams(scores: torch.Tensor, prev: torch.Tensor, n: int) -> torch.Tensor:
+    """Forbid any token that would complete an n-gram already present in the row.
+
+    Args:
+        scores: Next-token scores, ``(N, V)``.
+        prev: Generated tokens, ``(N, t)``.
+        n: N-gram size (0 disables the ban).
+    """
+    t = prev.shape[1]
+    if n <= 0 or t < n:  # no complete n-gram yet
+        return scores
+    grams = prev.unfold(1, n, 1)  # (N, t-n+1, n): every n-gram so far
+    context = prev[:, t - n + 1 :]  # (N, n-1): the tokens the next one would extend
+    hit = (grams[:, :, : n - 1] == context[:, None, :]).all(-1)  # (N, t-n+1); all() of nothing is True
+    counts = torch.zeros_like(scores).scatter_add_(1, grams[:, :, n - 1], hit.to(scores.dtype))  # (N, V)
+    return scores.masked_fill(counts > 0, NEG_INF)
+
+
+def ban_eos(scores: torch.Tensor, eos_ids: torch.Tensor, generated: int, min_new_tokens: int) -> torch.Tensor:
+    """Forbid the end-of-sequence token(s) while fewer than ``min_new_tokens`` have been generated.
+
+    Args:
+        scores: Next-token scores, ``(N, V)``.
+        eos_ids: End-of-sequence ids, ``(E,)``.
+        generated: Tokens generated so far (the same for every row).
+        min_new_tokens: Minimum number of generated tokens, the end-of-sequence token included.
+    """
+    if generated >= min_new_tokens:
+        return scores
+    return scores.index_fill(1, eos_ids, NEG_INF)
+
+
+def top_k_filter(scores: torch.Tensor, k: int, keep: int = 1) -> torch.Tensor:
+    """Keep the ``max(k, keep)`` best tokens of each row (ties with the last one kept too)."""
+    k = min(max(k, keep), scores.shape[-1])
+    if k <= 0 or k == scores.shape[-1]:
+        return scores
+    kth = torch.topk(scores, k, dim=-1).values[:, -1:]  # (N, 1)
+    return scores.masked_fill(scores < kth, NEG_INF)
+
+
+def top_p_filter(scores: torch.Tensor, p: float, keep: int = 1) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of best tokens whose probability reaches ``p``.
+
+    A token is dropped when the probability mass of all tokens ranked below it, itself included,
+    is at most ``1 - p``; at least ``keep`` tokens survive.
+    """
+    if p >= 1.0:
+        return scores
+    ascending, order = torch.sort(scores, dim=-1)  # (N, V), worst first
+    mass_below = ascending.softmax(-1).cumsum(-1)  # (N, V)
+    drop = mass_below <= 1.0 - p
+    drop[:, -keep:] = False
+    return scores.masked_fill(drop.scatter(1, order, drop), NEG_INF)
+
+
+def warp_for_sampling(scores: torch.Tensor, gen: GenerationConfig, keep: int = 1) -> torch.Tensor:
+    """Temperature, then top-k, then top-p: the distribution that sampling draws from.
+
+    Args:
+        scores: Processed scores, ``(N, V)``.
+        gen: Sampling settings (``temperature``, ``top_k``, ``top_p``).
+        keep: Minimum number of tokens each filter keeps (beam sampling keeps one per EOS id + 1).
+    """
+    if gen.temperature != 1.0:
+        scores = scores / gen.temperature
+    if gen.top_k > 0:
+        scores = top_k_filter(scores, gen.top_k, keep)
+    if gen.top_p < 1.0:
+        scores = top_p_filter(scores, gen.top_p, keep)
+    return scores
+
+
+def process(scores: torch.Tensor, prev: torch.Tensor, gen: GenerationConfig, eos_ids: torch.Tensor) -> torch.Tensor:
+    """Apply repetition penalty, n-gram ban and minimum length to next-token scores.
+
+    Args:
+        scores: Next-token scores (logits or log-probabilities), ``(N, V)``, fp32.
+        prev: Generated tokens, ``(N, t)``.
+        gen: Generation settings.
+        eos_ids: End-of-sequence ids, ``(E,)``.
+    """
+    scores = repetition_penalty(scores, prev, gen.repetition_penalty)
+    scores = ban_repeated_ngrams(scores, prev, gen.no_repeat_ngram_size)
+    return ban_eos(scores, eos_ids, prev.shape[1], gen.min_new_tokens)

@@ -1,0 +1,161 @@
+"""Captioner: the same captions from paths, PIL images and tensors; equal to transformers' generate."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+from mmgen.captioner import Captioner, list_images
+from mmgen.config import ConfigError, EncoderConfig, GenerationConfig
+from mmgen.data.images import BadImageError, decode_image
+from mmgen.data.transforms import build_transform
+from mmgen.generation import generate_captions
+from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+
+CAPTIONS = [
+    "a red circle above a blue square",
+    "two green triangles on a white background",
+    "a small yellow star next to a big black circle",
+    "a blue square left of a red triangle",
+]
+
+
+def small_input_config():
+    """The tiny model with timm's ``test_vit`` trunk (160 px input, 5x5 patches of 32 px).
+
+    Its timm data config matches the trunk's real input size, which ``tiny_model_config``'s
+    ``img_size`` override does not yet propagate to ``CaptionModel.data_config``.
+    """
+    return dataclasses.replace(
+        tiny_model_config(), encoder=EncoderConfig(name="test_vit", patch_size=32, embed_dim=64, depth=2, num_heads=2)
+    )
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    torch.manual_seed(0)
+    model = CaptionModel(small_input_config(), train_caption_tokenizer(CAPTIONS)).eval()
+    model.generation_config = GenerationConfig(num_beams=2, max_new_tokens=8)
+    path = tmp_path_factory.mktemp("model")
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    g = torch.Generator().manual_seed(1)
+    for i, (ext, mode) in enumerate([("png", "RGB"), ("jpg", "RGB"), ("png", "L"), ("png", "RGBA")]):
+        pixels = torch.randint(0, 256, (40 + 8 * i, 48, 3), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).convert(mode).save(folder / f"img{i}.{ext}")
+    return list_images([folder])
+
+
+@pytest.fixture(scope="module")
+def captioner(saved_model):
+    return Captioner.from_pretrained(saved_model, device="cpu")
+
+
+def test_public_import():
+    from mmgen import Captioner as Exported
+
+    assert Exported is Captioner
+
+
+def test_paths_pil_and_tensors_give_the_same_captions(captioner, image_files):
+    by_path = captioner.caption(image_files)
+    assert len(by_path) == len(image_files) and all(isinstance(c, str) for c in by_path)
+    pils = [Image.open(p) for p in image_files]
+    transform = build_transform(captioner.model.data_config)
+    tensors = [transform(decode_image(p)) for p in image_files]
+    assert captioner.caption(pils) == by_path
+    assert captioner.caption(tensors) == by_path
+    assert captioner.caption(torch.stack(tensors)) == by_path  # one (B, 3, H, W) batch
+    assert captioner.caption(image_files, batch_size=3) == by_path  # batching does not matter
+    assert captioner.caption(str(image_files[1])) == by_path[1:2]  # a single image
+
+
+def test_uint8_tensor_is_normalised_like_the_float_transform(captioner, image_files):
+    cfg = captioner.model.data_config
+    raw = build_transform(cfg, uint8=True)(decode_image(image_files[0]))
+    assert raw.dtype == torch.uint8
+    expected = build_transform(cfg)(decode_image(image_files[0]))
+    torch.testing.assert_close(captioner.preprocess(raw), expected, atol=1e-5, rtol=1e-5)
+
+
+def hf_captions(model: CaptionModel, pixels: torch.Tensor, gen: GenerationConfig):
+    """Reference: transformers' generate on the decoder with the same prompt embeddings."""
+    tok = model.tokenizer
+    with torch.no_grad():
+        embeds = torch.cat([model.encode_images(pixels), model.start_embeds(pixels.shape[0])], dim=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = model.decoder.generate(
+                inputs_embeds=embeds,
+                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                do_sample=False,
+                num_beams=gen.num_beams,
+                max_new_tokens=gen.max_new_tokens,
+                num_return_sequences=gen.num_return_sequences,
+                length_penalty=gen.length_penalty,
+                early_stopping=gen.early_stopping if gen.num_beams > 1 else None,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                return_dict_in_generate=True,
+                output_scores=True,
+            )
+    texts = [t.strip() for t in tok.batch_decode(out.sequences, skip_special_tokens=True)]
+    return texts, getattr(out, "sequences_scores", None)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_equals_transformers_generate(captioner, image_files, beams):
+    gen = GenerationConfig(num_beams=beams, max_new_tokens=10)
+    transform = build_transform(captioner.model.data_config)
+    pixels = torch.stack([transform(decode_image(p)) for p in image_files])
+    ref, _ = hf_captions(captioner.model, pixels, gen)
+    assert captioner.caption(image_files, num_beams=beams, max_new_tokens=10) == ref
+    assert generate_captions(captioner.model, pixels, gen).best == ref
+
+
+def test_n_best_with_scores(captioner, image_files):
+    gen = GenerationConfig(num_beams=3, num_return_sequences=2, max_new_tokens=6, length_penalty=0.6)
+    pairs = captioner.caption_with_scores(
+        image_files, num_beams=3, num_return_sequences=2, max_new_tokens=6, length_penalty=0.6
+    )
+    transform = build_transform(captioner.model.data_config)
+    pixels = torch.stack([transform(decode_image(p)) for p in image_files])
+    ref, ref_scores = hf_captions(captioner.model, pixels, gen)
+    assert [c for options in pairs for c, _ in options] == ref
+    scores = torch.tensor([s for options in pairs for _, s in options])
+    torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
+    assert all(a[1] >= b[1] for options in pairs for a, b in zip(options, options[1:]))
+
+
+def test_sampling_with_a_seed_is_reproducible(captioner, image_files):
+    kw = dict(do_sample=True, num_beams=1, seed=3, top_p=0.9)
+    assert captioner.caption(image_files, **kw) == captioner.caption(image_files, **kw)
+
+
+def test_bad_image_names_the_file(captioner, image_files, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    with pytest.raises(BadImageError, match="broken.jpg"):
+        captioner.caption([image_files[0], broken])
+    results = list(captioner.iter_captions([image_files[0], broken, image_files[1]], skip_errors=True))
+    assert [r.error is None for r in results] == [True, False, True]
+    assert results[1].source == str(broken) and results[1].caption is None
+    assert [results[0].caption, results[2].caption] == captioner.caption([image_files[0], image_files[1]])
+
+
+def test_generation_overrides_are_validated(captioner, image_files):
+    with pytest.raises(ValueError, match="unknown generation setting"):
+        captioner.caption(image_files, beams=3)
+    with pytest.raises(ConfigError, match="num_beams"):
+        captioner.caption(image_files, num_beams=0)
+    with pytest.raises(BadImageError, match="expected"):
+        captioner.caption(torch.zeros(3, 7, 7))
