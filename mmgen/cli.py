@@ -15,6 +15,7 @@ COMMANDS = {
     # name: module under mmgen.commands
     "data": "data",
     "caption": "caption",
+    "train": "train",
 }
 
 

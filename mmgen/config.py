@@ -300,6 +300,8 @@ class TrainConfig:
     """Train from precomputed frozen-encoder features (requires model.encoder.freeze=all)."""
     feature_cache_dir: Optional[str] = None
     tensorboard: bool = True
+    init_from: Optional[str] = None
+    """A saved model directory whose matching weights initialise this run (stage 1 -> stage 2)."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives a list

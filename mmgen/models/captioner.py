@@ -251,6 +251,35 @@ class CaptionModel(nn.Module):
         return model
 
 
+def load_matching_weights(model: CaptionModel, path: str | os.PathLike) -> list[str]:
+    """Copy the tensors of a saved model into ``model`` where names and shapes match.
+
+    Used to start stage 2 from stage 1 (LoRA adapters are new; everything else carries over).
+    Returns the names of ``model``'s tensors that were not found in the file.
+    """
+    from safetensors.torch import load_file
+
+    file = Path(path) / WEIGHTS_NAME
+    if not file.exists():
+        raise FileNotFoundError(f"train.init_from: no {WEIGHTS_NAME} in {path}")
+    saved = load_file(str(file))
+    own = model.state_dict()
+    # peft wraps the decoder: base weights live under '.base_model.model.' and '.base_layer.'
+    def plain(name: str) -> str:
+        return name.replace("base_model.model.", "").replace(".base_layer.", ".")
+
+    by_plain = {plain(k): v for k, v in saved.items()}
+    missing = []
+    with torch.no_grad():
+        for name, tensor in own.items():
+            src = saved.get(name, by_plain.get(plain(name)))
+            if src is not None and src.shape == tensor.shape:
+                tensor.copy_(src)
+            else:
+                missing.append(name)
+    return missing
+
+
 def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> CaptionModel:
     """A ``CaptionModel`` from a config; a trained tokenizer (kind wordlevel/bpe) must be passed."""
     if tokenizer is None:

@@ -1,0 +1,186 @@
+"""Data plumbing of a training run: records, tokenizer, loaders, bad-image accounting, evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmgen.config import Config
+from mmgen.training import distributed as D
+
+
+@dataclass
+class RunData:
+    train_records: Any
+    val_records: Any
+    tracker: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+def prepare(cfg: Config, run_dir: Path, dist: D.DistState) -> RunData:
+    """Read (or first synthesise) the training and validation records."""
+    from mmgen.data import load_records
+
+    dc = cfg.data
+    train, train_images, val, val_images = dc.train, dc.train_images, dc.val, dc.val_images
+    if dc.synth:
+        from mmgen.data.synthetic import make_scenes_splits
+
+        out = run_dir / "data"
+        if dist.is_main:
+            make_scenes_splits(out, **dc.synth)
+        D.barrier()
+        train, train_images = str(out / "captions_train.json"), str(out)
+        val, val_images = str(out / "captions_val.json"), str(out)
+    if train is None:
+        raise ValueError("data.train is not set (a dataset path, or data.synth to generate scenes)")
+    train_records = load_records(train, images=train_images, split=dc.train_split if _has_splits(train) else None,
+                                 restval=dc.restval, image_column=dc.image_column, caption_column=dc.caption_column)
+    val_records = None
+    if val is not None:
+        val_records = load_records(val, images=val_images, split=dc.val_split if _has_splits(val) else None,
+                                   restval=False, image_column=dc.image_column, caption_column=dc.caption_column)
+        if cfg.eval.max_images is not None:
+            val_records = [val_records[i] for i in range(min(cfg.eval.max_images, len(val_records)))]
+    from mmgen.data.images import BadImageTracker
+
+    # the tracker's epoch size is set from this rank's share of the training items by train_loader
+    return RunData(train_records, val_records, BadImageTracker(dc.max_bad_fraction))
+
+
+def _has_splits(source: str) -> bool:
+    """Karpathy-style files carry a split per image; COCO / JSONL files usually don't."""
+    from mmgen.data.formats import sniff_json
+
+    p = Path(source)
+    if p.suffix != ".json" or not p.is_file():
+        return False
+    kind, _ = sniff_json(p)
+    return kind == "karpathy"
+
+
+def prepare_tokenizer(cfg: Config, train_records: Any, run_dir: Path, dist: D.DistState):
+    """The decoder's tokenizer, or one trained on the training captions (saved in ``run_dir/tokenizer``)."""
+    from transformers import AutoTokenizer
+
+    from mmgen.models.tokenizer import ensure_special_tokens, load_tokenizer, train_caption_tokenizer
+
+    tc = cfg.model.tokenizer
+    if tc.kind in ("decoder", "path"):
+        return load_tokenizer(tc, cfg.model.decoder.name)
+    path = run_dir / "tokenizer"
+    if dist.is_main and not (path / "tokenizer.json").exists():
+        from mmgen.data.datasets import caption_counts  # noqa: F401  (records API)
+
+        captions = (c for r in train_records for c in r.captions)
+        tok = train_caption_tokenizer(captions, tc.kind, tc.vocab_size, tc.min_frequency, tc.lowercase)
+        tok.save_pretrained(str(path))
+        print(f"trained a {tc.kind} tokenizer on the training captions: {len(tok)} tokens -> {path}")
+    D.barrier()
+    return ensure_special_tokens(AutoTokenizer.from_pretrained(str(path)))
+
+
+def feature_cache(cfg: Config, model, data: RunData, run_dir: Path, dist: D.DistState):
+    """Precompute frozen-encoder features when ``train.feature_cache`` is set (None otherwise)."""
+    if not cfg.train.feature_cache:
+        return None
+    from mmgen.data.features import ensure_feature_cache
+
+    cache_dir = Path(cfg.train.feature_cache_dir or run_dir / "features")
+    return ensure_feature_cache(model, data.train_records, cache_dir, cfg, dist)
+
+
+def _train_dataset(trainer) -> Any:
+    cfg = trainer.cfg
+    if trainer.features is not None:
+        return trainer.features.train_dataset(trainer.data.train_records, cfg.data.caption_sampling, cfg.train.seed)
+    from mmgen.data.datasets import CaptionTrainDataset
+    from mmgen.data.transforms import build_transform
+
+    if "dataset" not in trainer.data.extra:
+        transform = build_transform(trainer.model.data_config, train=True, augment=cfg.data.augment)
+        trainer.data.extra["dataset"] = CaptionTrainDataset(
+            trainer.data.train_records, transform, cfg.data.caption_sampling, seed=cfg.train.seed,
+            max_pixels=cfg.data.max_pixels,
+        )
+    return trainer.data.extra["dataset"]
+
+
+def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
+    """Yield the micro-batches of each optimizer step of ``epoch`` from step ``start_step`` on.
+
+    Every rank takes an interleaved share of one permutation per (seed, epoch); the union over ranks
+    and accumulation micro-batches of step s is items [s*B, (s+1)*B) of the permutation, whatever the
+    world size, so 1 and N processes see the same global batches.
+    """
+    from mmgen.data.collate import CaptionCollator
+    from mmgen.data.datasets import EpochSampler, make_loader
+    from mmgen.data.transforms import image_size
+
+    cfg, dist = trainer.cfg, trainer.dist
+    ds = _train_dataset(trainer)
+    accum, micro = cfg.train.grad_accum, trainer.micro_batch
+    per_step = micro * accum  # items per rank per optimizer step
+    steps = len(ds) // cfg.train.batch_size
+    if steps == 0:
+        raise ValueError(f"the training set has {len(ds)} items, fewer than train.batch_size={cfg.train.batch_size}")
+    sampler = EpochSampler(len(ds), seed=cfg.train.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size,
+                           drop_last=True)
+    sampler.set_epoch(epoch, start=start_step * per_step)
+    if trainer.data.tracker is not None:
+        trainer.data.tracker.epoch_size = steps * per_step  # this rank's items in the epoch
+    if trainer.features is not None:
+        collate = trainer.features.collator(trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens)
+    else:
+        collate = CaptionCollator(trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens,
+                                  image_size=image_size(trainer.model.data_config))
+    loader = make_loader(ds, micro, collate, sampler=sampler, num_workers=cfg.data.num_workers,
+                         seed=cfg.train.seed + epoch, drop_last=True, pin_memory=trainer.device.type == "cuda")
+    group: list[dict] = []
+    step = start_step
+    for batch in loader:
+        if trainer.data.tracker is not None and "bad" in batch:
+            trainer.data.tracker.update(batch)
+        group.append(batch)
+        if len(group) == accum:
+            if step >= steps:
+                return
+            yield [b for b in group if b["input_ids"].shape[0] > 0]  # every image bad: an empty step
+            group = []
+            step += 1
+
+
+def end_epoch(trainer, epoch: int) -> None:
+    """Print the bad-image summary of the epoch (raises once too many images failed)."""
+    tracker = trainer.data.tracker
+    if tracker is None:
+        return
+    message = tracker.end_epoch(epoch)
+    if message and trainer.dist.is_main:
+        print(message)
+
+
+def evaluate(trainer) -> dict:
+    """Caption the validation records with the in-loop generation settings and score them."""
+    from mmgen.evaluation.evaluate import evaluate_model
+
+    cfg = trainer.cfg
+    result = evaluate_model(
+        trainer.model, trainer.data.val_records, cfg.eval.generation, batch_size=cfg.eval.batch_size,
+        device=trainer.device, num_workers=cfg.data.num_workers, precision=cfg.train.precision,
+        progress=False,
+    )
+    return {**result.scores, **{f"collapse_{k}": v for k, v in result.collapse.items() if isinstance(v, float)}}
+
+
+def loss_on(model, batch: dict, device: torch.device) -> float:
+    """Mean caption loss of one batch (no gradient); for checks and the feature-cache comparison."""
+    with torch.no_grad():
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+        key = "features" if "features" in batch else "pixel_values"
+        inputs[key] = batch[key].to(device)
+        return float(model(**inputs).loss)

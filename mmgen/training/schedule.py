@@ -1,0 +1,36 @@
+"""Optimizer and learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mmgen.config import TrainConfig
+
+
+def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over the model's parameter groups (per-part learning rates; no decay on 1-D parameters)."""
+    groups = model.param_groups(
+        cfg.lr, cfg.weight_decay, encoder_lr=cfg.encoder_lr, projector_lr=cfg.projector_lr, decoder_lr=cfg.decoder_lr
+    )
+    if not groups:
+        raise ValueError("nothing to train: every parameter is frozen (check model.*.freeze / model.decoder.mode)")
+    fused = cfg.fused_adam if cfg.fused_adam is not None else device.type == "cuda"
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    return torch.optim.AdamW(groups, betas=cfg.betas, fused=fused)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total`` steps."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    )

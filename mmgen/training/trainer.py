@@ -1,0 +1,337 @@
+"""The training loop: one code path for CPU, one GPU and torchrun-launched DDP/FSDP.
+
+Loss normalisation is by the number of caption tokens in the whole optimizer step (all ranks,
+all accumulation micro-batches), so 1 process, N processes and gradient accumulation compute the
+same gradient for the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmgen.config import Config, save_config
+from mmgen.training import distributed as D
+from mmgen.training.schedule import build_optimizer, build_scheduler
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``train.max_bad_steps`` consecutive steps with a NaN/inf loss."""
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in every checkpoint (json)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: float | None = None
+    evals_without_improvement: int = 0
+    bad_steps_in_a_row: int = 0
+    skipped_steps: int = 0
+    history: list = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_context(cfg: Config, device: torch.device):
+    """bf16 autocast on CUDA (precision auto/bf16) or when bf16 is asked for explicitly; fp32 otherwise."""
+    p = cfg.train.precision
+    if (p == "auto" and device.type == "cuda") or p == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Trainer:
+    """Builds everything a run needs from a :class:`Config` and runs it.
+
+    Args:
+        cfg: The resolved configuration.
+        resume: A run directory to continue from its latest checkpoint (config taken from there).
+    """
+
+    def __init__(self, cfg: Config, resume: str | Path | None = None):
+        from mmgen.training import data as tdata
+        from mmgen.training.checkpoint import latest_checkpoint, load_checkpoint
+
+        self.dist = D.init_distributed()
+        self.cfg = cfg
+        self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
+        self.device = self.dist.device
+        seed_everything(cfg.train.seed)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        D.barrier()
+        self.data = tdata.prepare(cfg, self.run_dir, self.dist)
+        tokenizer = tdata.prepare_tokenizer(cfg, self.data.train_records, self.run_dir, self.dist)
+        from mmgen.models import CaptionModel
+
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.model = CaptionModel(cfg.model, tokenizer).to(self.device)
+        self.model.generation_config = cfg.eval.generation
+        if cfg.train.init_from and not resume:
+            from mmgen.models.captioner import load_matching_weights
+
+            missing = load_matching_weights(self.model, cfg.train.init_from)
+            if self.dist.is_main:
+                print(f"initialised from {cfg.train.init_from} ({len(missing)} tensors kept their new init)")
+        self.optimizer = build_optimizer(self.model, cfg.train, self.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.state = TrainState()
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if ckpt is not None:
+            self.state = TrainState(**load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler))
+            if self.dist.is_main:
+                print(f"resumed from {ckpt} at step {self.state.step}")
+        else:
+            seed_everything(cfg.train.seed + self.dist.rank)
+        self.features = tdata.feature_cache(cfg, self.model, self.data, self.run_dir, self.dist)
+        self.wrapped = D.wrap_model(self.model, self.dist, cfg.train.distributed)
+        self.forward = torch.compile(self.wrapped) if cfg.train.compile else self.wrapped
+        self.logger = RunLogger(self.run_dir, cfg, self.dist.is_main)
+        world, accum = self.dist.world_size, cfg.train.grad_accum
+        if cfg.train.batch_size % (world * accum):
+            raise ValueError(
+                f"train.batch_size={cfg.train.batch_size} must be divisible by world size x grad_accum = {world * accum}"
+            )
+        self.micro_batch = cfg.train.batch_size // (world * accum)
+
+    # -- one optimizer step ---------------------------------------------------------------------
+    def _micro_losses(self, batches: list[dict]) -> tuple[torch.Tensor, int]:
+        """Forward/backward over the accumulation micro-batches; returns (summed loss, images)."""
+        dev = self.device
+        n_tok = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        total_tok = int(D.all_reduce_sum(torch.tensor([n_tok], dtype=torch.float64)).item())
+        scale = self.dist.world_size / max(total_tok, 1)  # DDP averages gradients over ranks
+        loss_sum = torch.zeros((), device=dev, dtype=torch.float32)
+        images = 0
+        for i, b in enumerate(batches):
+            sync = i == len(batches) - 1 or not self.dist.distributed
+            ctx = contextlib.nullcontext() if sync or not hasattr(self.wrapped, "no_sync") else self.wrapped.no_sync()
+            inputs = {k: b[k].to(dev, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
+            if "features" in b:
+                inputs["features"] = b["features"].to(dev, non_blocking=True)
+            else:
+                inputs["pixel_values"] = b["pixel_values"].to(dev, non_blocking=True)
+            tok = int((b["labels"][:, 1:] != -100).sum())
+            with ctx:
+                with autocast_context(self.cfg, dev):
+                    out = self.forward(**inputs)
+                part = out.loss.float() * tok  # summed token loss of this micro-batch
+                (part * scale).backward()
+            loss_sum += part.detach()
+            images += b["input_ids"].shape[0]
+        loss_sum = D.all_reduce_sum(loss_sum) / max(total_tok, 1)
+        return loss_sum, images
+
+    def _optimizer_step(self, batches: list[dict]) -> tuple[float, int, bool]:
+        if not batches:  # every image of the step failed to decode (counted by the bad-image tracker)
+            self.state.skipped_steps += 1
+            return float("nan"), 0, False
+        loss, images = self._micro_losses(batches)
+        finite = bool(torch.isfinite(loss).item())
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.bad_steps_in_a_row += 1
+            self.state.skipped_steps += 1
+            warnings.warn(f"step {self.state.step}: non-finite loss ({loss.item()}), step skipped", stacklevel=2)
+            if self.state.bad_steps_in_a_row >= self.cfg.train.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"{self.state.bad_steps_in_a_row} consecutive steps had a non-finite loss (train.max_bad_steps="
+                    f"{self.cfg.train.max_bad_steps}); lower train.lr, check the data, or use precision fp32"
+                )
+            return float("nan"), images, False
+        self.state.bad_steps_in_a_row = 0
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return float(loss.item()), images, True
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train until ``train.max_steps``, ``train.max_time`` or early stop; returns the last eval scores."""
+        from tqdm import tqdm
+
+        from mmgen.training import data as tdata
+
+        cfg, st = self.cfg, self.state
+        start = time.perf_counter()
+        bar = tqdm(total=cfg.train.max_steps, initial=st.step, disable=not self.dist.is_main, dynamic_ncols=True,
+                   desc="train")
+        last_scores: dict = {}
+        window_images, window_t = 0, time.perf_counter()
+        stop = st.step >= cfg.train.max_steps
+        self.model.train()
+        while not stop:
+            loader = tdata.train_loader(self, st.epoch, st.batch_in_epoch)
+            for batches in loader:
+                loss, images, _ = self._optimizer_step(batches)
+                st.step += 1
+                st.batch_in_epoch += 1
+                window_images += images * self.dist.world_size
+                lr = self.scheduler.get_last_lr()[0]
+                bar.update(1)
+                if st.step % cfg.train.log_every == 0 or st.step == cfg.train.max_steps:
+                    dt = time.perf_counter() - window_t
+                    ips = window_images / max(dt, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+                    self.logger.log({"step": st.step, "epoch": st.epoch, "loss": loss, "lr": lr, "images_per_s": ips,
+                                     "time": time.perf_counter() - start})
+                    window_images, window_t = 0, time.perf_counter()
+                stop = self._after_step(start)
+                if cfg.eval.every and st.step % cfg.eval.every == 0:
+                    last_scores = self.evaluate()
+                    stop = stop or self._early_stop()
+                if st.step % cfg.train.save_every == 0 and not stop:
+                    self.save()
+                if stop:
+                    break
+            else:
+                st.epoch += 1
+                st.batch_in_epoch = 0
+                tdata.end_epoch(self, st.epoch - 1)
+        bar.close()
+        if not last_scores or st.history and st.history[-1].get("step") != st.step:
+            last_scores = self.evaluate()
+        self.save()
+        self.save_final()
+        self.logger.close()
+        D.barrier()
+        return last_scores
+
+    def _after_step(self, start: float) -> bool:
+        stop = self.state.step >= self.cfg.train.max_steps
+        if self.cfg.train.max_time is not None:
+            over = torch.tensor([float(time.perf_counter() - start >= self.cfg.train.max_time)])
+            stop = stop or bool(D.all_reduce_sum(over).item() > 0)
+        return stop
+
+    def _early_stop(self) -> bool:
+        p = self.cfg.eval.early_stop_patience
+        return p > 0 and self.state.evals_without_improvement >= p
+
+    # -- evaluation / saving ----------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Caption the validation split (rank 0), score it, keep ``best/`` by ``eval.metric``."""
+        from mmgen.training import data as tdata
+        from mmgen.training.checkpoint import save_best
+
+        scores: dict = {}
+        if self.data.val_records and self.dist.is_main:
+            self.model.eval()
+            scores = tdata.evaluate(self)
+            self.model.train()
+            metric = self.cfg.eval.metric
+            value = scores.get(metric)
+            if value is not None:
+                better = self.state.best is None or (value < self.state.best if metric == "loss" else value > self.state.best)
+                if better:
+                    self.state.best = value
+                    self.state.evals_without_improvement = 0
+                    save_best(self.run_dir, self.model, {"step": self.state.step, **scores},
+                              generation=self.cfg.eval.generation)
+                else:
+                    self.state.evals_without_improvement += 1
+            entry = {"step": self.state.step, "eval": scores}
+            self.state.history.append(entry)
+            self.logger.log(entry)
+            print(f"\nstep {self.state.step} eval: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()
+                                                                if isinstance(v, float)))
+        D.barrier()
+        if self.dist.distributed:  # every rank follows rank 0's early-stop counter
+            t = D.broadcast(torch.tensor([float(self.state.evals_without_improvement)]))
+            self.state.evals_without_improvement = int(t.item())
+        return scores
+
+    def save(self) -> None:
+        from mmgen.training.checkpoint import gather_rng_states, save_checkpoint
+
+        state = self.state.__dict__.copy()
+        rng = gather_rng_states() if self.dist.distributed else None  # collective: every rank's RNG
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir, self.state.step, self.model, self.optimizer, self.scheduler, state,
+                            keep_last=self.cfg.train.keep_last, generation=self.cfg.eval.generation, rng_states=rng)
+        D.barrier()
+
+    def save_final(self) -> None:
+        if self.dist.is_main:
+            self.model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
+            self.logger.plot()
+
+
+class RunLogger:
+    """metrics.jsonl, TensorBoard events (when tensorboard is installed) and PNG curves (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, cfg: Config, enabled: bool):
+        self.run_dir, self.enabled, self.tb = run_dir, enabled, None
+        if enabled and cfg.train.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                warnings.warn("tensorboard is not installed: no TensorBoard events (pip install tensorboard)",
+                              stacklevel=2)
+
+    def log(self, entry: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if self.tb is not None:
+            step = entry["step"]
+            for k, v in entry.items():
+                if isinstance(v, (int, float)) and k not in ("step",) and math.isfinite(v):
+                    self.tb.add_scalar(f"train/{k}", v, step)
+            for k, v in entry.get("eval", {}).items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"eval/{k}", v, step)
+
+    def plot(self) -> None:
+        """Loss and eval-metric curves as ``curves.png``."""
+        if not self.enabled or not (self.run_dir / "metrics.jsonl").exists():
+            return
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        rows = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        train = [r for r in rows if "loss" in r]
+        evals = [r for r in rows if "eval" in r]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
+        axes[0].set(title="training loss", xlabel="step", yscale="log")
+        for metric in ("CIDEr", "Bleu_4"):
+            pts = [(r["step"], r["eval"][metric]) for r in evals if metric in r["eval"]]
+            if pts:
+                axes[1].plot(*zip(*pts), marker="o", label=metric)
+        axes[1].set(title="validation", xlabel="step")
+        if evals:
+            axes[1].legend()
+        fig.tight_layout()
+        fig.savefig(self.run_dir / "curves.png", dpi=100)
+        plt.close(fig)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
