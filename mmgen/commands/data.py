@@ -1,4 +1,4 @@
-"""``mmgen data ACTION``: dataset tools (``synth``, ``stats``).
+"""``mmgen data ACTION``: dataset tools (``synth``, ``stats``, ``features``).
 
 Each action is a pair of functions in ``ACTIONS``: one adds its arguments to a sub-subparser, the
 other runs it and returns the exit code. The logic lives in :mod:`mmgen.data`.
@@ -79,10 +79,33 @@ def _run_stats(args: argparse.Namespace) -> int:
     return 1 if st.failed else 0
 
 
+def _add_features(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="training config whose frozen encoder and data are used")
+    p.add_argument("--out", help="cache directory (default: train.feature_cache_dir or RUN_DIR/features)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="storage dtype (default: bf16 on GPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    from mmgen.data.features import build_feature_cache_cli
+    from mmgen.training.distributed import cleanup_distributed
+
+    try:
+        cache = build_feature_cache_cli(args.config, args.overrides, args.out, dtype=args.dtype, device=args.device)
+    finally:
+        cleanup_distributed()
+    print(f"feature cache: {cache.path} ({cache.num_records} images, features {tuple(cache.row_shape)}, "
+          f"{len(cache.failed)} failed)")
+    return 0
+
+
 ACTIONS: dict[str, tuple[str, Callable, Callable]] = {
     # name: (help, add_arguments, run)
     "synth": ("write a synthetic shapes-and-backgrounds caption dataset", _add_synth, _run_synth),
     "stats": ("statistics of a caption dataset and the images that fail to decode", _add_stats, _run_stats),
+    "features": ("precompute frozen-encoder features for training (memory-mapped safetensors shards)",
+                 _add_features, _run_features),
 }
 
 
