@@ -13,9 +13,12 @@ import sys
 
 COMMANDS = {
     # name: module under mmgen.commands
+    "score": "score",
     "data": "data",
     "caption": "caption",
     "train": "train",
+    "evaluate": "evaluate",
+    "demo": "demo",
 }
 
 

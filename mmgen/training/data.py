@@ -174,7 +174,8 @@ def evaluate(trainer) -> dict:
         device=trainer.device, num_workers=cfg.data.num_workers, precision=cfg.train.precision,
         progress=False,
     )
-    return {**result.scores, **{f"collapse_{k}": v for k, v in result.collapse.items() if isinstance(v, float)}}
+    return {**result.scores, **{f"collapse_{k}": v for k, v in result.collapse.items()
+                                if isinstance(v, (int, float))}}
 
 
 def loss_on(model, batch: dict, device: torch.device) -> float:

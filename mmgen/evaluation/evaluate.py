@@ -1,0 +1,117 @@
+"""A model over a dataset: caption every image in batches, score against the references, write outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmgen.config import GenerationConfig
+
+
+@dataclass
+class EvalResult:
+    """Scores of one evaluation.
+
+    Attributes:
+        scores: Corpus metrics (Bleu_1..4, METEOR, ROUGE_L, CIDEr) over the images that decoded.
+        collapse: Caption-collapse monitor (distinct captions, vocabulary, most common caption).
+        entries: One dict per image: image_id, image (source), candidate, references, CIDEr, failed.
+        failed: (image_id, reason) of images that could not be decoded; they are listed, not scored.
+        counts: Images scored, failed images, empty captions.
+    """
+
+    scores: dict[str, float]
+    collapse: dict[str, Any]
+    entries: list[dict] = field(default_factory=list)
+    failed: list[tuple[Any, str]] = field(default_factory=list)
+    counts: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"scores": self.scores, "collapse": self.collapse, **self.counts,
+                "failed": [{"image_id": i, "reason": r} for i, r in self.failed]}
+
+
+def caption_records(
+    model, records, gen: GenerationConfig, batch_size: int = 32, device: torch.device | str | None = None,
+    num_workers: int = 0, precision: str = "auto", progress: bool = True,
+) -> tuple[dict[Any, str], dict[Any, list[str]], list[tuple[Any, str]]]:
+    """Caption every record: (candidates by image id, references by image id, failed images)."""
+    from tqdm import tqdm
+
+    from mmgen.data.collate import EvalCollator
+    from mmgen.data.datasets import CaptionEvalDataset, make_loader
+    from mmgen.data.transforms import build_transform, image_size
+    from mmgen.generation import generate_captions
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    ds = CaptionEvalDataset(records, build_transform(model.data_config, train=False))
+    loader = make_loader(ds, batch_size, EvalCollator(image_size(model.data_config)), num_workers=num_workers,
+                         pin_memory=device.type == "cuda")
+    bf16 = (precision == "auto" and device.type == "cuda") or precision == "bf16"
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    candidates: dict[Any, str] = {}
+    references: dict[Any, list[str]] = {}
+    failed: list[tuple[Any, str]] = []
+    was_training = model.training
+    model.eval()
+    for batch in tqdm(loader, desc="caption", disable=not progress, dynamic_ncols=True):
+        failed.extend(batch["failed"])
+        if not batch["image_ids"]:
+            continue
+        with ctx:
+            out = generate_captions(model, batch["pixel_values"].to(device, non_blocking=True), gen)
+        for image_id, caption, refs in zip(batch["image_ids"], out.best, batch["references"]):
+            candidates[image_id] = caption
+            references[image_id] = refs
+    model.train(was_training)
+    return candidates, references, failed
+
+
+def evaluate_model(
+    model, records, gen: GenerationConfig, batch_size: int = 32, device: torch.device | str | None = None,
+    num_workers: int = 0, precision: str = "auto", progress: bool = True, metrics=None, tokenizer: str = "auto",
+) -> EvalResult:
+    """Caption ``records`` with ``model`` and score the captions (COCO metrics + collapse monitor)."""
+    from mmgen.evaluation import collapse_stats, score_captions_detailed
+
+    candidates, references, failed = caption_records(model, records, gen, batch_size, device, num_workers,
+                                                     precision, progress)
+    detailed = score_captions_detailed(references, candidates, metrics, tokenizer) if candidates else None
+    scores = dict(detailed.overall) if detailed else {}
+    sources = {r.image_id: r.image for r in records}
+    entries = []
+    for i, caption in candidates.items():
+        own = detailed.per_image.get(i, {}) if detailed else {}
+        entries.append({"image_id": i, "image": _source(sources.get(i)), "candidate": caption,
+                        "references": references[i], "cider": own.get("CIDEr"), "scores": own})
+    entries += [{"image_id": i, "image": _source(sources.get(i)), "candidate": "", "references": [],
+                 "error": reason} for i, reason in failed]
+    counts = {"images": float(len(candidates)), "failed_images": float(len(failed)),
+              "empty_captions": float(len(detailed.empty_candidates) if detailed else 0)}
+    return EvalResult(scores=scores, collapse=collapse_stats(list(candidates.values())), entries=entries,
+                      failed=failed, counts=counts)
+
+
+def _source(image: Any) -> Any:
+    return str(image) if isinstance(image, (str, Path)) else image
+
+
+def write_evaluation(out_dir: str | Path, result: EvalResult, title: str = "mmgen evaluation") -> dict[str, Path]:
+    """Write the COCO results json, scores json, per-image table (TSV) and the HTML report."""
+    from mmgen.evaluation.report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ok = [e for e in result.entries if not e.get("error")]
+    paths = {"results": out / "results.json", "scores": out / "scores.json"}
+    paths["results"].write_text(json.dumps([{"image_id": e["image_id"], "caption": e["candidate"]} for e in ok]))
+    paths["scores"].write_text(json.dumps(result.summary(), indent=2, default=str))
+    paths["report"] = write_report(out, result.entries, {**result.scores, **result.counts}, result.collapse,
+                                   title=title)
+    paths["table"] = out / "per_image.tsv"
+    return paths

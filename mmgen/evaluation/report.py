@@ -1,0 +1,179 @@
+"""A self-contained HTML report of a caption evaluation, worst images first, plus a per-image TSV.
+
+The HTML file embeds its thumbnails as base64 JPEG and its style inline, so it opens offline and can
+be copied anywhere on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ReportEntry", "write_report"]
+
+THUMB_SIZE = 160
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1.5em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.placeholder { width: 160px; height: 100px; background: #eee; color: #a00; font-size: 12px;
+  display: flex; align-items: center; justify-content: center; text-align: center; }
+ul { margin: 0; padding-left: 1.2em; }
+.warn { color: #a00; font-weight: bold; }
+"""
+
+
+@dataclass
+class ReportEntry:
+    """One image of the report.
+
+    Attributes:
+        image_id: The image id.
+        image: A path to the image, a PIL image, or None when it could not be loaded.
+        candidate: The generated caption.
+        references: The reference captions.
+        cider: This image's CIDEr-D, or None.
+        error: Why the image (or its caption) failed, shown in place of the thumbnail.
+    """
+
+    image_id: Hashable
+    image: Any = None
+    candidate: str = ""
+    references: Sequence[str] = field(default_factory=list)
+    cider: float | None = None
+    error: str | None = None
+
+
+def _as_entry(entry: ReportEntry | Mapping[str, Any]) -> ReportEntry:
+    if isinstance(entry, ReportEntry):
+        return entry
+    known = {k: entry[k] for k in ("image_id", "image", "candidate", "references", "cider", "error") if k in entry}
+    return ReportEntry(**known)
+
+
+def _thumbnail(entry: ReportEntry, size: int) -> tuple[str | None, str | None]:
+    """(base64 JPEG, None) or (None, reason it could not be made)."""
+    if entry.image is None:
+        return None, entry.error or "image unavailable"
+    from PIL import Image, ImageOps
+
+    try:
+        if isinstance(entry.image, (str, PathLike)):
+            with Image.open(entry.image) as img:
+                img = ImageOps.exif_transpose(img).convert("RGB")
+        else:
+            img = entry.image.convert("RGB")
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+    except Exception as e:  # any unreadable image becomes a placeholder, never a failed report
+        return None, f"could not load image: {type(e).__name__}: {e}"
+    return base64.b64encode(buf.getvalue()).decode("ascii"), None
+
+
+def _sort_key(row: tuple[ReportEntry, str | None, str | None]) -> tuple[int, float]:
+    # Failed images first, then ascending CIDEr (worst first); unscored entries after failures.
+    entry, thumb, _ = row
+    if thumb is None or entry.error is not None:
+        return (0, 0.0)
+    if entry.cider is None or math.isnan(float(entry.cider)):
+        return (1, 0.0)
+    return (2, float(entry.cider))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def _summary(scores: Mapping[str, float], collapse: Mapping[str, Any] | None, counts: Mapping[str, int]) -> list[str]:
+    out = ["<h2>Summary</h2>", "<table><tr><th>metric</th><th>value</th></tr>"]
+    for name, value in scores.items():
+        out.append(f"<tr><td>{html.escape(name)}</td><td class='num' title='{value!r}'>{_fmt(value)}</td></tr>")
+    for name, value in counts.items():
+        out.append(f"<tr><td>{html.escape(name)}</td><td class='num'>{value}</td></tr>")
+    out.append("</table>")
+    if collapse:
+        out.append("<h3>Collapse monitor</h3><table><tr><th>statistic</th><th>value</th></tr>")
+        for name, value in collapse.items():
+            out.append(f"<tr><td>{html.escape(name)}</td><td>{_fmt(value)}</td></tr>")
+        out.append("</table>")
+        share = collapse.get("most_common_share", 0.0)
+        if isinstance(share, float) and share >= 0.5 and collapse.get("num_captions", 0) > 1:
+            out.append(f"<p class='warn'>Caption collapse: {share:.0%} of the captions are the same.</p>")
+    return out
+
+
+def _row(rank: int, entry: ReportEntry, thumb: str | None, reason: str | None) -> str:
+    if thumb is not None:
+        cell = f"<img src='data:image/jpeg;base64,{thumb}' alt='{html.escape(str(entry.image_id))}'>"
+    else:
+        cell = f"<div class='placeholder'>{html.escape(reason or '')}</div>"
+    refs = "".join(f"<li>{html.escape(r)}</li>" for r in entry.references)
+    cider = "" if entry.cider is None else _fmt(float(entry.cider))
+    return (
+        f"<tr><td class='num'>{rank}</td><td>{html.escape(str(entry.image_id))}</td><td>{cell}</td>"
+        f"<td class='num'>{cider}</td><td>{html.escape(entry.candidate)}</td><td><ul>{refs}</ul></td></tr>"
+    )
+
+
+def write_report(
+    out_dir: str | PathLike[str],
+    entries: Iterable[ReportEntry | Mapping[str, Any]],
+    scores: Mapping[str, float],
+    collapse: Mapping[str, Any] | None = None,
+    title: str = "Caption evaluation",
+    thumb_size: int = THUMB_SIZE,
+) -> Path:
+    """Write ``report.html`` and ``per_image.tsv`` into ``out_dir``.
+
+    Args:
+        out_dir: Output directory (created if needed).
+        entries: One :class:`ReportEntry` (or mapping with its fields) per image.
+        scores: Corpus metrics, shown in the summary table.
+        collapse: :func:`~mmgen.evaluation.collapse_stats` output, shown under the metrics.
+        title: Page title.
+        thumb_size: Longest side of the embedded thumbnails, in pixels.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = sorted(((e, *_thumbnail(e, thumb_size)) for e in map(_as_entry, entries)), key=_sort_key)
+    counts = {
+        "images": len(rows),
+        "failed images": sum(1 for e, thumb, _ in rows if thumb is None or e.error is not None),
+        "empty captions": sum(1 for e, _, _ in rows if not e.candidate.strip()),
+    }
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        *_summary(scores, collapse, counts),
+        "<h2>Images, worst CIDEr first</h2>",
+        "<table><tr><th>#</th><th>image id</th><th>image</th><th>CIDEr</th><th>candidate</th><th>references</th></tr>",
+        *(_row(rank, *row) for rank, row in enumerate(rows, start=1)),
+        "</table></body></html>",
+    ]
+    report = out / "report.html"
+    report.write_text("\n".join(parts), encoding="utf-8")
+    with open(out / "per_image.tsv", "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["rank", "image_id", "cider", "candidate", "references", "error"])
+        for rank, (e, _, reason) in enumerate(rows, start=1):
+            cider = "" if e.cider is None else repr(float(e.cider))
+            writer.writerow([rank, e.image_id, cider, e.candidate, " | ".join(e.references), e.error or reason or ""])
+    return report
