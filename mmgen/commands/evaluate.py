@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--tokenizer", choices=("auto", "java", "python"), default="auto", help="PTB tokenizer backend")
+    p.add_argument("--metrics", nargs="+", default=None,
+                   help="metrics (default: Bleu METEOR ROUGE_L CIDEr; METEOR needs Java)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default: ./eval)")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images is not None:
         records = [records[i] for i in range(min(args.max_images, len(records)))]
     result = evaluate_model(model, records, gen, batch_size=args.batch_size, device=device, num_workers=args.workers,
-                            tokenizer=args.tokenizer)
+                            tokenizer=args.tokenizer, metrics=args.metrics)
     paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}")
     for k, v in result.scores.items():
         print(f"{k}: {v}")

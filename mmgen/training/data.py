@@ -128,18 +128,23 @@ def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
     steps = len(ds) // cfg.train.batch_size
     if steps == 0:
         raise ValueError(f"the training set has {len(ds)} items, fewer than train.batch_size={cfg.train.batch_size}")
-    sampler = EpochSampler(len(ds), seed=cfg.train.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size,
-                           drop_last=True)
-    sampler.set_epoch(epoch, start=start_step * per_step)
+    loader = trainer.data.extra.get("loader")
+    if loader is None:  # built once: persistent workers, the sampler carries the epoch to them
+        sampler = EpochSampler(len(ds), seed=cfg.train.seed, shuffle=True, rank=dist.rank,
+                               world_size=dist.world_size, drop_last=True)
+        if trainer.features is not None:
+            collate = trainer.features.collator(trainer.model.tokenizer, cfg.model.prompt,
+                                                cfg.model.max_caption_tokens)
+        else:
+            collate = CaptionCollator(trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens,
+                                      image_size=image_size(trainer.model.data_config))
+        loader = make_loader(ds, micro, collate, sampler=sampler, num_workers=cfg.data.num_workers,
+                             seed=cfg.train.seed, drop_last=True, pin_memory=trainer.device.type == "cuda",
+                             persistent_workers=True)
+        trainer.data.extra["loader"] = loader
+    loader.sampler.set_epoch(epoch, start=start_step * per_step)
     if trainer.data.tracker is not None:
         trainer.data.tracker.epoch_size = steps * per_step  # this rank's items in the epoch
-    if trainer.features is not None:
-        collate = trainer.features.collator(trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens)
-    else:
-        collate = CaptionCollator(trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens,
-                                  image_size=image_size(trainer.model.data_config))
-    loader = make_loader(ds, micro, collate, sampler=sampler, num_workers=cfg.data.num_workers,
-                         seed=cfg.train.seed + epoch, drop_last=True, pin_memory=trainer.device.type == "cuda")
     group: list[dict] = []
     step = start_step
     for batch in loader:

@@ -1,0 +1,59 @@
+"""mmgen evaluate on a tiny saved model: every output written, failed images listed, report names every image."""
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from mmgen.cli import main
+from mmgen.data.synthetic import make_scenes
+from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+
+
+class _Text(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.text = []
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    make_scenes(root / "data", 6, seed=1, image_size=32)
+    ann = json.loads((root / "data" / "captions_train.json").read_text())
+    tok = train_caption_tokenizer([a["caption"] for a in ann["annotations"]], "wordlevel", 100)
+    CaptionModel(tiny_model_config(), tok).save_pretrained(root / "model")
+    return root
+
+
+def test_evaluate_writes_all_outputs_and_lists_failed_images(saved, capsys):
+    ann_path = saved / "data" / "captions_train.json"
+    ann = json.loads(ann_path.read_text())
+    broken = saved / "data" / ann["images"][2]["file_name"]
+    good = broken.read_bytes()
+    broken.write_bytes(good[: len(good) // 3])  # truncated PNG
+    try:
+        code = main(["evaluate", "--model", str(saved / "model"), "--data", str(ann_path), "--out",
+                     str(saved / "out"), "--beams", "2", "--max-new-tokens", "8", "--workers", "0",
+                     "--tokenizer", "python", "--metrics", "Bleu", "ROUGE_L", "CIDEr", "--device", "cpu"])
+    finally:
+        broken.write_bytes(good)
+    out = capsys.readouterr().out
+    assert code == 1  # one image failed
+    assert "1 images failed to decode" in out and str(ann["images"][2]["id"]) in out
+    scores = json.loads((saved / "out" / "scores.json").read_text())
+    assert set(scores["scores"]) >= {"Bleu_4", "CIDEr", "ROUGE_L"}
+    assert scores["images"] == 5 and scores["failed_images"] == 1
+    assert scores["failed"][0]["image_id"] == ann["images"][2]["id"]
+    results = json.loads((saved / "out" / "results.json").read_text())
+    assert sorted(r["image_id"] for r in results) == sorted(i["id"] for i in ann["images"] if i is not ann["images"][2])
+    parser = _Text()
+    parser.feed((saved / "out" / "report.html").read_text())
+    text = " ".join(parser.text)
+    for image in ann["images"]:
+        assert str(image["id"]) in text
+    rows = (saved / "out" / "per_image.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 6
