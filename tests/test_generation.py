@@ -17,7 +17,9 @@ from mmgen.generation.processors import top_k_filter, top_p_filter
 BOS, EOS, PAD = 2, 3, 1
 
 
-def tiny_decoder(kind: str = "gpt2", vocab: int = 64, dim: int = 32, seed: int = 0, eos_bias: float = 0.4):
+def tiny_decoder(
+    kind: str = "gpt2", vocab: int = 64, dim: int = 32, seed: int = 0, eos_bias: float = 0.4, attn: str = "sdpa"
+):
     """A random 2-layer causal LM whose EOS logit varies strongly with the context, so that
     sequences end at different steps."""
     torch.manual_seed(seed)
@@ -34,7 +36,7 @@ def tiny_decoder(kind: str = "gpt2", vocab: int = 64, dim: int = 32, seed: int =
             max_position_embeddings=64,
             **common,
         )
-    model = AutoModelForCausalLM.from_config(cfg).eval()
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval()
     with torch.no_grad():
         head = model.get_output_embeddings().weight
         head[EOS] = eos_bias * torch.randn(dim)
@@ -75,17 +77,19 @@ def hf_generate(model, embeds: torch.Tensor, gen: GenerationConfig, mask: torch.
 
 
 def assert_same_as_hf(model, embeds, gen, mask=None):
-    ours = search(model, embeds, gen, EOS, PAD, attention_mask=mask)
+    """Our search, with the dynamic and with the static cache, against transformers' generate."""
     ref_seq, ref_scores = hf_generate(model, embeds, gen, mask)
-    b, r, t = ours.sequences.shape
-    assert ref_seq.shape == (b * r, t)
-    assert torch.equal(ours.sequences.reshape(b * r, t), ref_seq)
-    # lengths: up to and including the first EOS (HF pads with PAD after it)
-    ends = (ref_seq == EOS).int()
-    ref_len = torch.where(ends.any(1), ends.argmax(1) + 1, torch.full((b * r,), t))
-    assert torch.equal(ours.lengths.reshape(-1), ref_len)
-    if ref_scores is not None:
-        torch.testing.assert_close(ours.scores.reshape(-1), ref_scores, atol=1e-5, rtol=1e-5)
+    for static in (False, True):
+        ours = search(model, embeds, gen, EOS, PAD, attention_mask=mask, static_cache=static)
+        b, r, t = ours.sequences.shape
+        assert ref_seq.shape == (b * r, t), f"static_cache={static}"
+        assert torch.equal(ours.sequences.reshape(b * r, t), ref_seq), f"static_cache={static}"
+        # lengths: up to and including the first EOS (HF pads with PAD after it)
+        ends = (ref_seq == EOS).int()
+        ref_len = torch.where(ends.any(1), ends.argmax(1) + 1, torch.full((b * r,), t))
+        assert torch.equal(ours.lengths.reshape(-1), ref_len), f"static_cache={static}"
+        if ref_scores is not None:
+            torch.testing.assert_close(ours.scores.reshape(-1), ref_scores, atol=1e-5, rtol=1e-5)
     return ours
 
 
@@ -148,10 +152,11 @@ def test_cached_equals_uncached(kind):
     for settings in (dict(num_beams=1), dict(num_beams=4, num_return_sequences=2, no_repeat_ngram_size=2)):
         gen = GenerationConfig(max_new_tokens=9, **settings)
         for m in (None, mask):
-            cached = search(model, embeds, gen, EOS, PAD, attention_mask=m)
             full = search(model, embeds, gen, EOS, PAD, attention_mask=m, use_cache=False)
-            assert torch.equal(cached.sequences, full.sequences)
-            torch.testing.assert_close(cached.scores, full.scores, atol=1e-5, rtol=1e-5)
+            for static in (False, True):
+                cached = search(model, embeds, gen, EOS, PAD, attention_mask=m, static_cache=static)
+                assert torch.equal(cached.sequences, full.sequences)
+                torch.testing.assert_close(cached.scores, full.scores, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +221,7 @@ def test_beam_search_equals_exhaustive_search(seed, settings):
         num_return_sequences=n_best,
         **settings,
     )
-    ours = search(model, embeds, gen, EOS, PAD)
+    ours = search(model, embeds, gen, EOS, PAD, static_cache=bool(seed % 2))  # both caches, in turn
     with torch.no_grad():
         for i in range(embeds.shape[0]):
             ref = exhaustive(model, embeds[i], gen, vocab)[:n_best]

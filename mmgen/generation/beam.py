@@ -1,4 +1,4 @@
-"""Batched beam search over a :class:`~mmgen.generation.decoder.StepDecoder`.
+"""Batched beam search, one fixed-shape :meth:`BeamState.update` per generated token.
 
 All images and beams advance together as ``B * K`` rows; nothing loops over images or beams.
 Semantics follow transformers' beam search for decoder-only models fed ``inputs_embeds``:
@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 
 from mmgen.config import GenerationConfig
-from mmgen.generation.decoder import StepDecoder
-from mmgen.generation.outputs import SearchOutput, StopCheck
-from mmgen.generation.processors import NEG_INF, process, warp_for_sampling
+from mmgen.generation.outputs import SearchOutput
+from mmgen.generation.processors import NEG_INF, is_eos, process, warp_for_sampling
 
 UNFILLED = -1.0e9  # score of an empty hypothesis slot: beaten by any real hypothesis, beats a forbidden one
 
@@ -40,113 +39,135 @@ def _select(
 
 
 class _Finished:
-    """The K best finished hypotheses of every image, kept sorted (best first)."""
+    """The K best finished hypotheses of every image, kept sorted (best first), updated in place."""
 
     def __init__(self, b: int, k: int, t: int, pad_id: int, device: torch.device) -> None:
-        self.tokens = torch.full((b, k, t), pad_id, dtype=torch.long, device=device)
-        self.scores = torch.full((b, k), UNFILLED, device=device)
-        self.lengths = torch.zeros(b, k, dtype=torch.long, device=device)
-        self.filled = torch.zeros(b, k, dtype=torch.bool, device=device)
+        self.pad_id = pad_id
+        self.tokens = torch.empty(b, k, t, dtype=torch.long, device=device)
+        self.scores = torch.empty(b, k, device=device)
+        self.lengths = torch.empty(b, k, dtype=torch.long, device=device)
+        self.filled = torch.empty(b, k, dtype=torch.bool, device=device)
+        self.reset()
 
-    def merge(self, tokens: torch.Tensor, scores: torch.Tensor, new: torch.Tensor, length: int) -> None:
-        """Offer candidates ``tokens`` (B, C, T) with penalised ``scores`` (B, C) where ``new`` (B, C) holds."""
-        b, k = self.scores.shape
+    def reset(self) -> None:
+        self.tokens.fill_(self.pad_id)
+        self.scores.fill_(UNFILLED)
+        self.lengths.zero_()
+        self.filled.zero_()
+
+    def merge(self, tokens: torch.Tensor, scores: torch.Tensor, new: torch.Tensor, length: torch.Tensor) -> None:
+        """Offer candidates ``tokens`` (B, C, T) with penalised ``scores`` (B, C) where ``new`` (B, C) holds,
+        all of ``length`` (0-dim) generated tokens."""
         scores = scores.masked_fill(~new, NEG_INF)
         merged = torch.cat([self.scores, scores], dim=1)  # (B, K+C)
-        self.scores, pick = torch.topk(merged, k, dim=1)  # (B, K)
+        best, pick = torch.topk(merged, self.scores.shape[1], dim=1)  # (B, K)
         all_tokens = torch.cat([self.tokens, tokens], dim=1)  # (B, K+C, T)
-        self.tokens = all_tokens.gather(1, pick[..., None].expand(-1, -1, all_tokens.shape[-1]))
-        self.lengths = torch.cat([self.lengths, torch.full_like(new, length, dtype=torch.long)], 1).gather(1, pick)
-        self.filled = torch.cat([self.filled, new], dim=1).gather(1, pick)
+        self.tokens.copy_(all_tokens.gather(1, pick[..., None].expand(-1, -1, all_tokens.shape[-1])))
+        self.lengths.copy_(torch.cat([self.lengths, length.expand_as(new)], 1).gather(1, pick))
+        self.filled.copy_(torch.cat([self.filled, new], dim=1).gather(1, pick))
+        self.scores.copy_(best)
 
     def best(self, r: int) -> SearchOutput:
-        """The ``r`` best hypotheses per image, trimmed to the longest one."""
+        """The ``r`` best hypotheses per image, trimmed to the longest one (new tensors)."""
         scores = self.scores[:, :r].masked_fill(~self.filled[:, :r], NEG_INF)
         lengths = self.lengths[:, :r].masked_fill(~self.filled[:, :r], 0)
         longest = int(lengths.max()) if lengths.numel() else 0
-        return SearchOutput(self.tokens[:, :r, :longest], lengths, scores)
+        return SearchOutput(self.tokens[:, :r, :longest].clone(), lengths, scores)
 
 
-def _can_improve(running: torch.Tensor, fin: _Finished, generated: int, gen: GenerationConfig) -> torch.Tensor:
-    """(B, 1): whether the best running beam might still beat an image's worst finished hypothesis."""
-    if gen.early_stopping == "never" and gen.length_penalty > 0:
-        length = gen.max_new_tokens  # a positive penalty favours length: bound at the longest
-    else:
-        length = generated
-    best = running[:, :1] / float(length) ** gen.length_penalty  # (B, 1), running is sorted
-    worst = fin.scores.min(dim=1, keepdim=True).values  # (B, 1)
-    worst = torch.where(fin.filled, worst, UNFILLED)  # (B, K): an empty slot can always be filled
-    return (best > worst).any(dim=1, keepdim=True)
+class BeamState:
+    """Beam search over ``B`` images x ``K`` beams, one :meth:`update` per generated token.
 
-
-def beam_search(
-    dec: StepDecoder,
-    logits: torch.Tensor,
-    gen: GenerationConfig,
-    eos_ids: torch.Tensor,
-    pad_id: int,
-    generator: torch.Generator | None = None,
-) -> SearchOutput:
-    """Beam search (or beam sampling with ``gen.do_sample``) from prefilled prompts.
+    Every tensor has a fixed shape and is updated in place, and the step number ``t`` lives on the
+    device, so :meth:`update` never reads a value back to the host (it can be captured in a CUDA
+    graph and replayed). After an update, ``rows`` (B*K,) says which former row each beam continues
+    and ``last`` (B*K,) is its newest token: what the decoder takes next. ``done`` is set once no
+    image can improve.
 
     Args:
-        dec: Decoder holding one prefilled row per image.
-        logits: Next-token logits after the prompt, ``(B, V)``.
+        b: Number of images.
         gen: ``num_beams``, ``max_new_tokens``, ``length_penalty``, ``early_stopping`` and processors.
         eos_ids: End-of-sequence ids, ``(E,)``.
         pad_id: Filler after a sequence's end.
-        generator: Random source for beam sampling.
-
-    Returns:
-        The ``num_return_sequences`` best finished hypotheses of every image.
     """
-    b, v = logits.shape
-    k, t_max, device = gen.num_beams, gen.max_new_tokens, logits.device
-    c = max(2, eos_ids.numel() + 1) * k
-    first_k = torch.arange(c, device=device) < k  # (C,) only these may finish at a step
-    image_row = torch.arange(b, device=device)[:, None] * k  # (B, 1) first flat row of each image
 
-    dec.reorder(torch.arange(b, device=device).repeat_interleave(k))  # each prefix shared by its K beams
-    logits = logits.repeat_interleave(k, dim=0)  # (B*K, V)
-    running = torch.full((b, k), NEG_INF, device=device)
-    running[:, 0] = 0.0  # the K copies are identical: only the first one is live at the start
-    tokens = torch.full((b, k, t_max), pad_id, dtype=torch.long, device=device)  # running beams
-    fin = _Finished(b, k, t_max, pad_id, device)
-    is_open = torch.ones(b, 1, dtype=torch.bool, device=device)  # image may still accept hypotheses
-    stop = StopCheck(device)
+    def __init__(self, b: int, gen: GenerationConfig, eos_ids: torch.Tensor, pad_id: int) -> None:
+        k, t_max, device = gen.num_beams, gen.max_new_tokens, eos_ids.device
+        self.gen, self.eos_ids, self.pad_id = gen, eos_ids, pad_id
+        self.c = max(2, eos_ids.numel() + 1) * k  # candidates kept per image and step
+        self.first_k = torch.arange(self.c, device=device) < k  # (C,) only these may finish at a step
+        self.image_row = torch.arange(b, device=device)[:, None] * k  # (B, 1) first flat row of each image
+        # (T,) length penalty after t+1 tokens, as float(t + 1) ** length_penalty rounded to fp32
+        self.penalty = torch.tensor([float(i + 1) ** gen.length_penalty for i in range(t_max)], device=device)
+        self.generator: torch.Generator | None = None
+        self.t = torch.zeros((), dtype=torch.long, device=device)
+        self.running = torch.empty(b, k, device=device)  # summed log-probabilities of the running beams
+        self.tokens = torch.empty(b, k, t_max, dtype=torch.long, device=device)  # running beams
+        self.fin = _Finished(b, k, t_max, pad_id, device)
+        self.is_open = torch.empty(b, 1, dtype=torch.bool, device=device)  # image may still accept hypotheses
+        self.done = torch.empty((), dtype=torch.bool, device=device)
+        self.rows = torch.empty(b * k, dtype=torch.long, device=device)
+        self.last = torch.empty(b * k, dtype=torch.long, device=device)
 
-    for t in range(t_max):
+    def reset(self, generator: torch.Generator | None = None) -> None:
+        """Start again from freshly prefilled prompts (each prompt copied to its K rows)."""
+        self.generator = generator
+        self.t.zero_()
+        self.running.fill_(NEG_INF)
+        self.running[:, 0] = 0.0  # the K copies are identical: only the first one is live at the start
+        self.tokens.fill_(self.pad_id)
+        self.fin.reset()
+        self.is_open.fill_(True)
+        self.done.fill_(False)
+
+    def _can_improve(self) -> torch.Tensor:
+        """(B, 1): whether the best running beam might still beat an image's worst finished hypothesis."""
+        if self.gen.early_stopping == "never" and self.gen.length_penalty > 0:
+            penalty = self.penalty[-1:]  # a positive penalty favours length: bound at the longest
+        else:
+            penalty = self.penalty.index_select(0, self.t.view(1))  # (1,) at the current length
+        best = self.running[:, :1] / penalty  # (B, 1), running is sorted
+        worst = self.fin.scores.min(dim=1, keepdim=True).values  # (B, 1)
+        worst = torch.where(self.fin.filled, worst, UNFILLED)  # (B, K): an empty slot can always be filled
+        return (best > worst).any(dim=1, keepdim=True)
+
+    def update(self, logits: torch.Tensor) -> None:
+        """Extend every beam by one token given next-token ``logits`` (B*K, V)."""
+        gen, fin, t = self.gen, self.fin, self.t
+        b, k, t_max = self.tokens.shape
+        v, c = logits.shape[-1], self.c
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V), fp32
-        logp = process(logp, tokens.view(b * k, t_max)[:, :t], gen, eos_ids)
+        logp = process(logp, self.tokens.view(b * k, t_max), t, gen, self.eos_ids)
         if gen.do_sample:
-            logp = warp_for_sampling(logp, gen, keep=eos_ids.numel() + 1)
-        total = (logp.view(b, k, v) + running[..., None]).view(b, k * v)  # (B, K*V)
-        cand_scores, cand = _select(total, c, gen.do_sample, generator)  # (B, C)
+            logp = warp_for_sampling(logp, gen, keep=self.eos_ids.numel() + 1)
+        total = (logp.view(b, k, v) + self.running[..., None]).view(b, k * v)  # (B, K*V)
+        cand_scores, cand = _select(total, c, gen.do_sample, self.generator)  # (B, C)
         src, tok = cand // v, cand % v  # (B, C) source beam, new token
-        cand_tokens = tokens.gather(1, src[..., None].expand(b, c, t_max))  # (B, C, T)
-        cand_tokens[:, :, t] = tok
-        ends = torch.isin(tok, eos_ids) | (t + 1 == t_max)  # (B, C)
+        cand_tokens = self.tokens.gather(1, src[..., None].expand(b, c, t_max))  # (B, C, T)
+        cand_tokens.scatter_(2, t.expand(b, c, 1), tok[..., None])
+        ends = is_eos(tok, self.eos_ids) | (t + 1 == t_max)  # (B, C)
 
         # the K best unfinished continuations run on
         running, keep = torch.topk(cand_scores.masked_fill(ends, NEG_INF), k, dim=1)  # (B, K)
-        tokens = cand_tokens.gather(1, keep[..., None].expand(b, k, t_max))  # (B, K, T)
-        rows = (image_row + src.gather(1, keep)).view(-1)  # (B*K,) cache row each beam continues
+        self.running.copy_(running)
+        self.tokens.copy_(cand_tokens.gather(1, keep[..., None].expand(b, k, t_max)))  # (B, K, T)
+        self.rows.copy_((self.image_row + src.gather(1, keep)).view(-1))  # (B*K,) cache row each beam continues
+        self.last.copy_(tok.gather(1, keep).view(-1))
 
         # finished continuations among the first K compete for the image's K slots
-        closed = ~is_open
+        closed = ~self.is_open
         if gen.early_stopping is True:
             closed = closed | fin.filled.all(dim=1, keepdim=True)
-        fin.merge(cand_tokens, cand_scores / float(t + 1) ** gen.length_penalty, ends & first_k & ~closed, t + 1)
-        if t + 1 == t_max:
-            break
+        penalty = self.penalty.index_select(0, t.view(1))  # (1,)
+        fin.merge(cand_tokens, cand_scores / penalty, ends & self.first_k & ~closed, t + 1)
 
-        is_open = is_open & _can_improve(running, fin, t + 1, gen)
-        done = ~is_open.any()
+        self.is_open &= self._can_improve()
+        done = ~self.is_open.any()
         if gen.early_stopping is True:
             done = done | fin.filled.all()
-        if stop(done):
-            break
-        dec.reorder(rows)
-        logits = dec.step(tokens[:, :, t].reshape(-1))
+        self.done.copy_(done)
+        self.t += 1
 
-    return fin.best(gen.num_return_sequences)
+    def output(self) -> SearchOutput:
+        """The ``num_return_sequences`` best finished hypotheses of every image."""
+        return self.fin.best(self.gen.num_return_sequences)

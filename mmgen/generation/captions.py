@@ -52,6 +52,8 @@ def generate_captions(
     *,
     features: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    static_cache: bool | str = "auto",
+    cuda_graph: bool | str = "auto",
 ) -> GeneratedCaptions:
     """Caption a batch of preprocessed images.
 
@@ -61,6 +63,8 @@ def generate_captions(
         gen: Generation settings (default: the ones saved with the model).
         features: Encoder tokens ``(B, N, C)`` in place of ``pixel_values``.
         generator: Random source for sampling (default: seeded with ``gen.seed`` when set).
+        static_cache: Preallocated keys and values (see :func:`~mmgen.generation.search`).
+        cuda_graph: Replay decoding steps from CUDA graphs (see :func:`~mmgen.generation.search`).
 
     Returns:
         Decoded captions (special tokens skipped, whitespace stripped) and their scores.
@@ -74,6 +78,8 @@ def generate_captions(
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         generator=generator,
+        static_cache=static_cache,
+        cuda_graph=cuda_graph,
     )
     b, r, _ = out.sequences.shape
     seqs = out.sequences.reshape(b * r, -1).tolist()

@@ -2,9 +2,10 @@
 
 :class:`StepDecoder` hides what differs between models and transformers versions (which forward
 arguments exist, the cache object, legacy tuple caches) behind ``prefill`` / ``step`` /
-``reorder``. The search algorithms only ever see next-token logits. With ``use_cache=False`` it
-recomputes the whole sequence at every step, which is the reference the cached path is tested
-against. A static cache or a captured CUDA graph would slot in here without touching the search.
+``expand`` / ``advance``; the search algorithms only ever see next-token logits (``logits``). With
+``use_cache=False`` it recomputes the whole sequence at every step, which is the reference the
+cached path is tested against. :class:`~mmgen.generation.static.StaticStepDecoder` offers the same
+interface over preallocated buffers.
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ class StepDecoder:
         self._first_pos: torch.Tensor | None = None  # (N, 1) position of the first generated token
         self._length = 0  # tokens seen so far (prompt included)
         self._prompt_length = 0
+        self.logits: torch.Tensor | None = None  # (N, V) next-token logits after the latest call
+
+    @property
+    def prompt_mask(self) -> torch.Tensor | None:
+        """``(N, L0)`` attention mask of the prompt (zeros on left padding), None when nothing is padded."""
+        return None if self._mask is None else self._mask[:, : self._prompt_length]
+
+    @property
+    def first_positions(self) -> torch.Tensor | None:
+        """``(N, 1)`` position id of the first generated token of each row."""
+        return self._first_pos
 
     def _run(self, inputs: dict, positions: torch.Tensor, past: int) -> torch.Tensor:
         """One forward over ``inputs`` (``inputs_embeds`` (N, L, D)) after ``past`` cached positions;
@@ -95,7 +107,21 @@ class StepDecoder:
             self._first_pos = mask.sum(-1, keepdim=True)  # (N, 1)
         if not self.use_cache:
             self._embeds = inputs_embeds
-        return self._run({"inputs_embeds": inputs_embeds}, positions, 0)
+        self.logits = self._run({"inputs_embeds": inputs_embeds}, positions, 0)
+        return self.logits
+
+    def expand(self, repeats: int) -> None:
+        """Give every row ``repeats`` consecutive copies (the beams or samples of one prompt)."""
+        if repeats > 1:
+            rows = torch.arange(self.logits.shape[0], device=self.logits.device).repeat_interleave(repeats)
+            self.reorder(rows)
+            self.logits = self.logits.index_select(0, rows)
+
+    def advance(self, rows: torch.Tensor | None, tokens: torch.Tensor) -> None:
+        """Reorder the rows (``rows`` (N,), None keeps them), append ``tokens`` (N,); updates ``logits``."""
+        if rows is not None:
+            self.reorder(rows)
+        self.logits = self.step(tokens)
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Make row ``i`` continue from former row ``rows[i]`` (beam reordering, or expansion N -> N')."""

@@ -1,9 +1,12 @@
 """Vectorised score processors for decoding: penalties, bans and sampling filters.
 
 Every function takes next-token scores ``(N, V)`` (one row per running hypothesis) and returns
-new scores of the same shape. ``prev`` holds the tokens generated so far for each row, ``(N, t)``;
-the prompt (image prefix, BOS, text prompt) is never part of it, so penalties and n-gram bans only
-see generated tokens.
+new scores of the same shape. The generated tokens are given as a fixed-size buffer ``tokens``
+``(N, T)`` together with the step ``t``, a 0-dim long tensor on the scores' device: only
+``tokens[:, :t]`` have been generated. Shapes therefore never change from step to step and no
+value is read back to the host, so a decoding step can be captured in a CUDA graph. The prompt
+(image prefix, BOS, text prompt) is never part of ``tokens``: penalties and n-gram bans only see
+generated tokens.
 
 Greedy decoding and sampling apply the processors to raw logits; beam search applies them to
 log-probabilities (the convention of transformers' ``generate``). None of them loops over rows.
@@ -18,7 +21,7 @@ from mmgen.config import GenerationConfig
 NEG_INF = float("-inf")
 
 
-def repetition_penalty(scores: torch.Tensor, prev: torch.Tensor, penalty: float) -> torch.Tensor:
+def repetition_penalty(scores: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor, penalty: float) -> torch.Tensor:
     """Make every token already generated in a row less likely.
 
     A negative score is multiplied by ``penalty`` and a positive one divided by it (CTRL's rule),
@@ -26,46 +29,55 @@ def repetition_penalty(scores: torch.Tensor, prev: torch.Tensor, penalty: float)
 
     Args:
         scores: Next-token scores, ``(N, V)``.
-        prev: Generated tokens, ``(N, t)``.
+        tokens: Generated-token buffer, ``(N, T)``; ``tokens[:, :t]`` are generated.
+        t: Number of tokens generated so far (0-dim long tensor).
         penalty: Values above 1 discourage repetition; 1 is a no-op.
     """
-    if penalty == 1.0 or prev.shape[1] == 0:
+    if penalty == 1.0:
         return scores
-    seen = torch.gather(scores, 1, prev)  # (N, t)
+    v = scores.shape[1]
+    seen = torch.gather(scores, 1, tokens)  # (N, T)
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)
-    return scores.scatter(1, prev, seen)  # duplicates write the same value
+    written = torch.arange(tokens.shape[1], device=tokens.device) < t  # (T,)
+    target = torch.where(written, tokens, v)  # (N, T): not yet generated -> a spare column V
+    spare = torch.cat([scores, scores[:, :1]], dim=1)  # (N, V+1)
+    return spare.scatter(1, target, seen)[:, :v]  # duplicates write the same value
 
 
-def ban_repeated_ngrams(scores: torch.Tensor, prev: torch.Tensor, n: int) -> torch.Tensor:
+def ban_repeated_ngrams(scores: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor, n: int) -> torch.Tensor:
     """Forbid any token that would complete an n-gram already present in the row.
 
     Args:
         scores: Next-token scores, ``(N, V)``.
-        prev: Generated tokens, ``(N, t)``.
+        tokens: Generated-token buffer, ``(N, T)``; ``tokens[:, :t]`` are generated.
+        t: Number of tokens generated so far (0-dim long tensor).
         n: N-gram size (0 disables the ban).
     """
-    t = prev.shape[1]
-    if n <= 0 or t < n:  # no complete n-gram yet
+    size = tokens.shape[1]
+    if n <= 0 or size < n:  # no complete n-gram can ever exist
         return scores
-    grams = prev.unfold(1, n, 1)  # (N, t-n+1, n): every n-gram so far
-    context = prev[:, t - n + 1 :]  # (N, n-1): the tokens the next one would extend
-    hit = (grams[:, :, : n - 1] == context[:, None, :]).all(-1)  # (N, t-n+1); all() of nothing is True
+    device = tokens.device
+    grams = tokens.unfold(1, n, 1)  # (N, T-n+1, n): every n-gram of the buffer
+    complete = torch.arange(size - n + 1, device=device) <= t - n  # (T-n+1,) gram lies in tokens[:, :t]
+    where = (t - n + 1 + torch.arange(n - 1, device=device)).clamp(min=0)  # (n-1,) positions of the context
+    context = tokens.index_select(1, where)  # (N, n-1): the tokens the next one would extend
+    hit = (grams[:, :, : n - 1] == context[:, None, :]).all(-1) & complete  # (N, T-n+1); all() of nothing is True
     counts = torch.zeros_like(scores).scatter_add_(1, grams[:, :, n - 1], hit.to(scores.dtype))  # (N, V)
     return scores.masked_fill(counts > 0, NEG_INF)
 
 
-def ban_eos(scores: torch.Tensor, eos_ids: torch.Tensor, generated: int, min_new_tokens: int) -> torch.Tensor:
+def ban_eos(scores: torch.Tensor, eos_ids: torch.Tensor, t: torch.Tensor, min_new_tokens: int) -> torch.Tensor:
     """Forbid the end-of-sequence token(s) while fewer than ``min_new_tokens`` have been generated.
 
     Args:
         scores: Next-token scores, ``(N, V)``.
         eos_ids: End-of-sequence ids, ``(E,)``.
-        generated: Tokens generated so far (the same for every row).
+        t: Tokens generated so far, the same for every row (0-dim long tensor).
         min_new_tokens: Minimum number of generated tokens, the end-of-sequence token included.
     """
-    if generated >= min_new_tokens:
+    if min_new_tokens <= 0:
         return scores
-    return scores.index_fill(1, eos_ids, NEG_INF)
+    return torch.where(t < min_new_tokens, scores.index_fill(1, eos_ids, NEG_INF), scores)
 
 
 def top_k_filter(scores: torch.Tensor, k: int, keep: int = 1) -> torch.Tensor:
@@ -109,15 +121,23 @@ def warp_for_sampling(scores: torch.Tensor, gen: GenerationConfig, keep: int = 1
     return scores
 
 
-def process(scores: torch.Tensor, prev: torch.Tensor, gen: GenerationConfig, eos_ids: torch.Tensor) -> torch.Tensor:
+def process(
+    scores: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor, gen: GenerationConfig, eos_ids: torch.Tensor
+) -> torch.Tensor:
     """Apply repetition penalty, n-gram ban and minimum length to next-token scores.
 
     Args:
         scores: Next-token scores (logits or log-probabilities), ``(N, V)``, fp32.
-        prev: Generated tokens, ``(N, t)``.
+        tokens: Generated-token buffer, ``(N, T)``; ``tokens[:, :t]`` are generated.
+        t: Number of tokens generated so far (0-dim long tensor).
         gen: Generation settings.
         eos_ids: End-of-sequence ids, ``(E,)``.
     """
-    scores = repetition_penalty(scores, prev, gen.repetition_penalty)
-    scores = ban_repeated_ngrams(scores, prev, gen.no_repeat_ngram_size)
-    return ban_eos(scores, eos_ids, prev.shape[1], gen.min_new_tokens)
+    scores = repetition_penalty(scores, tokens, t, gen.repetition_penalty)
+    scores = ban_repeated_ngrams(scores, tokens, t, gen.no_repeat_ngram_size)
+    return ban_eos(scores, eos_ids, t, gen.min_new_tokens)
+
+
+def is_eos(tokens: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:
+    """Whether each token is an end-of-sequence id: ``tokens`` (...,) -> bool (...,)."""
+    return (tokens[..., None] == eos_ids).any(-1)

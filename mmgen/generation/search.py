@@ -4,65 +4,70 @@ The prompt (image prefix tokens, then the embeddings of BOS and of an optional t
 once per image; its cache is then shared by that image's beams or samples. Every step decodes all
 rows of the batch together. Penalties, n-gram bans and the minimum length only look at generated
 tokens, as transformers' ``generate`` does when given ``inputs_embeds`` alone.
+
+A step is two functions of fixed shapes: the search's ``update`` (token choice from the logits)
+and the decoder's ``advance`` (reorder rows, run one token). With a static cache
+(:mod:`mmgen.generation.static`) both read and write preallocated tensors only, so on CUDA they
+are captured once in CUDA graphs and replayed (:mod:`mmgen.generation.graphs`); the only value
+read back per step is the "all done" flag, one step late.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from mmgen.config import GenerationConfig
-from mmgen.generation.beam import beam_search
+from mmgen.generation.beam import BeamState
 from mmgen.generation.decoder import StepDecoder
+from mmgen.generation.graphs import DecodeSession, cached_session, decoder_fingerprint, uncapturable
+from mmgen.generation.greedy import PathState
 from mmgen.generation.outputs import SearchOutput, StopCheck
-from mmgen.generation.processors import process, warp_for_sampling
+from mmgen.generation.static import StaticStepDecoder, static_cache_unsupported
+
+AUTO = "auto"
 
 
-def _one_path(
-    dec: StepDecoder,
-    logits: torch.Tensor,
-    gen: GenerationConfig,
-    eos_ids: torch.Tensor,
-    pad_id: int,
-    generator: torch.Generator | None,
-) -> SearchOutput:
-    """Greedy decoding, or ``num_return_sequences`` independent samples per image."""
-    b = logits.shape[0]
-    r = gen.num_return_sequences if gen.do_sample else 1
-    device, t_max = logits.device, gen.max_new_tokens
-    if r > 1:
-        dec.reorder(torch.arange(b, device=device).repeat_interleave(r))  # samples share the prefix
-        logits = logits.repeat_interleave(r, dim=0)
-    n = b * r
-    tokens = torch.full((n, t_max), pad_id, dtype=torch.long, device=device)
-    alive = torch.ones(n, dtype=torch.bool, device=device)
-    lengths = torch.zeros(n, dtype=torch.long, device=device)
-    logp_sum = torch.zeros(n, device=device)
-    stop = StopCheck(device)
+def _plan(
+    decoder: nn.Module, device: torch.device, gen: GenerationConfig, use_cache: bool, static_cache, cuda_graph
+) -> tuple[bool, bool]:
+    """Resolve the ``static_cache`` / ``cuda_graph`` options ("auto", True, False) to two booleans."""
+    for name, value in (("static_cache", static_cache), ("cuda_graph", cuda_graph)):
+        if value not in (AUTO, True, False):
+            raise ValueError(f"{name} must be 'auto', True or False, got {value!r}")
+    reason = "it needs use_cache=True" if not use_cache else static_cache_unsupported(decoder)
+    if static_cache is True and reason:
+        raise ValueError(f"static_cache=True is not possible: {reason}")
+    static = static_cache is True or (static_cache == AUTO and device.type == "cuda" and reason is None)
+    problems = {
+        "it needs a static cache": not static,
+        "it needs a CUDA device": device.type != "cuda",
+        "sampling draws its random numbers outside the graph": gen.do_sample,
+    }
+    problem = next((text for text, holds in problems.items() if holds), None) or uncapturable(decoder)
+    if cuda_graph is True and problem:
+        raise ValueError(f"cuda_graph=True is not possible: {problem}")
+    graphs = cuda_graph is True or (cuda_graph == AUTO and problem is None and not decoder.training)
+    return static, graphs
 
-    for t in range(t_max):
-        raw = logits.float()  # (N, V)
-        scores = process(raw, tokens[:, :t], gen, eos_ids)
-        if gen.do_sample:
-            probs = torch.softmax(warp_for_sampling(scores, gen), dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
-        else:
-            nxt = scores.argmax(dim=-1)  # (N,)
-        nxt = torch.where(alive, nxt, pad_id)
-        logp = torch.log_softmax(raw, dim=-1).gather(1, nxt[:, None]).squeeze(1)  # (N,)
-        logp_sum += torch.where(alive, logp, 0.0)
-        lengths += alive
-        tokens[:, t] = nxt
-        alive = alive & ~torch.isin(nxt, eos_ids)
-        if t + 1 == t_max or stop(~alive.any()):
+
+def _new_state(b: int, gen: GenerationConfig, eos_ids: torch.Tensor, pad_id: int) -> BeamState | PathState:
+    return BeamState(b, gen, eos_ids, pad_id) if gen.num_beams > 1 else PathState(b, gen, eos_ids, pad_id)
+
+
+def _decode(session: DecodeSession, steps: int) -> SearchOutput:
+    """Run up to ``steps`` update/advance rounds on a prefilled, expanded session."""
+    stop = StopCheck(session.state.done.device)
+    may_end_early = session.state.gen.min_new_tokens < steps  # otherwise EOS is banned until the last step
+    for i in range(steps):
+        session.update()
+        if i + 1 == steps or (may_end_early and stop(session.state.done)):
             break
-        logits = dec.step(nxt)
-
-    longest = int(lengths.max())
-    scores = logp_sum / lengths.clamp(min=1).float() ** gen.length_penalty
-    return SearchOutput(tokens[:, :longest].view(b, r, longest), lengths.view(b, r), scores.view(b, r))
+        session.advance()
+    return session.state.output()
 
 
 @torch.inference_mode()
@@ -76,11 +81,14 @@ def search(
     *,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    static_cache: bool | str = AUTO,
+    cuda_graph: bool | str = AUTO,
 ) -> SearchOutput:
     """Generate continuations of prompt embeddings with a causal LM.
 
     Greedy when ``num_beams == 1`` and not ``do_sample``; sampling (temperature, top-k, top-p)
     when ``do_sample``; beam search when ``num_beams > 1`` (beam sampling with ``do_sample``).
+    The static cache and CUDA graphs change the speed, not the result.
 
     Args:
         decoder: A transformers causal LM (GPT-2, Llama-like, ...; peft-wrapped or not).
@@ -93,6 +101,11 @@ def search(
         generator: Random source for sampling; by default one seeded with ``gen.seed`` when set,
             else torch's global generator.
         use_cache: Reuse keys and values between steps (False recomputes everything; for tests).
+        static_cache: Decode over preallocated keys and values of fixed shape (``"auto"``: on CUDA
+            when the decoder supports it: full attention, sdpa or eager). Its buffers stay attached
+            to the decoder for the next call of the same shape; ``release_static_buffers`` frees them.
+        cuda_graph: Capture each decoding step in a CUDA graph and replay it (``"auto"``: with a
+            static cache on CUDA, except for sampling and for a decoder in training mode).
 
     Returns:
         :class:`SearchOutput` with ``R = num_return_sequences`` sequences per prompt, best first.
@@ -106,9 +119,23 @@ def search(
     eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
     if generator is None and gen.do_sample and gen.seed is not None:
         generator = torch.Generator(device=device).manual_seed(gen.seed)
+    static, graphs = _plan(decoder, device, gen, use_cache, static_cache, cuda_graph)
+    b, t_max = inputs_embeds.shape[0], gen.max_new_tokens
+    repeats = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences if gen.do_sample else 1
 
-    dec = StepDecoder(decoder, use_cache=use_cache)
-    logits = dec.prefill(inputs_embeds, attention_mask, gen.max_new_tokens)  # (B, V)
-    if gen.num_beams > 1:
-        return beam_search(dec, logits, gen, eos_ids, pad_token_id, generator)
-    return _one_path(dec, logits, gen, eos_ids, pad_token_id, generator)
+    if static:
+        settings = dataclasses.replace(gen, seed=None)  # the seed only matters through ``generator``
+        key = (inputs_embeds.shape, inputs_embeds.dtype, device, dataclasses.astuple(settings), tuple(eos))
+        key += (pad_token_id, cuda_graph, graphs, *decoder_fingerprint(decoder))
+
+        def build() -> DecodeSession:
+            state = _new_state(b, settings, eos_ids, pad_token_id)
+            return DecodeSession(StaticStepDecoder(decoder, t_max), state, graphs, strict=cuda_graph is True)
+
+        session = cached_session(decoder, key, build)
+    else:
+        session = DecodeSession(StepDecoder(decoder, use_cache), _new_state(b, gen, eos_ids, pad_token_id), False)
+    session.dec.prefill(inputs_embeds, attention_mask, t_max)
+    session.dec.expand(repeats)
+    session.state.reset(generator)
+    return _decode(session, t_max)
