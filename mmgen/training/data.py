@@ -179,6 +179,9 @@ def evaluate(trainer) -> dict:
         device=trainer.device, num_workers=cfg.data.num_workers, precision=cfg.train.precision,
         progress=False,
     )
+    from mmgen.generation import release_static_buffers
+
+    release_static_buffers(trainer.model.decoder)  # decoding buffers are not needed while training
     return {**result.scores, **{f"collapse_{k}": v for k, v in result.collapse.items()
                                 if isinstance(v, (int, float))}}
 

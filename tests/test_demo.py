@@ -1,0 +1,30 @@
+"""The demo end to end (small budget): the trained model must beat the most-frequent-caption baseline widely."""
+
+from pathlib import Path
+
+import yaml
+
+from mmgen.cli import build_parser
+from mmgen.demo import TINY_CPU, run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_beats_the_baseline(tmp_path):
+    res = run_demo(tmp_path / "demo", budget="small", tokenizer="python", quiet=True)
+    assert res.scores["CIDEr"] >= 3 * res.baseline["CIDEr"], (res.scores, res.baseline)
+    assert res.scores["Bleu_4"] > res.baseline["Bleu_4"]
+    for name in ("eval/report.html", "eval/scores.json", "eval/results.json", "demo_summary.json",
+                 "run/best/model.safetensors", "run/curves.png"):
+        assert (tmp_path / "demo" / name).exists(), name
+    assert len(res.samples) == 4 and all(c for _, c in res.samples)
+
+
+def test_tiny_cpu_yaml_is_the_demo_preset():
+    assert yaml.safe_load((ROOT / "configs" / "tiny_cpu.yaml").read_text()) == TINY_CPU
+
+
+def test_help_lists_every_command(capsys):
+    text = build_parser().format_help()
+    for name in ("data", "train", "caption", "evaluate", "score", "demo"):
+        assert name in text
