@@ -1,9 +1,9 @@
 """Typed configuration: nested dataclasses, YAML load/save, dotted overrides, validation.
 
 A run is described by one :class:`Config` holding :class:`ModelConfig` (encoder / projector /
-decoder), :class:`DataConfig`, :class:`TrainConfig`, :class:`GenerationConfig` and
-:class:`EvalConfig`. Every field is validated in ``__post_init__`` so that a bad value fails
-before any model is built, with an error naming the dotted key.
+decoder), :class:`DataConfig`, :class:`TrainConfig`, :class:`GenerationConfig`,
+:class:`EvalConfig` and :class:`ScstConfig`. Every field is validated in ``__post_init__`` so
+that a bad value fails before any model is built, with an error naming the dotted key.
 """
 
 from __future__ import annotations
@@ -302,9 +302,12 @@ class TrainConfig:
     tensorboard: bool = True
     init_from: Optional[str] = None
     """A saved model directory whose matching weights initialise this run (stage 1 -> stage 2)."""
+    objective: str = "xe"
+    """'xe' (cross-entropy on the reference captions) | 'scst' (self-critical CIDEr-D, see ``scst``)."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives a list
+        _choice(self.objective, "train.objective", ("xe", "scst"))
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _check(self.batch_size % self.grad_accum == 0, "train.batch_size", "must be divisible by train.grad_accum")
@@ -322,12 +325,45 @@ class TrainConfig:
 
 
 @dataclass
+class ScstConfig:
+    """Self-critical sequence training (``train.objective: scst``): CIDEr-D reward of sampled captions."""
+
+    num_samples: int = 5
+    """Captions sampled per image (k)."""
+    baseline: str = "mean"
+    """'mean' (mean reward of the image's other k-1 samples) | 'greedy' (reward of the greedy caption)."""
+    temperature: float = 1.0
+    """Sampling temperature; the log-probabilities are those of the tempered distribution."""
+    max_new_tokens: Optional[int] = None
+    """Longest sampled caption, EOS included (None: ``model.max_caption_tokens``)."""
+    logprob_reduction: str = "sum"
+    """How a caption's token log-probabilities combine: 'sum' (the sequence log-probability) | 'mean'."""
+    reference_tokenizer: str = "auto"
+    """PTB tokenizer backend for the training references, run once ('auto' | 'java' | 'python');
+    sampled captions always use the python backend, which gives the same tokens."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_samples >= 1, "scst.num_samples", "must be >= 1")
+        _choice(self.baseline, "scst.baseline", ("mean", "greedy"))
+        _check(
+            self.baseline != "mean" or self.num_samples >= 2,
+            "scst.num_samples",
+            "the 'mean' baseline needs at least 2 samples per image",
+        )
+        _check(self.temperature > 0, "scst.temperature", "must be > 0")
+        _check(self.max_new_tokens is None or self.max_new_tokens >= 1, "scst.max_new_tokens", "must be >= 1")
+        _choice(self.logprob_reduction, "scst.logprob_reduction", ("sum", "mean"))
+        _choice(self.reference_tokenizer, "scst.reference_tokenizer", ("auto", "java", "python"))
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    scst: ScstConfig = field(default_factory=ScstConfig)
 
     def __post_init__(self) -> None:
         if self.train.feature_cache:
@@ -335,6 +371,12 @@ class Config:
                 self.model.encoder.freeze == "all",
                 "train.feature_cache",
                 "needs a frozen encoder (model.encoder.freeze: all)",
+            )
+        if self.train.objective == "scst":
+            _check(
+                not self.data.streaming,
+                "train.objective",
+                "scst scores samples against every training reference: data.streaming must be false",
             )
 
     # -- serialisation ------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def mmgen_model(projector: str, encoder_freeze: str = "none", decoder_mode: str 
 def ved_model():
     from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel, VisionEncoderDecoderModel
 
-    enc = ViTModel(ViTConfig(image_size=IMG, patch_size=PATCH), add_pooling_layer=False, attn_implementation="sdpa")
+    enc = ViTModel(ViTConfig(image_size=IMG, patch_size=PATCH), add_pooling_layer=False)
     dcfg = GPT2Config(add_cross_attention=True, is_decoder=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     dec = GPT2LMHeadModel(dcfg)
     m = VisionEncoderDecoderModel(encoder=enc, decoder=dec)
@@ -263,6 +263,9 @@ def bench_caption(args, device, results):
 
 
 def _run_case(results, section, name, fn):
+    only = results.get("_only")
+    if only and not any(o.lower() in name.lower() for o in only):
+        return
     t = time.perf_counter()
     try:
         out = fn()
@@ -273,7 +276,8 @@ def _run_case(results, section, name, fn):
     shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items() if k != "trace"}
     print(f"[{section}] {name}: {shown}", flush=True)
     if results.get("_out"):
-        Path(results["_out"]).write_text(json.dumps({k: v for k, v in results.items() if k != "_out"}, indent=2))
+        Path(results["_out"]).write_text(json.dumps({k: v for k, v in results.items() if not k.startswith("_")},
+                                                   indent=2))
 
 
 def print_table(results):
@@ -309,6 +313,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--caption-iters", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="skip the slower compiled peers")
+    p.add_argument("--only", nargs="+", help="run only the cases whose name contains one of these words")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmark.py needs a CUDA GPU", file=sys.stderr)
@@ -316,7 +321,7 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     device = torch.device("cuda")
-    results: dict = {"_out": args.out, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    results: dict = {"_out": args.out, "_only": args.only, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                      "date": time.strftime("%Y-%m-%d"), "args": vars(args)}
     import transformers
 
@@ -326,7 +331,7 @@ def main(argv=None) -> int:
     if "caption" in args.sections:
         bench_caption(args, device, results)
     print_table(results)
-    Path(args.out).write_text(json.dumps({k: v for k, v in results.items() if k != "_out"}, indent=2))
+    Path(args.out).write_text(json.dumps({k: v for k, v in results.items() if not k.startswith("_")}, indent=2))
     return 0
 
 

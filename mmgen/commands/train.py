@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmgen.config import load_config
     from mmgen.training.distributed import cleanup_distributed
-    from mmgen.training.trainer import Trainer
+    from mmgen.training.trainer import build_trainer
 
     if args.resume is not None:
         saved = args.resume / "config.yaml"
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("mmgen train: --config is required (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides)
     try:
-        trainer = Trainer(cfg, resume=args.resume)
+        trainer = build_trainer(cfg, resume=args.resume)
         scores = trainer.fit()
         if trainer.dist.is_main:
             print(f"run directory: {trainer.run_dir}")

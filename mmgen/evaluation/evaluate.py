@@ -53,7 +53,9 @@ def caption_records(
     loader = make_loader(ds, batch_size, EvalCollator(image_size(model.data_config)), num_workers=num_workers,
                          pin_memory=device.type == "cuda")
     bf16 = (precision == "auto" and device.type == "cuda") or precision == "bf16"
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    # no autocast weight cache: decode steps replayed from CUDA graphs must not read cached casts that are
+    # freed when the context exits
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False) if bf16 else contextlib.nullcontext()
     candidates: dict[Any, str] = {}
     references: dict[Any, list[str]] = {}
     failed: list[tuple[Any, str]] = []

@@ -68,6 +68,8 @@ class Trainer:
         from mmgen.training import data as tdata
         from mmgen.training.checkpoint import latest_checkpoint, load_checkpoint
 
+        if cfg.train.objective != "xe" and type(self) is Trainer:
+            raise ValueError(f"train.objective={cfg.train.objective}: build the trainer with build_trainer(cfg)")
         self.dist = D.init_distributed()
         self.cfg = cfg
         self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
@@ -191,9 +193,11 @@ class Trainer:
                 if st.step % cfg.train.log_every == 0 or st.step == cfg.train.max_steps:
                     dt = time.perf_counter() - window_t
                     ips = window_images / max(dt, 1e-9)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+                    extras = self._log_extras()
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}",
+                                    **{k: f"{v:.3g}" for k, v in extras.items()})
                     self.logger.log({"step": st.step, "epoch": st.epoch, "loss": loss, "lr": lr, "images_per_s": ips,
-                                     "time": time.perf_counter() - start})
+                                     "time": time.perf_counter() - start, **extras})
                     window_images, window_t = 0, time.perf_counter()
                 stop = self._after_step(start)
                 if cfg.eval.every and st.step % cfg.eval.every == 0:
@@ -215,6 +219,10 @@ class Trainer:
         self.logger.close()
         D.barrier()
         return last_scores
+
+    def _log_extras(self) -> dict[str, float]:
+        """Objective-specific means since the last log line, for metrics.jsonl and the bar (none here)."""
+        return {}
 
     def _after_step(self, start: float) -> bool:
         stop = self.state.step >= self.cfg.train.max_steps
@@ -274,6 +282,15 @@ class Trainer:
         if self.dist.is_main:
             self.model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
             self.logger.plot()
+
+
+def build_trainer(cfg: Config, resume: str | Path | None = None) -> Trainer:
+    """The trainer of ``cfg.train.objective``: :class:`Trainer` (cross-entropy) or SCST's subclass."""
+    if cfg.train.objective == "scst":
+        from mmgen.training.scst import ScstTrainer
+
+        return ScstTrainer(cfg, resume=resume)
+    return Trainer(cfg, resume=resume)
 
 
 class RunLogger:
