@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -46,14 +46,14 @@ class EncoderConfig:
     """timm model name (hub-pretrained names work when ``pretrained`` is true)."""
     pretrained: bool = False
     """Load hub weights through ``timm.create_model(pretrained=True)``."""
-    weights: Optional[str] = None
+    weights: str | None = None
     """Local weights file (.safetensors, or a timm-loadable checkpoint) loaded after creation."""
-    img_size: Optional[int] = None
+    img_size: int | None = None
     """Architecture overrides passed to timm (None keeps the model's default)."""
-    patch_size: Optional[int] = None
-    embed_dim: Optional[int] = None
-    depth: Optional[int] = None
-    num_heads: Optional[int] = None
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
     keep_prefix_tokens: bool = False
     """Keep class/register tokens in the output; by default only patch tokens are returned."""
     freeze: str = "none"
@@ -68,7 +68,9 @@ class EncoderConfig:
         _check(self.unfrozen_blocks >= 0, "model.encoder.unfrozen_blocks", "must be >= 0")
         for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
             v = getattr(self, k)
-            _check(v is None or (isinstance(v, int) and v > 0), f"model.encoder.{k}", f"must be a positive int, got {v!r}")
+            _check(
+                v is None or (isinstance(v, int) and v > 0), f"model.encoder.{k}", f"must be a positive int, got {v!r}"
+            )
         _check(
             not (self.pretrained and self.weights),
             "model.encoder.weights",
@@ -91,7 +93,7 @@ class ProjectorConfig:
     'pixel_shuffle' (2x2 space-to-depth then mlp) | 'mapper' (transformer with learned queries)."""
     factor: int = 2
     """Spatial reduction for 'pool' and 'pixel_shuffle': tokens shrink by factor**2."""
-    hidden_dim: Optional[int] = None
+    hidden_dim: int | None = None
     """Hidden width of the mlp (default: the decoder's width)."""
     num_queries: int = 10
     """'mapper': number of learned prefix tokens."""
@@ -113,7 +115,7 @@ class LoraConfig:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
-    target_modules: Optional[list[str]] = None
+    target_modules: list[str] | None = None
     """Module names for peft (None: peft's default for the architecture)."""
 
     def __post_init__(self) -> None:
@@ -129,13 +131,13 @@ class DecoderConfig:
     """Load weights with ``from_pretrained(name)``; otherwise random init from a config."""
     config_overrides: dict = field(default_factory=dict)
     """Fields applied to the decoder's config for random init (e.g. n_layer: 2, n_embd: 64)."""
-    model_type: Optional[str] = None
+    model_type: str | None = None
     """With pretrained=false and no local config for ``name``: build ``AutoConfig.for_model(model_type)``."""
     mode: str = "full"
     """'full' | 'frozen' | 'lora'."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
-    attn_implementation: Optional[str] = "sdpa"
+    attn_implementation: str | None = "sdpa"
     """Passed to transformers ('sdpa', 'eager', 'flash_attention_2'); None lets it choose."""
 
     def __post_init__(self) -> None:
@@ -149,7 +151,7 @@ class TokenizerConfig:
     kind: str = "decoder"
     """'decoder' (the decoder's own tokenizer: ``name`` or the decoder name) | 'wordlevel' | 'bpe'
     (trained on the training captions) | 'path' (a saved tokenizer directory in ``name``)."""
-    name: Optional[str] = None
+    name: str | None = None
     vocab_size: int = 2000
     """Upper bound for a trained tokenizer's vocabulary."""
     min_frequency: int = 1
@@ -183,19 +185,19 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: Optional[str] = None
+    train: str | None = None
     """Training data: a COCO/Karpathy json, a JSONL/CSV file, a HF dataset dir/name or shards glob."""
-    train_images: Optional[str] = None
+    train_images: str | None = None
     """Images directory for COCO-style annotation files."""
-    val: Optional[str] = None
-    val_images: Optional[str] = None
+    val: str | None = None
+    val_images: str | None = None
     train_split: str = "train"
     val_split: str = "val"
     restval: bool = True
     """Karpathy json: count 'restval' images as training images."""
     caption_sampling: str = "random"
     """'random' (one random reference per image per epoch) | 'all' (every image-caption pair)."""
-    synth: Optional[dict] = None
+    synth: dict | None = None
     """Generate a synthetic scenes dataset before training: {n_train, n_val, seed, image_size}."""
     num_workers: int = 2
     max_pixels: int = 89_478_485
@@ -229,12 +231,16 @@ class GenerationConfig:
     top_k: int = 0
     top_p: float = 1.0
     num_return_sequences: int = 1
-    seed: Optional[int] = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.num_beams >= 1, "generation.num_beams", "must be >= 1")
         _check(self.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1")
-        _check(0 <= self.min_new_tokens <= self.max_new_tokens, "generation.min_new_tokens", "must be in [0, max_new_tokens]")
+        _check(
+            0 <= self.min_new_tokens <= self.max_new_tokens,
+            "generation.min_new_tokens",
+            "must be in [0, max_new_tokens]",
+        )
         _check(self.no_repeat_ngram_size >= 0, "generation.no_repeat_ngram_size", "must be >= 0")
         _check(self.repetition_penalty > 0, "generation.repetition_penalty", "must be > 0")
         _check(self.temperature > 0, "generation.temperature", "must be > 0")
@@ -251,7 +257,7 @@ class GenerationConfig:
 class EvalConfig:
     every: int = 0
     """Evaluate on the validation split every N optimizer steps (0: only at the end)."""
-    max_images: Optional[int] = None
+    max_images: int | None = None
     batch_size: int = 32
     metric: str = "CIDEr"
     """Metric that picks the best checkpoint."""
@@ -273,12 +279,12 @@ class TrainConfig:
     """Global batch size (per optimizer step, across ranks and accumulation)."""
     grad_accum: int = 1
     max_steps: int = 1000
-    max_time: Optional[float] = None
+    max_time: float | None = None
     """Wall-clock budget in seconds; training stops (and saves) when it is spent."""
     lr: float = 1e-4
-    encoder_lr: Optional[float] = None
-    projector_lr: Optional[float] = None
-    decoder_lr: Optional[float] = None
+    encoder_lr: float | None = None
+    projector_lr: float | None = None
+    decoder_lr: float | None = None
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 100
@@ -287,7 +293,7 @@ class TrainConfig:
     precision: str = "auto"
     """'auto' (bf16 autocast on CUDA, fp32 on CPU) | 'fp32' | 'bf16'."""
     compile: bool = False
-    fused_adam: Optional[bool] = None
+    fused_adam: bool | None = None
     """None: fused AdamW on CUDA, plain elsewhere."""
     distributed: str = "ddp"
     """'ddp' | 'fsdp' (only used when launched with more than one process)."""
@@ -298,9 +304,9 @@ class TrainConfig:
     """Stop after this many consecutive non-finite losses."""
     feature_cache: bool = False
     """Train from precomputed frozen-encoder features (requires model.encoder.freeze=all)."""
-    feature_cache_dir: Optional[str] = None
+    feature_cache_dir: str | None = None
     tensorboard: bool = True
-    init_from: Optional[str] = None
+    init_from: str | None = None
     """A saved model directory whose matching weights initialise this run (stage 1 -> stage 2)."""
     objective: str = "xe"
     """'xe' (cross-entropy on the reference captions) | 'scst' (self-critical CIDEr-D, see ``scst``)."""
@@ -334,7 +340,7 @@ class ScstConfig:
     """'mean' (mean reward of the image's other k-1 samples) | 'greedy' (reward of the greedy caption)."""
     temperature: float = 1.0
     """Sampling temperature; the log-probabilities are those of the tempered distribution."""
-    max_new_tokens: Optional[int] = None
+    max_new_tokens: int | None = None
     """Longest sampled caption, EOS included (None: ``model.max_caption_tokens``)."""
     logprob_reduction: str = "sum"
     """How a caption's token log-probabilities combine: 'sum' (the sequence log-probability) | 'mean'."""

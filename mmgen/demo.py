@@ -63,20 +63,44 @@ def _from_preset(overrides: list[str]) -> Config:
 # The tiny CPU preset; configs/tiny_cpu.yaml holds the same values (a test keeps them equal).
 TINY_CPU = {
     "model": {
-        "encoder": {"name": "vit_base_patch16_224", "pretrained": False, "img_size": 64, "patch_size": 8,
-                    "embed_dim": 128, "depth": 2, "num_heads": 4},
+        "encoder": {
+            "name": "vit_base_patch16_224",
+            "pretrained": False,
+            "img_size": 64,
+            "patch_size": 8,
+            "embed_dim": 128,
+            "depth": 2,
+            "num_heads": 4,
+        },
         "projector": {"kind": "mlp"},
-        "decoder": {"name": "gpt2", "pretrained": False,
-                    "config_overrides": {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 64,
-                                         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}},
+        "decoder": {
+            "name": "gpt2",
+            "pretrained": False,
+            "config_overrides": {
+                "n_layer": 2,
+                "n_embd": 128,
+                "n_head": 4,
+                "n_positions": 128,
+                "resid_pdrop": 0.0,
+                "embd_pdrop": 0.0,
+                "attn_pdrop": 0.0,
+            },
+        },
         "tokenizer": {"kind": "wordlevel"},
         "max_caption_tokens": 24,
     },
     "data": {"synth": {"n_train": 3000, "n_val": 200, "seed": 0, "image_size": 64}, "num_workers": 1},
-    "train": {"out_dir": "runs/tiny_cpu", "batch_size": 32, "max_steps": 600, "lr": 1.0e-3, "warmup_steps": 50,
-              "weight_decay": 0.01, "save_every": 200, "log_every": 20},
-    "eval": {"every": 300, "max_images": 200, "batch_size": 50,
-             "generation": {"num_beams": 3, "max_new_tokens": 24}},
+    "train": {
+        "out_dir": "runs/tiny_cpu",
+        "batch_size": 32,
+        "max_steps": 600,
+        "lr": 1.0e-3,
+        "warmup_steps": 50,
+        "weight_decay": 0.01,
+        "save_every": 200,
+        "log_every": 20,
+    },
+    "eval": {"every": 300, "max_images": 200, "batch_size": 50, "generation": {"num_beams": 3, "max_new_tokens": 24}},
 }
 
 
@@ -86,8 +110,14 @@ def most_frequent_caption(records) -> str:
     return counts.most_common(1)[0][0]
 
 
-def run_demo(out_dir: str | Path = "mmgen-demo", budget: str = "default", steps: int | None = None,
-             seed: int = 0, tokenizer: str = "auto", quiet: bool = False) -> DemoResult:
+def run_demo(
+    out_dir: str | Path = "mmgen-demo",
+    budget: str = "default",
+    steps: int | None = None,
+    seed: int = 0,
+    tokenizer: str = "auto",
+    quiet: bool = False,
+) -> DemoResult:
     """Run the demo; returns the scores of the model and of the baseline.
 
     Args:
@@ -114,8 +144,10 @@ def run_demo(out_dir: str | Path = "mmgen-demo", budget: str = "default", steps:
     say = (lambda *a: None) if quiet else print
     say(f"[1/4] {n_train} training + {n_val} held-out synthetic scenes ({size}x{size}) -> {out / 'run' / 'data'}")
     trainer = Trainer(cfg)
-    say(f"[2/4] training a {trainer.model.parameter_summary()['all']['total'] / 1e6:.1f}M-parameter captioner for "
-        f"{cfg.train.max_steps} steps on {trainer.device}")
+    say(
+        f"[2/4] training a {trainer.model.parameter_summary()['all']['total'] / 1e6:.1f}M-parameter captioner for "
+        f"{cfg.train.max_steps} steps on {trainer.device}"
+    )
     trainer.fit()
     run_dir = Path(cfg.train.out_dir)
     model_dir = run_dir / "best" if (run_dir / "best").exists() else run_dir / "final"
@@ -123,35 +155,58 @@ def run_demo(out_dir: str | Path = "mmgen-demo", budget: str = "default", steps:
     val = load_records(str(run_dir / "data" / "captions_val.json"))
     train = load_records(str(run_dir / "data" / "captions_train.json"))
     say(f"[3/4] evaluating on {len(val)} held-out scenes with beam search ({cfg.eval.generation.num_beams} beams)")
-    result = evaluate_model(model, val, cfg.eval.generation, batch_size=cfg.eval.batch_size, num_workers=0,
-                            progress=not quiet, tokenizer=tokenizer)
+    result = evaluate_model(
+        model,
+        val,
+        cfg.eval.generation,
+        batch_size=cfg.eval.batch_size,
+        num_workers=0,
+        progress=not quiet,
+        tokenizer=tokenizer,
+    )
     eval_dir = out / "eval"
     write_evaluation(eval_dir, result, title="mmgen demo: held-out synthetic scenes")
     baseline_caption = most_frequent_caption(train)
     refs = {r.image_id: list(r.captions) for r in val}
-    baseline = score_captions(refs, {i: baseline_caption for i in refs}, metrics=["Bleu", "CIDEr"],
-                              tokenizer=tokenizer)
+    baseline = score_captions(refs, {i: baseline_caption for i in refs}, metrics=["Bleu", "CIDEr"], tokenizer=tokenizer)
     captioner = Captioner(model)
-    picks = val[: 4] if hasattr(val, "__getitem__") else list(val)[:4]
+    picks = val[:4] if hasattr(val, "__getitem__") else list(val)[:4]
     samples = [(str(r.image), c) for r, c in zip(picks, captioner.caption([str(r.image) for r in picks]))]
     res = DemoResult(run_dir, eval_dir, result.scores, baseline, baseline_caption, samples)
-    (out / "demo_summary.json").write_text(json.dumps({
-        "model": {k: result.scores[k] for k in ("Bleu_4", "CIDEr")}, "baseline": baseline,
-        "baseline_caption": baseline_caption, "cider_ratio": res.cider_ratio, "samples": samples,
-        "seconds": time.perf_counter() - t0}, indent=2))
+    (out / "demo_summary.json").write_text(
+        json.dumps(
+            {
+                "model": {k: result.scores[k] for k in ("Bleu_4", "CIDEr")},
+                "baseline": baseline,
+                "baseline_caption": baseline_caption,
+                "cider_ratio": res.cider_ratio,
+                "samples": samples,
+                "seconds": time.perf_counter() - t0,
+            },
+            indent=2,
+        )
+    )
     say("[4/4] done\n")
     say(_summary(res, model_dir, time.perf_counter() - t0))
     return res
 
 
 def _summary(res: DemoResult, model_dir: Path, seconds: float) -> str:
-    lines = [f"{'':<34}{'BLEU-4':>8}{'CIDEr':>8}",
-             f"{'mmgen (beam search)':<34}{res.scores['Bleu_4']:>8.3f}{res.scores['CIDEr']:>8.3f}",
-             f"{'baseline (most frequent caption)':<34}{res.baseline['Bleu_4']:>8.3f}{res.baseline['CIDEr']:>8.3f}",
-             f"CIDEr is {res.cider_ratio:.1f}x the baseline's (baseline caption: '{res.baseline_caption}')", ""]
+    lines = [
+        f"{'':<34}{'BLEU-4':>8}{'CIDEr':>8}",
+        f"{'mmgen (beam search)':<34}{res.scores['Bleu_4']:>8.3f}{res.scores['CIDEr']:>8.3f}",
+        f"{'baseline (most frequent caption)':<34}{res.baseline['Bleu_4']:>8.3f}{res.baseline['CIDEr']:>8.3f}",
+        f"CIDEr is {res.cider_ratio:.1f}x the baseline's (baseline caption: '{res.baseline_caption}')",
+        "",
+    ]
     lines += [f"  {Path(p).name}: {c}" for p, c in res.samples]
-    lines += ["", f"model:   {model_dir}", f"report:  {res.eval_dir / 'report.html'}",
-              f"scores:  {res.eval_dir / 'scores.json'}", f"curves:  {res.run_dir / 'curves.png'}",
-              f"try:     mmgen caption {Path(res.samples[0][0]).parent} --model {model_dir}",
-              f"time:    {seconds:.0f} s"]
+    lines += [
+        "",
+        f"model:   {model_dir}",
+        f"report:  {res.eval_dir / 'report.html'}",
+        f"scores:  {res.eval_dir / 'scores.json'}",
+        f"curves:  {res.run_dir / 'curves.png'}",
+        f"try:     mmgen caption {Path(res.samples[0][0]).parent} --model {model_dir}",
+        f"time:    {seconds:.0f} s",
+    ]
     return "\n".join(lines)

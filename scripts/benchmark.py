@@ -54,15 +54,19 @@ def mmgen_model(projector: str, encoder_freeze: str = "none", decoder_mode: str 
     cfg = ModelConfig(
         encoder=EncoderConfig(name="vit_base_patch16_224", pretrained=False, freeze=encoder_freeze),
         projector=ProjectorConfig(kind=projector),
-        decoder=DecoderConfig(name="gpt2", pretrained=False, mode=decoder_mode,
-                              config_overrides={"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}),
+        decoder=DecoderConfig(
+            name="gpt2",
+            pretrained=False,
+            mode=decoder_mode,
+            config_overrides={"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+        ),
         tokenizer=TokenizerConfig(kind="decoder"),
     )
     return CaptionModel(cfg, dummy_tokenizer())
 
 
 def ved_model():
-    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel, VisionEncoderDecoderModel
+    from transformers import GPT2Config, GPT2LMHeadModel, VisionEncoderDecoderModel, ViTConfig, ViTModel
 
     enc = ViTModel(ViTConfig(image_size=IMG, patch_size=PATCH), add_pooling_layer=False)
     dcfg = GPT2Config(add_cross_attention=True, is_decoder=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -166,9 +170,11 @@ def train_step_fn(kind: str, model, b: int, device, compile_model: bool):
         def loss_fn():
             return fwd(features=feats, input_ids=ids, attention_mask=mask, labels=labels).loss
     elif kind == "ved":
+
         def loss_fn():
             return fwd(pixel_values=px, decoder_input_ids=ids, labels=labels).loss
     else:
+
         def loss_fn():
             return fwd(px, ids, labels)
 
@@ -195,13 +201,27 @@ def bench_train(args, device, results):
     if args.quick:
         cases = [c for c in cases if "compile" not in c[0] or c[0].startswith("mmgen pool")]
     for name, kind, build, prefix, comp in cases:
-        _run_case(results, "train", name, lambda: _train_case(kind, build, prefix, comp, b, device, args))
+        _run_case(
+            results, "train", name, lambda k=kind, f=build, n=prefix, c=comp: _train_case(k, f, n, c, b, device, args)
+        )
     # stage 1: frozen ViT + GPT-2, projector only, from cached features
     for comp in (False, True):
         name = "mmgen stage 1 cached features" + (" + compile" if comp else "")
-        _run_case(results, "train", name, lambda c=comp: _train_case(
-            "mmgen_features", lambda: mmgen_model("pool", "all", "frozen"), 49, c, args.stage1_batch, device, args,
-            train_encoder=False))
+        _run_case(
+            results,
+            "train",
+            name,
+            lambda c=comp: _train_case(
+                "mmgen_features",
+                lambda: mmgen_model("pool", "all", "frozen"),
+                49,
+                c,
+                args.stage1_batch,
+                device,
+                args,
+                train_encoder=False,
+            ),
+        )
 
 
 def _train_case(kind, build, prefix, comp, b, device, args, train_encoder=True):
@@ -234,9 +254,15 @@ def bench_caption(args, device, results):
         for b in sorted({64, *args.caption_batches}):
             px = torch.randn(b, 3, IMG, IMG, device=device, dtype=torch.bfloat16)
             name = f"mmgen {'greedy' if beams == 1 else f'beam {beams}'} b{b}"
-            _run_case(results, "caption", name, lambda px=px, gen=gen, b=b: {
-                "images_per_s": b / timed(lambda: generate_captions(model, px, gen), args.warmup, args.caption_iters),
-                "batch": b})
+            _run_case(
+                results,
+                "caption",
+                name,
+                lambda px=px, gen=gen, b=b, m=model: {
+                    "images_per_s": b / timed(lambda: generate_captions(m, px, gen), args.warmup, args.caption_iters),
+                    "batch": b,
+                },
+            )
     del model
     ved = ved_model().to(device, torch.bfloat16).eval()
     stock = StockPrefixModel(pool=True).to(device, torch.bfloat16).eval()
@@ -251,15 +277,29 @@ def bench_caption(args, device, results):
 
         def run_stock(px=px, kw=kw):
             with torch.no_grad():
-                emb = torch.cat([stock.prefix(px), stock.gpt.transformer.wte(
-                    torch.full((px.shape[0], 1), VOCAB - 1, device=device))], 1)
-                stock.gpt.generate(inputs_embeds=emb, attention_mask=torch.ones(emb.shape[:2], device=device,
-                                                                                dtype=torch.long), **kw)
+                emb = torch.cat(
+                    [
+                        stock.prefix(px),
+                        stock.gpt.transformer.wte(torch.full((px.shape[0], 1), VOCAB - 1, device=device)),
+                    ],
+                    1,
+                )
+                stock.gpt.generate(
+                    inputs_embeds=emb, attention_mask=torch.ones(emb.shape[:2], device=device, dtype=torch.long), **kw
+                )
 
-        _run_case(results, "caption", f"VisionEncoderDecoder generate {label} b64",
-                  lambda f=run_ved: {"images_per_s": 64 / timed(f, 1, max(1, args.caption_iters // 2)), "batch": 64})
-        _run_case(results, "caption", f"stock prefix generate {label} b64",
-                  lambda f=run_stock: {"images_per_s": 64 / timed(f, 1, max(1, args.caption_iters // 2)), "batch": 64})
+        _run_case(
+            results,
+            "caption",
+            f"VisionEncoderDecoder generate {label} b64",
+            lambda f=run_ved: {"images_per_s": 64 / timed(f, 1, max(1, args.caption_iters // 2)), "batch": 64},
+        )
+        _run_case(
+            results,
+            "caption",
+            f"stock prefix generate {label} b64",
+            lambda f=run_stock: {"images_per_s": 64 / timed(f, 1, max(1, args.caption_iters // 2)), "batch": 64},
+        )
 
 
 def _run_case(results, section, name, fn):
@@ -276,8 +316,9 @@ def _run_case(results, section, name, fn):
     shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items() if k != "trace"}
     print(f"[{section}] {name}: {shown}", flush=True)
     if results.get("_out"):
-        Path(results["_out"]).write_text(json.dumps({k: v for k, v in results.items() if not k.startswith("_")},
-                                                   indent=2))
+        Path(results["_out"]).write_text(
+            json.dumps({k: v for k, v in results.items() if not k.startswith("_")}, indent=2)
+        )
 
 
 def print_table(results):
@@ -287,19 +328,23 @@ def print_table(results):
         return f"{a / b:.2f}x" if a and b else "-"
 
     ref_train = "VisionEncoderDecoder (cross-attn)"
-    print(f"\n{'training (batch %s)' % '128':<46} {'img/s':>9} {'MFU':>6} {'mem GB':>7} {'vs VED':>7}")
+    print(f"\n{'training (batch 128)':<46} {'img/s':>9} {'MFU':>6} {'mem GB':>7} {'vs VED':>7}")
     for name, r in results.get("train", {}).items():
         ips = r.get("images_per_s", float("nan"))
         mfu = r.get("mfu")
-        print(f"{name:<46} {ips:>9.0f} {(f'{mfu:.0%}' if mfu else '-'):>6} {r.get('peak_mem_gb', float('nan')):>7.1f} "
-              f"{ratio('train', name, ref_train):>7}")
+        print(
+            f"{name:<46} {ips:>9.0f} {(f'{mfu:.0%}' if mfu else '-'):>6} {r.get('peak_mem_gb', float('nan')):>7.1f} "
+            f"{ratio('train', name, ref_train):>7}"
+        )
     print(f"\n{'captioning (20 new tokens)':<46} {'img/s':>9} {'vs VED':>7} {'vs stock':>8}")
     for name, r in results.get("caption", {}).items():
         label = name.split(" b")[0].replace("mmgen ", "")
         ved = f"VisionEncoderDecoder generate {label} b64"
         stock = f"stock prefix generate {label} b64"
-        print(f"{name:<46} {r.get('images_per_s', float('nan')):>9.0f} {ratio('caption', name, ved):>7} "
-              f"{ratio('caption', name, stock):>8}")
+        print(
+            f"{name:<46} {r.get('images_per_s', float('nan')):>9.0f} {ratio('caption', name, ved):>7} "
+            f"{ratio('caption', name, stock):>8}"
+        )
 
 
 def main(argv=None) -> int:
@@ -321,8 +366,14 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     device = torch.device("cuda")
-    results: dict = {"_out": args.out, "_only": args.only, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                     "date": time.strftime("%Y-%m-%d"), "args": vars(args)}
+    results: dict = {
+        "_out": args.out,
+        "_only": args.only,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "args": vars(args),
+    }
     import transformers
 
     results["transformers"] = transformers.__version__

@@ -8,7 +8,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_yaml_round_trip(tmp_path):
-    cfg = load_config(None, ["train.lr=3e-4", "model.projector.kind=pool", "model.decoder.config_overrides={n_layer: 2}"])
+    cfg = load_config(
+        None, ["train.lr=3e-4", "model.projector.kind=pool", "model.decoder.config_overrides={n_layer: 2}"]
+    )
     assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
     assert cfg.model.projector.kind == "pool"
     assert cfg.model.decoder.config_overrides == {"n_layer": 2}

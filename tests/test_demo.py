@@ -14,8 +14,14 @@ def test_demo_beats_the_baseline(tmp_path):
     res = run_demo(tmp_path / "demo", budget="small", tokenizer="python", quiet=True)
     assert res.scores["CIDEr"] >= 3 * res.baseline["CIDEr"], (res.scores, res.baseline)
     assert res.scores["Bleu_4"] > res.baseline["Bleu_4"]
-    for name in ("eval/report.html", "eval/scores.json", "eval/results.json", "demo_summary.json",
-                 "run/best/model.safetensors", "run/curves.png"):
+    for name in (
+        "eval/report.html",
+        "eval/scores.json",
+        "eval/results.json",
+        "demo_summary.json",
+        "run/best/model.safetensors",
+        "run/curves.png",
+    ):
         assert (tmp_path / "demo" / name).exists(), name
     assert len(res.samples) == 4 and all(c for _, c in res.samples)
 

@@ -36,9 +36,31 @@ def test_evaluate_writes_all_outputs_and_lists_failed_images(saved, capsys):
     good = broken.read_bytes()
     broken.write_bytes(good[: len(good) // 3])  # truncated PNG
     try:
-        code = main(["evaluate", "--model", str(saved / "model"), "--data", str(ann_path), "--out",
-                     str(saved / "out"), "--beams", "2", "--max-new-tokens", "8", "--workers", "0",
-                     "--tokenizer", "python", "--metrics", "Bleu", "ROUGE_L", "CIDEr", "--device", "cpu"])
+        code = main(
+            [
+                "evaluate",
+                "--model",
+                str(saved / "model"),
+                "--data",
+                str(ann_path),
+                "--out",
+                str(saved / "out"),
+                "--beams",
+                "2",
+                "--max-new-tokens",
+                "8",
+                "--workers",
+                "0",
+                "--tokenizer",
+                "python",
+                "--metrics",
+                "Bleu",
+                "ROUGE_L",
+                "CIDEr",
+                "--device",
+                "cpu",
+            ]
+        )
     finally:
         broken.write_bytes(good)
     out = capsys.readouterr().out

@@ -47,8 +47,9 @@ def test_tiny_builds_and_loss_is_finite(tokenizer):
     assert model.decoder.config.vocab_size == len(tokenizer)  # decoder sized to the trained tokenizer
 
 
-@pytest.mark.parametrize("projector, tokens", [("linear", 16), ("mlp", 16), ("pool", 4), ("pixel_shuffle", 4),
-                                               ("mapper", 4)])
+@pytest.mark.parametrize(
+    "projector, tokens", [("linear", 16), ("mlp", 16), ("pool", 4), ("pixel_shuffle", 4), ("mapper", 4)]
+)
 def test_projectors_shapes(tokenizer, projector, tokens):
     model = CaptionModel(tiny_model_config(projector=projector), tokenizer)
     prefix = model.encode_images(torch.randn(2, 3, 32, 32))
@@ -59,7 +60,9 @@ def test_pool_projector_is_average_of_2x2_patches(tokenizer):
     model = CaptionModel(tiny_model_config(projector="pool"), tokenizer)
     feats = torch.randn(1, 16, 64)  # 4x4 grid
     grid = feats.reshape(1, 4, 4, 64)
-    manual = torch.stack([grid[0, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean((0, 1)) for i in range(2) for j in range(2)])
+    manual = torch.stack(
+        [grid[0, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean((0, 1)) for i in range(2) for j in range(2)]
+    )
     torch.testing.assert_close(model.projector(feats), model.projector.mlp(manual[None]))
 
 
@@ -115,8 +118,9 @@ def test_last_k_blocks(tokenizer):
     cfg.encoder.unfrozen_blocks = 1
     model = CaptionModel(cfg, tokenizer).train()
     ids, mask, labels, _ = _batch(tokenizer)
-    parts = dict((n, g) for n, g, _ in _trained_parts(model, model(torch.randn(3, 3, 32, 32), ids, mask, labels).loss)[
-        "encoder"])
+    parts = dict(
+        (n, g) for n, g, _ in _trained_parts(model, model(torch.randn(3, 3, 32, 32), ids, mask, labels).loss)["encoder"]
+    )
     assert all(g for n, g in parts.items() if ".blocks.1." in n or n.startswith("encoder.model.norm"))
     assert not any(g for n, g in parts.items() if ".blocks.0." in n or "patch_embed" in n or "pos_embed" in n)
     groups = model.param_groups(1e-3, 0.1)
@@ -138,7 +142,7 @@ def test_loss_is_cross_entropy_over_caption_tokens_only(tokenizer, prompt, pad_e
             count += 1
     torch.testing.assert_close(out.loss, total / count)
     assert count == int((labels != -100).sum())
-    assert int((labels[:, : n_start] != -100).sum()) == 0  # BOS and prompt carry no label
+    assert int((labels[:, :n_start] != -100).sum()) == 0  # BOS and prompt carry no label
 
 
 def test_save_and_load_give_identical_logits(tokenizer, tmp_path):
@@ -167,3 +171,10 @@ def test_vit_b16_gpt2_config_has_hub_sizes_offline():
     n_dec = sum(p.numel() for p in {id(p): p for p in dec.parameters()}.values())
     assert 124e6 < n_dec < 125e6
     assert enc.data_config["input_size"] == (3, 224, 224)
+
+
+def test_too_few_decoder_positions_is_a_clear_error(tokenizer):
+    cfg = tiny_model_config()
+    cfg.decoder.config_overrides["n_positions"] = 20  # 16 prefix + 1 BOS + 32 caption tokens do not fit
+    with pytest.raises(ValueError, match=r"20 positions but a caption needs 49.*n_positions"):
+        CaptionModel(cfg, tokenizer)

@@ -15,10 +15,16 @@ from mmgen.training.trainer import NonFiniteLossError, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.encoder.img_size=32", "model.encoder.embed_dim=64", "model.encoder.num_heads=2",
+    "model.encoder.img_size=32",
+    "model.encoder.embed_dim=64",
+    "model.encoder.num_heads=2",
     "model.decoder.config_overrides={n_layer: 2, n_embd: 64, n_head: 2, n_positions: 64, resid_pdrop: 0.0, "
     "embd_pdrop: 0.0, attn_pdrop: 0.0}",
-    "data.synth=null", "data.num_workers=0", "eval.every=0", "train.log_every=1", "train.warmup_steps=5",
+    "data.synth=null",
+    "data.num_workers=0",
+    "eval.every=0",
+    "train.log_every=1",
+    "train.warmup_steps=5",
     "train.tensorboard=false",
 ]
 
@@ -31,8 +37,9 @@ def scenes(tmp_path_factory):
 
 
 def _cfg(tmp_path, scenes, *extra):
-    return load_config(ROOT / "configs" / "tiny_cpu.yaml",
-                       [*TINY, f"data.train={scenes}", f"train.out_dir={tmp_path / 'run'}", *extra])
+    return load_config(
+        ROOT / "configs" / "tiny_cpu.yaml", [*TINY, f"data.train={scenes}", f"train.out_dir={tmp_path / 'run'}", *extra]
+    )
 
 
 def _losses(run_dir) -> dict[int, float]:
@@ -86,9 +93,24 @@ def test_two_process_ddp_matches_one_process(tmp_path, scenes):
     Trainer(single).fit()
     out = tmp_path / "two" / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "mmgen.cli", "train", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), *TINY,
-           f"data.train={scenes}", f"train.out_dir={out}", *common]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29533",
+        "-m",
+        "mmgen.cli",
+        "train",
+        "--config",
+        str(ROOT / "configs" / "tiny_cpu.yaml"),
+        *TINY,
+        f"data.train={scenes}",
+        f"train.out_dir={out}",
+        *common,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _losses(single.train.out_dir), _losses(out)

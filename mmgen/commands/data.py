@@ -95,8 +95,10 @@ def _run_features(args: argparse.Namespace) -> int:
         cache = build_feature_cache_cli(args.config, args.overrides, args.out, dtype=args.dtype, device=args.device)
     finally:
         cleanup_distributed()
-    print(f"feature cache: {cache.path} ({cache.num_records} images, features {tuple(cache.row_shape)}, "
-          f"{len(cache.failed)} failed)")
+    print(
+        f"feature cache: {cache.path} ({cache.num_records} images, features {tuple(cache.row_shape)}, "
+        f"{len(cache.failed)} failed)"
+    )
     return 0
 
 
@@ -104,8 +106,11 @@ ACTIONS: dict[str, tuple[str, Callable, Callable]] = {
     # name: (help, add_arguments, run)
     "synth": ("write a synthetic shapes-and-backgrounds caption dataset", _add_synth, _run_synth),
     "stats": ("statistics of a caption dataset and the images that fail to decode", _add_stats, _run_stats),
-    "features": ("precompute frozen-encoder features for training (memory-mapped safetensors shards)",
-                 _add_features, _run_features),
+    "features": (
+        "precompute frozen-encoder features for training (memory-mapped safetensors shards)",
+        _add_features,
+        _run_features,
+    ),
 }
 
 

@@ -15,8 +15,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "images and write an HTML report. No network needed.",
     )
     p.add_argument("--out", type=Path, default=Path("mmgen-demo"), help="output directory (default: ./mmgen-demo)")
-    p.add_argument("--budget", choices=("small", "default", "large"), default="default",
-                   help="small: ~1 min, default: a few minutes, large: longer and better (2 CPU cores)")
+    p.add_argument(
+        "--budget",
+        choices=("small", "default", "large"),
+        default="default",
+        help="small: ~1 min, default: a few minutes, large: longer and better (2 CPU cores)",
+    )
     p.add_argument("--steps", type=int, default=None, help="override the budget's number of training steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", choices=("auto", "java", "python"), default="auto", help="PTB tokenizer backend")

@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "report.html into --out.",
     )
     p.add_argument("--model", required=True, type=Path, help="a saved model directory (e.g. RUN/best)")
-    p.add_argument("--data", required=True, nargs="+", help="caption file(s) or dataset (COCO, Karpathy, JSONL, CSV, HF)")
+    p.add_argument(
+        "--data", required=True, nargs="+", help="caption file(s) or dataset (COCO, Karpathy, JSONL, CSV, HF)"
+    )
     p.add_argument("--images", help="images directory for COCO-style annotation files")
     p.add_argument("--split", help="split to evaluate (Karpathy / HF datasets), e.g. test")
     p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's saved setting)")
@@ -23,8 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--tokenizer", choices=("auto", "java", "python"), default="auto", help="PTB tokenizer backend")
-    p.add_argument("--metrics", nargs="+", default=None,
-                   help="metrics (default: Bleu METEOR ROUGE_L CIDEr; METEOR needs Java)")
+    p.add_argument(
+        "--metrics", nargs="+", default=None, help="metrics (default: Bleu METEOR ROUGE_L CIDEr; METEOR needs Java)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default: ./eval)")
@@ -48,8 +51,16 @@ def run(args: argparse.Namespace) -> int:
     records = load_records(args.data if len(args.data) > 1 else args.data[0], images=args.images, split=args.split)
     if args.max_images is not None:
         records = [records[i] for i in range(min(args.max_images, len(records)))]
-    result = evaluate_model(model, records, gen, batch_size=args.batch_size, device=device, num_workers=args.workers,
-                            tokenizer=args.tokenizer, metrics=args.metrics)
+    result = evaluate_model(
+        model,
+        records,
+        gen,
+        batch_size=args.batch_size,
+        device=device,
+        num_workers=args.workers,
+        tokenizer=args.tokenizer,
+        metrics=args.metrics,
+    )
     paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}")
     for k, v in result.scores.items():
         print(f"{k}: {v}")

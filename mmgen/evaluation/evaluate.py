@@ -32,13 +32,23 @@ class EvalResult:
     counts: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"scores": self.scores, "collapse": self.collapse, **self.counts,
-                "failed": [{"image_id": i, "reason": r} for i, r in self.failed]}
+        return {
+            "scores": self.scores,
+            "collapse": self.collapse,
+            **self.counts,
+            "failed": [{"image_id": i, "reason": r} for i, r in self.failed],
+        }
 
 
 def caption_records(
-    model, records, gen: GenerationConfig, batch_size: int = 32, device: torch.device | str | None = None,
-    num_workers: int = 0, precision: str = "auto", progress: bool = True,
+    model,
+    records,
+    gen: GenerationConfig,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    precision: str = "auto",
+    progress: bool = True,
 ) -> tuple[dict[Any, str], dict[Any, list[str]], list[tuple[Any, str]]]:
     """Caption every record: (candidates by image id, references by image id, failed images)."""
     from tqdm import tqdm
@@ -50,8 +60,13 @@ def caption_records(
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     ds = CaptionEvalDataset(records, build_transform(model.data_config, train=False))
-    loader = make_loader(ds, batch_size, EvalCollator(image_size(model.data_config)), num_workers=num_workers,
-                         pin_memory=device.type == "cuda")
+    loader = make_loader(
+        ds,
+        batch_size,
+        EvalCollator(image_size(model.data_config)),
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
     bf16 = (precision == "auto" and device.type == "cuda") or precision == "bf16"
     # no autocast weight cache: decode steps replayed from CUDA graphs must not read cached casts that are
     # freed when the context exits
@@ -75,28 +90,51 @@ def caption_records(
 
 
 def evaluate_model(
-    model, records, gen: GenerationConfig, batch_size: int = 32, device: torch.device | str | None = None,
-    num_workers: int = 0, precision: str = "auto", progress: bool = True, metrics=None, tokenizer: str = "auto",
+    model,
+    records,
+    gen: GenerationConfig,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    precision: str = "auto",
+    progress: bool = True,
+    metrics=None,
+    tokenizer: str = "auto",
 ) -> EvalResult:
     """Caption ``records`` with ``model`` and score the captions (COCO metrics + collapse monitor)."""
     from mmgen.evaluation import collapse_stats, score_captions_detailed
 
-    candidates, references, failed = caption_records(model, records, gen, batch_size, device, num_workers,
-                                                     precision, progress)
+    candidates, references, failed = caption_records(
+        model, records, gen, batch_size, device, num_workers, precision, progress
+    )
     detailed = score_captions_detailed(references, candidates, metrics, tokenizer) if candidates else None
     scores = dict(detailed.overall) if detailed else {}
     sources = {r.image_id: r.image for r in records}
     entries = []
     for i, caption in candidates.items():
         own = detailed.per_image.get(i, {}) if detailed else {}
-        entries.append({"image_id": i, "image": _source(sources.get(i)), "candidate": caption,
-                        "references": references[i], "cider": own.get("CIDEr"), "scores": own})
-    entries += [{"image_id": i, "image": _source(sources.get(i)), "candidate": "", "references": [],
-                 "error": reason} for i, reason in failed]
-    counts = {"images": float(len(candidates)), "failed_images": float(len(failed)),
-              "empty_captions": float(len(detailed.empty_candidates) if detailed else 0)}
-    return EvalResult(scores=scores, collapse=collapse_stats(list(candidates.values())), entries=entries,
-                      failed=failed, counts=counts)
+        entries.append(
+            {
+                "image_id": i,
+                "image": _source(sources.get(i)),
+                "candidate": caption,
+                "references": references[i],
+                "cider": own.get("CIDEr"),
+                "scores": own,
+            }
+        )
+    entries += [
+        {"image_id": i, "image": _source(sources.get(i)), "candidate": "", "references": [], "error": reason}
+        for i, reason in failed
+    ]
+    counts = {
+        "images": float(len(candidates)),
+        "failed_images": float(len(failed)),
+        "empty_captions": float(len(detailed.empty_candidates) if detailed else 0),
+    }
+    return EvalResult(
+        scores=scores, collapse=collapse_stats(list(candidates.values())), entries=entries, failed=failed, counts=counts
+    )
 
 
 def _source(image: Any) -> Any:
@@ -113,7 +151,8 @@ def write_evaluation(out_dir: str | Path, result: EvalResult, title: str = "mmge
     paths = {"results": out / "results.json", "scores": out / "scores.json"}
     paths["results"].write_text(json.dumps([{"image_id": e["image_id"], "caption": e["candidate"]} for e in ok]))
     paths["scores"].write_text(json.dumps(result.summary(), indent=2, default=str))
-    paths["report"] = write_report(out, result.entries, {**result.scores, **result.counts}, result.collapse,
-                                   title=title)
+    paths["report"] = write_report(
+        out, result.entries, {**result.scores, **result.counts}, result.collapse, title=title
+    )
     paths["table"] = out / "per_image.tsv"
     return paths

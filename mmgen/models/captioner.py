@@ -72,9 +72,24 @@ class CaptionModel(nn.Module):
             )
         self.projector = build_projector(config.projector, self.encoder.embed_dim, d_lm, grid)
         self.register_buffer("start_ids", torch.tensor(start_ids(tokenizer, config.prompt)), persistent=False)
+        self._check_positions()
         fwd = inspect.signature(base_model(self.decoder).forward).parameters
         self._logits_to_keep = "logits_to_keep" in fwd
         self.generation_config = GenerationConfig()
+
+    def _check_positions(self) -> None:
+        """Fail at build time when image prefix + BOS/prompt + caption exceed the decoder's positions."""
+        hf = base_model(self.decoder).config
+        limit = getattr(hf, "max_position_embeddings", None) or getattr(hf, "n_positions", None)
+        need = self.num_prefix_tokens + len(self.start_ids) + self.config.max_caption_tokens
+        if limit is not None and need > limit:
+            raise ValueError(
+                f"the decoder has {limit} positions but a caption needs {need} (image prefix "
+                f"{self.num_prefix_tokens} + BOS/prompt {len(self.start_ids)} + model.max_caption_tokens "
+                f"{self.config.max_caption_tokens}): raise model.decoder.config_overrides.n_positions (or "
+                "max_position_embeddings), use a token-reducing projector (model.projector.kind=pool), or lower "
+                "model.max_caption_tokens"
+            )
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -169,7 +184,10 @@ class CaptionModel(nn.Module):
         out = {}
         for name, part in (("encoder", self.encoder), ("projector", self.projector), ("decoder", self.decoder)):
             ps = {id(p): p for p in part.parameters()}.values()  # tied weights counted once
-            out[name] = {"trainable": sum(p.numel() for p in ps if p.requires_grad), "total": sum(p.numel() for p in ps)}
+            out[name] = {
+                "trainable": sum(p.numel() for p in ps if p.requires_grad),
+                "total": sum(p.numel() for p in ps),
+            }
         out["all"] = {k: sum(v[k] for v in out.values()) for k in ("trainable", "total")}
         return out
 
@@ -264,6 +282,7 @@ def load_matching_weights(model: CaptionModel, path: str | os.PathLike) -> list[
         raise FileNotFoundError(f"train.init_from: no {WEIGHTS_NAME} in {path}")
     saved = load_file(str(file))
     own = model.state_dict()
+
     # peft wraps the decoder: base weights live under '.base_model.model.' and '.base_layer.'
     def plain(name: str) -> str:
         return name.replace("base_model.model.", "").replace(".base_layer.", ".")

@@ -11,7 +11,9 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from mmgen.config import DecoderConfig
 
 
-def decoder_config(cfg: DecoderConfig, vocab_size: int | None = None, special_ids: dict | None = None) -> PretrainedConfig:
+def decoder_config(
+    cfg: DecoderConfig, vocab_size: int | None = None, special_ids: dict | None = None
+) -> PretrainedConfig:
     """The HF config for a random-init decoder: a local/cached config of ``cfg.name`` or ``model_type``.
 
     ``config_overrides`` are applied; with a trained tokenizer the vocabulary is sized to it.
@@ -79,8 +81,11 @@ def apply_mode(model: PreTrainedModel, cfg: DecoderConfig) -> nn.Module:
         except ImportError as e:  # pragma: no cover - peft is a declared dependency
             raise ImportError("model.decoder.mode=lora needs the 'peft' package (pip install peft)") from e
         lora = peft.LoraConfig(
-            r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
+            r=cfg.lora.rank,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            task_type="CAUSAL_LM",
         )
         model = peft.get_peft_model(model, lora)
     return model

@@ -107,8 +107,13 @@ class MapperProjector(nn.Module):
         self.proj = nn.Linear(in_dim, out_dim)
         self.queries = nn.Parameter(torch.randn(cfg.num_queries, out_dim) / math.sqrt(out_dim))
         layer = nn.TransformerEncoderLayer(
-            out_dim, cfg.mapper_heads, dim_feedforward=4 * out_dim, dropout=cfg.dropout,
-            activation="gelu", batch_first=True, norm_first=True,
+            out_dim,
+            cfg.mapper_heads,
+            dim_feedforward=4 * out_dim,
+            dropout=cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.transformer = nn.TransformerEncoder(layer, cfg.mapper_layers, enable_nested_tensor=False)
         self.num_queries = cfg.num_queries

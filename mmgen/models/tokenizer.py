@@ -18,7 +18,10 @@ SPECIAL_TOKENS = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad
 
 
 def train_caption_tokenizer(
-    captions: Iterable[str], kind: str = "wordlevel", vocab_size: int = 2000, min_frequency: int = 1,
+    captions: Iterable[str],
+    kind: str = "wordlevel",
+    vocab_size: int = 2000,
+    min_frequency: int = 1,
     lowercase: bool = True,
 ) -> PreTrainedTokenizerFast:
     """Train a word-level or BPE tokenizer on caption text.
@@ -46,7 +49,9 @@ def train_caption_tokenizer(
         tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
         decoder = decoders.ByteLevel()
@@ -55,8 +60,9 @@ def train_caption_tokenizer(
     tok.normalizer = normalizers.Sequence(norm)
     tok.decoder = decoder
     tok.train_from_iterator((c for c in captions), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=kind == "wordlevel",
-                                   **SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, clean_up_tokenization_spaces=kind == "wordlevel", **SPECIAL_TOKENS
+    )
     return fast
 
 

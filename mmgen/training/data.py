@@ -38,12 +38,24 @@ def prepare(cfg: Config, run_dir: Path, dist: D.DistState) -> RunData:
         val, val_images = str(out / "captions_val.json"), str(out)
     if train is None:
         raise ValueError("data.train is not set (a dataset path, or data.synth to generate scenes)")
-    train_records = load_records(train, images=train_images, split=dc.train_split if _has_splits(train) else None,
-                                 restval=dc.restval, image_column=dc.image_column, caption_column=dc.caption_column)
+    train_records = load_records(
+        train,
+        images=train_images,
+        split=dc.train_split if _has_splits(train) else None,
+        restval=dc.restval,
+        image_column=dc.image_column,
+        caption_column=dc.caption_column,
+    )
     val_records = None
     if val is not None:
-        val_records = load_records(val, images=val_images, split=dc.val_split if _has_splits(val) else None,
-                                   restval=False, image_column=dc.image_column, caption_column=dc.caption_column)
+        val_records = load_records(
+            val,
+            images=val_images,
+            split=dc.val_split if _has_splits(val) else None,
+            restval=False,
+            image_column=dc.image_column,
+            caption_column=dc.caption_column,
+        )
         if cfg.eval.max_images is not None:
             val_records = [val_records[i] for i in range(min(cfg.eval.max_images, len(val_records)))]
     from mmgen.data.images import BadImageTracker
@@ -104,7 +116,10 @@ def _train_dataset(trainer) -> Any:
     if "dataset" not in trainer.data.extra:
         transform = build_transform(trainer.model.data_config, train=True, augment=cfg.data.augment)
         trainer.data.extra["dataset"] = CaptionTrainDataset(
-            trainer.data.train_records, transform, cfg.data.caption_sampling, seed=cfg.train.seed,
+            trainer.data.train_records,
+            transform,
+            cfg.data.caption_sampling,
+            seed=cfg.train.seed,
             max_pixels=cfg.data.max_pixels,
         )
     return trainer.data.extra["dataset"]
@@ -130,17 +145,29 @@ def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
         raise ValueError(f"the training set has {len(ds)} items, fewer than train.batch_size={cfg.train.batch_size}")
     loader = trainer.data.extra.get("loader")
     if loader is None:  # built once: persistent workers, the sampler carries the epoch to them
-        sampler = EpochSampler(len(ds), seed=cfg.train.seed, shuffle=True, rank=dist.rank,
-                               world_size=dist.world_size, drop_last=True)
+        sampler = EpochSampler(
+            len(ds), seed=cfg.train.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size, drop_last=True
+        )
         if trainer.features is not None:
-            collate = trainer.features.collator(trainer.model.tokenizer, cfg.model.prompt,
-                                                cfg.model.max_caption_tokens)
+            collate = trainer.features.collator(trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens)
         else:
-            collate = CaptionCollator(trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens,
-                                      image_size=image_size(trainer.model.data_config))
-        loader = make_loader(ds, micro, collate, sampler=sampler, num_workers=cfg.data.num_workers,
-                             seed=cfg.train.seed, drop_last=True, pin_memory=trainer.device.type == "cuda",
-                             persistent_workers=True)
+            collate = CaptionCollator(
+                trainer.model.tokenizer,
+                cfg.model.prompt,
+                cfg.model.max_caption_tokens,
+                image_size=image_size(trainer.model.data_config),
+            )
+        loader = make_loader(
+            ds,
+            micro,
+            collate,
+            sampler=sampler,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.train.seed,
+            drop_last=True,
+            pin_memory=trainer.device.type == "cuda",
+            persistent_workers=True,
+        )
         trainer.data.extra["loader"] = loader
     loader.sampler.set_epoch(epoch, start=start_step * per_step)
     if trainer.data.tracker is not None:
@@ -175,15 +202,19 @@ def evaluate(trainer) -> dict:
 
     cfg = trainer.cfg
     result = evaluate_model(
-        trainer.model, trainer.data.val_records, cfg.eval.generation, batch_size=cfg.eval.batch_size,
-        device=trainer.device, num_workers=cfg.data.num_workers, precision=cfg.train.precision,
+        trainer.model,
+        trainer.data.val_records,
+        cfg.eval.generation,
+        batch_size=cfg.eval.batch_size,
+        device=trainer.device,
+        num_workers=cfg.data.num_workers,
+        precision=cfg.train.precision,
         progress=False,
     )
     from mmgen.generation import release_static_buffers
 
     release_static_buffers(trainer.model.decoder)  # decoding buffers are not needed while training
-    return {**result.scores, **{f"collapse_{k}": v for k, v in result.collapse.items()
-                                if isinstance(v, (int, float))}}
+    return {**result.scores, **{f"collapse_{k}": v for k, v in result.collapse.items() if isinstance(v, (int, float))}}
 
 
 def loss_on(model, batch: dict, device: torch.device) -> float:

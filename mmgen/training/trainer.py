@@ -109,7 +109,8 @@ class Trainer:
         world, accum = self.dist.world_size, cfg.train.grad_accum
         if cfg.train.batch_size % (world * accum):
             raise ValueError(
-                f"train.batch_size={cfg.train.batch_size} must be divisible by world size x grad_accum = {world * accum}"
+                f"train.batch_size={cfg.train.batch_size} must be divisible by "
+                f"world size x grad_accum = {world * accum}"
             )
         self.micro_batch = cfg.train.batch_size // (world * accum)
 
@@ -175,8 +176,9 @@ class Trainer:
 
         cfg, st = self.cfg, self.state
         start = time.perf_counter()
-        bar = tqdm(total=cfg.train.max_steps, initial=st.step, disable=not self.dist.is_main, dynamic_ncols=True,
-                   desc="train")
+        bar = tqdm(
+            total=cfg.train.max_steps, initial=st.step, disable=not self.dist.is_main, dynamic_ncols=True, desc="train"
+        )
         last_scores: dict = {}
         window_images, window_t = 0, time.perf_counter()
         stop = st.step >= cfg.train.max_steps
@@ -194,10 +196,23 @@ class Trainer:
                     dt = time.perf_counter() - window_t
                     ips = window_images / max(dt, 1e-9)
                     extras = self._log_extras()
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}",
-                                    **{k: f"{v:.3g}" for k, v in extras.items()})
-                    self.logger.log({"step": st.step, "epoch": st.epoch, "loss": loss, "lr": lr, "images_per_s": ips,
-                                     "time": time.perf_counter() - start, **extras})
+                    bar.set_postfix(
+                        loss=f"{loss:.4f}",
+                        lr=f"{lr:.2e}",
+                        img_s=f"{ips:.0f}",
+                        **{k: f"{v:.3g}" for k, v in extras.items()},
+                    )
+                    self.logger.log(
+                        {
+                            "step": st.step,
+                            "epoch": st.epoch,
+                            "loss": loss,
+                            "lr": lr,
+                            "images_per_s": ips,
+                            "time": time.perf_counter() - start,
+                            **extras,
+                        }
+                    )
                     window_images, window_t = 0, time.perf_counter()
                 stop = self._after_step(start)
                 if cfg.eval.every and st.step % cfg.eval.every == 0:
@@ -249,19 +264,27 @@ class Trainer:
             metric = self.cfg.eval.metric
             value = scores.get(metric)
             if value is not None:
-                better = self.state.best is None or (value < self.state.best if metric == "loss" else value > self.state.best)
+                better = self.state.best is None or (
+                    value < self.state.best if metric == "loss" else value > self.state.best
+                )
                 if better:
                     self.state.best = value
                     self.state.evals_without_improvement = 0
-                    save_best(self.run_dir, self.model, {"step": self.state.step, **scores},
-                              generation=self.cfg.eval.generation)
+                    save_best(
+                        self.run_dir,
+                        self.model,
+                        {"step": self.state.step, **scores},
+                        generation=self.cfg.eval.generation,
+                    )
                 else:
                     self.state.evals_without_improvement += 1
             entry = {"step": self.state.step, "eval": scores}
             self.state.history.append(entry)
             self.logger.log(entry)
-            print(f"\nstep {self.state.step} eval: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()
-                                                                if isinstance(v, float)))
+            print(
+                f"\nstep {self.state.step} eval: "
+                + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
+            )
         D.barrier()
         if self.dist.distributed:  # every rank follows rank 0's early-stop counter
             t = D.broadcast(torch.tensor([float(self.state.evals_without_improvement)]))
@@ -274,8 +297,17 @@ class Trainer:
         state = self.state.__dict__.copy()
         rng = gather_rng_states() if self.dist.distributed else None  # collective: every rank's RNG
         if self.dist.is_main:
-            save_checkpoint(self.run_dir, self.state.step, self.model, self.optimizer, self.scheduler, state,
-                            keep_last=self.cfg.train.keep_last, generation=self.cfg.eval.generation, rng_states=rng)
+            save_checkpoint(
+                self.run_dir,
+                self.state.step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                state,
+                keep_last=self.cfg.train.keep_last,
+                generation=self.cfg.eval.generation,
+                rng_states=rng,
+            )
         D.barrier()
 
     def save_final(self) -> None:
@@ -304,8 +336,9 @@ class RunLogger:
 
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
-                warnings.warn("tensorboard is not installed: no TensorBoard events (pip install tensorboard)",
-                              stacklevel=2)
+                warnings.warn(
+                    "tensorboard is not installed: no TensorBoard events (pip install tensorboard)", stacklevel=2
+                )
 
     def log(self, entry: dict) -> None:
         if not self.enabled:
