@@ -125,15 +125,28 @@ class CaptionCollator:
 
     def __call__(self, items: list[Any]) -> dict[str, Any]:
         good, bad = split_bad(items)
-        captions = [normalize_caption(it["caption"]) for it in good]
         batch: dict[str, Any] = {"pixel_values": _stack_images(good, self.image_size)}
         batch.update(
-            tokenize_captions(self.tokenizer, captions, self.prompt, self.max_caption_tokens, self.pad_to_multiple_of)
+            caption_fields(good, bad, self.tokenizer, self.prompt, self.max_caption_tokens, self.pad_to_multiple_of)
         )
-        batch["image_ids"] = [it["image_id"] for it in good]
-        batch["captions"] = captions
-        batch["bad"] = [(b.source, b.reason) for b in bad]
         return batch
+
+
+def caption_fields(
+    good: list[dict],
+    bad: list[BadItem],
+    tokenizer: Any,
+    prompt: str,
+    max_caption_tokens: int,
+    pad_to_multiple_of: int | None,
+) -> dict[str, Any]:
+    """The text part of a training batch (ids, mask, labels, image ids, captions, bad items) of kept items."""
+    captions = [normalize_caption(it["caption"]) for it in good]
+    fields: dict[str, Any] = tokenize_captions(tokenizer, captions, prompt, max_caption_tokens, pad_to_multiple_of)
+    fields["image_ids"] = [it["image_id"] for it in good]
+    fields["captions"] = captions
+    fields["bad"] = [(b.source, b.reason) for b in bad]
+    return fields
 
 
 class EvalCollator:

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmgen.config import Config
-from mmgen.data.collate import normalize_caption, split_bad, tokenize_captions
+from mmgen.data.collate import caption_fields, split_bad
 from mmgen.data.datasets import CaptionTrainDataset, caption_counts
 from mmgen.data.feature_store import (
     _CODES,
@@ -251,14 +251,10 @@ class FeatureCollator:
             features = torch.stack([it["features"] for it in good])  # (B, N, C)
         else:
             features = torch.zeros((0, *self.row_shape), dtype=self.dtype)
-        captions = [normalize_caption(it["caption"]) for it in good]
         batch: dict[str, Any] = {"features": features}
         batch.update(
-            tokenize_captions(self.tokenizer, captions, self.prompt, self.max_caption_tokens, self.pad_to_multiple_of)
+            caption_fields(good, bad, self.tokenizer, self.prompt, self.max_caption_tokens, self.pad_to_multiple_of)
         )
-        batch["image_ids"] = [it["image_id"] for it in good]
-        batch["captions"] = captions
-        batch["bad"] = [(b.source, b.reason) for b in bad]
         return batch
 
 

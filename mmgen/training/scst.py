@@ -23,7 +23,6 @@ through the (DDP-wrapped) model's own forward.
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from mmgen.evaluation.cider import CiderD
 from mmgen.evaluation.ptb import ptb_tokenize
 from mmgen.generation import prompt_embeds, search
 from mmgen.training import distributed as D
-from mmgen.training.trainer import Trainer, autocast_context
+from mmgen.training.trainer import Trainer, autocast_context, plot_curves
 
 __all__ = [
     "CiderReward",
@@ -381,36 +380,4 @@ class ScstTrainer(Trainer):
     def save_final(self) -> None:
         if self.dist.is_main:
             self.model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
-            plot_scst_curves(self.run_dir)
-
-
-def plot_scst_curves(run_dir: str | Path) -> None:
-    """Reward / baseline and eval-metric curves of an SCST run as ``curves.png`` (needs matplotlib)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-    train = [r for r in rows if "reward" in r]
-    evals = [r for r in rows if "eval" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("reward", "baseline"):
-        axes[0].plot([r["step"] for r in train], [r[key] for r in train], label=key)
-    axes[0].set(title="training CIDEr-D of samples", xlabel="step")
-    axes[0].legend()
-    for metric in ("CIDEr", "Bleu_4"):
-        pts = [(r["step"], r["eval"][metric]) for r in evals if metric in r["eval"]]
-        if pts:
-            axes[1].plot(*zip(*pts), marker="o", label=metric)
-    axes[1].set(title="validation", xlabel="step")
-    if evals:
-        axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(Path(run_dir) / "curves.png", dpi=100)
-    plt.close(fig)
+            plot_curves(self.run_dir, ("reward", "baseline"), "training CIDEr-D of samples")

@@ -356,32 +356,43 @@ class RunLogger:
 
     def plot(self) -> None:
         """Loss and eval-metric curves as ``curves.png``."""
-        if not self.enabled or not (self.run_dir / "metrics.jsonl").exists():
-            return
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return
-        rows = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        train = [r for r in rows if "loss" in r]
-        evals = [r for r in rows if "eval" in r]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
-        axes[0].set(title="training loss", xlabel="step", yscale="log")
-        for metric in ("CIDEr", "Bleu_4"):
-            pts = [(r["step"], r["eval"][metric]) for r in evals if metric in r["eval"]]
-            if pts:
-                axes[1].plot(*zip(*pts), marker="o", label=metric)
-        axes[1].set(title="validation", xlabel="step")
-        if evals:
-            axes[1].legend()
-        fig.tight_layout()
-        fig.savefig(self.run_dir / "curves.png", dpi=100)
-        plt.close(fig)
+        if self.enabled:
+            plot_curves(self.run_dir, ("loss",), "training loss", log_scale=True)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def plot_curves(run_dir: str | Path, series: tuple[str, ...], title: str, log_scale: bool = False) -> None:
+    """``curves.png`` of a run: the training ``series`` of metrics.jsonl on the left, eval CIDEr / BLEU-4 on the
+    right (skipped when matplotlib is missing)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    train = [r for r in rows if series[0] in r]
+    evals = [r for r in rows if "eval" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key in series:
+        axes[0].plot([r["step"] for r in train], [r[key] for r in train], label=key)
+    axes[0].set(title=title, xlabel="step", yscale="log" if log_scale else "linear")
+    if len(series) > 1:
+        axes[0].legend()
+    for metric in ("CIDEr", "Bleu_4"):
+        pts = [(r["step"], r["eval"][metric]) for r in evals if metric in r["eval"]]
+        if pts:
+            axes[1].plot(*zip(*pts), marker="o", label=metric)
+    axes[1].set(title="validation", xlabel="step")
+    if evals:
+        axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(Path(run_dir) / "curves.png", dpi=100)
+    plt.close(fig)
