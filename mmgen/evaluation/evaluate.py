@@ -151,8 +151,7 @@ def write_evaluation(out_dir: str | Path, result: EvalResult, title: str = "mmge
     paths = {"results": out / "results.json", "scores": out / "scores.json"}
     paths["results"].write_text(json.dumps([{"image_id": e["image_id"], "caption": e["candidate"]} for e in ok]))
     paths["scores"].write_text(json.dumps(result.summary(), indent=2, default=str))
-    paths["report"] = write_report(
-        out, result.entries, {**result.scores, **result.counts}, result.collapse, title=title
-    )
+    # the report counts images, failed images and empty captions from the entries itself
+    paths["report"] = write_report(out, result.entries, result.scores, result.collapse, title=title)
     paths["table"] = out / "per_image.tsv"
     return paths
