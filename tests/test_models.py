@@ -178,3 +178,19 @@ def test_too_few_decoder_positions_is_a_clear_error(tokenizer):
     cfg.decoder.config_overrides["n_positions"] = 20  # 16 prefix + 1 BOS + 32 caption tokens do not fit
     with pytest.raises(ValueError, match=r"20 positions but a caption needs 49.*n_positions"):
         CaptionModel(cfg, tokenizer)
+
+
+def test_init_from_a_saved_model_loads_every_matching_tensor(tokenizer, tmp_path):
+    from mmgen.models.captioner import load_matching_weights
+
+    src = CaptionModel(tiny_model_config(), tokenizer)
+    src.save_pretrained(tmp_path / "stage1")
+    cfg = tiny_model_config(decoder_mode="lora")
+    cfg.decoder.lora.target_modules = ["c_attn"]
+    torch.manual_seed(123)
+    dst = CaptionModel(cfg, tokenizer)
+    missing = load_matching_weights(dst, tmp_path / "stage1")
+    assert missing and all("lora_" in name for name in missing)  # only the new adapters keep their init
+    base = dst.decoder.get_base_model()
+    assert torch.equal(base.transformer.wte.weight, src.decoder.transformer.wte.weight)
+    assert torch.equal(dst.projector.fc1.weight, src.projector.fc1.weight)

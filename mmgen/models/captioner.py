@@ -289,14 +289,16 @@ def load_matching_weights(model: CaptionModel, path: str | os.PathLike) -> list[
 
     by_plain = {plain(k): v for k, v in saved.items()}
     missing = []
+    loaded: set[int] = set()  # storages written, so tied weights (GPT-2's wte / lm_head) count as loaded
     with torch.no_grad():
         for name, tensor in own.items():
             src = saved.get(name, by_plain.get(plain(name)))
             if src is not None and src.shape == tensor.shape:
                 tensor.copy_(src)
+                loaded.add(tensor.data_ptr())
             else:
                 missing.append(name)
-    return missing
+    return [name for name in missing if own[name].data_ptr() not in loaded]
 
 
 def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> CaptionModel:
