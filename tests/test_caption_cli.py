@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -11,26 +10,15 @@ from PIL import Image
 
 from mmgen.captioner import Captioner
 from mmgen.cli import main
-from mmgen.config import EncoderConfig, GenerationConfig
+from mmgen.config import GenerationConfig
 from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
-
-
-def small_input_config():
-    """The tiny model with timm's ``test_vit`` trunk (160 px input, 5x5 patches of 32 px).
-
-    Its timm data config matches the trunk's real input size, which ``tiny_model_config``'s
-    ``img_size`` override does not yet propagate to ``CaptionModel.data_config``.
-    """
-    return dataclasses.replace(
-        tiny_model_config(), encoder=EncoderConfig(name="test_vit", patch_size=32, embed_dim=64, depth=2, num_heads=2)
-    )
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     tok = train_caption_tokenizer(["a red circle on a blue square", "two green stars", "a black dog near a tree"])
-    model = CaptionModel(small_input_config(), tok).eval()
+    model = CaptionModel(tiny_model_config(), tok).eval()
     model.generation_config = GenerationConfig(num_beams=3, num_return_sequences=2, max_new_tokens=12)
     path = tmp_path_factory.mktemp("model")
     model.save_pretrained(path)

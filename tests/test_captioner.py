@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from PIL import Image
 
 from mmgen.captioner import Captioner, list_images
-from mmgen.config import ConfigError, EncoderConfig, GenerationConfig
+from mmgen.config import ConfigError, GenerationConfig
 from mmgen.data.images import BadImageError, decode_image
 from mmgen.data.transforms import build_transform
 from mmgen.generation import generate_captions
@@ -24,21 +23,10 @@ CAPTIONS = [
 ]
 
 
-def small_input_config():
-    """The tiny model with timm's ``test_vit`` trunk (160 px input, 5x5 patches of 32 px).
-
-    Its timm data config matches the trunk's real input size, which ``tiny_model_config``'s
-    ``img_size`` override does not yet propagate to ``CaptionModel.data_config``.
-    """
-    return dataclasses.replace(
-        tiny_model_config(), encoder=EncoderConfig(name="test_vit", patch_size=32, embed_dim=64, depth=2, num_heads=2)
-    )
-
-
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     torch.manual_seed(0)
-    model = CaptionModel(small_input_config(), train_caption_tokenizer(CAPTIONS)).eval()
+    model = CaptionModel(tiny_model_config(), train_caption_tokenizer(CAPTIONS)).eval()
     model.generation_config = GenerationConfig(num_beams=2, max_new_tokens=8)
     path = tmp_path_factory.mktemp("model")
     model.save_pretrained(path)

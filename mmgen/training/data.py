@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mmgen.config import Config
 from mmgen.training import distributed as D
 
@@ -86,8 +84,6 @@ def prepare_tokenizer(cfg: Config, train_records: Any, run_dir: Path, dist: D.Di
         return load_tokenizer(tc, cfg.model.decoder.name)
     path = run_dir / "tokenizer"
     if dist.is_main and not (path / "tokenizer.json").exists():
-        from mmgen.data.datasets import caption_counts  # noqa: F401  (records API)
-
         captions = (c for r in train_records for c in r.captions)
         tok = train_caption_tokenizer(captions, tc.kind, tc.vocab_size, tc.min_frequency, tc.lowercase)
         tok.save_pretrained(str(path))
@@ -215,12 +211,3 @@ def evaluate(trainer) -> dict:
 
     release_static_buffers(trainer.model.decoder)  # decoding buffers are not needed while training
     return {**result.scores, **{f"collapse_{k}": v for k, v in result.collapse.items() if isinstance(v, (int, float))}}
-
-
-def loss_on(model, batch: dict, device: torch.device) -> float:
-    """Mean caption loss of one batch (no gradient); for checks and the feature-cache comparison."""
-    with torch.no_grad():
-        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
-        key = "features" if "features" in batch else "pixel_values"
-        inputs[key] = batch[key].to(device)
-        return float(model(**inputs).loss)
