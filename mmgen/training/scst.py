@@ -343,8 +343,7 @@ class ScstTrainer(Trainer):
         loss_sum = torch.zeros((), device=dev, dtype=torch.float32)
         images = 0
         for i, b in enumerate(batches):
-            sync = i == len(batches) - 1 or not self.dist.distributed
-            ctx = contextlib.nullcontext() if sync or not hasattr(self.wrapped, "no_sync") else self.wrapped.no_sync()
+            ctx = self._grad_sync(last=i == len(batches) - 1)
             roll = self.rollout(b)
             with ctx:
                 with autocast_context(self.cfg, dev):

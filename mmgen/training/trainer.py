@@ -115,6 +115,12 @@ class Trainer:
         self.micro_batch = cfg.train.batch_size // (world * accum)
 
     # -- one optimizer step ---------------------------------------------------------------------
+    def _grad_sync(self, last: bool):
+        """DDP gradient all-reduce only on the last accumulation micro-batch (``no_sync`` before it)."""
+        if last or not self.dist.distributed or not hasattr(self.wrapped, "no_sync"):
+            return contextlib.nullcontext()
+        return self.wrapped.no_sync()
+
     def _micro_losses(self, batches: list[dict]) -> tuple[torch.Tensor, int]:
         """Forward/backward over the accumulation micro-batches; returns (summed loss, images)."""
         dev = self.device
@@ -124,8 +130,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=dev, dtype=torch.float32)
         images = 0
         for i, b in enumerate(batches):
-            sync = i == len(batches) - 1 or not self.dist.distributed
-            ctx = contextlib.nullcontext() if sync or not hasattr(self.wrapped, "no_sync") else self.wrapped.no_sync()
+            ctx = self._grad_sync(last=i == len(batches) - 1)
             inputs = {k: b[k].to(dev, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
             if "features" in b:
                 inputs["features"] = b["features"].to(dev, non_blocking=True)
