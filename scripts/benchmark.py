@@ -144,6 +144,27 @@ def timed(step, warmup: int, iters: int) -> float:
     return (time.perf_counter() - t) / iters
 
 
+def profile(step, label: str, top: int, iters: int = 3) -> dict:
+    """Top CUDA kernels of ``iters`` calls of ``step`` (already warm), and how busy the GPU was."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t) / iters
+    events = [e for e in prof.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
+    events.sort(key=lambda e: e.device_time_total, reverse=True)
+    busy = sum(e.device_time_total for e in events) / iters / 1e6  # seconds of kernel time per call
+    print(f"\n[profile] {label}: {wall * 1e3:.1f} ms per call, kernels busy {busy * 1e3:.1f} ms ({busy / wall:.0%})")
+    for e in events[:top]:
+        print(f"  {e.device_time_total / iters / 1e3:8.2f} ms  {e.count // iters:5d}x  {e.key[:110]}")
+    return {"profile_wall_ms": wall * 1e3, "profile_busy_ms": busy * 1e3}
+
+
 def batch(b: int, device, caption: int = CAPTION):
     px = torch.randn(b, 3, IMG, IMG, device=device)
     ids = torch.randint(0, VOCAB - 1, (b, caption), device=device)
@@ -153,8 +174,9 @@ def batch(b: int, device, caption: int = CAPTION):
     return px, ids, torch.ones_like(ids), labels
 
 
-def train_step_fn(kind: str, model, b: int, device, compile_model: bool):
+def train_step_fn(kind: str, model, b: int, device, compile_model: bool, with_mask: bool = False):
     px, ids, mask, labels = batch(b, device)
+    mask = mask if with_mask else None  # right-padded batches need no mask in a causal decoder (what mmgen trains with)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
     fwd = torch.compile(model) if compile_model else model
@@ -228,10 +250,12 @@ def _train_case(kind, build, prefix, comp, b, device, args, train_encoder=True):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     model = build().to(device).train()
-    step = train_step_fn(kind, model, b, device, comp)
+    step = train_step_fn(kind, model, b, device, comp, with_mask=args.with_mask)
     sec = timed(step, warmup=args.warmup + (3 if comp else 0), iters=args.iters)
     ips = b / sec
     out = {"images_per_s": ips, "batch": b, "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
+    if args.profile:
+        out.update(profile(step, f"train {kind} batch {b}{' compiled' if comp else ''}", args.profile))
     if kind != "ved" and train_encoder:
         out["mfu"] = ips * flops_per_image(prefix) / (PEAK_TFLOPS * 1e12)
         out["gflop_per_image"] = flops_per_image(prefix) / 1e9
@@ -246,7 +270,6 @@ def _train_case(kind, build, prefix, comp, b, device, args, train_encoder=True):
 
 def bench_caption(args, device, results):
     from mmgen.config import GenerationConfig
-    from mmgen.generation import generate_captions
 
     model = mmgen_model("pool").to(device, torch.bfloat16).eval()
     for beams in (1, 3, 5):
@@ -258,10 +281,7 @@ def bench_caption(args, device, results):
                 results,
                 "caption",
                 name,
-                lambda px=px, gen=gen, b=b, m=model: {
-                    "images_per_s": b / timed(lambda: generate_captions(m, px, gen), args.warmup, args.caption_iters),
-                    "batch": b,
-                },
+                lambda px=px, gen=gen, b=b, m=model, name=name: _caption_case(m, px, gen, b, name, args),
             )
     del model
     ved = ved_model().to(device, torch.bfloat16).eval()
@@ -300,6 +320,20 @@ def bench_caption(args, device, results):
             f"stock prefix generate {label} b64",
             lambda f=run_stock: {"images_per_s": 64 / timed(f, 1, max(1, args.caption_iters // 2)), "batch": 64},
         )
+
+
+def _caption_case(model, px, gen, b, name, args) -> dict:
+    from mmgen.generation import generate_captions
+
+    def run():
+        return generate_captions(model, px, gen)
+
+    out = {"images_per_s": b / timed(run, args.warmup, args.caption_iters), "batch": b}
+    with torch.no_grad():
+        out["encoder_ms"] = 1e3 * timed(lambda: model.encode_images(px), 1, args.caption_iters)
+    if args.profile:
+        out.update(profile(run, name, args.profile, iters=2))
+    return out
 
 
 def _run_case(results, section, name, fn):
@@ -359,6 +393,8 @@ def main(argv=None) -> int:
     p.add_argument("--caption-iters", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="skip the slower compiled peers")
     p.add_argument("--only", nargs="+", help="run only the cases whose name contains one of these words")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest CUDA kernels per case")
+    p.add_argument("--with-mask", action="store_true", help="pass an all-ones attention mask in the training cases")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmark.py needs a CUDA GPU", file=sys.stderr)

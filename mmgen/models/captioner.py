@@ -143,7 +143,7 @@ class CaptionModel(nn.Module):
         Args:
             pixel_values: Images (B, 3, H, W) (or ``features`` from the frozen encoder).
             input_ids: (B, T): BOS, prompt, caption, EOS, right padding (``mmgen.data.collate``).
-            attention_mask: (B, T), 1 on real tokens.
+            attention_mask: (B, T), 1 on real tokens; None for right-padded batches (the causal mask suffices).
             labels: (B, T), -100 on BOS/prompt/padding; ``labels[:, t]`` is the target at position t.
             features: Precomputed encoder tokens (B, N, C).
 
@@ -155,9 +155,9 @@ class CaptionModel(nn.Module):
         b, n = prefix.shape[:2]
         t = input_ids.shape[1]
         embeds = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)  # (B, N'+T, D)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)  # (B, N'+T)
+        mask = None  # no mask: causal attention alone (right padding never precedes a real token)
+        if attention_mask is not None:
+            mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)  # (B, N'+T)
         kwargs = {"logits_to_keep": t} if self._logits_to_keep else {}
         out = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **kwargs)
         logits = out.logits[:, -t:]  # (B, T, V): position n+i predicts input_ids[:, i+1]

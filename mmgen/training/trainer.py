@@ -131,7 +131,8 @@ class Trainer:
         images = 0
         for i, b in enumerate(batches):
             ctx = self._grad_sync(last=i == len(batches) - 1)
-            inputs = {k: b[k].to(dev, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
+            # no attention mask: batches are right-padded, so causal attention never lets a real token see padding
+            inputs = {k: b[k].to(dev, non_blocking=True) for k in ("input_ids", "labels")}
             if "features" in b:
                 inputs["features"] = b["features"].to(dev, non_blocking=True)
             else:
