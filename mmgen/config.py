@@ -84,6 +84,7 @@ class EncoderConfig:
 
 
 PROJECTOR_KINDS = ("linear", "mlp", "pool", "pixel_shuffle", "mapper")
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
 
 
 @dataclass
@@ -206,6 +207,8 @@ class DataConfig:
     """Training fails once more than this fraction of images could not be decoded."""
     augment: bool = False
     """Light training augmentation (random resized crop, small colour jitter)."""
+    preload: bool = False
+    """Decode the training images once into RAM (uint8 at the encoder's input size) instead of every epoch."""
     streaming: bool = False
     image_column: str = "image"
     caption_column: str = "caption"
@@ -215,6 +218,8 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(self.max_pixels > 0, "data.max_pixels", "must be > 0")
         _check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
+        _check(not (self.preload and self.augment), "data.preload", "stores fixed images: set data.augment=false")
+        _check(not (self.preload and self.streaming), "data.preload", "needs an indexable dataset, not streaming")
 
 
 @dataclass
@@ -301,7 +306,13 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 10
     max_bad_steps: int = 5
-    """Stop after this many consecutive non-finite losses."""
+    """Stop after this many consecutive non-finite losses. With fused AdamW the check runs on the device
+    (no per-step host sync) and is read back every ``log_every`` steps, so the stop can come up to
+    ``log_every - 1`` steps later."""
+    sdpa_backends: list[str] = field(default_factory=lambda: ["flash", "efficient", "math"])
+    """Scaled-dot-product attention kernels training may use, in PyTorch's order of preference
+    (flash > efficient > cudnn > math). cuDNN attention is left out by default: its per-call host
+    cost stalls small models."""
     feature_cache: bool = False
     """Train from precomputed frozen-encoder features (requires model.encoder.freeze=all)."""
     feature_cache_dir: str | None = None
@@ -328,6 +339,9 @@ class TrainConfig:
         _check(self.keep_last >= 1, "train.keep_last", "must be >= 1")
         _check(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
         _check(len(self.betas) == 2, "train.betas", "must be two numbers")
+        for name in self.sdpa_backends:
+            _choice(name, "train.sdpa_backends", SDPA_BACKENDS)
+        _check(len(self.sdpa_backends) > 0, "train.sdpa_backends", "must name at least one backend")
 
 
 @dataclass

@@ -174,7 +174,7 @@ def batch(b: int, device, caption: int = CAPTION):
     return px, ids, torch.ones_like(ids), labels
 
 
-def train_step_fn(kind: str, model, b: int, device, compile_model: bool, with_mask: bool = False):
+def train_step_fn(kind, model, b: int, device, compile_model: bool, with_mask: bool = False, sdpa=("flash", "math")):
     px, ids, mask, labels = batch(b, device)
     mask = mask if with_mask else None  # right-padded batches need no mask in a causal decoder (what mmgen trains with)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -200,8 +200,20 @@ def train_step_fn(kind: str, model, b: int, device, compile_model: bool, with_ma
         def loss_fn():
             return fwd(px, ids, labels)
 
+    def context():
+        if not kind.startswith("mmgen"):  # peers run with PyTorch's default attention kernels
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        from contextlib import ExitStack
+
+        from mmgen.training.trainer import sdpa_context
+
+        stack = ExitStack()
+        stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        stack.enter_context(sdpa_context(sdpa))
+        return stack
+
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with context():
             loss = loss_fn()
         loss.backward()
         opt.step()
@@ -250,7 +262,7 @@ def _train_case(kind, build, prefix, comp, b, device, args, train_encoder=True):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     model = build().to(device).train()
-    step = train_step_fn(kind, model, b, device, comp, with_mask=args.with_mask)
+    step = train_step_fn(kind, model, b, device, comp, with_mask=args.with_mask, sdpa=args.sdpa)
     sec = timed(step, warmup=args.warmup + (3 if comp else 0), iters=args.iters)
     ips = b / sec
     out = {"images_per_s": ips, "batch": b, "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
@@ -395,6 +407,12 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", help="run only the cases whose name contains one of these words")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest CUDA kernels per case")
     p.add_argument("--with-mask", action="store_true", help="pass an all-ones attention mask in the training cases")
+    p.add_argument(
+        "--sdpa",
+        nargs="+",
+        default=["flash", "efficient", "math"],
+        help="attention kernels mmgen's training cases may use (train.sdpa_backends)",
+    )
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmark.py needs a CUDA GPU", file=sys.stderr)

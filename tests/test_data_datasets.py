@@ -140,3 +140,33 @@ def test_augmentation_is_off_by_default_and_light(records):
     ds = CaptionTrainDataset(records, build_transform(CFG, train=True, augment=True))
     x, y = ds[(0, 3)]["pixel_values"], ds[(1, 3)]["pixel_values"]
     assert x.shape == (3, 16, 16) and not torch.equal(x, y)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_preloaded_images_equal_decoding_every_time(records, tmp_path, workers):
+    from mmgen.data.images import BadItem
+    from mmgen.data.preload import preload_images
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    recs = [*records[:5], Record(str(broken), ["a broken image"], image_id="broken"), *records[5:]]
+    transform = build_transform(CFG, train=True, uint8=True)
+    plain = CaptionTrainDataset(recs, transform, seed=3)
+    pre = CaptionTrainDataset(recs, transform, seed=3)
+    pre.preloaded = preload_images(recs, transform, num_workers=workers, batch_size=4, log=None)
+    assert len(pre.preloaded) == len(recs) and list(pre.preloaded.bad) == [5]
+    for epoch in (0, 1):
+        for i in range(len(plain)):
+            a, b = plain[(epoch, i)], pre[(epoch, i)]
+            if isinstance(a, BadItem):  # still counted as a bad image every epoch
+                assert isinstance(b, BadItem) and b.image_id == a.image_id == "broken"
+                continue
+            assert a["caption"] == b["caption"] and a["image_id"] == b["image_id"]
+            assert b["pixel_values"].dtype == torch.uint8 and torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_preload_refuses_augmentation():
+    from mmgen.config import ConfigError, DataConfig
+
+    with pytest.raises(ConfigError, match="data.preload"):
+        DataConfig(preload=True, augment=True)

@@ -119,6 +119,15 @@ def test_two_process_ddp_matches_one_process(tmp_path, scenes):
         assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6)
 
 
+def test_preloaded_images_give_the_same_run(tmp_path, scenes):
+    common = ("train.max_steps=4", "train.batch_size=16", "train.save_every=1000", "data.num_workers=2")
+    a = _cfg(tmp_path / "a", scenes, *common)
+    b = _cfg(tmp_path / "b", scenes, *common, "data.preload=true")
+    Trainer(a).fit()
+    Trainer(b).fit()
+    assert _losses(b.train.out_dir) == _losses(a.train.out_dir)  # same pixels, same batches: bit-identical
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, scenes):
     common = ("train.max_steps=3", "train.batch_size=16", "train.save_every=1000")
     a = _cfg(tmp_path / "a", scenes, *common)

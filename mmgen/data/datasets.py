@@ -152,6 +152,7 @@ class CaptionTrainDataset(_ImageLoading, Dataset):
         self.records, self.transform, self.caption_sampling = records, transform, caption_sampling
         self.seed, self.max_pixels, self.min_size = seed, max_pixels, min_size
         self.epoch = 0
+        self.preloaded = None  # a mmgen.data.preload.PreloadedImages: images decoded once, by record index
         self.counts = caption_counts(records)  # kept: reading a record (HF row) to count would cost a decode
         self.record_index = [i for i, c in enumerate(self.counts) if c > 0]  # item -> record ('random')
         self.ends = list(itertools.accumulate(self.counts))  # record -> end of its pairs ('all')
@@ -177,7 +178,10 @@ class CaptionTrainDataset(_ImageLoading, Dataset):
             raise IndexError(index)
         r, c = self.locate(index, epoch)
         rec = self.records[r]
-        pixels = self._pixels(rec, seed=item_seed(self.seed, epoch, index, 1))
+        if self.preloaded is not None:
+            pixels = self.preloaded.get(r)
+        else:
+            pixels = self._pixels(rec, seed=item_seed(self.seed, epoch, index, 1))
         if isinstance(pixels, BadItem):
             return pixels
         return {"pixel_values": pixels, "caption": rec.captions[c], "image_id": rec.image_id}

@@ -110,14 +110,23 @@ def _train_dataset(trainer) -> Any:
     from mmgen.data.transforms import build_transform
 
     if "dataset" not in trainer.data.extra:
-        transform = build_transform(trainer.model.data_config, train=True, augment=cfg.data.augment)
-        trainer.data.extra["dataset"] = CaptionTrainDataset(
+        # uint8 images: 4x less to move between processes and to the device, normalised there by the trainer
+        transform = build_transform(trainer.model.data_config, train=True, augment=cfg.data.augment, uint8=True)
+        ds = CaptionTrainDataset(
             trainer.data.train_records,
             transform,
             cfg.data.caption_sampling,
             seed=cfg.train.seed,
             max_pixels=cfg.data.max_pixels,
         )
+        if cfg.data.preload:
+            from mmgen.data.preload import preload_images
+
+            log = print if trainer.dist.is_main else None
+            ds.preloaded = preload_images(
+                trainer.data.train_records, transform, cfg.data.num_workers, cfg.data.max_pixels, log=log
+            )
+        trainer.data.extra["dataset"] = ds
     return trainer.data.extra["dataset"]
 
 

@@ -33,11 +33,12 @@ import numpy as np
 import torch
 
 from mmgen.config import Config, GenerationConfig
+from mmgen.data.transforms import normalize_on_device
 from mmgen.evaluation.cider import CiderD
 from mmgen.evaluation.ptb import ptb_tokenize
 from mmgen.generation import prompt_embeds, search
 from mmgen.training import distributed as D
-from mmgen.training.trainer import Trainer, autocast_context, plot_curves
+from mmgen.training.trainer import Trainer, autocast_context, plot_curves, sdpa_context
 
 __all__ = [
     "CiderReward",
@@ -296,7 +297,7 @@ class ScstTrainer(Trainer):
         if features is not None:
             features = features.to(dev, non_blocking=True)
         else:
-            pixels = batch["pixel_values"].to(dev, non_blocking=True)
+            pixels = normalize_on_device(batch["pixel_values"].to(dev, non_blocking=True), *self._pixel_stats)
         with _eval_mode(model), _sampling_autocast(self.cfg, dev):
             if features is None and model.encoder.fully_frozen:
                 param = next(model.encoder.parameters())
@@ -346,7 +347,7 @@ class ScstTrainer(Trainer):
             ctx = self._grad_sync(last=i == len(batches) - 1)
             roll = self.rollout(b)
             with ctx:
-                with autocast_context(self.cfg, dev):
+                with autocast_context(self.cfg, dev), sdpa_context(self.cfg.train.sdpa_backends):
                     out = self.forward(**roll.inputs)
                 losses, mask, entropy = rollout_losses(
                     out.logits, roll, self.model.start_ids.numel(), sc.temperature, sc.logprob_reduction

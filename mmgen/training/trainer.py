@@ -20,8 +20,22 @@ import numpy as np
 import torch
 
 from mmgen.config import Config, save_config
+from mmgen.data.transforms import normalize_on_device
 from mmgen.training import distributed as D
 from mmgen.training.schedule import build_optimizer, build_scheduler
+
+
+def sdpa_context(names: list[str]):
+    """Restrict scaled-dot-product attention to the named kernels ('flash', 'efficient', 'cudnn', 'math')."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kinds = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    return sdpa_kernel([kinds[n] for n in names])
 
 
 class NonFiniteLossError(RuntimeError):
@@ -113,6 +127,11 @@ class Trainer:
                 f"world size x grad_accum = {world * accum}"
             )
         self.micro_batch = cfg.train.batch_size // (world * accum)
+        # fused AdamW can skip a step on the device (its found_inf input): no host sync per step
+        self.device_skip = bool(self.optimizer.defaults.get("fused"))
+        self._bad = torch.zeros(3, dtype=torch.long, device=self.device)  # skipped since read, run, longest run
+        mean, std = self.model.data_config["mean"], self.model.data_config["std"]
+        self._pixel_stats = (tuple(mean), tuple(std))
 
     # -- one optimizer step ---------------------------------------------------------------------
     def _grad_sync(self, last: bool):
@@ -135,11 +154,13 @@ class Trainer:
             inputs = {k: b[k].to(dev, non_blocking=True) for k in ("input_ids", "labels")}
             if "features" in b:
                 inputs["features"] = b["features"].to(dev, non_blocking=True)
-            else:
-                inputs["pixel_values"] = b["pixel_values"].to(dev, non_blocking=True)
+            else:  # uint8 from the loader (4x less to copy), normalised here
+                inputs["pixel_values"] = normalize_on_device(
+                    b["pixel_values"].to(dev, non_blocking=True), *self._pixel_stats
+                )
             tok = int((b["labels"][:, 1:] != -100).sum())
             with ctx:
-                with autocast_context(self.cfg, dev):
+                with autocast_context(self.cfg, dev), sdpa_context(self.cfg.train.sdpa_backends):
                     out = self.forward(**inputs)
                 part = out.loss.float() * tok  # summed token loss of this micro-batch
                 (part * scale).backward()
@@ -148,11 +169,14 @@ class Trainer:
         loss_sum = D.all_reduce_sum(loss_sum) / max(total_tok, 1)
         return loss_sum, images
 
-    def _optimizer_step(self, batches: list[dict]) -> tuple[float, int, bool]:
+    def _optimizer_step(self, batches: list[dict]) -> tuple[float | torch.Tensor, int, bool]:
+        """One update; the loss comes back as a device tensor when the finiteness check runs on the device."""
         if not batches:  # every image of the step failed to decode (counted by the bad-image tracker)
             self.state.skipped_steps += 1
             return float("nan"), 0, False
         loss, images = self._micro_losses(batches)
+        if self.device_skip:
+            return self._device_checked_step(loss), images, True
         finite = bool(torch.isfinite(loss).item())
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
@@ -172,6 +196,43 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return float(loss.item()), images, True
+
+    def _device_checked_step(self, loss: torch.Tensor) -> torch.Tensor:
+        """Clip and step with fused AdamW, which leaves the weights and moments untouched when the loss or
+        the gradient norm is not finite; the counts stay on the device until :meth:`_read_bad_steps`."""
+        bad = ~torch.isfinite(loss)
+        if self.cfg.train.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            bad = bad | ~torch.isfinite(norm)
+        self.optimizer.found_inf = bad.float()  # 0-d: read by the fused kernel
+        self.optimizer.step()
+        del self.optimizer.found_inf
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        b = bad.long()
+        run = (self._bad[1] + b) * b
+        self._bad.copy_(torch.stack([self._bad[0] + b, run, torch.maximum(self._bad[2], run)]))
+        return loss.detach()
+
+    def _read_bad_steps(self) -> None:
+        """Account the device-side skips since the last read (one host sync); stop after too many in a row."""
+        if not self.device_skip:
+            return
+        skipped, run, longest = (int(v) for v in self._bad.tolist())
+        self._bad.copy_(torch.tensor([0, run, 0]))
+        self.state.bad_steps_in_a_row = run
+        if skipped:
+            self.state.skipped_steps += skipped
+            warnings.warn(
+                f"{skipped} step(s) up to step {self.state.step} had a non-finite loss or gradient norm and were "
+                "skipped",
+                stacklevel=2,
+            )
+        if longest >= self.cfg.train.max_bad_steps:
+            raise NonFiniteLossError(
+                f"{longest} consecutive steps had a non-finite loss (train.max_bad_steps="
+                f"{self.cfg.train.max_bad_steps}); lower train.lr, check the data, or use precision fp32"
+            )
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -199,6 +260,8 @@ class Trainer:
                 lr = self.scheduler.get_last_lr()[0]
                 bar.update(1)
                 if st.step % cfg.train.log_every == 0 or st.step == cfg.train.max_steps:
+                    loss = float(loss)  # the one host sync of a logging interval
+                    self._read_bad_steps()
                     dt = time.perf_counter() - window_t
                     ips = window_images / max(dt, 1e-9)
                     extras = self._log_extras()
@@ -300,6 +363,7 @@ class Trainer:
     def save(self) -> None:
         from mmgen.training.checkpoint import gather_rng_states, save_checkpoint
 
+        self._read_bad_steps()
         state = self.state.__dict__.copy()
         rng = gather_rng_states() if self.dist.distributed else None  # collective: every rank's RNG
         if self.dist.is_main:
