@@ -26,15 +26,36 @@ from mmgen.generation.processors import NEG_INF, is_eos, process, warp_for_sampl
 UNFILLED = -1.0e9  # score of an empty hypothesis slot: beaten by any real hypothesis, beats a forbidden one
 
 
-def _select(
-    total: torch.Tensor, c: int, do_sample: bool, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick ``c`` continuations per image from ``total`` (B, K*V): the best, or sampled without replacement."""
-    if not do_sample:
-        return torch.topk(total, c, dim=-1)  # sorted, best first
-    # Gumbel-top-k: sampling c entries without replacement from softmax(total)
+def best_continuations(
+    logp: torch.Tensor, running: torch.Tensor, c: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``c`` best continuations of every image, as a top-``c`` over all its beams x tokens would give.
+
+    Two stages: the top ``c`` tokens of each beam's row, then the top ``c`` of the ``K * c``
+    gathered candidates. Adding a beam's score keeps its row's order, so every entry of the
+    image's top ``c`` is among its row's top ``c``: the scores are exactly those of the flat
+    top-k; among exactly equal scores the pick is as arbitrary as ``torch.topk``'s.
+
+    Args:
+        logp: Processed next-token log-probabilities, ``(B, K, V)``.
+        running: Summed log-probabilities of the beams, ``(B, K)``.
+        c: Number of continuations kept per image (``c <= K * V``).
+
+    Returns:
+        Scores ``(B, C)`` sorted best first, source beam ``(B, C)`` and token ``(B, C)``.
+    """
+    b, k, v = logp.shape
+    per_row = min(c, v)
+    top, tokens = torch.topk(logp, per_row, dim=-1)  # (B, K, c')
+    total = (top + running[..., None]).view(b, k * per_row)  # (B, K*c')
+    scores, pick = torch.topk(total, c, dim=-1)  # (B, C), sorted
+    return scores, pick // per_row, tokens.view(b, k * per_row).gather(1, pick)
+
+
+def _sample(total: torch.Tensor, c: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``c`` continuations per image from ``softmax(total)`` (B, K*V) without replacement."""
     u = torch.rand(total.shape, generator=generator, device=total.device).clamp_(min=1e-20)
-    idx = torch.topk(total - torch.log(-torch.log(u)), c, dim=-1).indices  # (B, C), in sampling order
+    idx = torch.topk(total - torch.log(-torch.log(u)), c, dim=-1).indices  # (B, C), Gumbel-top-k, in sampling order
     return total.gather(1, idx), idx
 
 
@@ -136,13 +157,15 @@ class BeamState:
         gen, fin, t = self.gen, self.fin, self.t
         b, k, t_max = self.tokens.shape
         v, c = logits.shape[-1], self.c
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V), fp32
-        logp = process(logp, self.tokens.view(b * k, t_max), t, gen, self.eos_ids)
+        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (B*K, V), fp32, one fused pass
+        logp = process(logp, self.tokens.view(b * k, t_max), t, gen, self.eos_ids, inplace=True)
         if gen.do_sample:
             logp = warp_for_sampling(logp, gen, keep=self.eos_ids.numel() + 1)
-        total = (logp.view(b, k, v) + self.running[..., None]).view(b, k * v)  # (B, K*V)
-        cand_scores, cand = _select(total, c, gen.do_sample, self.generator)  # (B, C)
-        src, tok = cand // v, cand % v  # (B, C) source beam, new token
+            total = (logp.view(b, k, v) + self.running[..., None]).view(b, k * v)  # (B, K*V)
+            cand_scores, cand = _sample(total, c, self.generator)  # (B, C)
+            src, tok = cand // v, cand % v  # (B, C) source beam, new token
+        else:
+            cand_scores, src, tok = best_continuations(logp.view(b, k, v), self.running, c)  # (B, C) each
         cand_tokens = self.tokens.gather(1, src[..., None].expand(b, c, t_max))  # (B, C, T)
         cand_tokens.scatter_(2, t.expand(b, c, 1), tok[..., None])
         ends = is_eos(tok, self.eos_ids) | (t + 1 == t_max)  # (B, C)

@@ -33,12 +33,16 @@ def prompt_embeds(model, pixel_values: torch.Tensor | None = None, features: tor
 
     Args:
         model: A ``CaptionModel``.
-        pixel_values: Preprocessed images ``(B, 3, H, W)`` (moved to the encoder's device and dtype).
+        pixel_values: Preprocessed images ``(B, 3, H, W)`` (moved to the encoder's device and dtype); uint8
+            images (a ``uint8=True`` transform) are normalised there with the encoder's mean and std.
         features: Encoder tokens ``(B, N, C)`` instead of images (frozen-encoder feature cache).
     """
     if pixel_values is not None:
+        from mmgen.data.transforms import normalize_on_device
+
         param = next(model.encoder.parameters())
-        pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
+        cfg = model.data_config
+        pixel_values = normalize_on_device(pixel_values.to(param.device), cfg["mean"], cfg["std"], dtype=param.dtype)
     prefix = model.encode_images(pixel_values, features)  # (B, N', D)
     start = model.start_embeds(prefix.shape[0])  # (B, P, D)
     return torch.cat([prefix.to(start.dtype), start], dim=1)  # (B, N'+P, D)

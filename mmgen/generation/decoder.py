@@ -15,6 +15,8 @@ import inspect
 import torch
 from torch import nn
 
+from mmgen.generation.head import padded_logits
+
 
 def _forward_params(decoder: nn.Module) -> set[str]:
     """Names accepted by the causal LM's ``forward`` (looking through a peft wrapper)."""
@@ -55,9 +57,9 @@ class StepDecoder:
         """``(N, 1)`` position id of the first generated token of each row."""
         return self._first_pos
 
-    def _run(self, inputs: dict, positions: torch.Tensor, past: int) -> torch.Tensor:
+    def _run(self, inputs: dict, positions: torch.Tensor, past: int, refresh: bool = False) -> torch.Tensor:
         """One forward over ``inputs`` (``inputs_embeds`` (N, L, D)) after ``past`` cached positions;
-        returns the last position's logits (N, V)."""
+        returns the last position's logits (N, V). ``refresh``: recopy the padded LM head's weight."""
         new = positions.shape[1]
         kwargs = {**inputs, "use_cache": self.use_cache, "return_dict": True}
         if self.use_cache:
@@ -70,7 +72,8 @@ class StepDecoder:
             kwargs["cache_position"] = torch.arange(past, past + new, device=positions.device)
         if self._keep_arg is not None:
             kwargs[self._keep_arg] = 1
-        out = self.decoder(**kwargs)
+        with padded_logits(self.decoder, refresh=refresh):  # an aligned LM-head matmul on CUDA (same logits)
+            out = self.decoder(**kwargs)
         if self.use_cache:
             self.cache = out.past_key_values
             if isinstance(self.cache, tuple):  # legacy format of old transformers releases
@@ -107,7 +110,7 @@ class StepDecoder:
             self._first_pos = mask.sum(-1, keepdim=True)  # (N, 1)
         if not self.use_cache:
             self._embeds = inputs_embeds
-        self.logits = self._run({"inputs_embeds": inputs_embeds}, positions, 0)
+        self.logits = self._run({"inputs_embeds": inputs_embeds}, positions, 0, refresh=True)
         return self.logits
 
     def expand(self, repeats: int) -> None:

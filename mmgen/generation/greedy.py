@@ -6,7 +6,7 @@ import torch
 
 from mmgen.config import GenerationConfig
 from mmgen.generation.outputs import SearchOutput
-from mmgen.generation.processors import is_eos, process, warp_for_sampling
+from mmgen.generation.processors import edits_scores, is_eos, process, warp_for_sampling
 
 
 class PathState:
@@ -53,15 +53,19 @@ class PathState:
     def update(self, logits: torch.Tensor) -> None:
         """Choose every row's next token from next-token ``logits`` (N, V)."""
         gen, n = self.gen, self.tokens.shape[0]
-        raw = logits.float()  # (N, V)
-        scores = process(raw, self.tokens, self.t, gen, self.eos_ids)
+        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (N, V) unprocessed, one fused pass
+        if gen.do_sample or edits_scores(gen, self.tokens.shape[1]):
+            raw = logits.float()  # (N, V); a fresh copy unless the logits are fp32 already
+            scores = process(raw, self.tokens, self.t, gen, self.eos_ids, inplace=raw is not logits)
+        else:
+            scores = logits  # the argmax of the model's dtype is the argmax in fp32 (exact conversion)
         if gen.do_sample:
             probs = torch.softmax(warp_for_sampling(scores, gen), dim=-1)
             nxt = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)  # (N,)
         else:
             nxt = scores.argmax(dim=-1)  # (N,)
         nxt = torch.where(self.alive, nxt, self.pad_id)
-        logp = torch.log_softmax(raw, dim=-1).gather(1, nxt[:, None]).squeeze(1)  # (N,)
+        logp = logp.gather(1, nxt[:, None]).squeeze(1)  # (N,)
         self.logp_sum += torch.where(self.alive, logp, 0.0)
         self.lengths += self.alive
         self.tokens.scatter_(1, self.t.expand(n, 1), nxt[:, None])

@@ -1,7 +1,8 @@
 """Vectorised score processors for decoding: penalties, bans and sampling filters.
 
 Every function takes next-token scores ``(N, V)`` (one row per running hypothesis) and returns
-new scores of the same shape. The generated tokens are given as a fixed-size buffer ``tokens``
+scores of the same shape: the penalties and bans (``*_``) rewrite a few entries per row in place,
+the sampling filters return new scores. The generated tokens are given as a fixed-size buffer ``tokens``
 ``(N, T)`` together with the step ``t``, a 0-dim long tensor on the scores' device: only
 ``tokens[:, :t]`` have been generated. Shapes therefore never change from step to step and no
 value is read back to the host, so a decoding step can be captured in a CUDA graph. The prompt
@@ -21,34 +22,33 @@ from mmgen.config import GenerationConfig
 NEG_INF = float("-inf")
 
 
-def repetition_penalty(scores: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Make every token already generated in a row less likely.
+def repetition_penalty_(scores: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make every token already generated in a row less likely (in place; returns ``scores``).
 
     A negative score is multiplied by ``penalty`` and a positive one divided by it (CTRL's rule),
-    once per distinct token whatever its count.
+    once per distinct token whatever its count. Only the ``T`` entries of ``tokens`` are touched.
 
     Args:
-        scores: Next-token scores, ``(N, V)``.
+        scores: Next-token scores, ``(N, V)``, modified in place.
         tokens: Generated-token buffer, ``(N, T)``; ``tokens[:, :t]`` are generated.
         t: Number of tokens generated so far (0-dim long tensor).
         penalty: Values above 1 discourage repetition; 1 is a no-op.
     """
     if penalty == 1.0:
         return scores
-    v = scores.shape[1]
-    seen = torch.gather(scores, 1, tokens)  # (N, T)
-    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
     written = torch.arange(tokens.shape[1], device=tokens.device) < t  # (T,)
-    target = torch.where(written, tokens, v)  # (N, T): not yet generated -> a spare column V
-    spare = torch.cat([scores, scores[:, :1]], dim=1)  # (N, V+1)
-    return spare.scatter(1, target, seen)[:, :v]  # duplicates write the same value
+    # (N, T): the token at position j was generated (at some position i < t); same for equal tokens
+    seen = ((tokens[:, :, None] == tokens[:, None, :]) & written).any(-1)
+    old = scores.gather(1, tokens)  # (N, T)
+    new = torch.where(seen, torch.where(old < 0, old * penalty, old / penalty), old)
+    return scores.scatter_(1, tokens, new)  # duplicate tokens write the same value
 
 
-def ban_repeated_ngrams(scores: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor, n: int) -> torch.Tensor:
-    """Forbid any token that would complete an n-gram already present in the row.
+def ban_repeated_ngrams_(scores: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor, n: int) -> torch.Tensor:
+    """Forbid any token that would complete an n-gram already present in the row (in place).
 
     Args:
-        scores: Next-token scores, ``(N, V)``.
+        scores: Next-token scores, ``(N, V)``, modified in place.
         tokens: Generated-token buffer, ``(N, T)``; ``tokens[:, :t]`` are generated.
         t: Number of tokens generated so far (0-dim long tensor).
         n: N-gram size (0 disables the ban).
@@ -57,27 +57,29 @@ def ban_repeated_ngrams(scores: torch.Tensor, tokens: torch.Tensor, t: torch.Ten
     if n <= 0 or size < n:  # no complete n-gram can ever exist
         return scores
     device = tokens.device
-    grams = tokens.unfold(1, n, 1)  # (N, T-n+1, n): every n-gram of the buffer
-    complete = torch.arange(size - n + 1, device=device) <= t - n  # (T-n+1,) gram lies in tokens[:, :t]
+    grams = tokens.unfold(1, n, 1)  # (N, G, n), G = T-n+1: every n-gram of the buffer
+    complete = torch.arange(size - n + 1, device=device) <= t - n  # (G,) gram lies in tokens[:, :t]
     where = (t - n + 1 + torch.arange(n - 1, device=device)).clamp(min=0)  # (n-1,) positions of the context
     context = tokens.index_select(1, where)  # (N, n-1): the tokens the next one would extend
-    hit = (grams[:, :, : n - 1] == context[:, None, :]).all(-1) & complete  # (N, T-n+1); all() of nothing is True
-    counts = torch.zeros_like(scores).scatter_add_(1, grams[:, :, n - 1], hit.to(scores.dtype))  # (N, V)
-    return scores.masked_fill(counts > 0, NEG_INF)
+    hit = (grams[:, :, : n - 1] == context[:, None, :]).all(-1) & complete  # (N, G); all() of nothing is True
+    last = grams[:, :, n - 1].contiguous()  # (N, G): the token each gram would complete
+    banned = ((last[:, :, None] == last[:, None, :]) & hit[:, None, :]).any(-1)  # (N, G), same for equal tokens
+    return scores.scatter_(1, last, torch.where(banned, NEG_INF, scores.gather(1, last)))
 
 
-def ban_eos(scores: torch.Tensor, eos_ids: torch.Tensor, t: torch.Tensor, min_new_tokens: int) -> torch.Tensor:
-    """Forbid the end-of-sequence token(s) while fewer than ``min_new_tokens`` have been generated.
+def ban_eos_(scores: torch.Tensor, eos_ids: torch.Tensor, t: torch.Tensor, min_new_tokens: int) -> torch.Tensor:
+    """Forbid the end-of-sequence token(s) while fewer than ``min_new_tokens`` have been generated (in place).
 
     Args:
-        scores: Next-token scores, ``(N, V)``.
+        scores: Next-token scores, ``(N, V)``, modified in place.
         eos_ids: End-of-sequence ids, ``(E,)``.
         t: Tokens generated so far, the same for every row (0-dim long tensor).
         min_new_tokens: Minimum number of generated tokens, the end-of-sequence token included.
     """
     if min_new_tokens <= 0:
         return scores
-    return torch.where(t < min_new_tokens, scores.index_fill(1, eos_ids, NEG_INF), scores)
+    old = scores.index_select(1, eos_ids)  # (N, E)
+    return scores.index_copy_(1, eos_ids, torch.where(t < min_new_tokens, NEG_INF, old))
 
 
 def top_k_filter(scores: torch.Tensor, k: int, keep: int = 1) -> torch.Tensor:
@@ -121,10 +123,23 @@ def warp_for_sampling(scores: torch.Tensor, gen: GenerationConfig, keep: int = 1
     return scores
 
 
+def edits_scores(gen: GenerationConfig, size: int) -> bool:
+    """Whether :func:`process` can change any score for a buffer of ``size`` generated tokens."""
+    ngrams = 0 < gen.no_repeat_ngram_size <= size
+    return gen.repetition_penalty != 1.0 or ngrams or gen.min_new_tokens > 0
+
+
 def process(
-    scores: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor, gen: GenerationConfig, eos_ids: torch.Tensor
+    scores: torch.Tensor,
+    tokens: torch.Tensor,
+    t: torch.Tensor,
+    gen: GenerationConfig,
+    eos_ids: torch.Tensor,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Apply repetition penalty, n-gram ban and minimum length to next-token scores.
+
+    Each of them rewrites a few entries per row (scatters, no pass over the vocabulary).
 
     Args:
         scores: Next-token scores (logits or log-probabilities), ``(N, V)``, fp32.
@@ -132,10 +147,15 @@ def process(
         t: Number of tokens generated so far (0-dim long tensor).
         gen: Generation settings.
         eos_ids: End-of-sequence ids, ``(E,)``.
+        inplace: Modify ``scores`` itself; otherwise a copy is made when something may change.
     """
-    scores = repetition_penalty(scores, tokens, t, gen.repetition_penalty)
-    scores = ban_repeated_ngrams(scores, tokens, t, gen.no_repeat_ngram_size)
-    return ban_eos(scores, eos_ids, t, gen.min_new_tokens)
+    if not edits_scores(gen, tokens.shape[1]):
+        return scores
+    if not inplace:
+        scores = scores.clone()
+    repetition_penalty_(scores, tokens, t, gen.repetition_penalty)
+    ban_repeated_ngrams_(scores, tokens, t, gen.no_repeat_ngram_size)
+    return ban_eos_(scores, eos_ids, t, gen.min_new_tokens)
 
 
 def is_eos(tokens: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,18 @@ reads a value back to the host and can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
 import weakref
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from mmgen.attention import SDPA_NAMES
 from mmgen.generation.decoder import StepDecoder, _forward_params
+from mmgen.generation.head import padded_logits
 
 try:
     from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
@@ -30,6 +36,43 @@ except ImportError:  # transformers before cache layers: only the dynamic path
     Cache = CacheLayerMixin = DynamicLayer = object
 
 ATTENTION = ("sdpa", "eager")  # implementations that take a 4-D mask over the whole buffer
+
+
+def parse_sdpa_backends(text: str) -> list[SDPBackend] | None:
+    """``"efficient,math"`` -> ``[EFFICIENT_ATTENTION, MATH]``, in priority order; MATH is appended
+    when missing (it runs everywhere). ``"default"`` or ``""``: None, torch's own choice."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if not names or names == ["default"]:
+        return None
+    unknown = [name for name in names if name not in SDPA_NAMES]
+    if unknown:
+        raise ValueError(f"unknown SDPA backend(s) {unknown}: use {', '.join(SDPA_NAMES)} or default")
+    backends = list(dict.fromkeys(SDPA_NAMES[name] for name in names))
+    return backends if SDPBackend.MATH in backends else [*backends, SDPBackend.MATH]
+
+
+def _sdpa_setting() -> list[SDPBackend] | None:
+    """The backends named by ``MMGEN_DECODE_SDPA`` (default ``efficient,math``)."""
+    text = os.environ.get("MMGEN_DECODE_SDPA", "efficient,math")
+    try:
+        return parse_sdpa_backends(text)
+    except ValueError as err:
+        warnings.warn(f"MMGEN_DECODE_SDPA ignored: {err}", stacklevel=2)
+        return parse_sdpa_backends("efficient,math")
+
+
+# Attention kernels tried, in this order, by the decoding steps on CUDA (None: torch's choice). With
+# K queries per prompt against a short masked buffer, cuDNN (torch's first pick) is several times
+# slower than the memory-efficient kernel. Graph capture records whichever kernel this selects.
+DECODE_SDPA_BACKENDS: list[SDPBackend] | None = _sdpa_setting()
+
+
+def decode_attention(device: torch.device) -> contextlib.AbstractContextManager:
+    """The SDPA backend choice of a decoding step: :data:`DECODE_SDPA_BACKENDS` on CUDA, nothing else
+    on other devices (the CPU keeps its default kernel, the one the dynamic path uses)."""
+    if device.type != "cuda" or DECODE_SDPA_BACKENDS is None:
+        return contextlib.nullcontext()
+    return sdpa_kernel(DECODE_SDPA_BACKENDS, set_priority=True)
 
 
 def _base(decoder: nn.Module) -> nn.Module:
@@ -211,5 +254,7 @@ class StaticStepDecoder:
             kwargs["cache_position"] = self.write_pos
         if self._keep_arg is not None:
             kwargs[self._keep_arg] = k
-        self.logits.copy_(decoder(**kwargs).logits.reshape(b * k, -1))
+        with decode_attention(self.logits.device), padded_logits(decoder):
+            logits = decoder(**kwargs).logits  # (B, K, V), maybe a view of (B, K, V') (padded head)
+        self.logits.copy_(logits.reshape(b * k, -1))
         self.t += 1
