@@ -84,7 +84,7 @@ class EncoderConfig:
 
 
 PROJECTOR_KINDS = ("linear", "mlp", "pool", "pixel_shuffle", "mapper")
-SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")  # mmgen.attention.SDPA_NAMES
 
 
 @dataclass
@@ -207,6 +207,9 @@ class DataConfig:
     """Training fails once more than this fraction of images could not be decoded."""
     augment: bool = False
     """Light training augmentation (random resized crop, small colour jitter)."""
+    pad_to_max_length: bool | None = None
+    """Pad every training batch to the longest possible caption: one tensor shape, so ``train.compile``
+    compiles once. None: on when ``train.compile`` is."""
     preload: bool = False
     """Decode the training images once into RAM (uint8 at the encoder's input size) instead of every epoch."""
     streaming: bool = False
@@ -286,6 +289,10 @@ class TrainConfig:
     max_steps: int = 1000
     max_time: float | None = None
     """Wall-clock budget in seconds; training stops (and saves) when it is spent."""
+    schedule: str = "steps"
+    """'steps': the cosine ends at ``max_steps``. 'time' (needs ``max_time``): after warmup the cosine
+    follows the wall clock and ends when the budget is spent, however fast the steps run (the clock
+    starts once the first step, with any compilation and preloading, is done). Not bit-reproducible."""
     lr: float = 1e-4
     encoder_lr: float | None = None
     projector_lr: float | None = None
@@ -325,6 +332,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives a list
         _choice(self.objective, "train.objective", ("xe", "scst"))
+        _choice(self.schedule, "train.schedule", ("steps", "time"))
+        _check(self.schedule == "steps" or self.max_time is not None, "train.schedule", "'time' needs train.max_time")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _check(self.batch_size % self.grad_accum == 0, "train.batch_size", "must be divisible by train.grad_accum")

@@ -205,7 +205,7 @@ def train_step_fn(kind, model, b: int, device, compile_model: bool, with_mask: b
             return torch.autocast("cuda", dtype=torch.bfloat16)
         from contextlib import ExitStack
 
-        from mmgen.training.trainer import sdpa_context
+        from mmgen.attention import sdpa_context
 
         stack = ExitStack()
         stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))

@@ -128,6 +128,56 @@ def test_preloaded_images_give_the_same_run(tmp_path, scenes):
     assert _losses(b.train.out_dir) == _losses(a.train.out_dir)  # same pixels, same batches: bit-identical
 
 
+def test_padding_to_the_maximum_length_gives_one_shape_and_the_same_losses(tmp_path, scenes):
+    from mmgen.training import data as tdata
+
+    common = ("train.max_steps=3", "train.batch_size=16", "train.save_every=1000")
+    a = _cfg(tmp_path / "a", scenes, *common)
+    b = _cfg(tmp_path / "b", scenes, *common, "data.pad_to_max_length=true")
+    trainer = Trainer(b)
+    full = trainer.model.start_ids.numel() + b.model.max_caption_tokens
+    shapes = {g[0]["input_ids"].shape[1] for g in tdata.train_loader(trainer, 0, 0)}
+    assert shapes == {full}
+    Trainer(a).fit()
+    trainer.fit()
+    la, lb = _losses(a.train.out_dir), _losses(b.train.out_dir)
+    assert la.keys() == lb.keys()
+    for step in la:
+        assert lb[step] == pytest.approx(la[step], rel=1e-5)
+
+
+def test_time_schedule_ends_the_cosine_with_the_budget(tmp_path, scenes):
+    cfg = _cfg(
+        tmp_path,
+        scenes,
+        "train.max_steps=100000",
+        "train.batch_size=16",
+        "train.warmup_steps=2",
+        "train.max_time=6",
+        "train.schedule=time",
+        "train.min_lr_ratio=0.1",
+    )
+    trainer = Trainer(cfg)
+    base = cfg.train.lr
+    trainer.state.step = 1
+    trainer._follow_the_clock(2.0)  # still warming up: linear warmup by steps
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(base)
+    trainer.state.step = 2
+    trainer._follow_the_clock(2.0)  # warmup done at t=2 s: 4 s of budget left for the cosine
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(base)
+    trainer._follow_the_clock(4.0)  # half of it spent
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(base * 0.55)
+    trainer._follow_the_clock(6.0)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(base * 0.1)
+
+    trainer = Trainer(cfg)  # a real run stops on time, with the rate decayed to (nearly) its floor
+    trainer.fit()
+    rows = [json.loads(line) for line in (Path(cfg.train.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert 5 < len(lrs) < 100000 and lrs[-1] < 0.3 * base
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[2:], lrs[3:]))  # decays monotonically after warmup
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, scenes):
     common = ("train.max_steps=3", "train.batch_size=16", "train.save_every=1000")
     a = _cfg(tmp_path / "a", scenes, *common)

@@ -42,8 +42,15 @@ class PreloadedImages:
         return self.pixels.numel() * self.pixels.element_size()
 
 
-def _keep(items: list) -> list:
-    return items
+def _pack(items: list) -> tuple[torch.Tensor | None, list[int], dict[int, BadItem]]:
+    """One worker batch as one stacked uint8 tensor (one shared-memory transfer, not one per image)."""
+    good = [i for i, it in enumerate(items) if not isinstance(it, BadItem)]
+    bad = {i: it for i, it in enumerate(items) if isinstance(it, BadItem)}
+    for i in good:
+        if items[i]["pixel_values"].dtype != torch.uint8:
+            raise ValueError(f"preloading stores uint8 images; the transform gave {items[i]['pixel_values'].dtype}")
+    pixels = torch.stack([items[i]["pixel_values"] for i in good]) if good else None  # (G, 3, H, W)
+    return pixels, good, bad
 
 
 def preload_images(
@@ -71,22 +78,17 @@ def preload_images(
 
     t0 = time.perf_counter()
     ds = CaptionEvalDataset(records, transform, max_pixels=max_pixels)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_pack)
     pixels: torch.Tensor | None = None
     bad: dict[int, BadItem] = {}
     start = 0
-    for items in loader:
-        for i, item in enumerate(items, start):
-            if isinstance(item, BadItem):
-                bad[i] = item
-                continue
-            x = item["pixel_values"]
-            if x.dtype != torch.uint8:
-                raise ValueError(f"preloading stores uint8 images; the transform gave {x.dtype}")
+    for chunk, good, chunk_bad in loader:
+        bad.update({start + i: item for i, item in chunk_bad.items()})
+        if chunk is not None:
             if pixels is None:
-                pixels = torch.zeros((len(ds), *x.shape), dtype=torch.uint8)  # (N, 3, H, W)
-            pixels[i] = x
-        start += len(items)
+                pixels = torch.zeros((len(ds), *chunk.shape[1:]), dtype=torch.uint8)  # (N, 3, H, W)
+            pixels[torch.tensor(good) + start] = chunk
+        start += len(good) + len(chunk_bad)
     if pixels is None:
         raise ValueError(f"none of the {len(ds)} training images could be decoded")
     out = PreloadedImages(pixels, bad)

@@ -156,10 +156,12 @@ def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
         if trainer.features is not None:
             collate = trainer.features.collator(trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens)
         else:
+            fixed = cfg.data.pad_to_max_length if cfg.data.pad_to_max_length is not None else cfg.train.compile
             collate = CaptionCollator(
                 trainer.model.tokenizer,
                 cfg.model.prompt,
                 cfg.model.max_caption_tokens,
+                pad_to_multiple_of=trainer.model.start_ids.numel() + cfg.model.max_caption_tokens if fixed else None,
                 image_size=image_size(trainer.model.data_config),
             )
         loader = make_loader(

@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmgen.attention import sdpa_context
 from mmgen.config import Config, GenerationConfig
 from mmgen.data.transforms import normalize_on_device
 from mmgen.evaluation.cider import CiderD
 from mmgen.evaluation.ptb import ptb_tokenize
 from mmgen.generation import prompt_embeds, search
 from mmgen.training import distributed as D
-from mmgen.training.trainer import Trainer, autocast_context, plot_curves, sdpa_context
+from mmgen.training.trainer import Trainer, autocast_context, plot_curves
 
 __all__ = [
     "CiderReward",

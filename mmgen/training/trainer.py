@@ -19,23 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmgen.attention import sdpa_context
 from mmgen.config import Config, save_config
 from mmgen.data.transforms import normalize_on_device
 from mmgen.training import distributed as D
 from mmgen.training.schedule import build_optimizer, build_scheduler
-
-
-def sdpa_context(names: list[str]):
-    """Restrict scaled-dot-product attention to the named kernels ('flash', 'efficient', 'cudnn', 'math')."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    kinds = {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "math": SDPBackend.MATH,
-    }
-    return sdpa_kernel([kinds[n] for n in names])
 
 
 class NonFiniteLossError(RuntimeError):
@@ -129,6 +117,7 @@ class Trainer:
         self.micro_batch = cfg.train.batch_size // (world * accum)
         # fused AdamW can skip a step on the device (its found_inf input): no host sync per step
         self.device_skip = bool(self.optimizer.defaults.get("fused"))
+        self._clock: dict[str, float] = {}  # train.schedule=time: when warmup ended
         self._bad = torch.zeros(3, dtype=torch.long, device=self.device)  # skipped since read, run, longest run
         mean, std = self.model.data_config["mean"], self.model.data_config["std"]
         self._pixel_stats = (tuple(mean), tuple(std))
@@ -253,11 +242,11 @@ class Trainer:
         while not stop:
             loader = tdata.train_loader(self, st.epoch, st.batch_in_epoch)
             for batches in loader:
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 loss, images, _ = self._optimizer_step(batches)
                 st.step += 1
                 st.batch_in_epoch += 1
                 window_images += images * self.dist.world_size
-                lr = self.scheduler.get_last_lr()[0]
                 bar.update(1)
                 if st.step % cfg.train.log_every == 0 or st.step == cfg.train.max_steps:
                     loss = float(loss)  # the one host sync of a logging interval
@@ -309,11 +298,28 @@ class Trainer:
         return {}
 
     def _after_step(self, start: float) -> bool:
-        stop = self.state.step >= self.cfg.train.max_steps
-        if self.cfg.train.max_time is not None:
-            over = torch.tensor([float(time.perf_counter() - start >= self.cfg.train.max_time)])
-            stop = stop or bool(D.all_reduce_sum(over).item() > 0)
+        tc = self.cfg.train
+        stop = self.state.step >= tc.max_steps
+        if tc.max_time is not None:
+            now = time.perf_counter() - start
+            over, now = D.all_reduce_sum(torch.tensor([float(now >= tc.max_time), now], dtype=torch.float64)).tolist()
+            stop = stop or over > 0
+            if tc.schedule == "time":
+                self._follow_the_clock(now / self.dist.world_size)  # the ranks' mean: one lr everywhere
         return stop
+
+    def _follow_the_clock(self, now: float) -> None:
+        """``train.schedule: time``: set the next step's learning rates from the share of the budget spent."""
+        from mmgen.training.schedule import time_lr_factor
+
+        tc, clock = self.cfg.train, self._clock
+        if clock.get("warm") is None and self.state.step >= max(1, tc.warmup_steps):
+            clock["warm"] = now  # after warmup (and the first step's compilation / preloading)
+        begin = clock.get("warm", now)
+        fraction = (now - begin) / max(tc.max_time - begin, 1e-9)
+        factor = time_lr_factor(self.state.step, tc.warmup_steps, fraction, tc.min_lr_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * factor
 
     def _early_stop(self) -> bool:
         p = self.cfg.eval.early_stop_patience
