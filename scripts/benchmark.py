@@ -399,7 +399,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmark.json")
     p.add_argument("--train-batch", type=int, default=128)
     p.add_argument("--stage1-batch", type=int, default=512)
-    p.add_argument("--caption-batches", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--caption-batches", type=int, nargs="+", default=[64, 256, 512, 768])
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--caption-iters", type=int, default=4)
