@@ -308,7 +308,8 @@ class TrainConfig:
     fused_adam: bool | None = None
     """None: fused AdamW on CUDA, plain elsewhere."""
     distributed: str = "ddp"
-    """'ddp' | 'fsdp' (only used when launched with more than one process)."""
+    """'ddp' | 'fsdp' (only used when launched with more than one process; 'fsdp' is refused at start until
+    sharded checkpoints and evaluation exist)."""
     save_every: int = 500
     keep_last: int = 2
     log_every: int = 10

@@ -87,36 +87,33 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, scenes, m
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _torchrun(scenes, out, port: int, *extra: str) -> subprocess.CompletedProcess:
+    """``mmgen train`` on the tiny preset in 2 gloo processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    cmd += ["-m", "mmgen.cli", "train", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), *TINY]
+    cmd += [f"data.train={scenes}", f"train.out_dir={out}", *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
 def test_two_process_ddp_matches_one_process(tmp_path, scenes):
     common = ["train.max_steps=4", "train.batch_size=16", "train.save_every=1000"]
     single = _cfg(tmp_path / "one", scenes, *common)
     Trainer(single).fit()
     out = tmp_path / "two" / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29533",
-        "-m",
-        "mmgen.cli",
-        "train",
-        "--config",
-        str(ROOT / "configs" / "tiny_cpu.yaml"),
-        *TINY,
-        f"data.train={scenes}",
-        f"train.out_dir={out}",
-        *common,
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = _torchrun(scenes, out, 29533, *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _losses(single.train.out_dir), _losses(out)
     assert list(one) == list(two) == [1, 2, 3, 4]
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6)
+
+
+def test_fsdp_is_refused_before_training(tmp_path, scenes):
+    proc = _torchrun(scenes, tmp_path / "run", 29534, "train.max_steps=2", "train.distributed=fsdp")
+    assert proc.returncode != 0
+    assert "train.distributed=fsdp" in proc.stderr and "use train.distributed=ddp" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before the first step
 
 
 def test_preloaded_images_give_the_same_run(tmp_path, scenes):

@@ -73,6 +73,11 @@ class Trainer:
         if cfg.train.objective != "xe" and type(self) is Trainer:
             raise ValueError(f"train.objective={cfg.train.objective}: build the trainer with build_trainer(cfg)")
         self.dist = D.init_distributed()
+        if self.dist.distributed and cfg.train.distributed == "fsdp":  # fail now, not after hours of training
+            raise ValueError(
+                "train.distributed=fsdp: sharded checkpoints and evaluation are not implemented yet, so the run "
+                "could be neither saved nor evaluated; use train.distributed=ddp"
+            )
         self.cfg = cfg
         self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
         self.device = self.dist.device
