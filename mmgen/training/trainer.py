@@ -1,4 +1,4 @@
-"""The training loop: one code path for CPU, one GPU and torchrun-launched DDP/FSDP.
+"""The training loop: one code path for CPU, one GPU and torchrun-launched DDP (FSDP is refused until it can save).
 
 Loss normalisation is by the number of caption tokens in the whole optimizer step (all ranks,
 all accumulation micro-batches), so 1 process, N processes and gradient accumulation compute the
