@@ -308,8 +308,9 @@ class TrainConfig:
     fused_adam: bool | None = None
     """None: fused AdamW on CUDA, plain elsewhere."""
     distributed: str = "ddp"
-    """'ddp' | 'fsdp' (only used when launched with more than one process; 'fsdp' is refused at start until
-    sharded checkpoints and evaluation exist)."""
+    """'ddp' | 'fsdp' (only used when launched with more than one process). 'fsdp' shards every decoder block
+    and the rest with FSDP2; checkpoints hold whole tensors (gathered on rank 0, which also evaluates an
+    unsharded copy), so they load with or without FSDP. Cross-entropy training only."""
     save_every: int = 500
     keep_last: int = 2
     log_every: int = 10

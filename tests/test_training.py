@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,11 +110,36 @@ def test_two_process_ddp_matches_one_process(tmp_path, scenes):
         assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6)
 
 
-def test_fsdp_is_refused_before_training(tmp_path, scenes):
-    proc = _torchrun(scenes, tmp_path / "run", 29534, "train.max_steps=2", "train.distributed=fsdp")
-    assert proc.returncode != 0
-    assert "train.distributed=fsdp" in proc.stderr and "use train.distributed=ddp" in proc.stderr
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before the first step
+def test_two_process_fsdp_matches_one_process_saves_and_resumes(tmp_path, scenes):
+    from mmgen.models import CaptionModel
+
+    common = ["train.batch_size=16", "train.save_every=2", "eval.every=2", f"data.val={scenes}", "eval.max_images=8"]
+    single = _cfg(tmp_path / "one", scenes, "train.max_steps=4", *common)
+    Trainer(single).fit()
+    full, part = tmp_path / "fsdp" / "run", tmp_path / "fsdp_resumed" / "run"
+    fsdp = ("train.distributed=fsdp", *common)
+    proc = _torchrun(scenes, full, 29534, "train.max_steps=4", *fsdp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = _losses(single.train.out_dir), _losses(full)
+    assert list(one) == list(two) == [1, 2, 3, 4]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6)
+    for name in ("final", "best", "checkpoints/step_00000004"):  # whole tensors, loadable without FSDP
+        a = CaptionModel.from_pretrained(Path(single.train.out_dir) / name).state_dict()
+        b = CaptionModel.from_pretrained(full / name).state_dict()
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), name
+    # as if stopped after step 2: resumed from that checkpoint by a new pair of processes, the same steps 3 and 4
+    shutil.copytree(full, part, ignore=shutil.ignore_patterns("step_00000004"))
+    rows = (full / "metrics.jsonl").read_text().splitlines()
+    (part / "metrics.jsonl").write_text("".join(r + "\n" for r in rows if json.loads(r).get("step", 0) <= 2))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29536"]
+    cmd += ["-m", "mmgen.cli", "train", "--resume", str(part), "train.max_steps=4"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = _losses(part)
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(two[step], rel=1e-6, abs=1e-7)
 
 
 def test_preloaded_images_give_the_same_run(tmp_path, scenes):

@@ -29,7 +29,6 @@ import os
 import random
 import re
 import shutil
-import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +71,7 @@ def save_checkpoint(
     generation: GenerationConfig | None = None,
     rng_states: list[dict] | None = None,
     is_main: bool | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step_{step:08d}/`` atomically and prune older checkpoints.
 
@@ -82,7 +82,8 @@ def save_checkpoint(
     Args:
         run_dir: The run directory (``checkpoints/`` is created inside it).
         step: The optimizer step the checkpoint follows.
-        model: The model, or its DDP / ``torch.compile`` wrapper (FSDP is not supported).
+        model: The model, or its DDP / ``torch.compile`` wrapper. For an FSDP model pass an unsharded copy
+            (see ``Trainer.save``) and the gathered ``optimizer_state``.
         optimizer: Its state is saved when given.
         scheduler: Its ``state_dict()`` is saved when given; a ``LambdaLR`` saves no function, so the
             resumed run must rebuild it with the same lambdas before loading.
@@ -94,6 +95,7 @@ def save_checkpoint(
         rng_states: Every rank's RNG states from :func:`gather_rng_states`, so that each rank resumes
             its own random stream; by default only this process's states are saved.
         is_main: Whether this process writes; by default rank 0 (or the only process) does.
+        optimizer_state: Written instead of ``optimizer.state_dict()`` (an FSDP run's full optimizer state).
 
     Returns:
         The checkpoint directory.
@@ -113,7 +115,9 @@ def save_checkpoint(
         )
     tmp = _fresh_work_dir(root, "tmp", final.name)
     _save_model(target, tmp, generation)
-    _write_training_state(tmp, step, optimizer, scheduler, state, rng_states or [rng_state()])
+    if optimizer_state is None and optimizer is not None:
+        optimizer_state = optimizer.state_dict()
+    _write_training_state(tmp, step, optimizer_state, scheduler, state, rng_states or [rng_state()])
     _commit(tmp, final, step)
     _prune(root, keep_last, final)
     return final
@@ -182,9 +186,16 @@ def load_checkpoint(
             an optimizer or scheduler was given.
         ValueError: A file's size differs from the one recorded when it was written.
     """
+    from mmgen.training.distributed import is_sharded, load_full_states
+
     ckpt = Path(ckpt_dir)
     _verify(ckpt)
-    load_model(_unwrap(model), str(ckpt / WEIGHTS_NAME), strict=True)
+    target = _unwrap(model)
+    sharded = is_sharded(target)
+    if not sharded:
+        load_model(target, str(ckpt / WEIGHTS_NAME), strict=True)
+    elif not (ckpt / STATE_JSON).exists():
+        load_full_states(target, None, load_file(str(ckpt / WEIGHTS_NAME)), None)
     if not (ckpt / STATE_JSON).exists():
         if optimizer is not None or scheduler is not None:
             raise FileNotFoundError(f"{ckpt}: model-only directory, no optimizer / scheduler state to load")
@@ -196,7 +207,11 @@ def load_checkpoint(
             continue
         if meta.get(key) is None:
             raise ValueError(f"{ckpt}: saved without a {key}, cannot restore one")
-        obj.load_state_dict(_decode(meta[key], tensors))
+        if not (sharded and key == "optimizer"):
+            obj.load_state_dict(_decode(meta[key], tensors))
+    if sharded:  # every rank reads the full states; each keeps its shard
+        optim = _decode(meta["optimizer"], tensors) if optimizer is not None else None
+        load_full_states(target, optimizer, load_file(str(ckpt / WEIGHTS_NAME)), optim)
     if restore_rng:
         _restore_rng(_decode(meta["rng"], tensors), ckpt)
     return _decode(meta["state"], tensors)
@@ -254,7 +269,7 @@ def _save_model(model: nn.Module, path: Path, generation: GenerationConfig | Non
 def _write_training_state(
     path: Path,
     step: int,
-    optimizer: torch.optim.Optimizer | None,
+    optimizer_state: dict | None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     state: Mapping[str, Any],
     rng_states: list[dict],
@@ -263,7 +278,7 @@ def _write_training_state(
     meta = {
         "format_version": FORMAT_VERSION,
         "step": step,
-        "optimizer": None if optimizer is None else _encode(optimizer.state_dict(), "optimizer", tensors),
+        "optimizer": None if optimizer_state is None else _encode(optimizer_state, "optimizer", tensors),
         "scheduler": None if scheduler is None else _encode(scheduler.state_dict(), "scheduler", tensors),
         "rng": _encode(rng_states, "rng", tensors),
         "state": _encode(dict(state), "state", tensors),
@@ -482,16 +497,9 @@ def _is_main(is_main: bool | None) -> bool:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The module whose ``state_dict`` keys match the checkpoint: without DDP / compile wrappers."""
-    fsdp = sys.modules.get("torch.distributed.fsdp")  # an FSDP model means the module is imported
-    fsdp_types = tuple(getattr(fsdp, n) for n in ("FullyShardedDataParallel", "FSDPModule") if hasattr(fsdp, n))
+    """The module whose ``state_dict`` keys match the checkpoint: without DDP / compile wrappers (FSDP2
+    shards a module in place, so an FSDP model is its own target)."""
     while True:
-        if fsdp_types and isinstance(model, fsdp_types):
-            raise NotImplementedError(
-                "FSDP checkpoints are not supported yet: gather a full state dict "
-                "(torch.distributed.checkpoint.state_dict.get_model_state_dict with full_state_dict=True) "
-                "or train with DDP"
-            )
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule

@@ -203,13 +203,15 @@ def end_epoch(trainer, epoch: int) -> None:
         print(message)
 
 
-def evaluate(trainer) -> dict:
-    """Caption the validation records with the in-loop generation settings and score them."""
+def evaluate(trainer, model=None) -> dict:
+    """Caption the validation records with the in-loop generation settings and score them (``model``:
+    the trainer's model by default)."""
     from mmgen.evaluation.evaluate import evaluate_model
 
     cfg = trainer.cfg
+    model = trainer.model if model is None else model
     result = evaluate_model(
-        trainer.model,
+        model,
         trainer.data.val_records,
         cfg.eval.generation,
         batch_size=cfg.eval.batch_size,
@@ -220,5 +222,5 @@ def evaluate(trainer) -> dict:
     )
     from mmgen.generation import release_static_buffers
 
-    release_static_buffers(trainer.model.decoder)  # decoding buffers are not needed while training
+    release_static_buffers(model.decoder)  # decoding buffers are not needed while training
     return {**result.scores, **{f"collapse_{k}": v for k, v in result.collapse.items() if isinstance(v, (int, float))}}

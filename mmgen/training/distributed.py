@@ -120,3 +120,37 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+# -- FSDP: full (unsharded) states for saving, evaluating and resuming ---------------------------------
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` was wrapped by FSDP2's ``fully_shard``."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def full_model_state(model: nn.Module) -> dict:
+    """The whole model's tensors, unsharded, on the CPU of rank 0 (``{}`` on the others). Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state keyed by parameter names, unsharded, on rank 0's CPU. Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_states(model: nn.Module, optimizer: torch.optim.Optimizer | None, model_state: dict, optim_state) -> None:
+    """Shard full model (and optimizer) states, read by every rank, into an FSDP model. Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=options)
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, optim_state, options=options)

@@ -1,4 +1,4 @@
-"""The training loop: one code path for CPU, one GPU and torchrun-launched DDP (FSDP is refused until it can save).
+"""The training loop: one code path for CPU, one GPU and torchrun-launched DDP / FSDP2.
 
 Loss normalisation is by the number of caption tokens in the whole optimizer step (all ranks,
 all accumulation micro-batches), so 1 process, N processes and gradient accumulation compute the
@@ -73,11 +73,6 @@ class Trainer:
         if cfg.train.objective != "xe" and type(self) is Trainer:
             raise ValueError(f"train.objective={cfg.train.objective}: build the trainer with build_trainer(cfg)")
         self.dist = D.init_distributed()
-        if self.dist.distributed and cfg.train.distributed == "fsdp":  # fail now, not after hours of training
-            raise ValueError(
-                "train.distributed=fsdp: sharded checkpoints and evaluation are not implemented yet, so the run "
-                "could be neither saved nor evaluated; use train.distributed=ddp"
-            )
         self.cfg = cfg
         self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
         self.device = self.dist.device
@@ -99,18 +94,24 @@ class Trainer:
             missing = load_matching_weights(self.model, cfg.train.init_from)
             if self.dist.is_main:
                 print(f"initialised from {cfg.train.init_from} ({len(missing)} tensors kept their new init)")
-        self.optimizer = build_optimizer(self.model, cfg.train, self.device)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.state = TrainState()
         ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if ckpt is None:
+            seed_everything(cfg.train.seed + self.dist.rank)
+        self.features = tdata.feature_cache(cfg, self.model, self.data, self.run_dir, self.dist)
+        # FSDP2 shards parameters in place: wrap before the optimizer takes them
+        self.wrapped = D.wrap_model(self.model, self.dist, cfg.train.distributed)
+        self.sharded = D.is_sharded(self.wrapped)
+        if self.sharded and cfg.train.objective != "xe":
+            raise ValueError("train.distributed=fsdp trains train.objective=xe only; SCST samples with ddp")
+        self._evaluated_at = -1  # the step of the last evaluation
+        self._twin: torch.nn.Module | None = None  # FSDP: rank 0's unsharded copy for saving and evaluating
+        self.optimizer = build_optimizer(self.model, cfg.train, self.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
         if ckpt is not None:
             self.state = TrainState(**load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler))
             if self.dist.is_main:
                 print(f"resumed from {ckpt} at step {self.state.step}")
-        else:
-            seed_everything(cfg.train.seed + self.dist.rank)
-        self.features = tdata.feature_cache(cfg, self.model, self.data, self.run_dir, self.dist)
-        self.wrapped = D.wrap_model(self.model, self.dist, cfg.train.distributed)
         self.forward = torch.compile(self.wrapped) if cfg.train.compile else self.wrapped
         self.logger = RunLogger(self.run_dir, cfg, self.dist.is_main)
         world, accum = self.dist.world_size, cfg.train.grad_accum
@@ -290,7 +291,7 @@ class Trainer:
                 st.batch_in_epoch = 0
                 tdata.end_epoch(self, st.epoch - 1)
         bar.close()
-        if not last_scores or st.history and st.history[-1].get("step") != st.step:
+        if self._evaluated_at != st.step:  # the same decision on every rank (evaluate holds collectives)
             last_scores = self.evaluate()
         self.save()
         self.save_final()
@@ -337,10 +338,14 @@ class Trainer:
         from mmgen.training.checkpoint import save_best
 
         scores: dict = {}
-        if self.data.val_records and self.dist.is_main:
-            self.model.eval()
-            scores = tdata.evaluate(self)
-            self.model.train()
+        self._evaluated_at = self.state.step
+        if not self.data.val_records:
+            return scores
+        model = self.unsharded()  # the model itself, or (FSDP) rank 0's full copy; collective
+        if self.dist.is_main:
+            model.eval()
+            scores = tdata.evaluate(self, model)
+            model.train()
             metric = self.cfg.eval.metric
             value = scores.get(metric)
             if value is not None:
@@ -352,7 +357,7 @@ class Trainer:
                     self.state.evals_without_improvement = 0
                     save_best(
                         self.run_dir,
-                        self.model,
+                        model,
                         {"step": self.state.step, **scores},
                         generation=self.cfg.eval.generation,
                     )
@@ -377,24 +382,46 @@ class Trainer:
         self._read_bad_steps()
         state = self.state.__dict__.copy()
         rng = gather_rng_states() if self.dist.distributed else None  # collective: every rank's RNG
+        model = self.unsharded()  # collective under FSDP, like the optimizer state below
+        optim = D.full_optimizer_state(self.wrapped, self.optimizer) if self.sharded else None
         if self.dist.is_main:
             save_checkpoint(
                 self.run_dir,
                 self.state.step,
-                self.model,
+                model,
                 self.optimizer,
                 self.scheduler,
                 state,
                 keep_last=self.cfg.train.keep_last,
                 generation=self.cfg.eval.generation,
                 rng_states=rng,
+                optimizer_state=optim,
             )
         D.barrier()
 
     def save_final(self) -> None:
+        model = self.unsharded()
         if self.dist.is_main:
-            self.model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
+            model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
             self.logger.plot()
+
+    def unsharded(self) -> torch.nn.Module:
+        """The model with whole tensors: itself, or under FSDP (a collective: every rank calls it) an unsharded
+        copy on rank 0 that holds the current weights (the other ranks get the sharded model back)."""
+        if not self.sharded:
+            return self.model
+        from mmgen.models import CaptionModel
+        from mmgen.models.decoder import base_model
+
+        state = D.full_model_state(self.wrapped)  # on rank 0's CPU
+        if not self.dist.is_main:
+            return self.model
+        if self._twin is None:
+            hf = base_model(self.model.decoder).config
+            self._twin = CaptionModel(self.cfg.model, self.model.tokenizer, load_weights=False, decoder_hf_config=hf)
+            self._twin.generation_config = self.cfg.eval.generation
+        self._twin.load_state_dict(state)
+        return self._twin.to(self.device)
 
 
 def build_trainer(cfg: Config, resume: str | Path | None = None) -> Trainer:
