@@ -39,7 +39,8 @@ from mmgen.evaluation.cider import CiderD
 from mmgen.evaluation.ptb import ptb_tokenize
 from mmgen.generation import prompt_embeds, search
 from mmgen.training import distributed as D
-from mmgen.training.trainer import Trainer, autocast_context, plot_curves
+from mmgen.training.logs import plot_curves
+from mmgen.training.trainer import Trainer, autocast_context
 
 __all__ = [
     "CiderReward",
