@@ -305,6 +305,9 @@ class TrainConfig:
     precision: str = "auto"
     """'auto' (bf16 autocast on CUDA, fp32 on CPU) | 'fp32' | 'bf16'."""
     compile: bool = False
+    compile_mode: str = "default"
+    """``torch.compile`` mode with ``compile``: 'default', or 'max-autotune-no-cudagraphs' (benchmarks matrix
+    multiply and fused kernels while compiling: a longer compilation, possibly faster steps)."""
     fused_adam: bool | None = None
     """None: fused AdamW on CUDA, plain elsewhere."""
     distributed: str = "ddp"
@@ -335,6 +338,7 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # YAML gives a list
         _choice(self.objective, "train.objective", ("xe", "scst"))
         _choice(self.schedule, "train.schedule", ("steps", "time"))
+        _choice(self.compile_mode, "train.compile_mode", ("default", "max-autotune-no-cudagraphs"))
         _check(self.schedule == "steps" or self.max_time is not None, "train.schedule", "'time' needs train.max_time")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")

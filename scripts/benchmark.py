@@ -174,12 +174,14 @@ def batch(b: int, device, caption: int = CAPTION):
     return px, ids, torch.ones_like(ids), labels
 
 
-def train_step_fn(kind, model, b: int, device, compile_model: bool, with_mask: bool = False, sdpa=("flash", "math")):
+def train_step_fn(
+    kind, model, b: int, device, compile_model: bool, with_mask=False, sdpa=("flash", "math"), compile_mode="default"
+):
     px, ids, mask, labels = batch(b, device)
     mask = mask if with_mask else None  # right-padded batches need no mask in a causal decoder (what mmgen trains with)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
-    fwd = torch.compile(model) if compile_model else model
+    fwd = torch.compile(model, mode=compile_mode) if compile_model else model
 
     if kind == "mmgen":
         feats = None
@@ -262,7 +264,9 @@ def _train_case(kind, build, prefix, comp, b, device, args, train_encoder=True):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     model = build().to(device).train()
-    step = train_step_fn(kind, model, b, device, comp, with_mask=args.with_mask, sdpa=args.sdpa)
+    step = train_step_fn(
+        kind, model, b, device, comp, with_mask=args.with_mask, sdpa=args.sdpa, compile_mode=args.compile_mode
+    )
     sec = timed(step, warmup=args.warmup + (3 if comp else 0), iters=args.iters)
     ips = b / sec
     out = {"images_per_s": ips, "batch": b, "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
@@ -407,6 +411,12 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", help="run only the cases whose name contains one of these words")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest CUDA kernels per case")
     p.add_argument("--with-mask", action="store_true", help="pass an all-ones attention mask in the training cases")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of the compiled cases (train.compile_mode)",
+    )
     p.add_argument(
         "--sdpa",
         nargs="+",

@@ -38,6 +38,9 @@ def test_unknown_key_names_it_and_suggests(tmp_path):
         ("model.encoder.freeze=half", "model.encoder.freeze"),
         ("generation.top_p=0", "generation.top_p"),
         ("train.compile=yes please", "train.compile"),
+        ("train.compile_mode=fastest", "train.compile_mode"),
+        ("train.sdpa_backends=[flash, turbo]", "train.sdpa_backends"),
+        ("train.schedule=time", "train.schedule"),  # 'time' needs train.max_time
     ],
 )
 def test_bad_values_name_the_key(override, key):

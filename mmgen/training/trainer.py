@@ -111,7 +111,7 @@ class Trainer:
             self.state = TrainState(**load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler))
             if self.dist.is_main:
                 print(f"resumed from {ckpt} at step {self.state.step}")
-        self.forward = torch.compile(self.wrapped) if cfg.train.compile else self.wrapped
+        self.forward = torch.compile(self.wrapped, mode=cfg.train.compile_mode) if cfg.train.compile else self.wrapped
         self.logger = RunLogger(self.run_dir, cfg, self.dist.is_main)
         world, accum = self.dist.world_size, cfg.train.grad_accum
         if cfg.train.batch_size % (world * accum):
