@@ -169,6 +169,18 @@ def test_padding_to_the_maximum_length_gives_one_shape_and_the_same_losses(tmp_p
         assert lb[step] == pytest.approx(la[step], rel=1e-5)
 
 
+def test_padding_to_the_maximum_length_covers_cached_feature_batches(tmp_path, scenes):
+    from mmgen.training import data as tdata
+
+    extra = ("train.batch_size=16", "data.pad_to_max_length=true", "train.feature_cache=true")
+    extra += ("model.encoder.freeze=all",)
+    trainer = Trainer(_cfg(tmp_path, scenes, *extra))
+    full = trainer.model.start_ids.numel() + trainer.cfg.model.max_caption_tokens
+    batches = [g[0] for g in tdata.train_loader(trainer, 0, 0)]
+    assert all("features" in b for b in batches)
+    assert {b["input_ids"].shape[1] for b in batches} == {full}
+
+
 def test_time_schedule_ends_the_cosine_with_the_budget(tmp_path, scenes):
     cfg = _cfg(
         tmp_path,

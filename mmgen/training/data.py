@@ -153,17 +153,14 @@ def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
         sampler = EpochSampler(
             len(ds), seed=cfg.train.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size, drop_last=True
         )
+        fixed = cfg.data.pad_to_max_length if cfg.data.pad_to_max_length is not None else cfg.train.compile
+        pad = trainer.model.start_ids.numel() + cfg.model.max_caption_tokens if fixed else None  # one shape
+        tok, prompt, max_tokens = trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens
         if trainer.features is not None:
-            collate = trainer.features.collator(trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens)
+            collate = trainer.features.collator(tok, prompt, max_tokens, pad_to_multiple_of=pad)
         else:
-            fixed = cfg.data.pad_to_max_length if cfg.data.pad_to_max_length is not None else cfg.train.compile
-            collate = CaptionCollator(
-                trainer.model.tokenizer,
-                cfg.model.prompt,
-                cfg.model.max_caption_tokens,
-                pad_to_multiple_of=trainer.model.start_ids.numel() + cfg.model.max_caption_tokens if fixed else None,
-                image_size=image_size(trainer.model.data_config),
-            )
+            size = image_size(trainer.model.data_config)
+            collate = CaptionCollator(tok, prompt, max_tokens, pad_to_multiple_of=pad, image_size=size)
         loader = make_loader(
             ds,
             micro,
