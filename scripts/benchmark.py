@@ -202,20 +202,14 @@ def train_step_fn(
         def loss_fn():
             return fwd(px, ids, labels)
 
-    def context():
-        if not kind.startswith("mmgen"):  # peers run with PyTorch's default attention kernels
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        from contextlib import ExitStack
+    from contextlib import nullcontext
 
-        from mmgen.attention import sdpa_context
-
-        stack = ExitStack()
-        stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-        stack.enter_context(sdpa_context(sdpa))
-        return stack
+    from mmgen.attention import sdpa_context
 
     def step():
-        with context():
+        # the peers run with PyTorch's default attention kernels, mmgen with train.sdpa_backends' choice
+        kernels = sdpa_context(sdpa) if kind.startswith("mmgen") else nullcontext()
+        with torch.autocast("cuda", dtype=torch.bfloat16), kernels:
             loss = loss_fn()
         loss.backward()
         opt.step()

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmgen.attention import sdpa_context
 from mmgen.config import Config, GenerationConfig
 from mmgen.data.transforms import normalize_on_device
 from mmgen.evaluation.cider import CiderD
@@ -349,7 +348,7 @@ class ScstTrainer(Trainer):
             ctx = self._grad_sync(last=i == len(batches) - 1)
             roll = self.rollout(b)
             with ctx:
-                with autocast_context(self.cfg, dev), sdpa_context(self.cfg.train.sdpa_backends):
+                with self.forward_context():
                     out = self.forward(**roll.inputs)
                 losses, mask, entropy = rollout_losses(
                     out.logits, roll, self.model.start_ids.numel(), sc.temperature, sc.logprob_reduction

@@ -134,6 +134,13 @@ class Trainer:
             return contextlib.nullcontext()
         return self.wrapped.no_sync()
 
+    def forward_context(self) -> contextlib.ExitStack:
+        """What every training forward runs under: the precision's autocast and the allowed attention kernels."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(autocast_context(self.cfg, self.device))
+        stack.enter_context(sdpa_context(self.cfg.train.sdpa_backends))
+        return stack
+
     def _micro_losses(self, batches: list[dict]) -> tuple[torch.Tensor, int]:
         """Forward/backward over the accumulation micro-batches; returns (summed loss, images)."""
         dev = self.device
@@ -154,7 +161,7 @@ class Trainer:
                 )
             tok = int((b["labels"][:, 1:] != -100).sum())
             with ctx:
-                with autocast_context(self.cfg, dev), sdpa_context(self.cfg.train.sdpa_backends):
+                with self.forward_context():
                     out = self.forward(**inputs)
                 part = out.loss.float() * tok  # summed token loss of this micro-batch
                 (part * scale).backward()
