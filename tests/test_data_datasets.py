@@ -165,8 +165,22 @@ def test_preloaded_images_equal_decoding_every_time(records, tmp_path, workers):
             assert b["pixel_values"].dtype == torch.uint8 and torch.equal(a["pixel_values"], b["pixel_values"])
 
 
-def test_preload_refuses_augmentation():
+def test_preload_refuses_augmentation_and_streaming():
     from mmgen.config import ConfigError, DataConfig
 
-    with pytest.raises(ConfigError, match="data.preload"):
+    with pytest.raises(ConfigError, match=r"data\.preload.*data\.augment=false"):
         DataConfig(preload=True, augment=True)
+    with pytest.raises(ConfigError, match=r"data\.preload.*not streaming"):
+        DataConfig(preload=True, streaming=True)
+
+
+def test_preload_errors_name_the_problem(records, tmp_path):
+    from mmgen.data.preload import preload_images
+
+    with pytest.raises(ValueError, match="stores uint8 images; the transform gave torch.float32"):
+        preload_images(records, build_transform(CFG), log=None)  # a float transform
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    bad = [Record(str(broken), ["x"], image_id=i) for i in range(3)]
+    with pytest.raises(ValueError, match="none of the 3 training images could be decoded"):
+        preload_images(bad, build_transform(CFG, uint8=True), log=None)

@@ -215,3 +215,11 @@ def test_static_steps_under_a_restricted_sdpa_choice(monkeypatch):
     ours = search(model, embeds, gen, EOS, PAD, static_cache=True)
     assert torch.equal(ours.sequences, ref.sequences)
     torch.testing.assert_close(ours.scores, ref.scores, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_padded_head_setting_is_reported(monkeypatch):
+    monkeypatch.setenv("MMGEN_PADDED_HEAD", "maybe")
+    with pytest.warns(UserWarning, match="MMGEN_PADDED_HEAD='maybe' ignored: use auto, 1 or 0"):
+        assert head_module._mode_setting() == "auto"
+    monkeypatch.setenv("MMGEN_PADDED_HEAD", "Off")
+    assert head_module._mode_setting() == "off"

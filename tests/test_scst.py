@@ -295,3 +295,11 @@ def test_scst_preset_parses():
     assert (cfg.model.encoder, cfg.model.projector, cfg.model.decoder) == (
         gpu.model.encoder, gpu.model.projector, gpu.model.decoder,
     )  # fmt: skip
+
+
+def test_fsdp_refuses_scst(tmp_path, xe_run, monkeypatch):
+    from mmgen.training import distributed
+
+    monkeypatch.setattr(distributed, "is_sharded", lambda model: True)  # as if fully_shard had wrapped it
+    with pytest.raises(ValueError, match="train.distributed=fsdp trains train.objective=xe only"):
+        build_trainer(_scst_cfg(tmp_path / "scst", xe_run))

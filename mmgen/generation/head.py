@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 import weakref
 from collections.abc import Iterator
 
@@ -31,7 +32,23 @@ import torch.nn.functional as F
 from torch import nn
 
 PAD_TO = 64  # rows of the padded weight: a multiple of this
-PADDED_HEAD = os.environ.get("MMGEN_PADDED_HEAD", "auto").strip().lower()  # "auto", "1" or "0"
+_MODES = {  # setting -> forced on / off, or None for auto
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+    "auto": None,
+}
+
+
+def _mode_setting() -> str:
+    """``MMGEN_PADDED_HEAD`` (default ``auto``); an unknown value is reported and read as ``auto``."""
+    mode = os.environ.get("MMGEN_PADDED_HEAD", "auto").strip().lower()
+    if mode not in _MODES:
+        warnings.warn(f"MMGEN_PADDED_HEAD={mode!r} ignored: use auto, 1 or 0", stacklevel=2)
+        return "auto"
+    return mode
+
+
+PADDED_HEAD = _mode_setting()  # "auto", "1" or "0" (or a synonym)
 
 # head -> {(dtype, device, shape): [padded weight (V', D), (data_ptr, version) it was copied from]}
 _PADDED: weakref.WeakKeyDictionary[nn.Linear, dict[tuple, list]] = weakref.WeakKeyDictionary()
@@ -56,11 +73,9 @@ def plain_head(decoder: nn.Module) -> nn.Linear | None:
 
 def wants_padding(head: nn.Linear, mode: str | None = None) -> bool:
     """Whether :data:`PADDED_HEAD` (or ``mode``) asks for the padded head for this one."""
-    mode = PADDED_HEAD if mode is None else mode
-    if mode in ("0", "false", "no", "off"):
-        return False
-    if mode in ("1", "true", "yes", "on"):
-        return True
+    forced = _MODES[PADDED_HEAD if mode is None else mode]
+    if forced is not None:
+        return forced
     return head.weight.is_cuda and head.out_features % PAD_TO != 0
 
 
