@@ -190,28 +190,29 @@ def load_checkpoint(
 
     ckpt = Path(ckpt_dir)
     _verify(ckpt)
-    target = _unwrap(model)
-    sharded = is_sharded(target)
-    if not sharded:
-        load_model(target, str(ckpt / WEIGHTS_NAME), strict=True)
-    elif not (ckpt / STATE_JSON).exists():
-        load_full_states(target, None, load_file(str(ckpt / WEIGHTS_NAME)), None)
-    if not (ckpt / STATE_JSON).exists():
-        if optimizer is not None or scheduler is not None:
-            raise FileNotFoundError(f"{ckpt}: model-only directory, no optimizer / scheduler state to load")
-        return {}
-    meta = json.loads((ckpt / STATE_JSON).read_text())
-    tensors = load_file(str(ckpt / STATE_TENSORS))
+    has_state = (ckpt / STATE_JSON).exists()
+    if not has_state and (optimizer is not None or scheduler is not None):
+        raise FileNotFoundError(f"{ckpt}: model-only directory, no optimizer / scheduler state to load")
+    meta = json.loads((ckpt / STATE_JSON).read_text()) if has_state else {}
+    tensors = load_file(str(ckpt / STATE_TENSORS)) if has_state else {}
+    states = {}
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
         if obj is None:
             continue
         if meta.get(key) is None:
             raise ValueError(f"{ckpt}: saved without a {key}, cannot restore one")
-        if not (sharded and key == "optimizer"):
-            obj.load_state_dict(_decode(meta[key], tensors))
-    if sharded:  # every rank reads the full states; each keeps its shard
-        optim = _decode(meta["optimizer"], tensors) if optimizer is not None else None
-        load_full_states(target, optimizer, load_file(str(ckpt / WEIGHTS_NAME)), optim)
+        states[key] = _decode(meta[key], tensors)
+    target = _unwrap(model)
+    if is_sharded(target):  # every rank reads the whole tensors and keeps its shard
+        load_full_states(target, optimizer, load_file(str(ckpt / WEIGHTS_NAME)), states.get("optimizer"))
+    else:
+        load_model(target, str(ckpt / WEIGHTS_NAME), strict=True)
+        if optimizer is not None:
+            optimizer.load_state_dict(states["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(states["scheduler"])
+    if not has_state:
+        return {}
     if restore_rng:
         _restore_rng(_decode(meta["rng"], tensors), ckpt)
     return _decode(meta["state"], tensors)

@@ -122,7 +122,7 @@ class Trainer:
         self.micro_batch = cfg.train.batch_size // (world * accum)
         # fused AdamW can skip a step on the device (its found_inf input): no host sync per step
         self.device_skip = bool(self.optimizer.defaults.get("fused"))
-        self._clock: dict[str, float] = {}  # train.schedule=time: when warmup ended
+        self._warm_at: float | None = None  # train.schedule=time: the clock when warmup ended
         self._bad = torch.zeros(3, dtype=torch.long, device=self.device)  # skipped since read, run, longest run
         mean, std = self.model.data_config["mean"], self.model.data_config["std"]
         self._pixel_stats = (tuple(mean), tuple(std))
@@ -324,10 +324,10 @@ class Trainer:
         """``train.schedule: time``: set the next step's learning rates from the share of the budget spent."""
         from mmgen.training.schedule import time_lr_factor
 
-        tc, clock = self.cfg.train, self._clock
-        if clock.get("warm") is None and self.state.step >= max(1, tc.warmup_steps):
-            clock["warm"] = now  # after warmup (and the first step's compilation / preloading)
-        begin = clock.get("warm", now)
+        tc = self.cfg.train
+        if self._warm_at is None and self.state.step >= max(1, tc.warmup_steps):
+            self._warm_at = now  # after warmup (and the first step's compilation / preloading)
+        begin = now if self._warm_at is None else self._warm_at
         fraction = (now - begin) / max(tc.max_time - begin, 1e-9)
         factor = time_lr_factor(self.state.step, tc.warmup_steps, fraction, tc.min_lr_ratio)
         for g in self.optimizer.param_groups:
