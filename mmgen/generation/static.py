@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mmgen.attention import SDPA_NAMES
+from mmgen.attention import CAUSAL_SDPA, SDPA_NAMES
 from mmgen.generation.decoder import StepDecoder, _forward_params
 from mmgen.generation.head import padded_logits
 
@@ -35,7 +35,7 @@ try:
 except ImportError:  # transformers before cache layers: only the dynamic path
     Cache = CacheLayerMixin = DynamicLayer = object
 
-ATTENTION = ("sdpa", "eager")  # implementations that take a 4-D mask over the whole buffer
+ATTENTION = ("sdpa", CAUSAL_SDPA, "eager")  # implementations that take a 4-D mask over the whole buffer
 
 
 def parse_sdpa_backends(text: str) -> list[SDPBackend] | None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
+from mmgen.attention import CAUSAL_SDPA, UNPADDED
 from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
 from mmgen.models.decoder import base_model, build_decoder
 from mmgen.models.encoder import Encoder
@@ -75,6 +76,7 @@ class CaptionModel(nn.Module):
         self._check_positions()
         fwd = inspect.signature(base_model(self.decoder).forward).parameters
         self._logits_to_keep = "logits_to_keep" in fwd
+        self._causal_sdpa = base_model(self.decoder).config._attn_implementation == CAUSAL_SDPA
         self.generation_config = GenerationConfig()
 
     def _check_positions(self) -> None:
@@ -155,10 +157,12 @@ class CaptionModel(nn.Module):
         b, n = prefix.shape[:2]
         t = input_ids.shape[1]
         embeds = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)  # (B, N'+T, D)
+        kwargs = {"logits_to_keep": t} if self._logits_to_keep else {}
         mask = None  # no mask: causal attention alone (right padding never precedes a real token)
         if attention_mask is not None:
             mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)  # (B, N'+T)
-        kwargs = {"logits_to_keep": t} if self._logits_to_keep else {}
+        elif self._causal_sdpa:
+            kwargs[UNPADDED] = True  # is_causal SDPA even under torch.compile (see mmgen.attention)
         out = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **kwargs)
         logits = out.logits[:, -t:]  # (B, T, V): position n+i predicts input_ids[:, i+1]
         loss = None

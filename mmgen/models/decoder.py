@@ -8,6 +8,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from mmgen.attention import register_causal_sdpa
 from mmgen.config import DecoderConfig
 
 
@@ -65,6 +66,8 @@ def build_decoder(
     if model.generation_config is not None:
         for k, v in special_ids.items():
             setattr(model.generation_config, k, v)
+    if cfg.attn_implementation in ("sdpa", None) and model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(register_causal_sdpa())  # 'sdpa' that can skip the mask (mmgen.attention)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
