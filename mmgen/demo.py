@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmgen.config import Config
@@ -31,6 +31,8 @@ class DemoResult:
     baseline: dict
     baseline_caption: str
     samples: list[tuple[str, str]]
+    scenes: dict = field(default_factory=dict)
+    """Attribute accuracies of the held-out captions (:func:`mmgen.evaluation.scenes.scene_accuracy`)."""
 
     @property
     def cider_ratio(self) -> float:
@@ -132,6 +134,7 @@ def run_demo(
     from mmgen.data import load_records
     from mmgen.evaluation import score_captions
     from mmgen.evaluation.evaluate import evaluate_model, write_evaluation
+    from mmgen.evaluation.scenes import load_scenes, scene_accuracy
     from mmgen.models import CaptionModel
     from mmgen.training.trainer import Trainer
 
@@ -172,7 +175,9 @@ def run_demo(
     captioner = Captioner(model)
     picks = val[:4] if hasattr(val, "__getitem__") else list(val)[:4]
     samples = [(str(r.image), c) for r, c in zip(picks, captioner.caption([str(r.image) for r in picks]))]
-    res = DemoResult(run_dir, eval_dir, result.scores, baseline, baseline_caption, samples)
+    candidates = {e["image_id"]: e["candidate"] for e in result.entries if not e.get("error")}
+    scenes = scene_accuracy(candidates, load_scenes(run_dir / "data" / "captions_val.json"))
+    res = DemoResult(run_dir, eval_dir, result.scores, baseline, baseline_caption, samples, scenes)
     (out / "demo_summary.json").write_text(
         json.dumps(
             {
@@ -180,6 +185,7 @@ def run_demo(
                 "baseline": baseline,
                 "baseline_caption": baseline_caption,
                 "cider_ratio": res.cider_ratio,
+                "scene_attributes": scenes,
                 "samples": samples,
                 "seconds": time.perf_counter() - t0,
             },
@@ -192,6 +198,8 @@ def run_demo(
 
 
 def _summary(res: DemoResult, model_dir: Path, seconds: float) -> str:
+    from mmgen.evaluation.scenes import format_scene_accuracy
+
     lines = [
         f"{'':<34}{'BLEU-4':>8}{'CIDEr':>8}",
         f"{'mmgen (beam search)':<34}{res.scores['Bleu_4']:>8.3f}{res.scores['CIDEr']:>8.3f}",
@@ -199,6 +207,8 @@ def _summary(res: DemoResult, model_dir: Path, seconds: float) -> str:
         f"CIDEr is {res.cider_ratio:.1f}x the baseline's (baseline caption: '{res.baseline_caption}')",
         "",
     ]
+    if res.scenes:
+        lines += [format_scene_accuracy(res.scenes), ""]
     lines += [f"  {Path(p).name}: {c}" for p, c in res.samples]
     lines += [
         "",

@@ -7,6 +7,7 @@ import pytest
 
 from mmgen.cli import main
 from mmgen.data.synthetic import make_scenes
+from mmgen.evaluation.scenes import load_scenes, scene_accuracy
 from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
 
 
@@ -71,6 +72,9 @@ def test_evaluate_writes_all_outputs_and_lists_failed_images(saved, capsys):
     assert scores["images"] == 5 and scores["failed_images"] == 1
     assert scores["failed"][0]["image_id"] == ann["images"][2]["id"]
     results = json.loads((saved / "out" / "results.json").read_text())
+    acc = json.loads((saved / "out" / "scene_accuracy.json").read_text())  # scenes carry their truth
+    assert acc == scene_accuracy({r["image_id"]: r["caption"] for r in results}, load_scenes(ann_path))
+    assert acc["images"] == 5 and "scene attributes: exact" in out
     assert sorted(r["image_id"] for r in results) == sorted(i["id"] for i in ann["images"] if i is not ann["images"][2])
     parser = _Text()
     parser.feed((saved / "out" / "report.html").read_text())

@@ -12,7 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="caption a dataset with a model and score it (COCO metrics, HTML report)",
         description="Caption every image of a dataset in batches with beam search, score the captions against the "
         "references (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), and write results.json, scores.json, per_image.tsv and "
-        "report.html into --out.",
+        "report.html into --out; on mmgen data synth scenes also scene_accuracy.json (which attributes the captions "
+        "get wrong).",
     )
     p.add_argument("--model", required=True, type=Path, help="a saved model directory (e.g. RUN/best)")
     p.add_argument(
@@ -36,11 +37,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
+    import json
 
     import torch
 
     from mmgen.data import load_records
     from mmgen.evaluation.evaluate import evaluate_model, write_evaluation
+    from mmgen.evaluation.scenes import format_scene_accuracy, load_scenes, scene_accuracy
     from mmgen.models import CaptionModel
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -62,8 +65,15 @@ def run(args: argparse.Namespace) -> int:
         metrics=args.metrics,
     )
     paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}")
+    scenes = load_scenes(args.data[0]) if len(args.data) == 1 else None
+    if scenes:  # mmgen data synth annotations: which attributes the captions get wrong
+        acc = scene_accuracy({e["image_id"]: e["candidate"] for e in result.entries if not e.get("error")}, scenes)
+        paths["scene_accuracy"] = args.out / "scene_accuracy.json"
+        paths["scene_accuracy"].write_text(json.dumps(acc, indent=2))
     for k, v in result.scores.items():
         print(f"{k}: {v}")
+    if scenes:
+        print(format_scene_accuracy(acc))
     c = result.collapse
     print(f"distinct captions: {c.get('distinct_fraction', float('nan')):.3f}  vocabulary: {c.get('vocab_size')}")
     if result.failed:

@@ -44,7 +44,7 @@ def prepare(cfg: Config, run_dir: Path, dist: D.DistState) -> RunData:
         image_column=dc.image_column,
         caption_column=dc.caption_column,
     )
-    val_records = None
+    val_records, extra = None, {}
     if val is not None:
         val_records = load_records(
             val,
@@ -56,10 +56,14 @@ def prepare(cfg: Config, run_dir: Path, dist: D.DistState) -> RunData:
         )
         if cfg.eval.max_images is not None:
             val_records = [val_records[i] for i in range(min(cfg.eval.max_images, len(val_records)))]
+        if isinstance(val, str):
+            from mmgen.evaluation.scenes import load_scenes
+
+            extra["val_scenes"] = load_scenes(val)  # synthetic scenes: attribute accuracies at evaluation
     from mmgen.data.images import BadImageTracker
 
     # the tracker's epoch size is set from this rank's share of the training items by train_loader
-    return RunData(train_records, val_records, BadImageTracker(dc.max_bad_fraction))
+    return RunData(train_records, val_records, BadImageTracker(dc.max_bad_fraction), extra)
 
 
 def _has_splits(source: str) -> bool:
@@ -220,4 +224,12 @@ def evaluate(trainer, model=None) -> dict:
     from mmgen.generation import release_static_buffers
 
     release_static_buffers(model.decoder)  # decoding buffers are not needed while training
-    return {**result.scores, **{f"collapse_{k}": v for k, v in result.collapse.items() if isinstance(v, (int, float))}}
+    collapse = {f"collapse_{k}": v for k, v in result.collapse.items() if isinstance(v, (int, float))}
+    scores = {**result.scores, **collapse}
+    scenes = trainer.data.extra.get("val_scenes")
+    if scenes:
+        from mmgen.evaluation.scenes import scene_accuracy
+
+        acc = scene_accuracy({e["image_id"]: e["candidate"] for e in result.entries if not e.get("error")}, scenes)
+        scores.update({f"scene_{k}": v for k, v in acc.items() if isinstance(v, float)})
+    return scores
