@@ -268,7 +268,8 @@ class EvalConfig:
     max_images: int | None = None
     batch_size: int = 32
     metric: str = "CIDEr"
-    """Metric that picks the best checkpoint."""
+    """Metric that picks the best checkpoint; 'loss' is the validation loss (token cross-entropy over every
+    validation image and reference, logged at each evaluation with the caption metrics), lowest best."""
     early_stop_patience: int = 0
     """Stop after this many evaluations without improvement (0: never)."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)

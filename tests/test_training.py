@@ -256,3 +256,46 @@ def test_every_preset_builds(path):
         assert summary["encoder"]["trainable"] == 0
     if cfg.model.decoder.mode == "frozen":
         assert summary["decoder"]["trainable"] == 0
+
+
+def test_validation_loss_is_the_mean_token_loss_over_every_reference(tmp_path, scenes):
+    from PIL import Image
+
+    from mmgen.data.transforms import build_transform
+    from mmgen.training import data as tdata
+
+    cfg = _cfg(tmp_path, scenes, f"data.val={scenes}", "eval.max_images=5", "eval.batch_size=4")
+    trainer = Trainer(cfg)
+    model = trainer.model.eval()
+    got = tdata.validation_loss(trainer, model)
+    # brute force: one (image, reference) pair at a time, float transform, the model's own loss
+    tok, transform = model.tokenizer, build_transform(model.data_config)
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for r in trainer.data.val_records:
+            px = transform(Image.open(r.image).convert("RGB"))[None]
+            for c in r.captions:
+                caption = tok(c, add_special_tokens=False)["input_ids"][: cfg.model.max_caption_tokens - 1]
+                ids = torch.tensor([[tok.bos_token_id, *caption, tok.eos_token_id]])
+                labels = ids.clone()
+                labels[:, 0] = -100
+                total += float(model(px, ids, labels=labels).loss) * (ids.shape[1] - 1)
+                tokens += ids.shape[1] - 1
+    assert len(trainer.data.val_records) == 5 and tokens > 5 * 5 * 5
+    assert got == pytest.approx(total / tokens, rel=1e-5)
+
+
+def test_eval_metric_loss_keeps_the_lowest_validation_loss(tmp_path, scenes):
+    cfg = _cfg(
+        tmp_path, scenes, f"data.val={scenes}", "eval.max_images=4", "eval.every=3", "eval.metric=loss",
+        "train.max_steps=6", "train.batch_size=8", "train.save_every=100",
+        "eval.generation={num_beams: 1, max_new_tokens: 4}",
+    )  # fmt: skip
+    Trainer(cfg).fit()
+    run = Path(cfg.train.out_dir)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["eval"]["loss"] for r in rows if "eval" in r}
+    assert sorted(evals) == [3, 6] and all(v > 0 for v in evals.values())
+    best = json.loads((run / "best" / "metrics.json").read_text())
+    step = min(evals, key=evals.get)
+    assert best["step"] == step and best["loss"] == evals[step]  # best/ exists and holds the lowest-loss eval

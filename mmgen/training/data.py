@@ -204,6 +204,40 @@ def end_epoch(trainer, epoch: int) -> None:
         print(message)
 
 
+def validation_loss(trainer, model) -> float:
+    """Teacher-forced cross-entropy per caption token over every (validation image, reference) pair.
+
+    The same loss as training (evaluation transform, no augmentation), so it sits next to the training
+    loss in ``metrics.jsonl``: the gap between the two is the overfitting. Undecodable images are skipped.
+    """
+    import torch
+
+    from mmgen.data.collate import CaptionCollator
+    from mmgen.data.datasets import CaptionTrainDataset, make_loader
+    from mmgen.data.transforms import build_transform, image_size, normalize_on_device
+
+    cfg, dev = trainer.cfg, trainer.device
+    transform = build_transform(model.data_config, train=False, uint8=True)
+    ds = CaptionTrainDataset(trainer.data.val_records, transform, "all", max_pixels=cfg.data.max_pixels)
+    collate = CaptionCollator(
+        model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens, image_size=image_size(model.data_config)
+    )
+    mean, std = model.data_config["mean"], model.data_config["std"]
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    tokens = 0
+    with torch.no_grad():
+        for b in make_loader(ds, cfg.eval.batch_size, collate, num_workers=cfg.data.num_workers):
+            n = int((b["labels"][:, 1:] != -100).sum())
+            if n == 0:
+                continue
+            px = normalize_on_device(b["pixel_values"].to(dev), mean, std)
+            with trainer.forward_context():
+                out = model(pixel_values=px, input_ids=b["input_ids"].to(dev), labels=b["labels"].to(dev))
+            total += out.loss.double() * n
+            tokens += n
+    return float(total / max(tokens, 1))
+
+
 def evaluate(trainer, model=None) -> dict:
     """Caption the validation records with the in-loop generation settings and score them (``model``:
     the trainer's model by default)."""
@@ -225,7 +259,7 @@ def evaluate(trainer, model=None) -> dict:
 
     release_static_buffers(model.decoder)  # decoding buffers are not needed while training
     collapse = {f"collapse_{k}": v for k, v in result.collapse.items() if isinstance(v, (int, float))}
-    scores = {**result.scores, **collapse}
+    scores = {"loss": validation_loss(trainer, model), **result.scores, **collapse}
     scenes = trainer.data.extra.get("val_scenes")
     if scenes:
         from mmgen.evaluation.scenes import scene_accuracy
