@@ -167,16 +167,16 @@ def run_demo(
         progress=not quiet,
         tokenizer=tokenizer,
     )
+    candidates = {e["image_id"]: e["candidate"] for e in result.entries if not e.get("error")}
+    scenes = scene_accuracy(candidates, load_scenes(run_dir / "data" / "captions_val.json"))
     eval_dir = out / "eval"
-    write_evaluation(eval_dir, result, title="mmgen demo: held-out synthetic scenes")
+    write_evaluation(eval_dir, result, title="mmgen demo: held-out synthetic scenes", scenes=scenes)
     baseline_caption = most_frequent_caption(train)
     refs = {r.image_id: list(r.captions) for r in val}
     baseline = score_captions(refs, {i: baseline_caption for i in refs}, metrics=["Bleu", "CIDEr"], tokenizer=tokenizer)
     captioner = Captioner(model)
     picks = val[:4] if hasattr(val, "__getitem__") else list(val)[:4]
     samples = [(str(r.image), c) for r, c in zip(picks, captioner.caption([str(r.image) for r in picks]))]
-    candidates = {e["image_id"]: e["candidate"] for e in result.entries if not e.get("error")}
-    scenes = scene_accuracy(candidates, load_scenes(run_dir / "data" / "captions_val.json"))
     res = DemoResult(run_dir, eval_dir, result.scores, baseline, baseline_caption, samples, scenes)
     (out / "demo_summary.json").write_text(
         json.dumps(

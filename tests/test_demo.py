@@ -19,6 +19,7 @@ def test_demo_beats_the_baseline(tmp_path):
         "eval/report.html",
         "eval/scores.json",
         "eval/results.json",
+        "eval/scene_accuracy.json",
         "demo_summary.json",
         "run/best/model.safetensors",
         "run/curves.png",

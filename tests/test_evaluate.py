@@ -81,5 +81,6 @@ def test_evaluate_writes_all_outputs_and_lists_failed_images(saved, capsys):
     text = " ".join(parser.text)
     for image in ann["images"]:
         assert str(image["id"]) in text
+    assert "Scene attributes" in text and "shape_small" in text  # the report shows what the captions get wrong
     rows = (saved / "out" / "per_image.tsv").read_text().splitlines()
     assert len(rows) == 1 + 6

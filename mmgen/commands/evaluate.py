@@ -37,7 +37,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-    import json
 
     import torch
 
@@ -64,15 +63,14 @@ def run(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         metrics=args.metrics,
     )
-    paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}")
     scenes = load_scenes(args.data[0]) if len(args.data) == 1 else None
+    acc = None
     if scenes:  # mmgen data synth annotations: which attributes the captions get wrong
         acc = scene_accuracy({e["image_id"]: e["candidate"] for e in result.entries if not e.get("error")}, scenes)
-        paths["scene_accuracy"] = args.out / "scene_accuracy.json"
-        paths["scene_accuracy"].write_text(json.dumps(acc, indent=2))
+    paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}", scenes=acc)
     for k, v in result.scores.items():
         print(f"{k}: {v}")
-    if scenes:
+    if acc:
         print(format_scene_accuracy(acc))
     c = result.collapse
     print(f"distinct captions: {c.get('distinct_fraction', float('nan')):.3f}  vocabulary: {c.get('vocab_size')}")

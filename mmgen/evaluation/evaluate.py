@@ -141,8 +141,11 @@ def _source(image: Any) -> Any:
     return str(image) if isinstance(image, (str, Path)) else image
 
 
-def write_evaluation(out_dir: str | Path, result: EvalResult, title: str = "mmgen evaluation") -> dict[str, Path]:
-    """Write the COCO results json, scores json, per-image table (TSV) and the HTML report."""
+def write_evaluation(
+    out_dir: str | Path, result: EvalResult, title: str = "mmgen evaluation", scenes: dict | None = None
+) -> dict[str, Path]:
+    """Write the COCO results json, scores json, per-image table (TSV) and the HTML report; with ``scenes``
+    (attribute accuracies on synthetic scenes) also ``scene_accuracy.json``, and the report shows them."""
     from mmgen.evaluation.report import write_report
 
     out = Path(out_dir)
@@ -152,6 +155,9 @@ def write_evaluation(out_dir: str | Path, result: EvalResult, title: str = "mmge
     paths["results"].write_text(json.dumps([{"image_id": e["image_id"], "caption": e["candidate"]} for e in ok]))
     paths["scores"].write_text(json.dumps(result.summary(), indent=2, default=str))
     # the report counts images, failed images and empty captions from the entries itself
-    paths["report"] = write_report(out, result.entries, result.scores, result.collapse, title=title)
+    paths["report"] = write_report(out, result.entries, result.scores, result.collapse, title=title, scenes=scenes)
+    if scenes:
+        paths["scene_accuracy"] = out / "scene_accuracy.json"
+        paths["scene_accuracy"].write_text(json.dumps(scenes, indent=2))
     paths["table"] = out / "per_image.tsv"
     return paths

@@ -115,6 +115,24 @@ def _summary(scores: Mapping[str, float], collapse: Mapping[str, Any] | None, co
     return out
 
 
+def _scenes(acc: Mapping[str, Any]) -> list[str]:
+    """Attribute accuracies on synthetic scenes (``scene_accuracy``) and the commonest errors."""
+    out = ["<h3>Scene attributes (what the captions get right)</h3><table><tr><th>attribute</th><th>accuracy</th></tr>"]
+    for name, value in acc.items():
+        if isinstance(value, float):
+            out.append(f"<tr><td>{html.escape(name)}</td><td class='num'>{_fmt(value)}</td></tr>")
+    out.append("</table>")
+    confusions = acc.get("confusions") or []
+    if confusions:
+        out.append("<table><tr><th>attribute</th><th>truth</th><th>caption says</th><th>count</th></tr>")
+        for c in confusions:
+            cells = (c["attribute"], c["truth"], "(nothing)" if c["caption"] is None else c["caption"])
+            out.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells))
+            out.append(f"<td class='num'>{int(c['count'])}</td></tr>")
+        out.append("</table>")
+    return out
+
+
 def _row(rank: int, entry: ReportEntry, thumb: str | None, reason: str | None) -> str:
     if thumb is not None:
         cell = f"<img src='data:image/jpeg;base64,{thumb}' alt='{html.escape(str(entry.image_id))}'>"
@@ -135,6 +153,7 @@ def write_report(
     collapse: Mapping[str, Any] | None = None,
     title: str = "Caption evaluation",
     thumb_size: int = THUMB_SIZE,
+    scenes: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.html`` and ``per_image.tsv`` into ``out_dir``.
 
@@ -145,6 +164,7 @@ def write_report(
         collapse: :func:`~mmgen.evaluation.collapse_stats` output, shown under the metrics.
         title: Page title.
         thumb_size: Longest side of the embedded thumbnails, in pixels.
+        scenes: Attribute accuracies on synthetic scenes, shown under the collapse monitor.
 
     Returns:
         The path of ``report.html``.
@@ -163,6 +183,7 @@ def write_report(
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         *_summary(scores, collapse, counts),
+        *(_scenes(scenes) if scenes else []),
         "<h2>Images, worst CIDEr first</h2>",
         "<table><tr><th>#</th><th>image id</th><th>image</th><th>CIDEr</th><th>candidate</th><th>references</th></tr>",
         *(_row(rank, *row) for rank, row in enumerate(rows, start=1)),
