@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from mmgen.generation.head import padded_logits
+from mmgen.modules import base_model
 
 
 def _forward_params(decoder: nn.Module) -> set[str]:
     """Names accepted by the causal LM's ``forward`` (looking through a peft wrapper)."""
-    base = decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
-    return set(inspect.signature(base.forward).parameters)
+    return set(inspect.signature(base_model(decoder).forward).parameters)
 
 
 class StepDecoder:

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmgen.modules import base_model
+
 PAD_TO = 64  # rows of the padded weight: a multiple of this
 _MODES = {  # setting -> forced on / off, or None for auto
     **dict.fromkeys(("1", "true", "yes", "on"), True),
@@ -56,9 +58,8 @@ _PADDED: weakref.WeakKeyDictionary[nn.Linear, dict[tuple, list]] = weakref.WeakK
 
 def plain_head(decoder: nn.Module) -> nn.Linear | None:
     """The decoder's output projection if it is a plain bias-free ``nn.Linear`` with a dense weight, else None."""
-    base = decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder  # peft
     try:
-        head = base.get_output_embeddings()
+        head = base_model(decoder).get_output_embeddings()
     except (AttributeError, NotImplementedError):
         return None
     if type(head) is not nn.Linear or head.bias is not None or "forward" in vars(head):

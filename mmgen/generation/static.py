@@ -29,6 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from mmgen.attention import CAUSAL_SDPA, SDPA_NAMES
 from mmgen.generation.decoder import StepDecoder, _forward_params
 from mmgen.generation.head import padded_logits
+from mmgen.modules import base_model
 
 try:
     from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
@@ -75,15 +76,11 @@ def decode_attention(device: torch.device) -> contextlib.AbstractContextManager:
     return sdpa_kernel(DECODE_SDPA_BACKENDS, set_priority=True)
 
 
-def _base(decoder: nn.Module) -> nn.Module:
-    return decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
-
-
 def static_cache_unsupported(decoder: nn.Module) -> str | None:
     """Why ``decoder`` cannot decode over a static cache, or None when it can."""
     if CacheLayerMixin is object:
         return "this transformers release has no cache layers"
-    config = getattr(_base(decoder), "config", None)
+    config = getattr(base_model(decoder), "config", None)
     if config is None:
         return "the decoder has no transformers config"
     if getattr(config, "is_encoder_decoder", False) or getattr(config, "add_cross_attention", False):

@@ -15,10 +15,11 @@ from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from mmgen.attention import CAUSAL_SDPA, UNPADDED
 from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
-from mmgen.models.decoder import base_model, build_decoder
+from mmgen.models.decoder import build_decoder
 from mmgen.models.encoder import Encoder
 from mmgen.models.projector import build_projector
 from mmgen.models.tokenizer import ensure_special_tokens, load_tokenizer, start_ids
+from mmgen.modules import base_model
 
 CONFIG_NAME = "config.json"
 DECODER_CONFIG_NAME = "decoder_config.json"

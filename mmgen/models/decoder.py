@@ -92,8 +92,3 @@ def apply_mode(model: PreTrainedModel, cfg: DecoderConfig) -> nn.Module:
         )
         model = peft.get_peft_model(model, lora)
     return model
-
-
-def base_model(decoder: nn.Module) -> PreTrainedModel:
-    """The underlying transformers model (unwraps peft)."""
-    return decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder

@@ -417,7 +417,7 @@ class Trainer:
         if not self.sharded:
             return self.model
         from mmgen.models import CaptionModel
-        from mmgen.models.decoder import base_model
+        from mmgen.modules import base_model
 
         state = D.full_model_state(self.wrapped)  # on rank 0's CPU
         if not self.dist.is_main:
