@@ -167,8 +167,7 @@ def run_demo(
         progress=not quiet,
         tokenizer=tokenizer,
     )
-    candidates = {e["image_id"]: e["candidate"] for e in result.entries if not e.get("error")}
-    scenes = scene_accuracy(candidates, load_scenes(run_dir / "data" / "captions_val.json"))
+    scenes = scene_accuracy(result.captions, load_scenes(run_dir / "data" / "captions_val.json"))
     eval_dir = out / "eval"
     write_evaluation(eval_dir, result, title="mmgen demo: held-out synthetic scenes", scenes=scenes)
     baseline_caption = most_frequent_caption(train)

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     scenes = load_scenes(args.data[0]) if len(args.data) == 1 else None
     acc = None
     if scenes:  # mmgen data synth annotations: which attributes the captions get wrong
-        acc = scene_accuracy({e["image_id"]: e["candidate"] for e in result.entries if not e.get("error")}, scenes)
+        acc = scene_accuracy(result.captions, scenes)
     paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}", scenes=acc)
     for k, v in result.scores.items():
         print(f"{k}: {v}")

@@ -31,6 +31,11 @@ class EvalResult:
     failed: list[tuple[Any, str]] = field(default_factory=list)
     counts: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def captions(self) -> dict[Any, str]:
+        """Image id -> generated caption, for every image that decoded."""
+        return {e["image_id"]: e["candidate"] for e in self.entries if not e.get("error")}
+
     def summary(self) -> dict:
         return {
             "scores": self.scores,
@@ -150,9 +155,8 @@ def write_evaluation(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ok = [e for e in result.entries if not e.get("error")]
     paths = {"results": out / "results.json", "scores": out / "scores.json"}
-    paths["results"].write_text(json.dumps([{"image_id": e["image_id"], "caption": e["candidate"]} for e in ok]))
+    paths["results"].write_text(json.dumps([{"image_id": i, "caption": c} for i, c in result.captions.items()]))
     paths["scores"].write_text(json.dumps(result.summary(), indent=2, default=str))
     # the report counts images, failed images and empty captions from the entries itself
     paths["report"] = write_report(out, result.entries, result.scores, result.collapse, title=title, scenes=scenes)
