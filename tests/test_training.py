@@ -258,31 +258,62 @@ def test_every_preset_builds(path):
         assert summary["decoder"]["trainable"] == 0
 
 
-def test_validation_loss_is_the_mean_token_loss_over_every_reference(tmp_path, scenes):
+def _pairwise_loss(model, records, max_caption_tokens: int, skip: frozenset = frozenset()) -> tuple[float, int]:
+    """Brute force: one (image, reference) pair at a time, float transform, the model's own loss."""
     from PIL import Image
 
     from mmgen.data.transforms import build_transform
+
+    tok, transform = model.tokenizer, build_transform(model.data_config)
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for r in records:
+            if r.image_id in skip:
+                continue
+            px = transform(Image.open(r.image).convert("RGB"))[None]
+            for c in r.captions:
+                caption = tok(c, add_special_tokens=False)["input_ids"][: max_caption_tokens - 1]
+                ids = torch.tensor([[tok.bos_token_id, *caption, tok.eos_token_id]])
+                labels = ids.clone()
+                labels[:, 0] = -100
+                total += float(model(px, ids, labels=labels).loss) * (ids.shape[1] - 1)
+                tokens += ids.shape[1] - 1
+    return total / max(tokens, 1), tokens
+
+
+def test_validation_loss_is_the_mean_token_loss_over_every_reference(tmp_path, scenes):
     from mmgen.training import data as tdata
 
     cfg = _cfg(tmp_path, scenes, f"data.val={scenes}", "eval.max_images=5", "eval.batch_size=4")
     trainer = Trainer(cfg)
     model = trainer.model.eval()
     got = tdata.validation_loss(trainer, model)
-    # brute force: one (image, reference) pair at a time, float transform, the model's own loss
-    tok, transform = model.tokenizer, build_transform(model.data_config)
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for r in trainer.data.val_records:
-            px = transform(Image.open(r.image).convert("RGB"))[None]
-            for c in r.captions:
-                caption = tok(c, add_special_tokens=False)["input_ids"][: cfg.model.max_caption_tokens - 1]
-                ids = torch.tensor([[tok.bos_token_id, *caption, tok.eos_token_id]])
-                labels = ids.clone()
-                labels[:, 0] = -100
-                total += float(model(px, ids, labels=labels).loss) * (ids.shape[1] - 1)
-                tokens += ids.shape[1] - 1
+    want, tokens = _pairwise_loss(model, trainer.data.val_records, cfg.model.max_caption_tokens)
     assert len(trainer.data.val_records) == 5 and tokens > 5 * 5 * 5
-    assert got == pytest.approx(total / tokens, rel=1e-5)
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_undecodable_validation_images_are_named_counted_and_left_out(tmp_path, scenes):
+    from mmgen.training import data as tdata
+
+    val = tmp_path / "val"
+    make_scenes(val, 5, seed=4, image_size=32)
+    ann = json.loads((val / "captions_train.json").read_text())
+    broken = ann["images"][1]
+    path = val / broken["file_name"]
+    path.write_bytes(path.read_bytes()[:40])  # a truncated PNG
+    cfg = _cfg(
+        tmp_path, scenes, f"data.val={val / 'captions_train.json'}", "eval.batch_size=4",
+        "eval.generation={num_beams: 1, max_new_tokens: 4}",
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    trainer.model.eval()
+    with pytest.warns(UserWarning, match=r"1 validation image\(s\) could not be decoded") as caught:
+        scores = tdata.evaluate(trainer)
+    assert str(broken["id"]) in str(caught[0].message) and broken["file_name"].split("/")[-1] in str(caught[0].message)
+    assert scores["failed_images"] == 1.0
+    want, _ = _pairwise_loss(trainer.model, trainer.data.val_records, cfg.model.max_caption_tokens, {broken["id"]})
+    assert scores["loss"] == pytest.approx(want, rel=1e-5)  # the four good images, every reference
 
 
 def test_eval_metric_loss_keeps_the_lowest_validation_loss(tmp_path, scenes):

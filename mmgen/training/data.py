@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,31 +209,30 @@ def validation_loss(trainer, model) -> float:
     """Teacher-forced cross-entropy per caption token over every (validation image, reference) pair.
 
     The same loss as training (evaluation transform, no augmentation), so it sits next to the training
-    loss in ``metrics.jsonl``: the gap between the two is the overfitting. Undecodable images are skipped.
+    loss in ``metrics.jsonl``: the gap between the two is the overfitting. Undecodable images are left out
+    (:func:`evaluate` counts and names them).
     """
     import torch
 
     from mmgen.data.collate import CaptionCollator
     from mmgen.data.datasets import CaptionTrainDataset, make_loader
-    from mmgen.data.transforms import build_transform, image_size, normalize_on_device
+    from mmgen.data.transforms import build_transform, image_size
 
-    cfg, dev = trainer.cfg, trainer.device
+    cfg = trainer.cfg
     transform = build_transform(model.data_config, train=False, uint8=True)
     ds = CaptionTrainDataset(trainer.data.val_records, transform, "all", max_pixels=cfg.data.max_pixels)
     collate = CaptionCollator(
         model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens, image_size=image_size(model.data_config)
     )
-    mean, std = model.data_config["mean"], model.data_config["std"]
-    total = torch.zeros((), dtype=torch.float64, device=dev)
+    total = torch.zeros((), dtype=torch.float64, device=trainer.device)
     tokens = 0
     with torch.no_grad():
         for b in make_loader(ds, cfg.eval.batch_size, collate, num_workers=cfg.data.num_workers):
             n = int((b["labels"][:, 1:] != -100).sum())
             if n == 0:
                 continue
-            px = normalize_on_device(b["pixel_values"].to(dev), mean, std)
             with trainer.forward_context():
-                out = model(pixel_values=px, input_ids=b["input_ids"].to(dev), labels=b["labels"].to(dev))
+                out = model(**trainer.batch_inputs(b))
             total += out.loss.double() * n
             tokens += n
     return float(total / max(tokens, 1))
@@ -260,10 +260,18 @@ def evaluate(trainer, model=None) -> dict:
     release_static_buffers(model.decoder)  # decoding buffers are not needed while training
     collapse = {f"collapse_{k}": v for k, v in result.collapse.items() if isinstance(v, (int, float))}
     scores = {"loss": validation_loss(trainer, model), **result.scores, **collapse}
+    if result.failed:  # left out of the scores and of the loss: said, and counted in metrics.jsonl
+        scores["failed_images"] = float(len(result.failed))
+        named = "; ".join(f"{i}: {reason}" for i, reason in result.failed[:5])
+        warnings.warn(
+            f"{len(result.failed)} validation image(s) could not be decoded and are left out of the evaluation "
+            f"({named}{'; ...' if len(result.failed) > 5 else ''})",
+            stacklevel=2,
+        )
     scenes = trainer.data.extra.get("val_scenes")
     if scenes:
         from mmgen.evaluation.scenes import scene_accuracy
 
-        acc = scene_accuracy({e["image_id"]: e["candidate"] for e in result.entries if not e.get("error")}, scenes)
+        acc = scene_accuracy(result.captions, scenes)
         scores.update({f"scene_{k}": v for k, v in acc.items() if isinstance(v, float)})
     return scores

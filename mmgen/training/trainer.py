@@ -141,6 +141,18 @@ class Trainer:
         stack.enter_context(sdpa_context(self.cfg.train.sdpa_backends))
         return stack
 
+    def batch_inputs(self, b: dict) -> dict[str, torch.Tensor]:
+        """A loader batch as model inputs on the device: ids, labels, and cached features or pixels."""
+        dev = self.device
+        # no attention mask: batches are right-padded, so causal attention never lets a real token see padding
+        inputs = {k: b[k].to(dev, non_blocking=True) for k in ("input_ids", "labels")}
+        if "features" in b:
+            inputs["features"] = b["features"].to(dev, non_blocking=True)
+        else:  # uint8 from the loader (4x less to copy), normalised here
+            pixels = b["pixel_values"].to(dev, non_blocking=True)
+            inputs["pixel_values"] = normalize_on_device(pixels, *self._pixel_stats)
+        return inputs
+
     def _micro_losses(self, batches: list[dict]) -> tuple[torch.Tensor, int]:
         """Forward/backward over the accumulation micro-batches; returns (summed loss, images)."""
         dev = self.device
@@ -151,14 +163,7 @@ class Trainer:
         images = 0
         for i, b in enumerate(batches):
             ctx = self._grad_sync(last=i == len(batches) - 1)
-            # no attention mask: batches are right-padded, so causal attention never lets a real token see padding
-            inputs = {k: b[k].to(dev, non_blocking=True) for k in ("input_ids", "labels")}
-            if "features" in b:
-                inputs["features"] = b["features"].to(dev, non_blocking=True)
-            else:  # uint8 from the loader (4x less to copy), normalised here
-                inputs["pixel_values"] = normalize_on_device(
-                    b["pixel_values"].to(dev, non_blocking=True), *self._pixel_stats
-                )
+            inputs = self.batch_inputs(b)
             tok = int((b["labels"][:, 1:] != -100).sum())
             with ctx:
                 with self.forward_context():
