@@ -22,21 +22,18 @@ def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.opti
     return torch.optim.AdamW(groups, betas=cfg.betas, fused=fused)
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total`` steps."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def time_lr_factor(step: int, warmup: int, fraction: float, min_ratio: float) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio`` over ``fraction`` (0..1) of the
-    time left after warmup."""
+    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio`` over ``fraction`` (0..1) of
+    what is left after warmup (of the steps, or of the time budget with ``train.schedule: time``)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, max(0.0, fraction))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total`` steps."""
+    return time_lr_factor(step, warmup, (step - warmup) / max(1, total - warmup), min_ratio)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
