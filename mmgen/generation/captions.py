@@ -49,6 +49,13 @@ def prompt_embeds(model, pixel_values: torch.Tensor | None = None, features: tor
 
 
 @torch.inference_mode()
+def decode_sequences(tokenizer, sequences: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+    """Caption texts of ``(N, L)`` generated ids cut at ``(N,)`` lengths: special tokens skipped, stripped."""
+    seqs, lens = sequences.tolist(), lengths.tolist()
+    texts = tokenizer.batch_decode([s[:n] for s, n in zip(seqs, lens)], skip_special_tokens=True)
+    return [t.strip() for t in texts]
+
+
 def generate_captions(
     model,
     pixel_values: torch.Tensor | None = None,
@@ -86,10 +93,7 @@ def generate_captions(
         cuda_graph=cuda_graph,
     )
     b, r, _ = out.sequences.shape
-    seqs = out.sequences.reshape(b * r, -1).tolist()
-    lengths = out.lengths.reshape(-1).tolist()
-    texts = tok.batch_decode([s[:n] for s, n in zip(seqs, lengths)], skip_special_tokens=True)
-    texts = [t.strip() for t in texts]
+    texts = decode_sequences(tok, out.sequences.reshape(b * r, -1), out.lengths.reshape(-1))
     scores = out.scores.float().reshape(-1).tolist()
     return GeneratedCaptions(
         texts=[texts[i * r : (i + 1) * r] for i in range(b)],

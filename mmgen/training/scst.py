@@ -37,6 +37,7 @@ from mmgen.data.transforms import normalize_on_device
 from mmgen.evaluation.cider import CiderD
 from mmgen.evaluation.ptb import ptb_tokenize
 from mmgen.generation import prompt_embeds, search
+from mmgen.generation.captions import decode_sequences
 from mmgen.training import distributed as D
 from mmgen.training.logs import plot_curves
 from mmgen.training.trainer import Trainer, autocast_context
@@ -245,13 +246,6 @@ def _sampling_autocast(cfg: Config, device: torch.device) -> contextlib.Abstract
     return ctx
 
 
-def _decode(tokenizer: Any, sequences: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-    """Caption text of ``(N, L)`` ids cut at ``(N,)`` lengths, as ``generate_captions`` decodes it."""
-    seqs, lens = sequences.tolist(), lengths.tolist()
-    texts = tokenizer.batch_decode([s[:n] for s, n in zip(seqs, lens)], skip_special_tokens=True)
-    return [t.strip() for t in texts]
-
-
 class ScstTrainer(Trainer):
     """:class:`~mmgen.training.trainer.Trainer` whose optimizer step is a self-critical policy-gradient step.
 
@@ -312,11 +306,11 @@ class ScstTrainer(Trainer):
         lengths = sampled.lengths.reshape(b * k).clone()  # (B*K,)
 
         ids = [i for i in batch["image_ids"] for _ in range(k)]
-        words = self.reward.tokenize(_decode(tok, tokens, lengths))
+        words = self.reward.tokenize(decode_sequences(tok, tokens, lengths))
         rewards = torch.as_tensor(self.reward.score_tokenized(ids, words), dtype=torch.float32, device=dev)
         greedy_rewards = None
         if greedy is not None:
-            g_text = _decode(tok, greedy.sequences[:, 0], greedy.lengths[:, 0])
+            g_text = decode_sequences(tok, greedy.sequences[:, 0], greedy.lengths[:, 0])
             g_scores = self.reward(batch["image_ids"], g_text)
             greedy_rewards = torch.as_tensor(g_scores, dtype=torch.float32, device=dev)  # (B,)
         advantages, baselines = self_critical_advantages(rewards.view(b, k), sc.baseline, greedy_rewards)
