@@ -68,3 +68,10 @@ def test_given_config_is_not_mutated():
 def test_every_shipped_config_parses(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
+
+
+def test_config_names_the_same_attention_kernels_as_mmgen_attention():
+    from mmgen.attention import SDPA_NAMES
+    from mmgen.config import SDPA_BACKENDS
+
+    assert tuple(SDPA_NAMES) == SDPA_BACKENDS  # config.py stays free of torch, so it keeps its own copy
