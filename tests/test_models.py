@@ -1,5 +1,7 @@
 """CaptionModel: building, freezing, loss masking, save/load."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -157,6 +159,24 @@ def test_save_and_load_give_identical_logits(tokenizer, tmp_path):
     px = torch.randn(3, 3, 32, 32)
     assert torch.equal(model(px, ids, mask).logits, loaded(px, ids, mask).logits)
     assert loaded.config == cfg and torch.equal(loaded.start_ids, model.start_ids)
+
+
+def test_decoder_checkpointing_recomputes_every_block_without_deprecation_warning(tokenizer):
+    """Each block's attention runs twice per step (forward + recompute in backward); no deprecated call."""
+    cfg = tiny_model_config()
+    cfg.decoder.gradient_checkpointing = True
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*checkpointing.*", category=FutureWarning)
+        decoder = build_decoder(cfg.decoder, len(tokenizer), special)
+    blocks = decoder.transformer.h
+    calls = []
+    for b in blocks:
+        b.attn.register_forward_hook(lambda *_: calls.append(1))
+    decoder.train()
+    ids = torch.randint(0, len(tokenizer), (2, 6))
+    decoder(input_ids=ids, labels=ids).loss.backward()
+    assert len(calls) == 2 * len(blocks) > 0
 
 
 def test_vit_b16_gpt2_config_has_hub_sizes_offline():

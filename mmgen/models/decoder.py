@@ -69,9 +69,20 @@ def build_decoder(
     if cfg.attn_implementation in ("sdpa", None) and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(register_causal_sdpa())  # 'sdpa' that can skip the mask (mmgen.attention)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.config.use_cache = False
     return apply_mode(model, cfg)
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Non-reentrant activation checkpointing of every layer, by the name the installed transformers uses
+    (``activation_checkpointing_enable`` where transformers has it, as 5.23 does; ``gradient_checkpointing_enable``,
+    deprecated there, in older versions such as 5.17)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def apply_mode(model: PreTrainedModel, cfg: DecoderConfig) -> nn.Module:
