@@ -298,3 +298,29 @@ def test_ddp_every_rank_resumes_its_own_rng(tmp_path):
     outputs = [p.communicate(timeout=180)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
     assert latest_checkpoint(tmp_path).name == "step_00000001"
+
+
+def test_state_codec_round_trips_the_types_resume_needs(tmp_path):
+    from safetensors.torch import save_file
+
+    from mmgen.training.state_codec import decode_tree, encode_tree, unshare
+
+    base = torch.arange(6.0)
+    state = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": base[:3]}, 1: {"exp_avg": base[3:]}},  # int keys, views
+        "numpy": ("MT19937", np.arange(4, dtype=np.uint32), 2, 0, 0.5),
+        "__tensor__": "a key that looks like a marker",
+        "nested": [None, True, 1.5, "x"],
+    }
+    tensors: dict = {}
+    tree = encode_tree(state, "s", tensors)
+    json.dumps(tree)  # JSON all the way down
+    save_file(unshare(tensors), str(tmp_path / "t.safetensors"))  # views of one buffer are copied, not refused
+    back = decode_tree(json.loads(json.dumps(tree)), load_file(str(tmp_path / "t.safetensors")))
+    assert set(back["state"]) == {0, 1} and torch.equal(back["state"][1]["exp_avg"], base[3:])
+    assert torch.equal(back["state"][0]["step"], torch.tensor(3.0))
+    assert isinstance(back["numpy"], tuple) and back["numpy"][1].dtype == np.uint32
+    assert np.array_equal(back["numpy"][1], np.arange(4)) and back["numpy"][2:] == (2, 0, 0.5)
+    assert back["__tensor__"] == state["__tensor__"] and back["nested"] == state["nested"]
+    with pytest.raises(TypeError, match="s.bad: a object cannot be stored"):
+        encode_tree({"bad": object()}, "s", {})

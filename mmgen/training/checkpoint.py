@@ -40,6 +40,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from mmgen.training.state_codec import decode_tree, encode_tree, json_scalar, unshare
+
 if TYPE_CHECKING:
     from mmgen.config import GenerationConfig
 
@@ -56,7 +58,6 @@ _STEP_RE = re.compile(r"step_(\d+)")
 # Hidden work directories: .tmp- (being written), .old- (the previous copy of a step being replaced),
 # .trash- (being deleted). The pid keeps two attempts of the same step apart.
 _WORK_RE = re.compile(r"\.(tmp|old|trash)-(best|step_\d+)-\d+")
-_MARKERS = ("__tensor__", "__tuple__", "__map__", "__ndarray__")
 
 
 # -- public API -----------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def save_best(
     _clean_work_dirs(run_dir)
     tmp = _fresh_work_dir(run_dir, "tmp", BEST)
     _save_model(target, tmp, generation)
-    (tmp / METRICS).write_text(json.dumps(dict(metrics), indent=2, default=_json_scalar))
+    (tmp / METRICS).write_text(json.dumps(dict(metrics), indent=2, default=json_scalar))
     _commit(tmp, final, metrics.get("step"))
     return final
 
@@ -201,7 +202,7 @@ def load_checkpoint(
             continue
         if meta.get(key) is None:
             raise ValueError(f"{ckpt}: saved without a {key}, cannot restore one")
-        states[key] = _decode(meta[key], tensors)
+        states[key] = decode_tree(meta[key], tensors)
     target = _unwrap(model)
     if is_sharded(target):  # every rank reads the whole tensors and keeps its shard
         load_full_states(target, optimizer, load_file(str(ckpt / WEIGHTS_NAME)), states.get("optimizer"))
@@ -214,8 +215,8 @@ def load_checkpoint(
     if not has_state:
         return {}
     if restore_rng:
-        _restore_rng(_decode(meta["rng"], tensors), ckpt)
-    return _decode(meta["state"], tensors)
+        _restore_rng(decode_tree(meta["rng"], tensors), ckpt)
+    return decode_tree(meta["state"], tensors)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -247,14 +248,14 @@ def gather_rng_states() -> list[dict]:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [snap]
     tensors: dict[str, torch.Tensor] = {}
-    tree = _encode(snap, "rng", tensors)
+    tree = encode_tree(snap, "rng", tensors)
     payload = json.dumps({"tree": tree, "tensors": {k: v.tolist() for k, v in tensors.items()}}).encode()
     out = []
     for blob in _all_gather_bytes(payload):
         msg = json.loads(blob)
         # RNG states are byte tensors (torch.get_rng_state / torch.cuda.get_rng_state)
         restored = {k: torch.tensor(v, dtype=torch.uint8) for k, v in msg["tensors"].items()}
-        out.append(_decode(msg["tree"], restored))
+        out.append(decode_tree(msg["tree"], restored))
     return out
 
 
@@ -279,19 +280,19 @@ def _write_training_state(
     meta = {
         "format_version": FORMAT_VERSION,
         "step": step,
-        "optimizer": None if optimizer_state is None else _encode(optimizer_state, "optimizer", tensors),
-        "scheduler": None if scheduler is None else _encode(scheduler.state_dict(), "scheduler", tensors),
-        "rng": _encode(rng_states, "rng", tensors),
-        "state": _encode(dict(state), "state", tensors),
+        "optimizer": None if optimizer_state is None else encode_tree(optimizer_state, "optimizer", tensors),
+        "scheduler": None if scheduler is None else encode_tree(scheduler.state_dict(), "scheduler", tensors),
+        "rng": encode_tree(rng_states, "rng", tensors),
+        "state": encode_tree(dict(state), "state", tensors),
     }
-    save_file(_unshare(tensors), str(path / STATE_TENSORS), metadata={"format": "pt"})
+    save_file(unshare(tensors), str(path / STATE_TENSORS), metadata={"format": "pt"})
     (path / STATE_JSON).write_text(json.dumps(meta))
 
 
 def _commit(tmp: Path, final: Path, step: int | None) -> None:
     """Seal ``tmp`` with the marker, flush it to disk and rename it to ``final`` (replacing one there)."""
     files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-    (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}, indent=1, default=_json_scalar))
+    (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}, indent=1, default=json_scalar))
     _fsync_tree(tmp)
     old = None
     if final.exists():
@@ -415,75 +416,6 @@ def _restore_rng(states: list[dict], ckpt: Path) -> None:
             warnings.warn(f"{ckpt}: CUDA RNG states of {len(cuda)} device(s), {n} restored", stacklevel=3)
         for i in range(n):
             torch.cuda.set_rng_state(cuda[i], i)
-
-
-# -- JSON + safetensors codec ---------------------------------------------------------------------
-def _encode(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """A JSON tree for ``obj``; tensors go to ``tensors`` under a dotted key and are referenced by it.
-
-    Tuples, dicts with non-string keys (the optimizer's parameter indices) and numpy arrays are tagged
-    so that :func:`_decode` gives back the same types ``load_state_dict`` / ``setstate`` expect.
-    """
-    if isinstance(obj, torch.Tensor):
-        name = key if key not in tensors else f"{key}#{len(tensors)}"
-        tensors[name] = obj.detach().to("cpu").contiguous()
-        return {"__tensor__": name}
-    if isinstance(obj, np.ndarray):
-        return {"__ndarray__": obj.tolist(), "dtype": obj.dtype.str}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(obj)]
-    if isinstance(obj, Mapping):
-        if all(isinstance(k, str) and k not in _MARKERS for k in obj):
-            return {k: _encode(v, f"{key}.{k}", tensors) for k, v in obj.items()}
-        return {
-            "__map__": [
-                [_encode(k, f"{key}.k{i}", tensors), _encode(v, f"{key}.{k}", tensors)]
-                for i, (k, v) in enumerate(obj.items())
-            ]
-        }
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(
-        f"{key}: a {type(obj).__name__} cannot be stored in a checkpoint "
-        "(JSON values, tuples, lists, dicts, numpy arrays and tensors can)"
-    )
-
-
-def _decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(tree, list):
-        return [_decode(v, tensors) for v in tree]
-    if not isinstance(tree, dict):
-        return tree
-    if "__tensor__" in tree:
-        return tensors[tree["__tensor__"]]
-    if "__tuple__" in tree:
-        return tuple(_decode(v, tensors) for v in tree["__tuple__"])
-    if "__map__" in tree:
-        return {_decode(k, tensors): _decode(v, tensors) for k, v in tree["__map__"]}
-    if "__ndarray__" in tree:
-        return np.array(tree["__ndarray__"], dtype=np.dtype(tree["dtype"]))
-    return {k: _decode(v, tensors) for k, v in tree.items()}
-
-
-def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors refuses tensors that share memory (views of one buffer in the state): copy those
-    seen: set[int] = set()
-    out = {}
-    for k, t in tensors.items():
-        ptr = t.untyped_storage().data_ptr()
-        out[k] = t.clone() if ptr in seen and t.numel() else t
-        seen.add(ptr)
-    return out
-
-
-def _json_scalar(obj: Any) -> Any:
-    if isinstance(obj, (np.generic, torch.Tensor)) and getattr(obj, "ndim", 0) == 0:
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 # -- processes ------------------------------------------------------------------------------------
