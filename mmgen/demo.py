@@ -177,23 +177,24 @@ def run_demo(
     picks = val[:4] if hasattr(val, "__getitem__") else list(val)[:4]
     samples = [(str(r.image), c) for r, c in zip(picks, captioner.caption([str(r.image) for r in picks]))]
     res = DemoResult(run_dir, eval_dir, result.scores, baseline, baseline_caption, samples, scenes)
-    (out / "demo_summary.json").write_text(
-        json.dumps(
-            {
-                "model": {k: result.scores[k] for k in ("Bleu_4", "CIDEr")},
-                "baseline": baseline,
-                "baseline_caption": baseline_caption,
-                "cider_ratio": res.cider_ratio,
-                "scene_attributes": scenes,
-                "samples": samples,
-                "seconds": time.perf_counter() - t0,
-            },
-            indent=2,
-        )
-    )
+    _write_summary(out / "demo_summary.json", res, time.perf_counter() - t0)
     say("[4/4] done\n")
     say(_summary(res, model_dir, time.perf_counter() - t0))
     return res
+
+
+def _write_summary(path: Path, res: DemoResult, seconds: float) -> None:
+    """demo_summary.json: the scores of the model and of the baseline, scene attributes, samples, time."""
+    summary = {
+        "model": {k: res.scores[k] for k in ("Bleu_4", "CIDEr")},
+        "baseline": res.baseline,
+        "baseline_caption": res.baseline_caption,
+        "cider_ratio": res.cider_ratio,
+        "scene_attributes": res.scenes,
+        "samples": res.samples,
+        "seconds": seconds,
+    }
+    path.write_text(json.dumps(summary, indent=2))
 
 
 def _summary(res: DemoResult, model_dir: Path, seconds: float) -> str:
