@@ -110,6 +110,19 @@ def test_equals_transformers_generate(captioner, image_files, beams):
     assert generate_captions(captioner.model, pixels, gen).best == ref
 
 
+def test_generate_captions_runs_the_encoder_without_autograd(captioner, image_files):
+    """The image prefix too is computed in inference mode: no graph is kept for a forward nobody backpropagates."""
+    transform = build_transform(captioner.model.data_config)
+    pixels = torch.stack([transform(decode_image(p)) for p in image_files])
+    seen = []
+    hook = captioner.model.encoder.register_forward_hook(lambda *_: seen.append(torch.is_inference_mode_enabled()))
+    try:
+        generate_captions(captioner.model, pixels, GenerationConfig(num_beams=1, max_new_tokens=3))
+    finally:
+        hook.remove()
+    assert seen == [True]
+
+
 def test_n_best_with_scores(captioner, image_files):
     gen = GenerationConfig(num_beams=3, num_return_sequences=2, max_new_tokens=6, length_penalty=0.6)
     pairs = captioner.caption_with_scores(

@@ -48,7 +48,6 @@ def prompt_embeds(model, pixel_values: torch.Tensor | None = None, features: tor
     return torch.cat([prefix.to(start.dtype), start], dim=1)  # (B, N'+P, D)
 
 
-@torch.inference_mode()
 def decode_sequences(tokenizer, sequences: torch.Tensor, lengths: torch.Tensor) -> list[str]:
     """Caption texts of ``(N, L)`` generated ids cut at ``(N,)`` lengths: special tokens skipped, stripped."""
     seqs, lens = sequences.tolist(), lengths.tolist()
@@ -56,6 +55,7 @@ def decode_sequences(tokenizer, sequences: torch.Tensor, lengths: torch.Tensor) 
     return [t.strip() for t in texts]
 
 
+@torch.inference_mode()
 def generate_captions(
     model,
     pixel_values: torch.Tensor | None = None,
