@@ -24,6 +24,18 @@ def _forward_params(decoder: nn.Module) -> set[str]:
     return set(inspect.signature(base_model(decoder).forward).parameters)
 
 
+def cache_argument(params: set[str]) -> str:
+    """The name under which ``forward`` takes the KV cache: ``cache`` from transformers 5.24 on (which
+    deprecates ``past_key_values``, to be removed in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache of a forward's output, whichever name this transformers release gives it."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 class StepDecoder:
     """A causal LM decoding ``N`` rows in lockstep, with or without a KV cache.
 
@@ -39,6 +51,7 @@ class StepDecoder:
         self._takes_positions = "position_ids" in params
         self._takes_cache_position = "cache_position" in params  # transformers 4.x
         self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        self._cache_arg = cache_argument(params)
         self.cache = None
         self._embeds: torch.Tensor | None = None  # (N, L, D): the whole sequence, uncached mode only
         self._mask: torch.Tensor | None = None  # (N, L0 + steps) attention mask buffer, None: no padding
@@ -63,7 +76,7 @@ class StepDecoder:
         new = positions.shape[1]
         kwargs = {**inputs, "use_cache": self.use_cache, "return_dict": True}
         if self.use_cache:
-            kwargs["past_key_values"] = self.cache
+            kwargs[self._cache_arg] = self.cache
         if self._mask is not None:
             kwargs["attention_mask"] = self._mask[:, : past + new]
         if self._takes_positions:
@@ -75,7 +88,7 @@ class StepDecoder:
         with padded_logits(self.decoder, refresh=refresh):  # an aligned LM-head matmul on CUDA (same logits)
             out = self.decoder(**kwargs)
         if self.use_cache:
-            self.cache = out.past_key_values
+            self.cache = returned_cache(out)
             if isinstance(self.cache, tuple):  # legacy format of old transformers releases
                 from transformers import DynamicCache
 

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mmgen.attention import CAUSAL_SDPA, SDPA_NAMES
-from mmgen.generation.decoder import StepDecoder, _forward_params
+from mmgen.generation.decoder import StepDecoder, _forward_params, cache_argument
 from mmgen.generation.head import padded_logits
 from mmgen.modules import base_model
 
@@ -148,6 +148,7 @@ class StaticStepDecoder:
         params = _forward_params(decoder)
         self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         self._takes_cache_position = "cache_position" in params
+        self._cache_arg = cache_argument(params)
         self.max_new_tokens = max_new_tokens
         self.kv: torch.Tensor | None = None  # (layers, 2, B, H, L, d), L >= L0 + T*K
         self.logits: torch.Tensor | None = None  # (B*K, V) next-token logits, written in place
@@ -243,7 +244,7 @@ class StaticStepDecoder:
             "inputs_embeds": decoder.get_input_embeddings()(tokens.view(b, k)),  # (B, K, D)
             "attention_mask": self._mask(),
             "position_ids": (self.first_pos + self.t).expand(b, k),  # (B, K): the rows of a prompt are aligned
-            "past_key_values": self.cache,
+            self._cache_arg: self.cache,
             "use_cache": True,
             "return_dict": True,
         }

@@ -123,6 +123,7 @@ class Trainer:
         # fused AdamW can skip a step on the device (its found_inf input): no host sync per step
         self.device_skip = bool(self.optimizer.defaults.get("fused"))
         self._warm_at: float | None = None  # train.schedule=time: the clock when warmup ended
+        self.clock = time.perf_counter  # seconds; what train.max_time and train.schedule=time follow
         self._bad = torch.zeros(3, dtype=torch.long, device=self.device)  # skipped since read, run, longest run
         mean, std = self.model.data_config["mean"], self.model.data_config["std"]
         self._pixel_stats = (tuple(mean), tuple(std))
@@ -248,12 +249,12 @@ class Trainer:
         from mmgen.training import data as tdata
 
         cfg, st = self.cfg, self.state
-        start = time.perf_counter()
+        start = self.clock()
         bar = tqdm(
             total=cfg.train.max_steps, initial=st.step, disable=not self.dist.is_main, dynamic_ncols=True, desc="train"
         )
         last_scores: dict = {}
-        window_images, window_t = 0, time.perf_counter()
+        window_images, window_t = 0, self.clock()
         stop = st.step >= cfg.train.max_steps
         self.model.train()
         while not stop:
@@ -268,7 +269,7 @@ class Trainer:
                 if st.step % cfg.train.log_every == 0 or st.step == cfg.train.max_steps:
                     loss = float(loss)  # the one host sync of a logging interval
                     self._read_bad_steps()
-                    dt = time.perf_counter() - window_t
+                    dt = self.clock() - window_t
                     ips = window_images / max(dt, 1e-9)
                     extras = self._log_extras()
                     bar.set_postfix(
@@ -284,11 +285,11 @@ class Trainer:
                             "loss": loss,
                             "lr": lr,
                             "images_per_s": ips,
-                            "time": time.perf_counter() - start,
+                            "time": self.clock() - start,
                             **extras,
                         }
                     )
-                    window_images, window_t = 0, time.perf_counter()
+                    window_images, window_t = 0, self.clock()
                 stop = self._after_step(start)
                 if cfg.eval.every and st.step % cfg.eval.every == 0:
                     last_scores = self.evaluate()
@@ -318,7 +319,7 @@ class Trainer:
         tc = self.cfg.train
         stop = self.state.step >= tc.max_steps
         if tc.max_time is not None:
-            now = time.perf_counter() - start
+            now = self.clock() - start
             over, now = D.all_reduce_sum(torch.tensor([float(now >= tc.max_time), now], dtype=torch.float64)).tolist()
             stop = stop or over > 0
             if tc.schedule == "time":
