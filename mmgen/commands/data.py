@@ -19,13 +19,28 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=64, help="side length in pixels (default: 64)")
     p.add_argument("--split-val", type=int, default=0, metavar="K", help="the last K images form the val split")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default: png)")
+    p.add_argument(
+        "--difficulty",
+        choices=("simple", "hard"),
+        default="simple",
+        help="simple: one or two upright shapes; hard: up to four rotated shapes on a 3x3 grid with counts, "
+        "positions and relations (default: simple)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from mmgen.data.synthetic import make_scenes
 
     summary = make_scenes(
-        args.out, args.n, seed=args.seed, image_size=args.image_size, val=args.split_val, image_format=args.format
+        args.out,
+        args.n,
+        seed=args.seed,
+        image_size=args.image_size,
+        val=args.split_val,
+        image_format=args.format,
+        difficulty=args.difficulty,
+        progress=not args.quiet and sys.stderr.isatty(),
     )
     for split, path in summary["splits"].items():
         print(f"{split}: {path}")

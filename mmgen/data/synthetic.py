@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 COLORS = {
     "red": (215, 35, 35),
@@ -233,6 +234,8 @@ def make_scenes(
     image_size: int = 64,
     val: int = 0,
     image_format: str = "png",
+    difficulty: str = "simple",
+    progress: bool = False,
 ) -> dict:
     """Write a synthetic COCO-format captioning dataset.
 
@@ -244,10 +247,14 @@ def make_scenes(
         image_size: Side length in pixels.
         val: How many of the ``n`` images (the last ones) form the validation split.
         image_format: 'png' (lossless) or 'jpg'.
+        difficulty: 'simple' (one or two upright shapes, this module) or 'hard' (up to four rotated
+            shapes on a 3x3 grid with counts, positions and relations: :mod:`mmgen.data.synthetic_hard`).
+        progress: Show a progress bar (on stderr).
 
     Returns:
         A summary: ``{"n", "splits": {split: json path}, "seconds", "images_per_second"}``.
     """
+    sample, captions, draw = scene_kind(difficulty)
     if n < 1 or not 0 <= val <= n:
         raise ValueError(f"need n >= 1 and 0 <= val <= n, got n={n}, val={val}")
     if image_format not in ("png", "jpg"):
@@ -256,6 +263,7 @@ def make_scenes(
     t0 = time.perf_counter()
     splits = {"train": range(0, n - val), "val": range(n - val, n)}
     written = {}
+    bar = tqdm(total=n, desc="scenes", unit="img", disable=not progress, dynamic_ncols=True)
     for split, indices in splits.items():
         if not indices:
             continue
@@ -263,22 +271,37 @@ def make_scenes(
         images, annotations = [], []
         for k in indices:
             rng = np.random.default_rng([seed, k])
-            scene = sample_scene(rng)
+            scene = sample(rng)
             name = f"images/{split}/{k + 1:06d}.{image_format}"  # relative to out_dir, the json's directory
-            (out / name).write_bytes(_encode(draw_scene(scene, image_size, rng), image_format))
+            (out / name).write_bytes(_encode(draw(scene, image_size, rng), image_format))
             images.append({"id": k + 1, "file_name": name, "width": image_size, "height": image_size, "scene": scene})
-            for cap in scene_captions(scene):
+            for cap in captions(scene):
                 annotations.append({"id": len(annotations) + 5 * indices[0] + 1, "image_id": k + 1, "caption": cap})
-        info = {"description": "mmgen synthetic scenes", "seed": seed, "image_size": image_size, "split": split}
+            bar.update(1)
+        info = {
+            "description": "mmgen synthetic scenes",
+            "seed": seed,
+            "image_size": image_size,
+            "split": split,
+            "difficulty": difficulty,
+        }
         path = out / f"captions_{split}.json"
         path.write_text(json.dumps({"info": info, "images": images, "annotations": annotations}) + "\n")
         written[split] = str(path)
+    bar.close()
     seconds = time.perf_counter() - t0
     return {"n": n, "splits": written, "seconds": seconds, "images_per_second": n / max(seconds, 1e-9)}
 
 
 def make_scenes_splits(
-    out_dir: str | Path, n_train: int, n_val: int = 0, seed: int = 0, image_size: int = 64, image_format: str = "png"
+    out_dir: str | Path,
+    n_train: int,
+    n_val: int = 0,
+    seed: int = 0,
+    image_size: int = 64,
+    image_format: str = "png",
+    difficulty: str = "simple",
+    progress: bool = False,
 ) -> dict:
     """:func:`make_scenes` with split sizes (``DataConfig.synth``); an identical existing dataset is reused.
 
@@ -293,6 +316,7 @@ def make_scenes_splits(
         same = all(
             d["info"].get("seed") == seed
             and d["info"].get("image_size") == image_size
+            and d["info"].get("difficulty", "simple") == difficulty
             and len(d["images"]) == wanted[s]
             and all((out / im["file_name"]).is_file() for im in d["images"][:: max(1, len(d["images"]) // 16)])
             for s, d in infos.items()
@@ -307,4 +331,27 @@ def make_scenes_splits(
             "images_per_second": 0.0,
             "reused": True,
         }
-    return make_scenes(out, n_train + n_val, seed=seed, image_size=image_size, val=n_val, image_format=image_format)
+    return make_scenes(
+        out,
+        n_train + n_val,
+        seed=seed,
+        image_size=image_size,
+        val=n_val,
+        image_format=image_format,
+        difficulty=difficulty,
+        progress=progress,
+    )
+
+
+DIFFICULTIES = ("simple", "hard")
+
+
+def scene_kind(difficulty: str):
+    """``(sample, captions, draw)`` functions of a scene difficulty ('simple' or 'hard')."""
+    if difficulty == "simple":
+        return sample_scene, scene_captions, draw_scene
+    if difficulty == "hard":
+        from mmgen.data import synthetic_hard as hard
+
+        return hard.sample_hard_scene, hard.hard_scene_captions, hard.draw_hard_scene
+    raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")

@@ -16,30 +16,46 @@ from collections.abc import Hashable, Mapping
 from itertools import permutations
 from pathlib import Path
 
-from mmgen.data.synthetic import BACKGROUNDS, COLORS, RELATIONS, SHAPES, SIZES
+from mmgen.data import synthetic_hard as hard
+from mmgen.data.synthetic import RELATIONS
 
+# the vocabulary of both difficulties (the simple scenes' words are a subset of the hard ones')
+BACKGROUNDS, COLORS, SHAPES, SIZES = hard.BACKGROUNDS, hard.COLORS, hard.SHAPES, hard.SIZES
+SINGULAR = {**{s: s for s in SHAPES}, **{p: s for s, p in hard.PLURALS.items()}}
+NUMBERS = {"a": 1, "an": 1, "one": 1, **{w: k for k, w in hard.NUMBERS.items() if k > 1}}
 ATTRIBUTES = ("size", "color", "shape")
-_RELATION = re.compile("|".join(sorted(map(re.escape, RELATIONS), key=len, reverse=True)))
+
+
+def _alternatives(phrases) -> re.Pattern:
+    return re.compile("|".join(sorted(map(re.escape, phrases), key=len, reverse=True)))
+
+
+_RELATION = _alternatives(RELATIONS)
+_POSITION = _alternatives(hard.POSITIONS.values())
 
 
 def parse_caption(caption: str) -> dict:
     """Background, objects and relation named by a caption in the scenes' vocabulary.
 
-    Objects are read as 'SIZE COLOUR SHAPE' or 'COLOUR SHAPE that is SIZE'; a phrase that lacks a part
-    keeps None there. The relation is the first relation phrase between the first two objects, read as
-    'first object RELATION second object' (as every scene caption states it); None when not stated.
+    Objects are read as '[NUMBER] SIZE COLOUR SHAPE(S)' or 'COLOUR SHAPE that is SIZE'; a phrase that
+    lacks a part keeps None there. ``counts[i]`` is the number before object ``i`` ('a'/'an' 1, 'two' 2,
+    ...; None when there is none). The relation is the first relation phrase between the first two
+    objects, read as 'first object RELATION second object' (as every scene caption states it); None when
+    not stated. ``position`` is the first grid position phrase ('in the top left', ...), or None.
 
     Returns:
-        ``{"background": str | None, "objects": [{"size", "color", "shape"}, ...], "relation": str | None}``
+        ``{"background": str | None, "objects": [{"size", "color", "shape"}, ...], "counts": [int | None],
+        "relation": str | None, "position": str | None}``
     """
-    words = re.findall(r"[a-z]+", caption.lower())
-    objects, spans, i = [], [], 0
+    text = caption.lower()
+    words = re.findall(r"[a-z]+", text)
+    objects, counts, spans, i = [], [], [], 0
     while i < len(words):
         size = words[i] if words[i] in SIZES else None
         j = i + (size is not None)
         color = words[j] if j < len(words) and words[j] in COLORS else None
         k = j + (color is not None)
-        shape = words[k] if k < len(words) and words[k] in SHAPES else None
+        shape = SINGULAR.get(words[k]) if k < len(words) else None
         end = k + (shape is not None)
         if color is None and shape is None:
             i += 1
@@ -48,6 +64,7 @@ def parse_caption(caption: str) -> dict:
             size = words[end + 2] if words[end + 2] in SIZES else None
             end += 3 if size is not None else 0
         objects.append({"size": size, "color": color, "shape": shape})
+        counts.append(NUMBERS.get(words[i - 1]) if i > 0 else None)
         spans.append((i, end))
         i = end
     background = next((w for w, n in zip(words, words[1:]) if n == "background" and w in BACKGROUNDS), None)
@@ -56,7 +73,14 @@ def parse_caption(caption: str) -> dict:
         between = " ".join(words[spans[0][1] : spans[1][0]])
         found = _RELATION.search(between)
         relation = found.group(0) if found else None
-    return {"background": background, "objects": objects, "relation": relation}
+    position = _POSITION.search(" ".join(words))
+    return {
+        "background": background,
+        "objects": objects,
+        "counts": counts,
+        "relation": relation,
+        "position": position.group(0) if position else None,
+    }
 
 
 def _match(truth: list[dict], pred: list[dict]) -> tuple[int, ...]:
@@ -89,9 +113,24 @@ def scene_accuracy(candidates: Mapping[Hashable, str], scenes: Mapping[Hashable,
     confusions = Counter()
     for image_id in ids:
         scene, parsed = scenes[image_id], parse_caption(candidates[image_id])
-        truth, pred = scene["objects"], parsed["objects"]
+        truth, pred = scene.get("groups", scene["objects"]), parsed["objects"]  # hard scenes: groups
         ok = {"background": parsed["background"] == scene["background"], "count": len(pred) == len(truth)}
         order = _match(truth, pred)
+        if "groups" in scene:  # how many of each object, and where a lone object is
+            for t, o in zip(truth, order):
+                said = parsed["counts"][o] if o != -1 else None
+                hit = said == t["count"]
+                ok["number"] = ok.get("number", True) and hit
+                n["number"] += 1
+                right["number"] += hit
+                if not hit:
+                    confusions[("number", t["count"], said)] += 1
+            if scene.get("position"):
+                ok["position"] = parsed["position"] == scene["position"]
+                n["position"] += 1
+                right["position"] += ok["position"]
+                if not ok["position"]:
+                    confusions[("position", scene["position"], parsed["position"])] += 1
         for t, o in zip(truth, order):
             for a in ATTRIBUTES:
                 value = pred[o][a] if o != -1 else None
@@ -107,7 +146,7 @@ def scene_accuracy(candidates: Mapping[Hashable, str], scenes: Mapping[Hashable,
         if not ok["background"]:
             confusions[("background", scene["background"], parsed["background"])] += 1
         rel_ok = True
-        if len(truth) == 2:
+        if len(truth) == 2 and scene.get("relation"):
             n["relation_stated"] += 1
             stated = parsed["relation"] is not None and len(pred) >= 2 and -1 not in order
             if stated:
@@ -125,7 +164,8 @@ def scene_accuracy(candidates: Mapping[Hashable, str], scenes: Mapping[Hashable,
         n["exact"] += 1
         right["exact"] += all(ok.values()) and rel_ok
     out = {k: right[k] / n[k] for k in ("exact", "background", "count", *ATTRIBUTES) if n[k]}
-    out.update({k: right[k] / n[k] for k in ("shape_small", "shape_large", "relation", "relation_stated") if n[k]})
+    extra = ("shape_small", "shape_medium", "shape_large", "number", "position", "relation", "relation_stated")
+    out.update({k: right[k] / n[k] for k in extra if n[k]})
     out["images"] = len(ids)
     out["confusions"] = [
         {"attribute": a, "truth": t, "caption": p, "count": c} for (a, t, p), c in confusions.most_common(top)
@@ -148,7 +188,10 @@ def load_scenes(annotation_file: str | Path) -> dict[int, dict] | None:
 
 def format_scene_accuracy(acc: Mapping) -> str:
     """A few lines for a terminal."""
-    keys = ("exact", "background", "count", "size", "color", "shape", "shape_small", "shape_large", "relation")
+    keys = (
+        "exact", "background", "count", "number", "size", "color", "shape", "shape_small", "shape_medium",
+        "shape_large", "position", "relation",
+    )  # fmt: skip
     lines = ["scene attributes: " + "  ".join(f"{k} {acc[k]:.3f}" for k in keys if k in acc)]
     if "relation_stated" in acc:
         lines.append(f"  two-object captions stating a relation: {acc['relation_stated']:.3f}")
