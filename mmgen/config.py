@@ -42,9 +42,23 @@ class EncoderConfig:
     unfrozen_blocks: int = 0
     """With freeze='last_k': how many final blocks (and the final norm) stay trainable."""
     gradient_checkpointing: bool = False
+    stem: str = "patch"
+    """'patch' (the model's own patch embedding) | 'conv' (stride-2 3x3 convolutions down to the same patch
+    grid: learns small shapes much faster from scratch; random init only)."""
+    pos_embed: str = "learn"
+    """'learn' (the model's learned position embeddings) | 'sincos' (fixed 2-D sin-cos: every token knows its
+    row and column from the first step; random init only)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.encoder.name", "must be a timm model name")
+        _choice(self.stem, "model.encoder.stem", ("patch", "conv"))
+        _choice(self.pos_embed, "model.encoder.pos_embed", ("learn", "sincos"))
+        for key in ("stem", "pos_embed"):
+            _check(
+                getattr(self, key) == ("patch" if key == "stem" else "learn") or not (self.pretrained or self.weights),
+                f"model.encoder.{key}",
+                "replaces pretrained weights: use it with random init (pretrained: false, no weights)",
+            )
         _choice(self.freeze, "model.encoder.freeze", ("none", "all", "last_k"))
         _check(self.unfrozen_blocks >= 0, "model.encoder.unfrozen_blocks", "must be >= 0")
         for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
@@ -155,9 +169,18 @@ class ModelConfig:
     """Optional text after the image prefix and BOS (e.g. 'a photo of'); never part of the loss."""
     max_caption_tokens: int = 32
     """Caption tokens kept in training (BOS/prompt not counted, EOS counted)."""
+    prefix_attention: str = "causal"
+    """How the image tokens attend to each other inside the decoder: 'causal' (like text) | 'full' (both ways,
+    a prefix LM; text stays causal). 'full' needs the decoder's default attention (attn_implementation sdpa)."""
 
     def __post_init__(self) -> None:
         _check(self.max_caption_tokens >= 2, "model.max_caption_tokens", "must be >= 2")
+        _choice(self.prefix_attention, "model.prefix_attention", ("causal", "full"))
+        _check(
+            self.prefix_attention == "causal" or self.decoder.attn_implementation in ("sdpa", None),
+            "model.prefix_attention",
+            "'full' needs model.decoder.attn_implementation: sdpa (mmgen's prefix-LM attention builds on it)",
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,6 +29,10 @@ class Encoder(nn.Module):
             # timm reads .pth/.bin through its own loader (weights_only) when given a file overlay
             kwargs["pretrained_cfg_overlay"] = {"file": str(cfg.weights)}
             pretrained = True
+        if cfg.stem == "conv":
+            from mmgen.models.stems import ConvStem
+
+            kwargs["embed_layer"] = ConvStem
         self.model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0, **kwargs)
         if cfg.weights and load_weights and str(cfg.weights).endswith(".safetensors"):
             self._load_safetensors(Path(cfg.weights))
@@ -37,6 +41,10 @@ class Encoder(nn.Module):
         patch_embed = getattr(self.model, "patch_embed", None)
         grid = getattr(patch_embed, "grid_size", None)
         self.grid_size: tuple[int, int] | None = tuple(int(g) for g in grid) if grid is not None else None
+        if cfg.pos_embed == "sincos":
+            from mmgen.models.stems import fix_sincos_positions
+
+            fix_sincos_positions(self.model, self.grid_size)
         self.apply_freeze()
 
     def _load_safetensors(self, path: Path) -> None:

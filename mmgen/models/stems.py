@@ -1,0 +1,70 @@
+"""Encoder variants for Vision Transformers trained from scratch: a convolutional stem, 2-D sin-cos positions.
+
+A ViT trained from scratch on little data learns two things slowly: what a small shape looks like (one
+linear map of a flat 8x8 patch) and where a patch is (learned position embeddings start as noise).
+- :class:`ConvStem` replaces the patch embedding with a stack of stride-2 3x3 convolutions and a 1x1
+  projection (Xiao et al., 2021, "Early convolutions help transformers see better"): the same patch grid
+  and token width, so every timm ViT and every projector work unchanged.
+- :func:`sincos_2d` gives fixed 2-D sin-cos position embeddings (MAE): a token's row and column are
+  readable from the first step on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.layers import LayerNorm2d, PatchEmbed
+from torch import nn
+
+
+class ConvStem(PatchEmbed):
+    """A timm ``PatchEmbed`` whose projection is ``log2(patch)`` stride-2 3x3 convolutions, then a 1x1 one.
+
+    Widths double at every stride up to ``embed_dim`` (for 128 and patch 8: 32, 64, 128); each conv is
+    followed by a per-image channel norm (no batch statistics, so one process and N processes train alike)
+    and a GELU. Accepted wherever timm takes ``embed_layer``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        p = self.patch_size[0]
+        if self.patch_size[0] != self.patch_size[1] or p < 2 or p & (p - 1):
+            raise ValueError(f"model.encoder.stem=conv needs a square power-of-two patch size, got {self.patch_size}")
+        conv = self.proj
+        in_chans, dim = conv.in_channels, conv.out_channels
+        n = int(math.log2(p))
+        widths = [max(dim >> (n - i), 8) for i in range(1, n + 1)]
+        layers: list[nn.Module] = []
+        for w in widths:
+            layers += [nn.Conv2d(in_chans, w, 3, stride=2, padding=1, bias=False), LayerNorm2d(w), nn.GELU()]
+            in_chans = w
+        layers.append(nn.Conv2d(in_chans, dim, 1, bias=conv.bias is not None))
+        self.proj = nn.Sequential(*layers)  # (B, 3, H, W) -> (B, C, H/p, W/p)
+
+
+def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embeddings ``(h * w, dim)``: half the channels encode the row, half the
+    column, each at geometrically spaced frequencies (``dim`` must be a multiple of 4)."""
+    if dim % 4:
+        raise ValueError(f"model.encoder.pos_embed=sincos needs a width divisible by 4, got {dim}")
+    h, w = grid
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (D/4,)
+    rows = torch.arange(h, dtype=torch.float64)[:, None] * freqs  # (h, D/4)
+    cols = torch.arange(w, dtype=torch.float64)[:, None] * freqs  # (w, D/4)
+    row = torch.cat([rows.sin(), rows.cos()], dim=1)[:, None, :].expand(h, w, dim // 2)  # (h, w, D/2)
+    col = torch.cat([cols.sin(), cols.cos()], dim=1)[None, :, :].expand(h, w, dim // 2)  # (h, w, D/2)
+    return torch.cat([row, col], dim=-1).reshape(h * w, dim).float()  # (h*w, D)
+
+
+def fix_sincos_positions(model: nn.Module, grid: tuple[int, int]) -> None:
+    """Overwrite a timm ViT's learned ``pos_embed`` with 2-D sin-cos values (zeros on class/register
+    tokens) and freeze it."""
+    pos = getattr(model, "pos_embed", None)
+    if not isinstance(pos, nn.Parameter):
+        raise ValueError("model.encoder.pos_embed=sincos needs a ViT with learned position embeddings (pos_embed)")
+    n = grid[0] * grid[1]
+    with torch.no_grad():
+        pos.zero_()
+        pos[0, pos.shape[1] - n :] = sincos_2d(grid, pos.shape[-1]).to(pos.dtype)  # patch positions come last
+    pos.requires_grad_(False)

@@ -1,0 +1,72 @@
+"""Encoder variants for training from scratch: the convolutional stem and fixed 2-D sin-cos positions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmgen.config import ConfigError, EncoderConfig
+from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models.encoder import Encoder
+from mmgen.models.stems import ConvStem, sincos_2d
+
+
+def _cfg(**kw) -> EncoderConfig:
+    base = dict(name="vit_base_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=2)
+    return EncoderConfig(**{**base, **kw})
+
+
+def test_conv_stem_keeps_the_patch_grid_and_is_convolutional():
+    enc = Encoder(_cfg(stem="conv"))
+    assert isinstance(enc.model.patch_embed, ConvStem) and enc.grid_size == (4, 4)
+    convs = [m for m in enc.model.patch_embed.proj if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2)] * 3 + [(1, 1)]  # 8 = 2**3, then a 1x1 projection
+    assert [c.out_channels for c in convs] == [16, 32, 64, 64]
+    x = torch.randn(2, 3, 32, 32)
+    assert enc(x).shape == (2, 16, 64)
+    # local: changing one corner of the image leaves the tokens of the far patches' stem output alone
+    y = x.clone()
+    y[:, :, :8, :8] += 1.0
+    stem_x, stem_y = enc.model.patch_embed(x), enc.model.patch_embed(y)  # (B, 16, C), before attention
+    changed = (stem_x - stem_y).abs().amax(dim=(0, 2)) > 1e-6
+    assert changed[0] and not changed[15]
+    with pytest.raises(ValueError, match="power-of-two"):
+        Encoder(_cfg(stem="conv", patch_size=6, img_size=36))
+
+
+def test_sincos_positions_are_fixed_and_encode_row_and_column():
+    table = sincos_2d((3, 4), 16)  # (12, 16)
+    rows, cols = table[:, :8].reshape(3, 4, 8), table[:, 8:].reshape(3, 4, 8)
+    assert torch.equal(rows[:, 0:1].expand(3, 4, 8), rows) and torch.equal(cols[0:1].expand(3, 4, 8), cols)
+    assert table[5, 1].item() == pytest.approx(math.sin(1 * 1 / 10000 ** (1 / 4)), abs=1e-6)  # row 1, 2nd frequency
+    assert table[6, 8 + 4].item() == pytest.approx(math.cos(2.0), abs=1e-6)  # column 2, 1st frequency (cos half)
+    assert len({tuple(r.tolist()) for r in table}) == 12  # every position is distinct
+
+    tok = train_caption_tokenizer(["a red circle", "two blue stars"], "wordlevel", 50)
+    cfg = tiny_model_config()
+    cfg.encoder.pos_embed = "sincos"
+    model = CaptionModel(cfg, tok)
+    pos = model.encoder.model.pos_embed
+    assert not pos.requires_grad and torch.equal(pos[0, 1:], sincos_2d((4, 4), 64)) and not pos[0, 0].any()
+    assert all(p is not pos for g in model.param_groups(1e-3, 0.01) for p in g["params"])  # never trained
+
+
+@pytest.mark.parametrize("key, value", [("stem", "conv"), ("pos_embed", "sincos")])
+def test_variants_refuse_pretrained_weights_and_unknown_values(key, value):
+    with pytest.raises(ConfigError, match=f"model.encoder.{key}"):
+        _cfg(pretrained=True, **{key: value})
+    with pytest.raises(ConfigError, match=f"model.encoder.{key}"):
+        _cfg(**{key: "nonsense"})
+
+
+def test_a_saved_model_with_both_variants_loads_back(tmp_path):
+    tok = train_caption_tokenizer(["a red circle", "two blue stars"], "wordlevel", 50)
+    cfg = tiny_model_config()
+    cfg.encoder.stem, cfg.encoder.pos_embed = "conv", "sincos"
+    model = CaptionModel(cfg, tok).eval()
+    model.save_pretrained(tmp_path)
+    again = CaptionModel.from_pretrained(tmp_path)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(again.encode_images(x), model.encode_images(x))
