@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 SDPA_NAMES = {
@@ -25,6 +26,9 @@ CAUSAL_SDPA = "mmgen_sdpa"
 """The transformers attention implementation that mmgen's decoders use in place of 'sdpa'."""
 UNPADDED = "mmgen_unpadded"
 """Forward keyword of :data:`CAUSAL_SDPA`: True when no query attends to padding (causal mask only)."""
+PREFIX = "mmgen_prefix"
+"""Forward keyword of :data:`CAUSAL_SDPA`: the first this many positions (the image) attend to each other in
+both directions; every later position stays causal (a prefix LM)."""
 
 
 def sdpa_context(names: Sequence[str], set_priority: bool = False):
@@ -44,10 +48,38 @@ def register_causal_sdpa() -> str:
     if CAUSAL_SDPA not in ALL_ATTENTION_FUNCTIONS:
         sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
 
-        def causal_sdpa(module, query, key, value, attention_mask, mmgen_unpadded: bool = False, **kwargs):
-            return sdpa(module, query, key, value, None if mmgen_unpadded else attention_mask, **kwargs)
+        def causal_sdpa(
+            module, query, key, value, attention_mask, mmgen_unpadded: bool = False, mmgen_prefix: int = 0, **kwargs
+        ):
+            mask = None if mmgen_unpadded else attention_mask
+            if mmgen_prefix:
+                mask = prefix_lm_mask(query.shape[2], key.shape[2], mmgen_prefix, mask, query.device)
+            return sdpa(module, query, key, value, mask, **kwargs)
 
         AttentionInterface.register(CAUSAL_SDPA, causal_sdpa)
     if CAUSAL_SDPA not in ALL_MASK_ATTENTION_FUNCTIONS:
         AttentionMaskInterface.register(CAUSAL_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     return CAUSAL_SDPA
+
+
+def prefix_lm_mask(q_len: int, k_len: int, prefix: int, mask: torch.Tensor | None, device) -> torch.Tensor:
+    """The attention mask of a prefix LM: causal, except that the first ``prefix`` positions see each other.
+
+    Args:
+        q_len: Queries, the last ``q_len`` of the ``k_len`` positions (a cached decoding step has one).
+        k_len: Keys.
+        prefix: Positions that attend bidirectionally among themselves.
+        mask: The mask transformers built (boolean, True = attend, or additive), (B, 1, q, k); None for
+            causal attention without padding.
+
+    Returns:
+        A boolean ``(1, 1, q, k)`` mask, or ``mask`` with the prefix block opened.
+    """
+    i = torch.arange(k_len - q_len, k_len, device=device)[:, None]  # (q, 1) absolute query positions
+    j = torch.arange(k_len, device=device)[None, :]  # (1, k)
+    block = (i < prefix) & (j < prefix)  # (q, k)
+    if mask is None:
+        return ((j <= i) | block)[None, None]
+    if mask.dtype == torch.bool:
+        return mask | block
+    return mask.masked_fill(block, 0.0)

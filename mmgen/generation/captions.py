@@ -91,6 +91,7 @@ def generate_captions(
         generator=generator,
         static_cache=static_cache,
         cuda_graph=cuda_graph,
+        full_prefix=model.full_prefix,
     )
     b, r, _ = out.sequences.shape
     texts = decode_sequences(tok, out.sequences.reshape(b * r, -1), out.lengths.reshape(-1))

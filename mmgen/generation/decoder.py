@@ -15,6 +15,7 @@ import inspect
 import torch
 from torch import nn
 
+from mmgen.attention import CAUSAL_SDPA, PREFIX
 from mmgen.generation.head import padded_logits
 from mmgen.modules import base_model
 
@@ -56,6 +57,7 @@ class StepDecoder:
         self._embeds: torch.Tensor | None = None  # (N, L, D): the whole sequence, uncached mode only
         self._mask: torch.Tensor | None = None  # (N, L0 + steps) attention mask buffer, None: no padding
         self._first_pos: torch.Tensor | None = None  # (N, 1) position of the first generated token
+        self._full_prefix = 0  # leading prompt positions that attend both ways (a prefix LM)
         self._length = 0  # tokens seen so far (prompt included)
         self._prompt_length = 0
         self.logits: torch.Tensor | None = None  # (N, V) next-token logits after the latest call
@@ -85,6 +87,8 @@ class StepDecoder:
             kwargs["cache_position"] = torch.arange(past, past + new, device=positions.device)
         if self._keep_arg is not None:
             kwargs[self._keep_arg] = 1
+        if self._full_prefix and past < self._full_prefix:  # later positions are causal anyway
+            kwargs[PREFIX] = self._full_prefix
         with padded_logits(self.decoder, refresh=refresh):  # an aligned LM-head matmul on CUDA (same logits)
             out = self.decoder(**kwargs)
         if self.use_cache:
@@ -96,7 +100,11 @@ class StepDecoder:
         return out.logits[:, -1, :]
 
     def prefill(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        max_new_tokens: int,
+        full_prefix: int = 0,
     ) -> torch.Tensor:
         """Run the prompt and return the logits for the first generated token.
 
@@ -104,12 +112,16 @@ class StepDecoder:
             inputs_embeds: Prompt embeddings, ``(N, L0, D)``.
             attention_mask: ``(N, L0)`` with zeros on (left) padding, or None when nothing is padded.
             max_new_tokens: Upper bound on the number of ``step`` calls (sizes the mask buffer).
+            full_prefix: The first this many positions attend to each other both ways (mmgen's attention only).
 
         Returns:
             Next-token logits, ``(N, V)``, in the model's dtype.
         """
         n, length, _ = inputs_embeds.shape
         device = inputs_embeds.device
+        if full_prefix and base_model(self.decoder).config._attn_implementation != CAUSAL_SDPA:
+            raise ValueError("full_prefix needs the decoder's attention to be mmgen's (attn_implementation mmgen_sdpa)")
+        self._full_prefix = full_prefix
         self.cache, self._length, self._prompt_length = None, length, length
         if attention_mask is None:
             self._mask = None

@@ -83,6 +83,7 @@ def search(
     use_cache: bool = True,
     static_cache: bool | str = AUTO,
     cuda_graph: bool | str = AUTO,
+    full_prefix: int = 0,
 ) -> SearchOutput:
     """Generate continuations of prompt embeddings with a causal LM.
 
@@ -106,6 +107,8 @@ def search(
             to the decoder for the next call of the same shape; ``release_static_buffers`` frees them.
         cuda_graph: Capture each decoding step in a CUDA graph and replay it (``"auto"``: with a
             static cache on CUDA, except for sampling and for a decoder in training mode).
+        full_prefix: The first this many prompt positions attend to each other in both directions (a
+            prefix LM, ``model.prefix_attention: full``); needs mmgen's attention (``mmgen_sdpa``).
 
     Returns:
         :class:`SearchOutput` with ``R = num_return_sequences`` sequences per prompt, best first.
@@ -135,7 +138,7 @@ def search(
         session = cached_session(decoder, key, build)
     else:
         session = DecodeSession(StepDecoder(decoder, use_cache), _new_state(b, gen, eos_ids, pad_token_id), False)
-    session.dec.prefill(inputs_embeds, attention_mask, t_max)
+    session.dec.prefill(inputs_embeds, attention_mask, t_max, full_prefix=full_prefix)
     session.dec.expand(repeats)
     session.state.reset(generator)
     return _decode(session, t_max)

@@ -162,13 +162,17 @@ class StaticStepDecoder:
         return decoder
 
     def prefill(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        max_new_tokens: int,
+        full_prefix: int = 0,
     ) -> torch.Tensor:
         """Run the prompt ``(B, L0, D)`` with a dynamic cache; returns next-token logits ``(B, V)``."""
         if max_new_tokens != self.max_new_tokens:
             raise ValueError(f"buffers hold {self.max_new_tokens} new tokens, not {max_new_tokens}")
         self._prompt = StepDecoder(self.decoder)
-        return self._prompt.prefill(inputs_embeds, attention_mask, max_new_tokens)
+        return self._prompt.prefill(inputs_embeds, attention_mask, max_new_tokens, full_prefix=full_prefix)
 
     def _allocate(self, k: int, layers: list, logits: torch.Tensor) -> None:
         """Buffers for ``K`` rows per prompt, shaped after the prompt's cache layers."""

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from mmgen.attention import CAUSAL_SDPA, UNPADDED
+from mmgen.attention import CAUSAL_SDPA, PREFIX, UNPADDED
 from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
 from mmgen.models.decoder import build_decoder
 from mmgen.models.encoder import Encoder
@@ -78,6 +78,11 @@ class CaptionModel(nn.Module):
         fwd = inspect.signature(base_model(self.decoder).forward).parameters
         self._logits_to_keep = "logits_to_keep" in fwd
         self._causal_sdpa = base_model(self.decoder).config._attn_implementation == CAUSAL_SDPA
+        if config.prefix_attention == "full" and not self._causal_sdpa:
+            raise ValueError(
+                "model.prefix_attention=full needs mmgen's SDPA attention, but the decoder uses "
+                f"{base_model(self.decoder).config._attn_implementation!r}: set model.decoder.attn_implementation: sdpa"
+            )
         self.generation_config = GenerationConfig()
 
     def _check_positions(self) -> None:
@@ -104,6 +109,12 @@ class CaptionModel(nn.Module):
     def num_prefix_tokens(self) -> int:
         """Image tokens the decoder sees per image (N')."""
         return self.projector.num_tokens(self.encoder.num_tokens)
+
+    @property
+    def full_prefix(self) -> int:
+        """Leading decoder positions that attend bidirectionally: the image prefix with
+        ``model.prefix_attention: full``, else 0."""
+        return self.num_prefix_tokens if self.config.prefix_attention == "full" else 0
 
     @property
     def hidden_size(self) -> int:
@@ -164,6 +175,8 @@ class CaptionModel(nn.Module):
             mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)  # (B, N'+T)
         elif self._causal_sdpa:
             kwargs[UNPADDED] = True  # is_causal SDPA even under torch.compile (see mmgen.attention)
+        if self.full_prefix:
+            kwargs[PREFIX] = self.full_prefix  # the image tokens see each other both ways
         out = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **kwargs)
         logits = out.logits[:, -t:]  # (B, T, V): position n+i predicts input_ids[:, i+1]
         loss = None
