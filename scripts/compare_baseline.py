@@ -1,0 +1,493 @@
+#!/usr/bin/env python
+"""mmgen against transformers' VisionEncoderDecoderModel, side by side in one process, on the same data.
+
+Both models train from scratch on the same batches (same images, same sampled captions, same order), with
+the same optimizer settings, learning-rate schedule, thread count and tokenizer; the baseline is a
+``VisionEncoderDecoderModel`` (transformers ViT + GPT-2 with cross-attention) whose width is chosen so its
+parameter count matches mmgen's. Training steps of the arms are interleaved, so both see the same machine.
+
+Two budgets:
+- ``--steps N``: equal images seen (N steps x batch for every arm);
+- ``--cpu-seconds S``: equal training CPU-seconds; each arm's cosine schedule follows its own CPU clock and
+  the arm with the least CPU time so far takes the next step.
+
+Every ``--eval-every`` steps (and at the end) each arm captions the held-out images with beam search (mmgen's
+own search; ``generate`` for the baseline), scored with pycocoevalcap's BLEU and CIDEr-D after PTB
+tokenisation, plus the distinct-caption share and the scene attribute accuracies. Output: a table, a JSON
+file and learning curves (CIDEr against images seen and against training CPU-seconds) as a PNG.
+
+  python scripts/compare_baseline.py --data-dir /tmp/hard --difficulty hard --n-train 10000 --n-val 500 \\
+      --steps 1500 --threads 1 --out runs/compare_hard
+  python scripts/compare_baseline.py ... --arm mmgen-pool=model.projector.kind=pool   # extra mmgen arms
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mmgen.config import Config, GenerationConfig, load_config  # noqa: E402
+from mmgen.training.schedule import time_lr_factor  # noqa: E402
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    train_pixels: torch.Tensor  # (N, 3, H, W) uint8
+    train_captions: list[list[str]]
+    val_pixels: torch.Tensor  # (M, 3, H, W) uint8
+    val_ids: list
+    val_refs: dict
+    val_scenes: dict | None
+    tokenizer: object
+
+
+def _pixels(records, size: int) -> torch.Tensor:
+    """Decode every image once into a uint8 tensor (N, 3, size, size)."""
+    from PIL import Image
+
+    out = torch.empty((len(records), 3, size, size), dtype=torch.uint8)
+    for i, r in enumerate(records):
+        with Image.open(r.image) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BICUBIC)
+            out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+    return out
+
+
+def prepare_data(args: argparse.Namespace, cfg: Config) -> Data:
+    from mmgen.data.sources import load_records
+    from mmgen.data.synthetic import make_scenes_splits
+    from mmgen.evaluation.scenes import load_scenes
+    from mmgen.models.tokenizer import ensure_special_tokens, train_caption_tokenizer
+
+    root = Path(args.data_dir)
+    size = cfg.model.encoder.img_size or 64
+    make_scenes_splits(root, args.n_train, args.n_val, seed=args.seed, image_size=size, difficulty=args.difficulty)
+    train = load_records(str(root / "captions_train.json"))
+    val = load_records(str(root / "captions_val.json"))[: args.eval_images]
+    tc = cfg.model.tokenizer
+    tok = train_caption_tokenizer(
+        (c for r in train for c in r.captions), tc.kind, tc.vocab_size, tc.min_frequency, tc.lowercase
+    )
+    scenes = load_scenes(root / "captions_val.json")
+    return Data(
+        train_pixels=_pixels(train, size),
+        train_captions=[list(r.captions) for r in train],
+        val_pixels=_pixels(val, size),
+        val_ids=[r.image_id for r in val],
+        val_refs={r.image_id: list(r.captions) for r in val},
+        val_scenes={i: scenes[i] for i in (r.image_id for r in val)} if scenes else None,
+        tokenizer=ensure_special_tokens(tok),
+    )
+
+
+def batches(data: Data, batch_size: int, seed: int):
+    """Endless (image indices, one sampled caption each): a permutation per epoch, one caption per image."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(data.train_captions)
+    while True:
+        order = torch.randperm(n, generator=g).tolist()
+        for s in range(0, n - batch_size + 1, batch_size):
+            idx = order[s : s + batch_size]
+            picks = torch.randint(0, 1 << 30, (len(idx),), generator=g).tolist()
+            yield idx, [data.train_captions[i][p % len(data.train_captions[i])] for i, p in zip(idx, picks)]
+
+
+# --------------------------------------------------------------------------------------------
+# the arms
+# --------------------------------------------------------------------------------------------
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def build_mmgen(cfg: Config, tokenizer) -> torch.nn.Module:
+    from mmgen.models import CaptionModel
+
+    return CaptionModel(cfg.model, tokenizer)
+
+
+def _ved(tokenizer, width: int, cfg: Config):
+    from transformers import GPT2Config, GPT2LMHeadModel, VisionEncoderDecoderModel, ViTConfig, ViTModel
+
+    enc = cfg.model.encoder
+    heads = enc.num_heads or 4
+    dec_over = cfg.model.decoder.config_overrides
+    encoder = ViTModel(
+        ViTConfig(
+            image_size=enc.img_size or 64,
+            patch_size=enc.patch_size or 8,
+            hidden_size=width,
+            num_hidden_layers=enc.depth or 2,
+            num_attention_heads=heads,
+            intermediate_size=4 * width,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
+        add_pooling_layer=False,
+    )
+    decoder = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=dec_over.get("n_positions", 128),
+            n_embd=width,
+            n_layer=dec_over.get("n_layer", 2),
+            n_head=heads,
+            add_cross_attention=True,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    model.config.decoder_start_token_id = tokenizer.bos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def build_baseline(tokenizer, cfg: Config, target: int):
+    """The VisionEncoderDecoderModel of mmgen's depths whose width (a multiple of the heads) gives the
+    parameter count closest to ``target``."""
+    heads = cfg.model.encoder.num_heads or 4
+    widths = range(heads * 4, 1025, heads)
+    best = min(widths, key=lambda w: abs(_ved_params(tokenizer, w, cfg) - target))
+    return _ved(tokenizer, best, cfg)
+
+
+_VED_PARAMS: dict = {}
+
+
+def _ved_params(tokenizer, width: int, cfg: Config) -> int:
+    if width not in _VED_PARAMS:
+        _VED_PARAMS[width] = n_params(_ved(tokenizer, width, cfg))
+    return _VED_PARAMS[width]
+
+
+@dataclass
+class Arm:
+    """One model under training, with its clocks and curve."""
+
+    name: str
+    kind: str  # 'mmgen' | 'ved'
+    model: torch.nn.Module
+    cfg: Config
+    optimizer: torch.optim.Optimizer = None
+    steps: int = 0
+    images: int = 0
+    cpu: float = 0.0  # training CPU-seconds (process time)
+    wall: float = 0.0
+    losses: list = field(default_factory=list)
+    curve: list = field(default_factory=list)
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        tc = self.cfg.train
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
+
+
+def loss_of(arm: Arm, pixels: torch.Tensor, captions: list[str], tokenizer) -> torch.Tensor:
+    from mmgen.data.collate import tokenize_captions
+
+    cfg = arm.cfg
+    t = tokenize_captions(tokenizer, captions, cfg.model.prompt, cfg.model.max_caption_tokens)
+    if arm.kind == "mmgen":
+        return arm.model(pixel_values=pixels, input_ids=t["input_ids"], labels=t["labels"]).loss
+    # BOS c1 .. cn EOS pad: the decoder reads BOS .. cn and predicts c1 .. EOS (labels -100 on padding)
+    out = arm.model(pixel_values=pixels, decoder_input_ids=t["input_ids"][:, :-1], labels=t["labels"][:, 1:])
+    return out.loss
+
+
+def train_step(arm: Arm, data: Data, idx: list[int], captions: list[str], progress: float, mean, std) -> None:
+    tc = arm.cfg.train
+    factor = time_lr_factor(arm.steps, tc.warmup_steps, progress, tc.min_lr_ratio)
+    for g in arm.optimizer.param_groups:
+        g["lr"] = tc.lr * factor
+    c0, w0 = time.process_time(), time.perf_counter()
+    pixels = (data.train_pixels[idx].float() / 255.0 - mean) / std  # (B, 3, H, W)
+    loss = loss_of(arm, pixels, captions, data.tokenizer)
+    loss.backward()
+    if tc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(arm.model.parameters(), tc.grad_clip)
+    arm.optimizer.step()
+    arm.optimizer.zero_grad(set_to_none=True)
+    arm.cpu += time.process_time() - c0
+    arm.wall += time.perf_counter() - w0
+    arm.steps += 1
+    arm.images += len(idx)
+    arm.losses.append(float(loss.detach()))
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def caption(arm: Arm, data: Data, beams: int, batch: int, mean, std) -> list[str]:
+    from mmgen.generation import generate_captions
+
+    arm.model.eval()
+    max_new = arm.cfg.model.max_caption_tokens
+    out: list[str] = []
+    for s in range(0, len(data.val_ids), batch):
+        px = data.val_pixels[s : s + batch]
+        if arm.kind == "mmgen":
+            gen = GenerationConfig(num_beams=beams, max_new_tokens=max_new)
+            out += generate_captions(arm.model, px, gen).best
+        else:
+            tok = data.tokenizer
+            ids = arm.model.generate(
+                pixel_values=(px.float() / 255.0 - mean) / std,
+                num_beams=beams,
+                max_new_tokens=max_new,
+                early_stopping=True,
+                decoder_start_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+            out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+    arm.model.train()
+    return out
+
+
+def coco_scores(refs: dict, cands: dict) -> dict:
+    """pycocoevalcap's BLEU-4 and CIDEr-D on PTB-tokenised captions (what COCOEvalCap computes)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    from mmgen.evaluation.ptb import ptb_tokenize
+
+    ids = list(refs)
+    flat = ptb_tokenize([c for i in ids for c in refs[i]], backend="python")
+    gts, k = {}, 0
+    for i in ids:
+        gts[i] = flat[k : k + len(refs[i])]
+        k += len(refs[i])
+    res = dict(zip(ids, ([c] for c in ptb_tokenize([cands[i] for i in ids], backend="python"))))
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    cider, _ = Cider().compute_score(gts, res)
+    return {"Bleu_4": float(bleu[3]), "CIDEr": float(cider)}
+
+
+def evaluate(arm: Arm, data: Data, args: argparse.Namespace, mean, std) -> dict:
+    from mmgen.evaluation.collapse import collapse_stats
+    from mmgen.evaluation.scenes import scene_accuracy
+
+    t0 = time.perf_counter()
+    caps = dict(zip(data.val_ids, caption(arm, data, args.beams, args.eval_batch, mean, std)))
+    row = {"step": arm.steps, "images": arm.images, "cpu_s": arm.cpu, "wall_s": arm.wall}
+    row["loss"] = float(np.mean(arm.losses[-20:])) if arm.losses else None
+    row.update(coco_scores(data.val_refs, caps))
+    row["distinct"] = collapse_stats(caps)["distinct_fraction"]
+    if data.val_scenes:
+        acc = scene_accuracy(caps, data.val_scenes)
+        row.update({f"scene_{k}": v for k, v in acc.items() if isinstance(v, float)})
+    row["eval_s"] = time.perf_counter() - t0
+    row["examples"] = [caps[i] for i in data.val_ids[:3]]
+    arm.curve.append(row)
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
+
+
+def build_arms(args: argparse.Namespace, data: Data) -> list[Arm]:
+    """The mmgen arm(s) from the config plus each ``--arm NAME=overrides``, and the matched baseline."""
+    arms = []
+    specs = [("mmgen", [])] + [(a.split("=", 1)[0], a.split("=", 1)[1].split(",")) for a in args.arm]
+    for name, extra in specs:
+        cfg = load_config(args.config, args.set + extra)
+        torch.manual_seed(args.seed)
+        arms.append(Arm(name, "mmgen", build_mmgen(cfg, data.tokenizer), cfg))
+    if not args.no_baseline:
+        cfg = load_config(args.config, args.set)
+        torch.manual_seed(args.seed)
+        ved = build_baseline(data.tokenizer, cfg, n_params(arms[0].model))
+        base_cfg = load_config(args.config, args.set + args.baseline_set)
+        arms.append(Arm("VisionEncoderDecoder", "ved", ved, base_cfg))
+    for a in arms:
+        a.model.train()
+    return arms
+
+
+def run(args: argparse.Namespace) -> dict:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # right-padded batches need no attention mask (causal attention)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.set)
+    data = prepare_data(args, cfg)
+    arms = build_arms(args, data)
+    probe = arms[0].model.data_config
+    mean = torch.tensor(probe["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(probe["std"]).view(1, 3, 1, 1)
+    for a in arms:
+        print(f"{a.name}: {n_params(a.model):,} parameters", flush=True)
+    streams = {a.name: batches(data, args.batch_size, args.seed) for a in arms}
+    budget_cpu = args.cpu_seconds
+
+    def progress(a: Arm) -> float:
+        if budget_cpu:
+            return a.cpu / budget_cpu
+        return (a.steps - a.cfg.train.warmup_steps) / max(1, args.steps - a.cfg.train.warmup_steps)
+
+    def finished(a: Arm) -> bool:
+        return a.cpu >= budget_cpu if budget_cpu else a.steps >= args.steps
+
+    next_eval = {a.name: args.eval_every for a in arms}
+    while not all(a.done for a in arms):
+        # the arm that has spent the least (steps or CPU time) goes next: the arms stay side by side
+        a = min((a for a in arms if not a.done), key=lambda a: a.cpu if budget_cpu else a.steps)
+        idx, caps = next(streams[a.name])
+        train_step(a, data, idx, caps, progress(a), mean, std)
+        a.done = finished(a)
+        if a.done or (args.eval_every and a.steps >= next_eval[a.name]):
+            next_eval[a.name] += args.eval_every
+            row = evaluate(a, data, args, mean, std)
+            print(
+                f"{a.name:>22} step {a.steps:5d}  cpu {a.cpu:7.1f}s  loss {row['loss']:.3f}  "
+                f"BLEU-4 {row['Bleu_4']:.3f}  CIDEr {row['CIDEr']:.3f}  | {row['examples'][0]}",
+                flush=True,
+            )
+    return summarise(args, arms, data)
+
+
+def summarise(args: argparse.Namespace, arms: list[Arm], data: Data) -> dict:
+    out = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "budget": {"cpu_seconds": args.cpu_seconds} if args.cpu_seconds else {"steps": args.steps},
+        "eval_images": len(data.val_ids),
+        "arms": {},
+    }
+    for a in arms:
+        last = a.curve[-1]
+        out["arms"][a.name] = {
+            "params": n_params(a.model),
+            "steps": a.steps,
+            "images": a.images,
+            "train_cpu_s": a.cpu,
+            "train_wall_s": a.wall,
+            "images_per_s": a.images / max(a.wall, 1e-9),
+            "cpu_s_per_image": a.cpu / max(a.images, 1),
+            "final": {k: v for k, v in last.items() if k != "examples"},
+            "curve": a.curve,
+        }
+    return out
+
+
+def print_table(result: dict) -> None:
+    arms = result["arms"]
+    keys = [k for k in next(iter(arms.values()))["final"] if k.startswith("scene_") and k != "scene_images"]
+    head = f"{'':22} {'params':>9} {'steps':>6} {'img/s':>7} {'cpu ms/img':>10} {'loss':>6} {'BLEU-4':>7} {'CIDEr':>6}"
+    print(head + f" {'distinct':>8} " + " ".join(f"{k[6:]:>8}" for k in keys))
+    base = arms.get("VisionEncoderDecoder")
+    for name, a in arms.items():
+        f = a["final"]
+        print(
+            f"{name:22} {a['params']:9,d} {a['steps']:6d} {a['images_per_s']:7.1f} {1000 * a['cpu_s_per_image']:10.2f} "
+            f"{f['loss']:6.3f} {f['Bleu_4']:7.3f} {f['CIDEr']:6.3f} {f['distinct']:8.3f} "
+            + " ".join(f"{f.get(k, float('nan')):8.3f}" for k in keys)
+        )
+    if base:
+        for name, a in arms.items():
+            if name != "VisionEncoderDecoder":
+                ratio = a["final"]["CIDEr"] / max(base["final"]["CIDEr"], 1e-9)
+                cost = a["cpu_s_per_image"] / max(base["cpu_s_per_image"], 1e-9)
+                print(f"{name}: CIDEr {ratio:.2f}x the baseline's; CPU per image {cost:.2f}x")
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, a in result["arms"].items():
+        xs_img = [r["images"] for r in a["curve"]]
+        xs_cpu = [r["cpu_s"] for r in a["curve"]]
+        ys = [r["CIDEr"] for r in a["curve"]]
+        axes[0].plot(xs_img, ys, marker="o", label=name)
+        axes[1].plot(xs_cpu, ys, marker="o", label=name)
+    axes[0].set_xlabel("training images seen")
+    axes[1].set_xlabel("training CPU-seconds")
+    for ax in axes:
+        ax.set_ylabel("CIDEr-D (held-out)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"beam {result.get('beams', '')} captions of {result['eval_images']} held-out scenes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs" / "tiny_cpu.yaml"), help="mmgen config (model, train)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every arm")
+    p.add_argument("--arm", action="append", default=[], metavar="NAME=K=V[,K=V]", help="an extra mmgen arm")
+    p.add_argument("--baseline-set", nargs="*", default=[], metavar="KEY=VALUE", help="train.* overrides, baseline")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--data-dir", required=True, help="synthetic scenes (made here unless already present)")
+    p.add_argument("--difficulty", choices=("simple", "hard"), default="hard")
+    p.add_argument("--n-train", type=int, default=10000)
+    p.add_argument("--n-val", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=1500, help="equal images: steps of every arm")
+    budget.add_argument("--cpu-seconds", type=float, default=None, help="equal training CPU-seconds per arm")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the same for every arm)")
+    p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations (0: only at the end)")
+    p.add_argument("--eval-images", type=int, default=500)
+    p.add_argument("--eval-batch", type=int, default=100)
+    p.add_argument("--beams", type=int, default=3)
+    p.add_argument("--out", default="runs/compare", help="output directory: result.json, curves.png")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    result = run(args)
+    result["beams"] = args.beams
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "curves.png")
+    print_table(result)
+    print(f"wrote {out / 'result.json'} and {out / 'curves.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
