@@ -20,6 +20,7 @@ from mmgen.data.formats import (
     read_csv,
     read_jsonl,
     read_karpathy,
+    select_split,
     sniff_json,
 )
 
@@ -53,15 +54,11 @@ def detect_format(source: str | Path) -> str:
     return _detect(source)[0]
 
 
-def _filter_split(records: list[Record], split: str | None, restval: bool) -> list[Record]:
-    if split is None:
-        return records
-    out = []
-    for r in records:
-        s = "train" if (r.split == "restval" and restval) else r.split
-        if s is None or s == split:  # records of sources without split information always pass
-            out.append(r)
-    return out
+def _filter_split(records: list[Record], split: str | None, restval: bool, source: Any) -> list[Record]:
+    """The records of ``split`` (see :func:`mmgen.data.formats.select_split`); a source without any split
+    information is taken whole."""
+    keep = select_split([r.split for r in records], split, restval, source, name=lambda i: records[i].image)
+    return records if keep is None else [records[i] for i in keep]
 
 
 def _merge_duplicates(records: list[Record], sources: str) -> list[Record]:
@@ -107,6 +104,7 @@ def _load_one(source: str | Path, images: str | Path | None, split: str | None, 
             fmt,
             split,
             kw.get("streaming", False),
+            restval=restval,
             cache_dir=kw.get("cache_dir"),
             rank=kw.get("rank", 0),
             world_size=kw.get("world_size", 1),
@@ -116,11 +114,11 @@ def _load_one(source: str | Path, images: str | Path | None, split: str | None, 
     if fmt == "coco":
         return read_coco(path, images, data=data)  # data: parsed once, during detection
     if fmt == "karpathy":
-        return read_karpathy(path, images, split, restval, data=data)
+        return _filter_split(read_karpathy(path, images, None, restval, data=data), split, restval, path)
     if fmt == "jsonl":
-        return _filter_split(read_jsonl(path, images, **cols), split, restval)
+        return _filter_split(read_jsonl(path, images, **cols), split, restval, path)
     if fmt == "csv":
-        return _filter_split(read_csv(path, images, **cols), split, restval)
+        return _filter_split(read_csv(path, images, **cols), split, restval, path)
     raise DataFormatError(f"{source}: unknown format {fmt!r}; expected one of {FILE_FORMATS + HF_FORMATS}")
 
 
@@ -146,9 +144,11 @@ def load_records(
             name; or a list of those, combined (e.g. a COCO train and val file).
         images: The images directory for COCO/Karpathy files and relative table paths (one for all
             sources, or one per source).
-        split: Keep this split ('train', 'val', 'test') where the source records splits; sources
-            without split information (COCO files, explicit shard files) are taken whole.
-        restval: Karpathy/table splits: count 'restval' as 'train'.
+        split: Keep this split ('train', 'val', 'test'; 'val' also finds 'validation') where the source
+            records splits: Karpathy files, a ``split`` column of JSONL/CSV tables and of HF datasets, the
+            named splits of HF dataset folders and hub datasets. Sources without split information (COCO
+            files, tables without a split column) are taken whole.
+        restval: Karpathy/table/HF splits: count 'restval' as 'train'.
         image_column: Preferred image column of tables and HF datasets (auto-detected otherwise).
         caption_column: Preferred caption column(s) (auto-detected otherwise).
         streaming: HF sources are read lazily as a stream (an iterable, not a sequence).
@@ -162,7 +162,8 @@ def load_records(
         A sequence of :class:`Record` (a list for file formats), or an iterable when streaming.
 
     Raises:
-        DataFormatError: malformed input, naming the file and the line or key.
+        DataFormatError: malformed input, naming the file and the line or key; a source that has splits
+            but none of the requested one (naming the splits it has).
         FileNotFoundError: a missing file.
     """
     sources = [source] if isinstance(source, (str, Path)) else list(source)
