@@ -285,3 +285,11 @@ def test_karpathy_file_without_the_requested_split_names_the_ones_it_has(tmp_pat
     path = _karpathy(tmp_path / "dataset_coco.json")
     with pytest.raises(DataFormatError, match=r"dataset_coco\.json: no record is in split 'dev'.*'test' \(1 records\)"):
         load_records(path, split="dev")
+
+
+def test_one_image_in_two_splits_of_a_table_is_refused_naming_both_rows(tmp_path):
+    (tmp_path / "t.csv").write_text("image,caption,split\na.png,one,train\nb.png,two,val\na.png,three,val\n")
+    with pytest.raises(
+        DataFormatError, match=r"t\.csv:4: image a\.png is in split 'val' here but in 'train' at .*t\.csv:2"
+    ):
+        load_records(tmp_path / "t.csv")

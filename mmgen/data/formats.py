@@ -308,6 +308,7 @@ def records_from_rows(
     """
     root = Path(images) if images is not None else path.parent
     by_image: dict[str, Record] = {}
+    first: dict[str, str] = {}  # image -> where its first row is
     blank: list[str] = []
     img_col = cap_cols = None
     for where, row in rows:
@@ -319,13 +320,18 @@ def records_from_rows(
             raise DataFormatError(f"{where}: column {img_col!r} must hold an image path, got {_short(rel)}")
         caps = [c for col in cap_cols for c in caption_list(row.get(col), f"{where}: column {col!r}", blank)]
         full = str(root / rel) if not os.path.isabs(rel) else rel
-        rec = by_image.get(full)
+        rec, split = by_image.get(full), row.get("split") or None
         if rec is None:
             image_id = next((row[k] for k in ID_COLUMNS if row.get(k) not in (None, "")), DerivedId(rel))
-            split = row.get("split") or None
-            by_image[full] = Record(image=full, captions=caps, image_id=image_id, split=split)
+            by_image[full], first[full] = Record(image=full, captions=caps, image_id=image_id, split=split), where
+        elif split is not None and rec.split is not None and split != rec.split:
+            raise DataFormatError(
+                f"{where}: image {rel} is in split {split!r} here but in {rec.split!r} at {first[full]}; "
+                "an image belongs to one split"
+            )
         else:
             rec.captions.extend(caps)
+            rec.split = rec.split or split
     places = [w[len(str(path)) :].lstrip(": ") for w in blank]  # '3: column ...' (JSONL/CSV) or '[2]: column ...'
     warn_dropped(path, [f"line {p}" if p[:1].isdigit() else p for p in places])
     return list(by_image.values())

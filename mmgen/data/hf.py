@@ -9,6 +9,7 @@ bad-image accounting apply to them as to files.
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 from collections.abc import Iterator, Sequence
@@ -284,6 +285,13 @@ class StreamingRecords:
         self.source = source
         self.wanted = split_names(split, restval) if split is not None else None
         """Rows with a ``split`` column are kept when it holds one of these (None: every row)."""
+
+    def shuffled(self, seed: int, buffer_size: int = 1000) -> StreamingRecords:
+        """The same streams read in a random order (shards shuffled, then a buffer of ``buffer_size`` rows),
+        drawn again every epoch (:meth:`set_epoch`) from ``seed``."""
+        out = copy.copy(self)
+        out.parts = [(n, ds.shuffle(seed=seed, buffer_size=buffer_size), img, cap) for n, ds, img, cap in self.parts]
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         """Forwarded to the streams (reshuffles shuffled streams reproducibly)."""

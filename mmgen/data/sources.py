@@ -8,13 +8,16 @@ metadata, parquet/webdataset shards, hub names, streaming (see :mod:`mmgen.data.
 
 from __future__ import annotations
 
+import filecmp
 import glob
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mmgen.data.formats import (
     DataFormatError,
+    DerivedId,
     Record,
     read_coco,
     read_csv,
@@ -223,3 +226,73 @@ def load_split(
         rank=rank,
         world_size=world_size,
     )
+
+
+def is_stream(source: str | Path | Sequence[str | Path]) -> bool:
+    """Whether ``load_records(source, streaming=True)`` streams: some source is a Hugging Face one (file
+    formats are read whole)."""
+    from mmgen.data.hf import detect_hf_kind
+
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    sources, _ = _expand_globs(sources, [None] * len(sources))
+    return any(detect_hf_kind(s) is not None for s in sources)
+
+
+def identity_keys(records: Sequence[Record]) -> list[tuple[str | None, str | None]]:
+    """``(image path, image_id)`` of every record, each None where there is none to compare by.
+
+    Paths are absolute and normalised; ids are compared as text, and ids made up from a file name or a
+    row position (:class:`~mmgen.data.formats.DerivedId`) are left out. HF-backed sequences give their id
+    column without reading any image.
+    """
+    if hasattr(records, "identity_keys"):  # HFRecords
+        return [(None, None if k is None else str(k)) for k in records.identity_keys()]
+    if hasattr(records, "parts") and hasattr(records, "ends"):  # ConcatRecords
+        return [k for p in records.parts for k in identity_keys(p)]
+    out = []
+    for r in records:
+        path = os.path.normpath(os.path.abspath(str(r.image))) if isinstance(r.image, (str, Path)) else None
+        image_id = None if r.image_id is None or isinstance(r.image_id, DerivedId) else str(r.image_id)
+        out.append((path, image_id))
+    return out
+
+
+def _same_image(a: Record, b: Record) -> bool:
+    """Whether two records hold the same picture (files compared by size, then content)."""
+
+    def content(x: Any) -> bytes | None:
+        if isinstance(x, (bytes, bytearray)):
+            return bytes(x)
+        if isinstance(x, (str, Path)) and os.path.isfile(x):
+            return Path(x).read_bytes()
+        return None  # a PIL image or a missing file: cannot tell
+
+    if isinstance(a.image, (str, Path)) and isinstance(b.image, (str, Path)):
+        return os.path.isfile(a.image) and os.path.isfile(b.image) and filecmp.cmp(a.image, b.image, shallow=False)
+    ca, cb = content(a.image), content(b.image)
+    return ca is not None and ca == cb
+
+
+def overlapping_images(train: Sequence[Record], val: Sequence[Record], same_source: bool = False) -> list[str]:
+    """The validation images that are also training images, described for a message.
+
+    An image is in both when its path is, or its image_id is. Within one source an id names one image;
+    across different sources (where ids may merely restart from 1) an id match counts only when the two
+    images have the same content.
+
+    Args:
+        train: The training records.
+        val: The validation records.
+        same_source: Both come from the same files (with different splits).
+    """
+    tk, vk = identity_keys(train), identity_keys(val)
+    paths = {p for p, _ in tk if p is not None}
+    ids = {k: i for i, (_, k) in enumerate(tk) if k is not None}
+    found = []
+    for j, (path, image_id) in enumerate(vk):
+        if path is not None and path in paths:
+            found.append(path)
+        elif image_id is not None and image_id in ids:
+            if same_source or _same_image(train[ids[image_id]], val[j]):
+                found.append(f"image_id {image_id}" + (f" ({path})" if path else ""))
+    return found
