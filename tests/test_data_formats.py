@@ -232,7 +232,8 @@ def test_empty_captions_are_dropped_and_counted_in_every_format(tmp_path):
     with pytest.warns(
         UserWarning, match=r"c\.json: dropped 2 empty caption\(s\) \(annotations\[1\], annotations\[2\]\)"
     ):
-        recs = load_records(tmp_path / "c.json")
+        with pytest.warns(UserWarning, match=r"c\.json: dropped 1 image\(s\) without a caption \(id 2\)"):
+            recs = load_records(tmp_path / "c.json")
     assert [(r.image_id, r.captions) for r in recs] == [(1, ["a red box"])]  # image 2 has no caption left
     images = [{"filename": "a.jpg", "imgid": 0, "split": "train", "sentences": [{"raw": " "}, {"raw": "a dog"}]}]
     (tmp_path / "k.json").write_text(json.dumps({"images": images}))

@@ -129,7 +129,9 @@ def _default_images_dir(json_path: Path, first_file: str | None) -> Path:
     return base / "images" if (base / "images").is_dir() else base
 
 
-def read_coco(path: str | Path, images: str | Path | None = None, data: dict | None = None) -> list[Record]:
+def read_coco(
+    path: str | Path, images: str | Path | None = None, data: dict | None = None, keep_uncaptioned: bool = False
+) -> list[Record]:
     """Read an official COCO caption annotation file (``images`` + ``annotations``).
 
     Args:
@@ -137,10 +139,12 @@ def read_coco(path: str | Path, images: str | Path | None = None, data: dict | N
         images: Directory holding the ``file_name`` of every image (default: the json's directory
             when it holds the first image, else ``images/`` beside the json when that exists).
         data: The already parsed json (saves parsing twice after format detection).
+        keep_uncaptioned: Also return the images without any caption (with no captions), e.g. to count them.
 
     Returns:
-        One record per image that has at least one caption, in the file's image order; ``split`` is None.
-        Empty captions are dropped (with a warning that counts them).
+        One record per image that has at least one caption (``keep_uncaptioned``: per image), in the file's
+        image order; ``split`` is None. Empty captions are dropped, and images left without a caption are
+        left out, each with a warning that counts them.
 
     Raises:
         DataFormatError: malformed entries, or one image id listed with two different file names (the
@@ -177,11 +181,13 @@ def read_coco(path: str | Path, images: str | Path | None = None, data: dict | N
         else:
             blank.append(f"annotations[{i}]")
     warn_dropped(path, blank)
+    if not keep_uncaptioned:
+        warn_dropped(path, [f"id {k!r}" for k, c in captions.items() if not c], "image(s) without a caption")
     root = Path(images) if images is not None else _default_images_dir(path, imgs[0]["file_name"] if imgs else None)
     return [
         Record(image=str(root / im["file_name"]), captions=captions[k], image_id=k, split=None)
         for k, im in by_id.items()
-        if captions[k]
+        if captions[k] or keep_uncaptioned
     ]
 
 

@@ -114,8 +114,8 @@ def _load_one(source: str | Path, images: str | Path | None, split: str | None, 
             **cols,
         )
     path = Path(source)
-    if fmt == "coco":
-        return read_coco(path, images, data=data)  # data: parsed once, during detection
+    if fmt == "coco":  # data: parsed once, during detection
+        return read_coco(path, images, data=data, keep_uncaptioned=kw.get("keep_uncaptioned", False))
     if fmt == "karpathy":
         return _filter_split(read_karpathy(path, images, None, restval, data=data), split, restval, path)
     if fmt == "jsonl":
@@ -138,6 +138,7 @@ def load_records(
     rank: int = 0,
     world_size: int = 1,
     format: str | None = None,
+    keep_uncaptioned: bool = False,
 ) -> Sequence[Record] | Iterable[Record]:
     """Load caption records from any supported source; the format is detected from the content.
 
@@ -160,6 +161,8 @@ def load_records(
             map-style data is usually split by a DistributedSampler instead).
         world_size: Number of ranks.
         format: Skip detection (one of FILE_FORMATS + HF_FORMATS).
+        keep_uncaptioned: COCO files: also return the images that have no caption (other formats always
+            return them; training leaves them out).
 
     Returns:
         A sequence of :class:`Record` (a list for file formats), or an iterable when streaming.
@@ -184,6 +187,7 @@ def load_records(
         "rank": rank,
         "world_size": world_size,
         "format": format,
+        "keep_uncaptioned": keep_uncaptioned,
     }
     parts = [_load_one(s, d, split, restval, kw) for s, d in zip(sources, dirs)]
     if all(isinstance(p, list) for p in parts):
