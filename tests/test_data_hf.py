@@ -198,3 +198,17 @@ def test_rows_without_an_id_get_a_derived_id(tmp_path):
     assert [r.image_id for r in recs] == ["row/0", "row/1", "row/2"]
     assert all(isinstance(r.image_id, DerivedId) for r in recs)
     assert isinstance(load_records(tmp_path / "d", streaming=True).__iter__().__next__().image_id, DerivedId)
+
+
+def test_a_folder_without_split_names_is_taken_whole_for_any_split(tmp_path):
+    root = tmp_path / "folder"  # no train/ or validation/ subfolders: datasets calls it all 'train'
+    root.mkdir()
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(3):
+            (root / f"img{i}.png").write_bytes(_png(i))
+            f.write(json.dumps({"file_name": f"img{i}.png", "caption": f"picture {i}", "image_id": i}) + "\n")
+    val = load_records(root, split="val", cache_dir=str(tmp_path / "cache"))  # e.g. data.val=<its own folder>
+    assert sorted(r.image_id for r in val) == [0, 1, 2]
+    datasets.DatasetDict({"train": _dataset(2)}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataFormatError, match=r"no split 'val'; available splits are \['train'\]"):
+        load_records(tmp_path / "dd", split="val")  # a saved DatasetDict names its splits: no fallback

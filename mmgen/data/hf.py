@@ -89,13 +89,19 @@ def detect_hf_kind(source: str | Path) -> str | None:
     return "hub"
 
 
-def _select_split(dd: Any, split: str | None, source: str) -> list[tuple[str, Any]]:
-    """``[(split_name, dataset)]`` from a DatasetDict: the requested split (or an alias), or all of them."""
+def _select_split(dd: Any, split: str | None, source: str, folder: bool = False) -> list[tuple[str | None, Any]]:
+    """``[(split_name, dataset)]`` from a DatasetDict: the requested split (or an alias), or all of them.
+
+    ``folder``: the DatasetDict comes from a local folder, where ``datasets`` names everything 'train'
+    when the files carry no split names; such a folder has no split information and is taken whole.
+    """
     if split is None:
         return list(dd.items())
     for name in (split, *SPLIT_ALIASES.get(split, ())):
         if name in dd:
             return [(name, dd[name])]
+    if folder and list(dd.keys()) == ["train"]:
+        return [(None, dd["train"])]
     raise DataFormatError(f"{source}: no split {split!r}; available splits are {list(dd.keys())}")
 
 
@@ -154,10 +160,10 @@ def _load_parts(
         return parts
     kw: dict[str, Any] = {"cache_dir": cache_dir, "streaming": streaming}
     if kind == "imagefolder":
-        return _select_split(datasets.load_dataset("imagefolder", data_dir=s, **kw), split, s)
+        return _select_split(datasets.load_dataset("imagefolder", data_dir=s, **kw), split, s, folder=True)
     if kind in ("parquet", "webdataset"):
         if os.path.isdir(s):
-            return _select_split(datasets.load_dataset(kind, data_dir=s, **kw), split, s)
+            return _select_split(datasets.load_dataset(kind, data_dir=s, **kw), split, s, folder=True)
         name = split or "train"
         return [(split, datasets.load_dataset(kind, data_files={name: _files(s)}, split=name, **kw))]
     if kind == "hub":
