@@ -386,6 +386,8 @@ def test_a_saved_hf_dataset_split_column_keeps_validation_images_out_of_training
     data = _prepare(tmp_path, f"data.train={tmp_path / 'hf'}", f"data.val={tmp_path / 'hf'}")
     assert sorted(r.image_id for r in data.train_records) == [0, 2]
     assert sorted(r.image_id for r in data.val_records) == [1, 3]
+    with pytest.raises(ValueError, match=r"2 of the 2 validation images are also training images .*image_id 0"):
+        _prepare(tmp_path, f"data.train={tmp_path / 'hf'}", f"data.val={tmp_path / 'hf'}", "data.val_split=train")
 
 
 def test_validation_images_that_are_training_images_are_refused_naming_them(tmp_path):

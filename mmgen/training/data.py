@@ -39,7 +39,8 @@ def resolve_data_source(cfg: Config, log: Callable[[str], None] | None = print) 
         return cfg
     if log is not None:
         log(
-            f"data.train={dc.train} is set: training on it, and data.synth (synthetic scenes) is dropped"
+            f"data.train={dc.train} is set: training on it, and data.synth (synthetic scenes) is dropped "
+            "(data.train=null trains on data.synth)"
             + ("" if dc.val is not None else "; no validation data (set data.val to evaluate)")
         )
     return dataclasses.replace(cfg, data=dataclasses.replace(dc, synth=None))
