@@ -197,9 +197,16 @@ class DataConfig:
     val: str | None = None
     val_images: str | None = None
     train_split: str = "train"
+    """Split of ``train`` to train on, wherever the source records splits (a Karpathy json, a ``split``
+    column of a JSONL/CSV table or HF dataset, the named splits of a HF dataset); sources without split
+    information are taken whole."""
     val_split: str = "val"
+    """Split of ``val`` to validate on ('val' also finds 'validation')."""
     restval: bool = True
-    """Karpathy json: count 'restval' images as training images."""
+    """Count 'restval' images (Karpathy json, split columns) as training images."""
+    allow_overlap: bool = False
+    """Let validation images also be training images (an overfitting check); by default such a run is
+    refused, naming the images that are in both (same path, or same image_id)."""
     caption_sampling: str = "random"
     """'random' (one random reference per image per epoch) | 'all' (every image-caption pair)."""
     synth: dict | None = None
@@ -217,6 +224,7 @@ class DataConfig:
     preload: bool = False
     """Decode the training images once into RAM (uint8 at the encoder's input size) instead of every epoch."""
     streaming: bool = False
+    """Stream a Hugging Face training source (each rank reads its own part); other sources are read whole."""
     image_column: str = "image"
     caption_column: str = "caption"
 
@@ -412,6 +420,7 @@ class Config:
                 "train.feature_cache",
                 "needs a frozen encoder (model.encoder.freeze: all)",
             )
+            _check(not self.data.streaming, "train.feature_cache", "needs an indexable dataset, not data.streaming")
         if self.train.objective == "scst":
             _check(
                 not self.data.streaming,

@@ -198,3 +198,99 @@ def test_coco_mini_both_files_decode_to_encoder_input(shared_data):
     finally:
         torch.set_num_threads(threads)
     assert n == 239
+
+
+def test_coco_image_id_listed_twice_with_two_files_is_refused_with_the_ids(tmp_path):
+    images = [
+        {"id": 7, "file_name": "a.png"},
+        {"id": 8, "file_name": "b.png"},
+        {"id": 7, "file_name": "c.png"},  # would have silently replaced a.png: captions on the wrong photo
+    ]
+    anns = [{"id": 1, "image_id": 7, "caption": "a dog"}, {"id": 2, "image_id": 8, "caption": "a cat"}]
+    (tmp_path / "dup.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    with pytest.raises(
+        DataFormatError, match=r"dup\.json: 1 image id\(s\) name two different files.*id 7: a\.png and c\.png"
+    ):
+        load_records(tmp_path / "dup.json")
+    images[2]["file_name"] = "a.png"  # the same id and file listed twice: one image, as for JSONL rows
+    (tmp_path / "same.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    recs = load_records(tmp_path / "same.json")
+    assert [(r.image_id, Path(r.image).name, r.captions) for r in recs] == [
+        (7, "a.png", ["a dog"]),
+        (8, "b.png", ["a cat"]),
+    ]
+
+
+def test_empty_captions_are_dropped_and_counted_in_every_format(tmp_path):
+    anns = [
+        {"id": 1, "image_id": 1, "caption": "a red box"},
+        {"id": 2, "image_id": 1, "caption": ""},
+        {"id": 3, "image_id": 2, "caption": "  \n"},
+    ]
+    coco = {"images": [{"id": 1, "file_name": "1.png"}, {"id": 2, "file_name": "2.png"}], "annotations": anns}
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    with pytest.warns(
+        UserWarning, match=r"c\.json: dropped 2 empty caption\(s\) \(annotations\[1\], annotations\[2\]\)"
+    ):
+        with pytest.warns(UserWarning, match=r"c\.json: dropped 1 image\(s\) without a caption \(id 2\)"):
+            recs = load_records(tmp_path / "c.json")
+    assert [(r.image_id, r.captions) for r in recs] == [(1, ["a red box"])]  # image 2 has no caption left
+    images = [{"filename": "a.jpg", "imgid": 0, "split": "train", "sentences": [{"raw": " "}, {"raw": "a dog"}]}]
+    (tmp_path / "k.json").write_text(json.dumps({"images": images}))
+    with pytest.warns(UserWarning, match=r"k\.json: dropped 1 empty caption\(s\) \(images\[0\]\.sentences\[0\]\)"):
+        assert load_records(tmp_path / "k.json")[0].captions == ["a dog"]
+    rows = [{"image": "a.png", "caption": "one"}, {"image": "a.png", "caption": " "}, {"image": "b.png", "caption": ""}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(UserWarning, match=r"t\.jsonl: dropped 2 empty caption\(s\) \(line 2: column 'caption', line 3"):
+        recs = load_records(tmp_path / "t.jsonl")
+    assert [r.captions for r in recs] == [["one"], []]
+    (tmp_path / "t.csv").write_text("image,caption\na.png,one\nb.png,\n")
+    with pytest.warns(UserWarning, match=r"t\.csv: dropped 1 empty caption\(s\) \(line 3: column 'caption'\)"):
+        load_records(tmp_path / "t.csv")
+
+
+def test_csv_row_with_a_missing_field_is_named_by_file_and_line(tmp_path):
+    (tmp_path / "short.csv").write_text("image,image_id,caption\na.png,1,a dog\nb.png,2\n")
+    with pytest.raises(
+        DataFormatError, match=r"short\.csv:3: 2 field\(s\), the header has 3 \(missing \['caption'\]\)"
+    ):
+        load_records(tmp_path / "short.csv")
+
+
+def test_split_column_of_tables_selects_rows_and_names_the_splits_there_are(tmp_path):
+    rows = [
+        ("a.png", "train"),
+        ("b.png", "validation"),
+        ("c.png", "test"),
+        ("d.png", "restval"),
+    ]
+    (tmp_path / "t.csv").write_text("image,caption,split\n" + "".join(f"{i},cap {i},{s}\n" for i, s in rows))
+    path = tmp_path / "t.csv"
+    assert [Path(r.image).name for r in load_records(path, split="train")] == ["a.png", "d.png"]
+    assert [Path(r.image).name for r in load_records(path, split="train", restval=False)] == ["a.png"]
+    assert [Path(r.image).name for r in load_records(path, split="val")] == ["b.png"]  # 'val' finds 'validation'
+    assert len(load_records(path)) == 4  # no split asked for: every row
+    with pytest.raises(
+        DataFormatError, match=r"t\.csv: no record is in split 'dev2'; the splits it has are 'restval' \(1"
+    ):
+        load_records(path, split="dev2")
+    (tmp_path / "mixed.jsonl").write_text('{"image": "a.png", "caption": "x", "split": "train"}\n'
+                                          '{"image": "b.png", "caption": "y"}\n')  # fmt: skip
+    with pytest.raises(DataFormatError, match=r"mixed\.jsonl: 1 record\(s\) have no split.*b\.png"):
+        load_records(tmp_path / "mixed.jsonl", split="train")
+    (tmp_path / "none.jsonl").write_text('{"image": "a.png", "caption": "x"}\n')
+    assert len(load_records(tmp_path / "none.jsonl", split="val")) == 1  # no split information: taken whole
+
+
+def test_karpathy_file_without_the_requested_split_names_the_ones_it_has(tmp_path):
+    path = _karpathy(tmp_path / "dataset_coco.json")
+    with pytest.raises(DataFormatError, match=r"dataset_coco\.json: no record is in split 'dev'.*'test' \(1 records\)"):
+        load_records(path, split="dev")
+
+
+def test_one_image_in_two_splits_of_a_table_is_refused_naming_both_rows(tmp_path):
+    (tmp_path / "t.csv").write_text("image,caption,split\na.png,one,train\nb.png,two,val\na.png,three,val\n")
+    with pytest.raises(
+        DataFormatError, match=r"t\.csv:4: image a\.png is in split 'val' here but in 'train' at .*t\.csv:2"
+    ):
+        load_records(tmp_path / "t.csv")

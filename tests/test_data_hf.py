@@ -13,6 +13,7 @@ from PIL import Image
 
 from mmgen.data.collate import EvalCollator
 from mmgen.data.datasets import CaptionTrainDataset, StreamingCaptionDataset
+from mmgen.data.formats import DataFormatError
 from mmgen.data.images import decode_image
 from mmgen.data.sources import detect_format, load_records
 from mmgen.data.transforms import build_transform
@@ -162,3 +163,52 @@ def test_clear_error_without_the_datasets_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     with pytest.raises(ImportError, match=r"needs the 'datasets' package.*pip install datasets"):
         load_records(tmp_path / "d")
+
+
+def _with_splits(splits):
+    ds = _dataset(len(splits))
+    return ds.add_column("split", list(splits))
+
+
+def test_split_column_of_a_saved_dataset_selects_rows_map_style_and_streaming(tmp_path):
+    _with_splits(["train", "val", "train", "test", "restval", "val"]).save_to_disk(str(tmp_path / "d"))
+    assert sorted(r.image_id for r in load_records(tmp_path / "d", split="train")) == [0, 2, 4]
+    assert sorted(r.image_id for r in load_records(tmp_path / "d", split="train", restval=False)) == [0, 2]
+    val = load_records(tmp_path / "d", split="val")
+    assert sorted(r.image_id for r in val) == [1, 5] and {r.split for r in val} == {"val"}
+    stream = load_records(tmp_path / "d", split="val", streaming=True)
+    assert sorted(r.image_id for r in stream) == [1, 5]
+    assert len(load_records(tmp_path / "d")) == 6  # no split asked for: every row
+    assert not any(p.name.startswith("cache-") for p in (tmp_path / "d").iterdir())  # nothing written there
+    with pytest.raises(DataFormatError, match=r"[/\\]d: no record is in split 'dev'; the splits it has are"):
+        load_records(tmp_path / "d", split="dev")
+
+
+def test_split_column_of_streamed_shards_is_applied_as_rows_are_read(tmp_path):
+    _with_splits(["train", "val"] * 3).to_parquet(str(tmp_path / "part-0.parquet"))
+    stream = load_records(str(tmp_path / "*.parquet"), split="val", streaming=True, cache_dir=str(tmp_path / "c"))
+    assert [r.image_id for r in stream] == [1, 3, 5]
+
+
+def test_rows_without_an_id_get_a_derived_id(tmp_path):
+    from mmgen.data.formats import DerivedId
+
+    _dataset(3).remove_columns("image_id").save_to_disk(str(tmp_path / "d"))
+    recs = load_records(tmp_path / "d")
+    assert [r.image_id for r in recs] == ["row/0", "row/1", "row/2"]
+    assert all(isinstance(r.image_id, DerivedId) for r in recs)
+    assert isinstance(load_records(tmp_path / "d", streaming=True).__iter__().__next__().image_id, DerivedId)
+
+
+def test_a_folder_without_split_names_is_taken_whole_for_any_split(tmp_path):
+    root = tmp_path / "folder"  # no train/ or validation/ subfolders: datasets calls it all 'train'
+    root.mkdir()
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(3):
+            (root / f"img{i}.png").write_bytes(_png(i))
+            f.write(json.dumps({"file_name": f"img{i}.png", "caption": f"picture {i}", "image_id": i}) + "\n")
+    val = load_records(root, split="val", cache_dir=str(tmp_path / "cache"))  # e.g. data.val=<its own folder>
+    assert sorted(r.image_id for r in val) == [0, 1, 2]
+    datasets.DatasetDict({"train": _dataset(2)}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataFormatError, match=r"no split 'val'; available splits are \['train'\]"):
+        load_records(tmp_path / "dd", split="val")  # a saved DatasetDict names its splits: no fallback

@@ -114,6 +114,7 @@ def test_two_process_fsdp_matches_one_process_saves_and_resumes(tmp_path, scenes
     from mmgen.models import CaptionModel
 
     common = ["train.batch_size=16", "train.save_every=2", "eval.every=2", f"data.val={scenes}", "eval.max_images=8"]
+    common.append("data.allow_overlap=true")  # validation on training images, on purpose
     single = _cfg(tmp_path / "one", scenes, "train.max_steps=4", *common)
     Trainer(single).fit()
     full, part = tmp_path / "fsdp" / "run", tmp_path / "fsdp_resumed" / "run"
@@ -286,7 +287,9 @@ def _pairwise_loss(model, records, max_caption_tokens: int, skip: frozenset = fr
 def test_validation_loss_is_the_mean_token_loss_over_every_reference(tmp_path, scenes):
     from mmgen.training import data as tdata
 
-    cfg = _cfg(tmp_path, scenes, f"data.val={scenes}", "eval.max_images=5", "eval.batch_size=4")
+    cfg = _cfg(
+        tmp_path, scenes, f"data.val={scenes}", "eval.max_images=5", "eval.batch_size=4", "data.allow_overlap=true"
+    )
     trainer = Trainer(cfg)
     model = trainer.model.eval()
     got = tdata.validation_loss(trainer, model)
@@ -321,7 +324,8 @@ def test_undecodable_validation_images_are_named_counted_and_left_out(tmp_path, 
 
 def test_eval_metric_loss_keeps_the_lowest_validation_loss(tmp_path, scenes):
     cfg = _cfg(
-        tmp_path, scenes, f"data.val={scenes}", "eval.max_images=4", "eval.every=3", "eval.metric=loss",
+        tmp_path, scenes, f"data.val={scenes}", "data.allow_overlap=true", "eval.max_images=4", "eval.every=3",
+        "eval.metric=loss",
         "train.max_steps=6", "train.batch_size=8", "train.save_every=100",
         "eval.generation={num_beams: 1, max_new_tokens: 4}",
     )  # fmt: skip
@@ -333,3 +337,181 @@ def test_eval_metric_loss_keeps_the_lowest_validation_loss(tmp_path, scenes):
     best = json.loads((run / "best" / "metrics.json").read_text())
     step = min(evals, key=evals.get)
     assert best["step"] == step and best["loss"] == evals[step]  # best/ exists and holds the lowest-loss eval
+
+
+# -- which records a run trains and validates on ------------------------------------------------------------------
+
+
+def _prepare(tmp_path, *overrides):
+    from mmgen.training import data as tdata
+    from mmgen.training.distributed import DistState
+
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", [*TINY, f"train.out_dir={tmp_path / 'run'}", *overrides])
+    return tdata.prepare(cfg, tmp_path / "run", DistState())
+
+
+def _table(path: Path, rows: list[tuple[str, str | None]]) -> Path:
+    """A JSONL table: (image name, split or None) per row, two captions each."""
+    lines = []
+    for name, split in rows:
+        row = {
+            "image": f"images/{name}",
+            "captions": [f"{name} one", f"{name} two"],
+            **({"split": split} if split else {}),
+        }
+        lines.append(json.dumps(row))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_table_split_column_keeps_validation_images_out_of_training(tmp_path):
+    rows = [("a.png", "train"), ("b.png", "val"), ("c.png", "train"), ("d.png", "test"), ("e.png", "restval")]
+    table = _table(tmp_path / "all.jsonl", rows)
+    (tmp_path / "all.csv").write_text("image,caption,split\n" + "".join(f"images/{n},{n} one,{s}\n" for n, s in rows))
+    for path in (table, tmp_path / "all.csv"):  # data.val is the same file with another split: works
+        data = _prepare(tmp_path, f"data.train={path}", f"data.val={path}")
+        assert sorted(Path(r.image).name for r in data.train_records) == ["a.png", "c.png", "e.png"], path
+        assert [Path(r.image).name for r in data.val_records] == ["b.png"], path
+    data = _prepare(tmp_path, f"data.train={table}", f"data.val={table}", "data.val_split=test", "data.restval=false")
+    assert sorted(Path(r.image).name for r in data.train_records) == ["a.png", "c.png"]
+    assert [Path(r.image).name for r in data.val_records] == ["d.png"]
+    with pytest.raises(
+        ValueError, match=r"all\.jsonl: no record is in split 'valid2'; the splits it has are 'restval'"
+    ):
+        _prepare(tmp_path, f"data.train={table}", f"data.val={table}", "data.val_split=valid2")
+
+
+def test_a_saved_hf_dataset_split_column_keeps_validation_images_out_of_training(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"image": str(tmp_path / f"{i}.png"), "caption": f"c {i}", "image_id": i, "split": s} for i, s in
+            enumerate(["train", "val", "train", "val", "test"])]  # fmt: skip
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    data = _prepare(tmp_path, f"data.train={tmp_path / 'hf'}", f"data.val={tmp_path / 'hf'}")
+    assert sorted(r.image_id for r in data.train_records) == [0, 2]
+    assert sorted(r.image_id for r in data.val_records) == [1, 3]
+    with pytest.raises(ValueError, match=r"2 of the 2 validation images are also training images .*image_id 0"):
+        _prepare(tmp_path, f"data.train={tmp_path / 'hf'}", f"data.val={tmp_path / 'hf'}", "data.val_split=train")
+
+
+def test_validation_images_that_are_training_images_are_refused_naming_them(tmp_path):
+    table = _table(tmp_path / "plain.jsonl", [(f"{i}.png", None) for i in range(8)])  # no split information
+    with pytest.raises(ValueError, match=r"8 of the 8 validation images are also training images .*images[/\\]0\.png; "
+                       r".*; \.\.\..*data\.allow_overlap=true"):  # fmt: skip
+        _prepare(tmp_path, f"data.train={table}", f"data.val={table}")
+    both = _table(tmp_path / "both.jsonl", [("a.png", "train"), ("b.png", "val"), ("sub/../a.png", "val")])
+    with pytest.raises(ValueError, match=r"1 of the 2 validation images .*images[/\\]a\.png"):
+        _prepare(tmp_path, f"data.train={both}", f"data.val={both}")
+    data = _prepare(tmp_path, f"data.train={table}", f"data.val={table}", "data.allow_overlap=true")  # on purpose
+    assert len(data.val_records) == 8
+
+
+def test_an_image_id_in_two_sources_overlaps_only_when_it_is_the_same_picture(tmp_path):
+    # train: a COCO file; val: another COCO file numbered from 0 too, with other pictures -- no overlap
+    make_scenes(tmp_path / "t", 6, seed=0, image_size=16)
+    make_scenes(tmp_path / "v", 6, seed=1, image_size=16)
+    train, val = tmp_path / "t" / "captions_train.json", tmp_path / "v" / "captions_train.json"
+    data = _prepare(tmp_path, f"data.train={train}", f"data.val={val}")
+    assert len(data.val_records) == 6
+    # the same pictures under other names (COCO train2017 vs Karpathy's val2014 copies): refused by image_id
+    ann = json.loads(train.read_text())
+    for im in ann["images"]:
+        copy = tmp_path / "copies" / f"copy_{Path(im['file_name']).name}"
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "t" / im["file_name"], copy)
+        im["file_name"] = f"copies/{copy.name}"
+    (tmp_path / "copied.json").write_text(json.dumps(ann))
+    first = ann["images"][0]["id"]
+    with pytest.raises(ValueError, match=rf"6 of the 6 validation images .*image_id {first} \(.*copy_"):
+        _prepare(tmp_path, f"data.train={train}", f"data.val={tmp_path / 'copied.json'}")
+
+
+def test_a_users_data_train_wins_over_a_presets_synth_and_config_yaml_says_so(tmp_path, scenes, capsys):
+    from mmgen.config import load_config as load
+
+    cfg = load_config(  # tiny_cpu.yaml sets data.synth; the user names a dataset on top of it
+        ROOT / "configs" / "tiny_cpu.yaml",
+        [*[o for o in TINY if o != "data.synth=null"], f"data.train={scenes}", f"train.out_dir={tmp_path / 'run'}"],
+    )
+    assert cfg.data.synth and cfg.data.train == str(scenes)
+    trainer = Trainer(cfg)
+    out = capsys.readouterr().out
+    assert out.count("data.synth (synthetic scenes) is dropped") == 1 and f"data.train={scenes}" in out
+    saved = load(tmp_path / "run" / "config.yaml")
+    assert saved.data.synth is None and saved.data.train == str(scenes) and trainer.cfg.data.synth is None
+    assert not (tmp_path / "run" / "data").exists()  # no scenes were synthesised
+    assert len(trainer.data.train_records) == 96 and trainer.data.val_records is None
+
+
+# -- data.streaming -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_scenes(scenes):
+    """The scenes as a saved HF dataset: 64 training and 32 validation rows (a split column)."""
+    datasets = pytest.importorskip("datasets")
+    ann = json.loads(scenes.read_text())
+    caps: dict = {}
+    for a in ann["annotations"]:
+        caps.setdefault(a["image_id"], []).append(a["caption"])
+    rows = [
+        {"image": {"bytes": (scenes.parent / im["file_name"]).read_bytes(), "path": None}, "captions": caps[im["id"]],
+         "image_id": im["id"], "split": "train" if k < 64 else "val"}
+        for k, im in enumerate(ann["images"])
+    ]  # fmt: skip
+    feats = datasets.Features({"image": datasets.Image(), "captions": datasets.List(datasets.Value("string")),
+                               "image_id": datasets.Value("int64"), "split": datasets.Value("string")})  # fmt: skip
+    out = scenes.parent / "hf_scenes"
+    datasets.Dataset.from_list(rows, features=feats).save_to_disk(str(out))
+    return out
+
+
+def test_streaming_trains_from_a_stream_across_epochs_and_resumes_exactly(tmp_path, hf_scenes, monkeypatch):
+    from torch.utils.data import IterableDataset
+
+    from mmgen.data.hf import StreamingRecords
+
+    common = (
+        f"data.train={hf_scenes}",
+        "data.streaming=true",
+        "train.batch_size=16",
+        "train.max_steps=6",
+        "train.save_every=2",
+        "train.keep_last=5",
+    )  # fmt: skip  -- 64 training rows: 4 steps per epoch
+    full = _cfg(tmp_path / "a", hf_scenes, *common)
+    trainer = Trainer(full)
+    assert trainer.data.streaming and isinstance(trainer.data.train_records, StreamingRecords)
+    assert not hasattr(trainer.data.train_records, "__len__")  # nothing can ask a stream for its length
+    trainer.fit()
+    assert isinstance(trainer.data.extra["dataset"], IterableDataset)
+    rows = [json.loads(line) for line in (Path(full.train.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["epoch"]) for r in rows] == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 1), (6, 1)]
+    reference = _losses(full.train.out_dir)
+
+    cut = _cfg(tmp_path / "b", hf_scenes, *common)
+    original = Trainer._after_step
+
+    def interrupt(self, start):
+        if self.state.step == 3:  # after the step-2 checkpoint, mid-epoch
+            raise KeyboardInterrupt
+        return original(self, start)
+
+    monkeypatch.setattr(Trainer, "_after_step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cut).fit()
+    monkeypatch.setattr(Trainer, "_after_step", original)
+    Trainer(cut, resume=cut.train.out_dir).fit()
+    assert _losses(cut.train.out_dir) == reference  # the consumed batches were skipped, the same ones followed
+
+
+def test_streaming_a_file_source_says_it_is_read_whole(tmp_path, scenes, capsys):
+    trainer = Trainer(_cfg(tmp_path, scenes, "data.streaming=true"))
+    assert "is not a Hugging Face dataset source; it is read whole" in capsys.readouterr().out
+    assert not trainer.data.streaming and len(trainer.data.train_records) == 96
+
+
+def test_a_stream_shorter_than_one_step_is_an_error_not_an_endless_loop(tmp_path, hf_scenes):
+    cfg = _cfg(tmp_path, hf_scenes, f"data.train={hf_scenes}", "data.streaming=true", "data.train_split=val",
+               "train.batch_size=48", "train.max_steps=2")  # fmt: skip
+    with pytest.raises(ValueError, match=r"holds less than one optimizer step \(train.batch_size=48\)"):
+        Trainer(cfg).fit()

@@ -82,6 +82,7 @@ def _run_stats(args: argparse.Namespace) -> int:
             restval=args.restval,
             image_column=args.image_column,
             caption_column=args.caption_column,
+            keep_uncaptioned=True,  # counted, not hidden
         )
     except (DataFormatError, FileNotFoundError, ImportError) as e:
         print(f"mmgen data stats: {e}", file=sys.stderr)

@@ -91,6 +91,10 @@ class ChainedRecords:
             if hasattr(p, "set_epoch"):
                 p.set_epoch(epoch)
 
+    def shuffled(self, seed: int, buffer_size: int = 1000) -> ChainedRecords:
+        """The parts that can shuffle (HF streams) shuffled; see :meth:`mmgen.data.hf.StreamingRecords.shuffled`."""
+        return ChainedRecords([p.shuffled(seed, buffer_size) if hasattr(p, "shuffled") else p for p in self.parts])
+
     def __iter__(self) -> Iterator[Record]:
         return itertools.chain.from_iterable(self.parts)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +21,78 @@ from typing import Any
 IMAGE_COLUMNS = ("image", "file_name", "filename", "image_path", "path", "file", "img", "jpg", "png")
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text", "txt", "raw")
 ID_COLUMNS = ("image_id", "cocoid", "imgid", "id")
+SPLIT_ALIASES = {"val": ("validation", "valid", "dev"), "validation": ("val", "valid", "dev"), "test": ("testing",)}
+"""Other names of a split: asking for 'val' also finds 'validation'."""
 
 
 class DataFormatError(ValueError):
     """Malformed dataset input; the message names the file and, where it applies, the line or key."""
+
+
+class DerivedId(str):
+    """An image_id made from the image's file name or row position because the data gives none.
+
+    It equals the plain string (results files and reports are unchanged); it only tells the train/val
+    overlap check (:func:`mmgen.data.sources.overlapping_images`) not to take it for an identity.
+    """
+
+    __slots__ = ()
+
+
+def split_names(split: str, restval: bool = True) -> set[str]:
+    """The split values that count as ``split``: itself, its aliases ('val' finds 'validation'), and
+    'restval' for 'train' when ``restval``."""
+    names = {split, *SPLIT_ALIASES.get(split, ())}
+    if split == "train" and restval:
+        names.add("restval")
+    return names
+
+
+def select_split(
+    splits: Sequence[Any], split: str | None, restval: bool, source: Any, name: Any = None
+) -> list[int] | None:
+    """Positions of the entries (records, rows) of ``split``, given each entry's split value.
+
+    Args:
+        splits: The split value of every entry (None: the entry has none).
+        split: The split to keep; None keeps everything.
+        restval: Count 'restval' as 'train'.
+        source: The file or dataset, for errors.
+        name: ``name(i)`` describes entry ``i`` in errors (default: its position).
+
+    Returns:
+        The positions to keep, or None to keep the whole source (no split asked for, or no entry has a split).
+
+    Raises:
+        DataFormatError: no entry is in ``split`` (naming the splits there are), or some entries have a
+            split and others none.
+    """
+    if split is None:
+        return None
+    have = Counter(splits)
+    unsplit = have.pop(None, 0)
+    if not have:  # no split information: the whole source
+        return None
+    if unsplit:
+        i = next(i for i, s in enumerate(splits) if s is None)
+        raise DataFormatError(
+            f"{source}: {unsplit} record(s) have no split while the others have one (e.g. "
+            f"{name(i) if name else f'record {i}'}); give every record a split (or none, to use the source whole)"
+        )
+    wanted = split_names(split, restval)
+    keep = [i for i, s in enumerate(splits) if s in wanted]
+    if not keep:
+        there = ", ".join(f"{k!r} ({n} records)" for k, n in sorted(have.items(), key=lambda kv: str(kv[0])))
+        raise DataFormatError(f"{source}: no record is in split {split!r}; the splits it has are {there}")
+    return keep
+
+
+def warn_dropped(path: Any, where: Sequence[str], what: str = "empty caption(s)") -> None:
+    """Say how many captions of a file were dropped (empty or whitespace only), naming a few places."""
+    if not where:
+        return
+    shown = ", ".join(where[:5]) + (", ..." if len(where) > 5 else "")
+    warnings.warn(f"{path}: dropped {len(where)} {what} ({shown})", stacklevel=3)
 
 
 @dataclass
@@ -59,7 +129,9 @@ def _default_images_dir(json_path: Path, first_file: str | None) -> Path:
     return base / "images" if (base / "images").is_dir() else base
 
 
-def read_coco(path: str | Path, images: str | Path | None = None, data: dict | None = None) -> list[Record]:
+def read_coco(
+    path: str | Path, images: str | Path | None = None, data: dict | None = None, keep_uncaptioned: bool = False
+) -> list[Record]:
     """Read an official COCO caption annotation file (``images`` + ``annotations``).
 
     Args:
@@ -67,20 +139,36 @@ def read_coco(path: str | Path, images: str | Path | None = None, data: dict | N
         images: Directory holding the ``file_name`` of every image (default: the json's directory
             when it holds the first image, else ``images/`` beside the json when that exists).
         data: The already parsed json (saves parsing twice after format detection).
+        keep_uncaptioned: Also return the images without any caption (with no captions), e.g. to count them.
 
     Returns:
-        One record per image that has at least one caption, in the file's image order; ``split`` is None.
+        One record per image that has at least one caption (``keep_uncaptioned``: per image), in the file's
+        image order; ``split`` is None. Empty captions are dropped, and images left without a caption are
+        left out, each with a warning that counts them.
+
+    Raises:
+        DataFormatError: malformed entries, or one image id listed with two different file names (the
+            same id listed twice with the same file is one image).
     """
     path = Path(path)
     data = _load_json(path) if data is None else data
     imgs = _expect_list(data, "images", path)
     anns = _expect_list(data, "annotations", path)
     by_id: dict[Any, dict] = {}
+    conflicts: list[str] = []
     for i, im in enumerate(imgs):
         if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
             raise DataFormatError(f"{path}: images[{i}] needs 'id' and 'file_name', got {_short(im)}")
-        by_id[im["id"]] = im
+        prev = by_id.setdefault(im["id"], im)  # listed twice with the same file: one image
+        if prev["file_name"] != im["file_name"]:
+            conflicts.append(f"id {im['id']!r}: {prev['file_name']} and {im['file_name']}")
+    if conflicts:
+        raise DataFormatError(
+            f"{path}: {len(conflicts)} image id(s) name two different files, so their captions cannot be paired "
+            f"with a photo: {'; '.join(conflicts[:5])}{'; ...' if len(conflicts) > 5 else ''}"
+        )
     captions: dict[Any, list[str]] = {k: [] for k in by_id}
+    blank: list[str] = []
     for i, ann in enumerate(anns):
         if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
             raise DataFormatError(f"{path}: annotations[{i}] needs 'image_id' and 'caption', got {_short(ann)}")
@@ -88,12 +176,18 @@ def read_coco(path: str | Path, images: str | Path | None = None, data: dict | N
             raise DataFormatError(f"{path}: annotations[{i}].image_id {ann['image_id']!r} is not in 'images'")
         if not isinstance(ann["caption"], str):
             raise DataFormatError(f"{path}: annotations[{i}].caption must be a string, got {_short(ann['caption'])}")
-        captions[ann["image_id"]].append(ann["caption"])
+        if ann["caption"].strip():
+            captions[ann["image_id"]].append(ann["caption"])
+        else:
+            blank.append(f"annotations[{i}]")
+    warn_dropped(path, blank)
+    if not keep_uncaptioned:
+        warn_dropped(path, [f"id {k!r}" for k, c in captions.items() if not c], "image(s) without a caption")
     root = Path(images) if images is not None else _default_images_dir(path, imgs[0]["file_name"] if imgs else None)
     return [
         Record(image=str(root / im["file_name"]), captions=captions[k], image_id=k, split=None)
         for k, im in by_id.items()
-        if captions[k]
+        if captions[k] or keep_uncaptioned
     ]
 
 
@@ -115,12 +209,13 @@ def read_karpathy(
         data: The already parsed json.
 
     Returns:
-        Records whose ``image_id`` is the COCO id when present, else ``imgid``, else the file name.
+        Records whose ``image_id`` is the COCO id when present, else ``imgid``, else the file name. Empty
+        sentences are dropped (with a warning that counts them).
     """
     path = Path(path)
     data = _load_json(path) if data is None else data
     root = Path(images) if images is not None else path.parent
-    out = []
+    out, blank = [], []
     for i, im in enumerate(_expect_list(data, "images", path)):
         if not isinstance(im, dict) or "filename" not in im or not isinstance(im.get("sentences"), list):
             raise DataFormatError(f"{path}: images[{i}] needs 'filename' and a 'sentences' list, got {_short(im)}")
@@ -137,11 +232,15 @@ def read_karpathy(
                 raw = " ".join(tokens)
             if not isinstance(raw, str):
                 raise DataFormatError(f"{path}: images[{i}].sentences[{j}] needs 'raw' text, got {_short(sent)}")
-            caps.append(raw)
+            if raw.strip():
+                caps.append(raw)
+            else:
+                blank.append(f"images[{i}].sentences[{j}]")
         image_id = im.get("cocoid", im.get("imgid", im["filename"]))
         out.append(
             Record(image=str(root / im.get("filepath", "") / im["filename"]), captions=caps, image_id=image_id, split=s)
         )
+    warn_dropped(path, blank)
     return out
 
 
@@ -160,25 +259,31 @@ def _pick(columns: Iterable[str], wanted: str | None, candidates: Sequence[str],
     raise DataFormatError(f"{path}: cannot find the {what} column (tried {tried}); columns are {cols}")
 
 
-def caption_list(value: Any, where: str) -> list[str]:
-    """Captions from a cell: a string, a list of strings, a JSON list string, or Karpathy-style sentence dicts."""
+def caption_list(value: Any, where: str, blank: list[str] | None = None) -> list[str]:
+    """Captions from a cell: a string, a list of strings, a JSON list string, or Karpathy-style sentence dicts.
+
+    Empty (or whitespace-only) captions are left out; ``blank``, when given, gets ``where`` appended
+    for each of them, so that the reader can count them.
+    """
     if value is None:
         return []
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("[") and text.endswith("]"):
             try:
-                return caption_list(json.loads(text), where)
+                return caption_list(json.loads(text), where, blank)
             except json.JSONDecodeError:
                 pass
+        if not text and blank is not None:
+            blank.append(where)
         return [value] if text else []
     if isinstance(value, dict):
         for k in ("raw", "caption", "captions", "text", "sentences"):
             if k in value:
-                return caption_list(value[k], where)
+                return caption_list(value[k], where, blank)
         raise DataFormatError(f"{where}: a caption dict needs one of raw/caption/captions/text, got {_short(value)}")
     if isinstance(value, (list, tuple)):
-        return [c for v in value for c in caption_list(v, where)]
+        return [c for v in value for c in caption_list(v, where, blank)]
     raise DataFormatError(f"{where}: captions must be text or a list of texts, got {_short(value)}")
 
 
@@ -204,10 +309,13 @@ def records_from_rows(
 
     Rows naming the same image are merged, so both one-row-per-image (several caption columns or a
     list column) and one-row-per-caption tables work. Relative paths are resolved against ``images``
-    or the table file's directory.
+    or the table file's directory. Empty captions are dropped, with a warning that counts them. Without an
+    id column the image_id is the path as the table writes it (a :class:`DerivedId`).
     """
     root = Path(images) if images is not None else path.parent
     by_image: dict[str, Record] = {}
+    first: dict[str, str] = {}  # image -> where its first row is
+    blank: list[str] = []
     img_col = cap_cols = None
     for where, row in rows:
         if img_col is None:
@@ -216,15 +324,22 @@ def records_from_rows(
         rel = row.get(img_col)
         if not isinstance(rel, str) or not rel:
             raise DataFormatError(f"{where}: column {img_col!r} must hold an image path, got {_short(rel)}")
-        caps = [c for col in cap_cols for c in caption_list(row.get(col), f"{where}: column {col!r}")]
+        caps = [c for col in cap_cols for c in caption_list(row.get(col), f"{where}: column {col!r}", blank)]
         full = str(root / rel) if not os.path.isabs(rel) else rel
-        rec = by_image.get(full)
+        rec, split = by_image.get(full), row.get("split") or None
         if rec is None:
-            image_id = next((row[k] for k in ID_COLUMNS if row.get(k) not in (None, "")), rel)
-            split = row.get("split") or None
-            by_image[full] = Record(image=full, captions=caps, image_id=image_id, split=split)
+            image_id = next((row[k] for k in ID_COLUMNS if row.get(k) not in (None, "")), DerivedId(rel))
+            by_image[full], first[full] = Record(image=full, captions=caps, image_id=image_id, split=split), where
+        elif split is not None and rec.split is not None and split != rec.split:
+            raise DataFormatError(
+                f"{where}: image {rel} is in split {split!r} here but in {rec.split!r} at {first[full]}; "
+                "an image belongs to one split"
+            )
         else:
             rec.captions.extend(caps)
+            rec.split = rec.split or split
+    places = [w[len(str(path)) :].lstrip(": ") for w in blank]  # '3: column ...' (JSONL/CSV) or '[2]: column ...'
+    warn_dropped(path, [f"line {p}" if p[:1].isdigit() else p for p in places])
     return list(by_image.values())
 
 
@@ -282,6 +397,12 @@ def read_csv(
             for row in reader:
                 if None in row:
                     raise DataFormatError(f"{path}:{reader.line_num}: more fields than the header has")
+                missing = [k for k, v in row.items() if v is None]  # a short row: DictReader fills in None
+                if missing:
+                    raise DataFormatError(
+                        f"{path}:{reader.line_num}: {len(row) - len(missing)} field(s), the header has {len(row)} "
+                        f"(missing {missing})"
+                    )
                 yield f"{path}:{reader.line_num}", row
 
         try:

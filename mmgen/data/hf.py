@@ -9,15 +9,29 @@ bad-image accounting apply to them as to files.
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmgen.data.formats import CAPTION_COLUMNS, ID_COLUMNS, IMAGE_COLUMNS, DataFormatError, Record, caption_list
+from mmgen.data.formats import (
+    CAPTION_COLUMNS,
+    ID_COLUMNS,
+    IMAGE_COLUMNS,
+    SPLIT_ALIASES,
+    DataFormatError,
+    DerivedId,
+    Record,
+    caption_list,
+    select_split,
+    split_names,
+    warn_dropped,
+)
 
-SPLIT_ALIASES = {"val": ("validation", "valid", "dev"), "validation": ("val", "valid", "dev"), "test": ("testing",)}
+SPLIT_COLUMN = "split"
+"""A column of this name in a HF dataset is its per-row split ('train' / 'val' / 'test' / 'restval')."""
 
 
 def require_datasets(feature: str) -> Any:
@@ -75,14 +89,32 @@ def detect_hf_kind(source: str | Path) -> str | None:
     return "hub"
 
 
-def _select_split(dd: Any, split: str | None, source: str) -> list[tuple[str, Any]]:
-    """``[(split_name, dataset)]`` from a DatasetDict: the requested split (or an alias), or all of them."""
+def _select_split(dd: Any, split: str | None, source: str, folder: bool = False) -> list[tuple[str | None, Any]]:
+    """``[(split_name, dataset)]`` from a DatasetDict: the requested split (or an alias), or all of them.
+
+    ``folder``: the DatasetDict comes from a local folder, where ``datasets`` names everything 'train'
+    when the files carry no split names; such a folder has no split information and is taken whole.
+    """
     if split is None:
         return list(dd.items())
     for name in (split, *SPLIT_ALIASES.get(split, ())):
         if name in dd:
             return [(name, dd[name])]
+    if folder and list(dd.keys()) == ["train"]:
+        return [(None, dd["train"])]
     raise DataFormatError(f"{source}: no split {split!r}; available splits are {list(dd.keys())}")
+
+
+def keep_split_rows(ds: Any, split: str | None, restval: bool = True, source: Any = "dataset") -> Any:
+    """The rows of a map-style dataset whose ``split`` column is ``split`` (a dataset without that column,
+    or ``split`` None: all of them). Raises :class:`DataFormatError` as
+    :func:`mmgen.data.formats.select_split` does (no row of the split, or rows without a split)."""
+    if split is None or SPLIT_COLUMN not in (ds.column_names or []):
+        return ds
+    keep = select_split(list(ds[SPLIT_COLUMN]), split, restval, source, name=lambda i: f"row {i}")
+    if keep is None or len(keep) == len(ds):
+        return ds
+    return ds.select(keep, keep_in_memory=True)  # never writes an index file into the user's dataset folder
 
 
 def load_hf_datasets(
@@ -91,11 +123,14 @@ def load_hf_datasets(
     split: str | None = None,
     streaming: bool = False,
     cache_dir: str | None = None,
+    restval: bool = True,
 ) -> list[tuple[str | None, Any]]:
     """Load a HF source as ``[(split_name, Dataset | IterableDataset)]``.
 
     Explicit shard files or globs are the requested split themselves (named ``split``, or 'train');
     folders and hub datasets carry their own split names, of which ``split`` picks one (None: all).
+    A ``split`` column further selects the rows of ``split`` in map-style datasets (streams are filtered
+    as they are read, by :class:`StreamingRecords`).
 
     Args:
         source: A save_to_disk folder, an image folder with metadata, shard files / a glob / a folder
@@ -104,22 +139,31 @@ def load_hf_datasets(
         split: Split to keep ('val' also finds 'validation').
         streaming: Return ``IterableDataset`` objects that read the data lazily.
         cache_dir: The ``datasets`` cache (default: its own, ``~/.cache/huggingface/datasets``).
+        restval: A ``split`` column's 'restval' rows count as 'train'.
     """
+    parts = _load_parts(source, kind, split, streaming, cache_dir, restval)
+    return [(n, d if streaming else keep_split_rows(d, split, restval, source)) for n, d in parts]
+
+
+def _load_parts(
+    source: str | Path, kind: str | None, split: str | None, streaming: bool, cache_dir: str | None, restval: bool
+) -> list[tuple[str | None, Any]]:
     datasets = require_datasets(f"reading {source}")
     s = str(source)
     kind = kind or detect_hf_kind(s)
     if kind == "hf_disk":
         loaded = datasets.load_from_disk(s)
         parts = _select_split(loaded, split, s) if isinstance(loaded, datasets.DatasetDict) else [(split, loaded)]
-        if streaming:  # several shards so that ranks and workers can split them
+        if streaming:  # several shards so that ranks and workers can split them; the split column read first
+            parts = [(n, keep_split_rows(d, split, restval, s)) for n, d in parts]
             parts = [(n, d.to_iterable_dataset(num_shards=max(1, min(len(d), 16)))) for n, d in parts]
         return parts
     kw: dict[str, Any] = {"cache_dir": cache_dir, "streaming": streaming}
     if kind == "imagefolder":
-        return _select_split(datasets.load_dataset("imagefolder", data_dir=s, **kw), split, s)
+        return _select_split(datasets.load_dataset("imagefolder", data_dir=s, **kw), split, s, folder=True)
     if kind in ("parquet", "webdataset"):
         if os.path.isdir(s):
-            return _select_split(datasets.load_dataset(kind, data_dir=s, **kw), split, s)
+            return _select_split(datasets.load_dataset(kind, data_dir=s, **kw), split, s, folder=True)
         name = split or "train"
         return [(split, datasets.load_dataset(kind, data_files={name: _files(s)}, split=name, **kw))]
     if kind == "hub":
@@ -156,16 +200,17 @@ def _without_decoding(ds: Any, column: str) -> Any:
 
 
 def row_to_record(row: dict, image_column: str, caption_column: str, split: str | None, fallback_id: Any) -> Record:
-    """One dataset row as a record: undecoded image as bytes (or its path), captions as a list."""
+    """One dataset row as a record: undecoded image as bytes (or its path), captions as a list; the split is
+    the row's ``split`` column when it has one, else ``split``."""
     value, path = row.get(image_column), None
     if isinstance(value, dict):  # Image(decode=False): {"bytes": ..., "path": ...}
         path = value.get("path")
         value = value.get("bytes") or path
     image_id = next((row[k] for k in (*ID_COLUMNS, "__key__") if row.get(k) not in (None, "")), None)
     if image_id is None:  # the file name is stable across workers and ranks, a row number is not
-        image_id = path or fallback_id
+        image_id = DerivedId(path or fallback_id)
     caps = caption_list(row.get(caption_column), f"record {image_id!r}: column {caption_column!r}")
-    return Record(image=value, captions=caps, image_id=image_id, split=split)
+    return Record(image=value, captions=caps, image_id=image_id, split=row.get(SPLIT_COLUMN) or split)
 
 
 class HFRecords(Sequence):
@@ -189,7 +234,7 @@ class HFRecords(Sequence):
     ) -> None:
         self.image_column, self.caption_column = _columns(ds, image_column, caption_column, source)
         self.ds = _without_decoding(ds, self.image_column)
-        self.split = split
+        self.split, self.source = split, source
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -204,9 +249,19 @@ class HFRecords(Sequence):
         return row_to_record(row, self.image_column, self.caption_column, self.split, f"{self.split or 'row'}/{i}")
 
     def caption_counts(self) -> list[int]:
-        """Number of captions of every record, reading only the caption column."""
-        col = self.ds.select_columns([self.caption_column])
-        return [len(caption_list(r[self.caption_column], f"row {i}")) for i, r in enumerate(col)]
+        """Number of captions of every record, reading only the caption column (warns about empty captions,
+        which are left out)."""
+        col, blank = self.ds.select_columns([self.caption_column]), []
+        counts = [len(caption_list(r[self.caption_column], f"row {i}", blank)) for i, r in enumerate(col)]
+        warn_dropped(self.source, blank)
+        return counts
+
+    def identity_keys(self) -> list[Any]:
+        """Every record's image_id from the id column (None where the rows have none), without reading images."""
+        col = next((c for c in ID_COLUMNS if c in (self.ds.column_names or [])), None)
+        if col is None:
+            return [None] * len(self)
+        return [v if v not in (None, "") else None for v in self.ds[col]]
 
 
 class StreamingRecords:
@@ -225,12 +280,24 @@ class StreamingRecords:
         image_column: str | None = None,
         caption_column: str | None = None,
         source: str = "dataset",
+        split: str | None = None,
+        restval: bool = True,
     ) -> None:
         self.parts = []
-        for split, ds in parts:
+        for name, ds in parts:
             img, cap = _columns(ds, image_column, caption_column, source)
-            self.parts.append((split, _without_decoding(ds, img), img, cap))
+            self.parts.append((name, _without_decoding(ds, img), img, cap))
         self.epoch = 0
+        self.source = source
+        self.wanted = split_names(split, restval) if split is not None else None
+        """Rows with a ``split`` column are kept when it holds one of these (None: every row)."""
+
+    def shuffled(self, seed: int, buffer_size: int = 1000) -> StreamingRecords:
+        """The same streams read in a random order (shards shuffled, then a buffer of ``buffer_size`` rows),
+        drawn again every epoch (:meth:`set_epoch`) from ``seed``."""
+        out = copy.copy(self)
+        out.parts = [(n, ds.shuffle(seed=seed, buffer_size=buffer_size), img, cap) for n, ds, img, cap in self.parts]
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         """Forwarded to the streams (reshuffles shuffled streams reproducibly)."""
@@ -243,6 +310,10 @@ class StreamingRecords:
         # worker's shards, so no splitting here
         for split, ds, img, cap in self.parts:
             for i, row in enumerate(ds):
+                if self.wanted is not None and SPLIT_COLUMN in row and row[SPLIT_COLUMN] not in self.wanted:
+                    if row[SPLIT_COLUMN] in (None, ""):
+                        raise DataFormatError(f"{self.source}: row {i} has no split while others have one")
+                    continue
                 yield row_to_record(row, img, cap, split, f"{split or 'row'}/{i}")
 
 
@@ -266,18 +337,19 @@ def hf_records(
     cache_dir: str | None = None,
     rank: int = 0,
     world_size: int = 1,
+    restval: bool = True,
 ) -> Sequence[Record] | StreamingRecords:
     """Records of a HF source: a random-access sequence, or a :class:`StreamingRecords` when streaming.
 
     With ``world_size > 1`` every rank gets its own part (for map-style data a contiguous block; a
-    DistributedSampler over the full data is the alternative).
+    DistributedSampler over the full data is the alternative). ``split`` picks a named split and, in
+    datasets with a ``split`` column, the rows of that split (``restval``: 'restval' rows count as 'train').
     """
     from mmgen.data.datasets import ConcatRecords
 
-    parts = [
-        (n, split_by_node(d, rank, world_size)) for n, d in load_hf_datasets(source, kind, split, streaming, cache_dir)
-    ]
+    loaded = load_hf_datasets(source, kind, split, streaming, cache_dir, restval)
+    parts = [(n, split_by_node(d, rank, world_size)) for n, d in loaded]
     if streaming:
-        return StreamingRecords(parts, image_column, caption_column, str(source))
+        return StreamingRecords(parts, image_column, caption_column, str(source), split, restval)
     seqs = [HFRecords(d, image_column, caption_column, n, str(source)) for n, d in parts]
     return seqs[0] if len(seqs) == 1 else ConcatRecords(seqs)

@@ -8,18 +8,22 @@ metadata, parquet/webdataset shards, hub names, streaming (see :mod:`mmgen.data.
 
 from __future__ import annotations
 
+import filecmp
 import glob
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mmgen.data.formats import (
     DataFormatError,
+    DerivedId,
     Record,
     read_coco,
     read_csv,
     read_jsonl,
     read_karpathy,
+    select_split,
     sniff_json,
 )
 
@@ -53,15 +57,11 @@ def detect_format(source: str | Path) -> str:
     return _detect(source)[0]
 
 
-def _filter_split(records: list[Record], split: str | None, restval: bool) -> list[Record]:
-    if split is None:
-        return records
-    out = []
-    for r in records:
-        s = "train" if (r.split == "restval" and restval) else r.split
-        if s is None or s == split:  # records of sources without split information always pass
-            out.append(r)
-    return out
+def _filter_split(records: list[Record], split: str | None, restval: bool, source: Any) -> list[Record]:
+    """The records of ``split`` (see :func:`mmgen.data.formats.select_split`); a source without any split
+    information is taken whole."""
+    keep = select_split([r.split for r in records], split, restval, source, name=lambda i: records[i].image)
+    return records if keep is None else [records[i] for i in keep]
 
 
 def _merge_duplicates(records: list[Record], sources: str) -> list[Record]:
@@ -107,20 +107,21 @@ def _load_one(source: str | Path, images: str | Path | None, split: str | None, 
             fmt,
             split,
             kw.get("streaming", False),
+            restval=restval,
             cache_dir=kw.get("cache_dir"),
             rank=kw.get("rank", 0),
             world_size=kw.get("world_size", 1),
             **cols,
         )
     path = Path(source)
-    if fmt == "coco":
-        return read_coco(path, images, data=data)  # data: parsed once, during detection
+    if fmt == "coco":  # data: parsed once, during detection
+        return read_coco(path, images, data=data, keep_uncaptioned=kw.get("keep_uncaptioned", False))
     if fmt == "karpathy":
-        return read_karpathy(path, images, split, restval, data=data)
+        return _filter_split(read_karpathy(path, images, None, restval, data=data), split, restval, path)
     if fmt == "jsonl":
-        return _filter_split(read_jsonl(path, images, **cols), split, restval)
+        return _filter_split(read_jsonl(path, images, **cols), split, restval, path)
     if fmt == "csv":
-        return _filter_split(read_csv(path, images, **cols), split, restval)
+        return _filter_split(read_csv(path, images, **cols), split, restval, path)
     raise DataFormatError(f"{source}: unknown format {fmt!r}; expected one of {FILE_FORMATS + HF_FORMATS}")
 
 
@@ -137,6 +138,7 @@ def load_records(
     rank: int = 0,
     world_size: int = 1,
     format: str | None = None,
+    keep_uncaptioned: bool = False,
 ) -> Sequence[Record] | Iterable[Record]:
     """Load caption records from any supported source; the format is detected from the content.
 
@@ -146,9 +148,11 @@ def load_records(
             name; or a list of those, combined (e.g. a COCO train and val file).
         images: The images directory for COCO/Karpathy files and relative table paths (one for all
             sources, or one per source).
-        split: Keep this split ('train', 'val', 'test') where the source records splits; sources
-            without split information (COCO files, explicit shard files) are taken whole.
-        restval: Karpathy/table splits: count 'restval' as 'train'.
+        split: Keep this split ('train', 'val', 'test'; 'val' also finds 'validation') where the source
+            records splits: Karpathy files, a ``split`` column of JSONL/CSV tables and of HF datasets, the
+            named splits of HF dataset folders and hub datasets. Sources without split information (COCO
+            files, tables without a split column) are taken whole.
+        restval: Karpathy/table/HF splits: count 'restval' as 'train'.
         image_column: Preferred image column of tables and HF datasets (auto-detected otherwise).
         caption_column: Preferred caption column(s) (auto-detected otherwise).
         streaming: HF sources are read lazily as a stream (an iterable, not a sequence).
@@ -157,12 +161,15 @@ def load_records(
             map-style data is usually split by a DistributedSampler instead).
         world_size: Number of ranks.
         format: Skip detection (one of FILE_FORMATS + HF_FORMATS).
+        keep_uncaptioned: COCO files: also return the images that have no caption (other formats always
+            return them; training leaves them out).
 
     Returns:
         A sequence of :class:`Record` (a list for file formats), or an iterable when streaming.
 
     Raises:
-        DataFormatError: malformed input, naming the file and the line or key.
+        DataFormatError: malformed input, naming the file and the line or key; a source that has splits
+            but none of the requested one (naming the splits it has).
         FileNotFoundError: a missing file.
     """
     sources = [source] if isinstance(source, (str, Path)) else list(source)
@@ -180,6 +187,7 @@ def load_records(
         "rank": rank,
         "world_size": world_size,
         "format": format,
+        "keep_uncaptioned": keep_uncaptioned,
     }
     parts = [_load_one(s, d, split, restval, kw) for s, d in zip(sources, dirs)]
     if all(isinstance(p, list) for p in parts):
@@ -222,3 +230,73 @@ def load_split(
         rank=rank,
         world_size=world_size,
     )
+
+
+def is_stream(source: str | Path | Sequence[str | Path]) -> bool:
+    """Whether ``load_records(source, streaming=True)`` streams: some source is a Hugging Face one (file
+    formats are read whole)."""
+    from mmgen.data.hf import detect_hf_kind
+
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    sources, _ = _expand_globs(sources, [None] * len(sources))
+    return any(detect_hf_kind(s) is not None for s in sources)
+
+
+def identity_keys(records: Sequence[Record]) -> list[tuple[str | None, str | None]]:
+    """``(image path, image_id)`` of every record, each None where there is none to compare by.
+
+    Paths are absolute and normalised; ids are compared as text, and ids made up from a file name or a
+    row position (:class:`~mmgen.data.formats.DerivedId`) are left out. HF-backed sequences give their id
+    column without reading any image.
+    """
+    if hasattr(records, "identity_keys"):  # HFRecords
+        return [(None, None if k is None else str(k)) for k in records.identity_keys()]
+    if hasattr(records, "parts") and hasattr(records, "ends"):  # ConcatRecords
+        return [k for p in records.parts for k in identity_keys(p)]
+    out = []
+    for r in records:
+        path = os.path.normpath(os.path.abspath(str(r.image))) if isinstance(r.image, (str, Path)) else None
+        image_id = None if r.image_id is None or isinstance(r.image_id, DerivedId) else str(r.image_id)
+        out.append((path, image_id))
+    return out
+
+
+def _same_image(a: Record, b: Record) -> bool:
+    """Whether two records hold the same picture (files compared by size, then content)."""
+
+    def content(x: Any) -> bytes | None:
+        if isinstance(x, (bytes, bytearray)):
+            return bytes(x)
+        if isinstance(x, (str, Path)) and os.path.isfile(x):
+            return Path(x).read_bytes()
+        return None  # a PIL image or a missing file: cannot tell
+
+    if isinstance(a.image, (str, Path)) and isinstance(b.image, (str, Path)):
+        return os.path.isfile(a.image) and os.path.isfile(b.image) and filecmp.cmp(a.image, b.image, shallow=False)
+    ca, cb = content(a.image), content(b.image)
+    return ca is not None and ca == cb
+
+
+def overlapping_images(train: Sequence[Record], val: Sequence[Record], same_source: bool = False) -> list[str]:
+    """The validation images that are also training images, described for a message.
+
+    An image is in both when its path is, or its image_id is. Within one source an id names one image;
+    across different sources (where ids may merely restart from 1) an id match counts only when the two
+    images have the same content.
+
+    Args:
+        train: The training records.
+        val: The validation records.
+        same_source: Both come from the same files (with different splits).
+    """
+    tk, vk = identity_keys(train), identity_keys(val)
+    paths = {p for p, _ in tk if p is not None}
+    ids = {k: i for i, (_, k) in enumerate(tk) if k is not None}
+    found = []
+    for j, (path, image_id) in enumerate(vk):
+        if path is not None and path in paths:
+            found.append(path)
+        elif image_id is not None and image_id in ids:
+            if same_source or _same_image(train[ids[image_id]], val[j]):
+                found.append(f"image_id {image_id}" + (f" ({path})" if path else ""))
+    return found

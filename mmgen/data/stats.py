@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,12 +14,44 @@ from typing import Any
 from mmgen.data.formats import Record
 from mmgen.data.images import DEFAULT_MAX_PIXELS, BadImageError, decode_image, source_name
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Scripts written without spaces between words: each character (with its vowel signs and tone marks)
+# counts as a word there.
+_NO_SPACE = (
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"  # Thai, Lao, Myanmar, Khmer
+    "\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f"  # kana
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"  # CJK ideographs
+)
+_PIECE = re.compile(f"[{_NO_SPACE}]|[^{_NO_SPACE}]+")
+_APOSTROPHES = "'\u2019"
+
+
+@functools.cache
+def _separators() -> dict[int, str]:
+    """str.translate table: punctuation and symbols (Unicode categories P*, S*) become spaces, apostrophes stay."""
+    return {
+        c: " "
+        for c in range(0x20000)  # the planes that hold punctuation, symbols and emoji
+        if unicodedata.category(chr(c))[0] in "PS" and chr(c) not in _APOSTROPHES
+    }
 
 
 def caption_words(text: str) -> list[str]:
-    """Lower-cased words without punctuation (roughly what COCO's PTB tokenisation keeps)."""
-    return _WORD.findall(text.lower())
+    """Lower-cased words without punctuation, in any script.
+
+    Words are what whitespace and punctuation separate (accents and vowel signs stay in their word:
+    'café', Arabic, Devanagari); in scripts written without spaces (Chinese, Japanese, Thai, ...) every
+    character counts as one word. An apostrophe inside a word keeps it whole ("dog's").
+    """
+    words = []
+    for token in text.lower().translate(_separators()).split():
+        pieces: list[str] = []
+        for piece in _PIECE.findall(token):
+            if pieces and len(piece) == 1 and unicodedata.category(piece)[0] == "M":
+                pieces[-1] += piece  # a combining sign (Thai vowel, tone mark) stays with its character
+            else:
+                pieces.append(piece)
+        words += [w for w in (p.strip(_APOSTROPHES) for p in pieces) if w]
+    return words
 
 
 @dataclass
@@ -30,8 +64,9 @@ class DatasetStats:
     vocabulary: Counter = field(default_factory=Counter)
     """Word counts over all captions."""
     lengths: Counter = field(default_factory=Counter)
-    """Caption length in words -> number of captions."""
+    """Caption length in words (:func:`caption_words`) -> number of captions."""
     captions_per_image: Counter = field(default_factory=Counter)
+    """Captions of an image -> number of images, over the images that have captions."""
     failed: list[tuple[Any, str]] = field(default_factory=list)
     """(image_id, 'source: reason') of every image that failed to decode (when images were checked)."""
     checked_images: int = 0
@@ -72,8 +107,10 @@ def dataset_stats(
             break
         st.images += 1
         st.captions += len(rec.captions)
-        st.captions_per_image[len(rec.captions)] += 1
-        st.images_without_captions += not rec.captions
+        if rec.captions:
+            st.captions_per_image[len(rec.captions)] += 1
+        else:
+            st.images_without_captions += 1
         for c in rec.captions:
             words = caption_words(c)
             st.vocabulary.update(words)
@@ -97,14 +134,17 @@ def _histogram(counts: Counter, width: int = 40) -> list[str]:
 
 def format_stats(st: DatasetStats, top_words: int = 20) -> str:
     """A human-readable report of :func:`dataset_stats`."""
+    captioned = st.images - st.images_without_captions
     lines = [
-        f"images: {st.images}",
-        f"captions: {st.captions} ({st.captions / max(st.images, 1):.2f} per image)",
-        f"images without captions: {st.images_without_captions}",
-        "captions per image: " + ", ".join(f"{k}: {v}" for k, v in sorted(st.captions_per_image.items())),
+        f"images: {st.images} ({captioned} with captions, {st.images_without_captions} without)",
+        f"captions: {st.captions} ({st.captions / max(captioned, 1):.2f} per image with captions)",
+        f"images without captions: {st.images_without_captions}"
+        + (" (not trained on; left out of the per-image counts)" if st.images_without_captions else ""),
+        "captions per image (images with captions): "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(st.captions_per_image.items())),
         f"vocabulary size: {st.vocab_size} words",
         "most frequent words: " + ", ".join(f"{w} ({n})" for w, n in st.vocabulary.most_common(top_words)),
-        "caption length (words) histogram:",
+        "caption length histogram (words; characters in scripts written without spaces):",
         *_histogram(st.lengths),
     ]
     if st.checked_images:
@@ -119,8 +159,9 @@ def stats_dict(st: DatasetStats) -> dict:
     """The statistics as plain JSON-ready data."""
     return {
         "images": st.images,
-        "captions": st.captions,
+        "images_with_captions": st.images - st.images_without_captions,
         "images_without_captions": st.images_without_captions,
+        "captions": st.captions,
         "vocab_size": st.vocab_size,
         "caption_lengths": {str(k): v for k, v in sorted(st.lengths.items())},
         "captions_per_image": {str(k): v for k, v in sorted(st.captions_per_image.items())},

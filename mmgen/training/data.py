@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,45 @@ class RunData:
     val_records: Any
     tracker: Any = None
     extra: dict = field(default_factory=dict)
+    streaming: bool = False
+    """``train_records`` is this rank's part of a stream (an iterable of unknown length), not a sequence."""
+
+
+def resolve_data_source(cfg: Config, log: Callable[[str], None] | None = print) -> Config:
+    """The config a run trains with: an explicit ``data.train`` wins over ``data.synth``.
+
+    A preset may set ``data.synth`` (synthetic scenes); a user who names a dataset on top of it means
+    that dataset. The returned config (saved as the run's ``config.yaml``) then has ``data.synth``
+    dropped, so that it says what was trained on; ``log`` gets one line saying so.
+
+    Returns:
+        ``cfg`` itself when there is nothing to resolve, else a copy.
+    """
+    dc = cfg.data
+    if not dc.synth or dc.train is None:
+        return cfg
+    if log is not None:
+        log(
+            f"data.train={dc.train} is set: training on it, and data.synth (synthetic scenes) is dropped "
+            "(data.train=null trains on data.synth)"
+            + ("" if dc.val is not None else "; no validation data (set data.val to evaluate)")
+        )
+    return dataclasses.replace(cfg, data=dataclasses.replace(dc, synth=None))
 
 
 def prepare(cfg: Config, run_dir: Path, dist: D.DistState) -> RunData:
-    """Read (or first synthesise) the training and validation records."""
-    from mmgen.data import load_records
+    """Read (or first synthesise) the training and validation records.
 
+    Every source is read with its split (``data.train_split`` / ``data.val_split``) wherever it records
+    splits; a source without split information is taken whole. Images that are both in the training and
+    the validation records are refused (unless ``data.allow_overlap``). With ``data.streaming`` and a
+    Hugging Face source, the training records are this rank's part of a stream.
+    """
+    from mmgen.data import load_records
+    from mmgen.data.images import BadImageTracker
+    from mmgen.data.sources import is_stream
+
+    cfg = resolve_data_source(cfg, print if dist.is_main else None)
     dc = cfg.data
     train, train_images, val, val_images = dc.train, dc.train_images, dc.val, dc.val_images
     if dc.synth:
@@ -37,45 +72,65 @@ def prepare(cfg: Config, run_dir: Path, dist: D.DistState) -> RunData:
         val, val_images = str(out / "captions_val.json"), str(out)
     if train is None:
         raise ValueError("data.train is not set (a dataset path, or data.synth to generate scenes)")
-    train_records = load_records(
-        train,
-        images=train_images,
-        split=dc.train_split if _has_splits(train) else None,
-        restval=dc.restval,
-        image_column=dc.image_column,
-        caption_column=dc.caption_column,
-    )
+    streaming = dc.streaming and is_stream(train)
+    if dc.streaming and not streaming and dist.is_main:
+        print(f"data.streaming: {train} is not a Hugging Face dataset source; it is read whole (map-style)")
+    cols = {"image_column": dc.image_column, "caption_column": dc.caption_column}
+    part = {"streaming": True, "rank": dist.rank, "world_size": dist.world_size} if streaming else {}
+    train_records = load_records(train, train_images, dc.train_split, dc.restval, **cols, **part)
+    if streaming and hasattr(train_records, "shuffled"):  # a new order every epoch, drawn from the seed
+        train_records = train_records.shuffled(cfg.train.seed)
     val_records, extra = None, {}
     if val is not None:
-        val_records = load_records(
-            val,
-            images=val_images,
-            split=dc.val_split if _has_splits(val) else None,
-            restval=False,
-            image_column=dc.image_column,
-            caption_column=dc.caption_column,
-        )
+        val_records = load_records(val, val_images, dc.val_split, False, **cols)
+        if not streaming:
+            check_overlap(cfg, train_records, val_records, (train, val))
+        elif dist.is_main:
+            print("data.streaming: the training stream is not checked for images that are also in data.val")
         if cfg.eval.max_images is not None:
             val_records = [val_records[i] for i in range(min(cfg.eval.max_images, len(val_records)))]
         if isinstance(val, str):
             from mmgen.evaluation.scenes import load_scenes
 
             extra["val_scenes"] = load_scenes(val)  # synthetic scenes: attribute accuracies at evaluation
-    from mmgen.data.images import BadImageTracker
-
     # the tracker's epoch size is set from this rank's share of the training items by train_loader
-    return RunData(train_records, val_records, BadImageTracker(dc.max_bad_fraction), extra)
+    return RunData(train_records, val_records, BadImageTracker(dc.max_bad_fraction), extra, streaming)
 
 
-def _has_splits(source: str) -> bool:
-    """Karpathy-style files carry a split per image; COCO / JSONL files usually don't."""
-    from mmgen.data.formats import sniff_json
+def check_overlap(cfg: Config, train_records: Any, val_records: Any, sources: tuple[Any, Any]) -> None:
+    """Refuse validation images that are also training images (``data.allow_overlap``: only say so).
 
-    p = Path(source)
-    if p.suffix != ".json" or not p.is_file():
-        return False
-    kind, _ = sniff_json(p)
-    return kind == "karpathy"
+    Raises:
+        DataFormatError: some images are in both, naming a few of them and the count.
+    """
+    from mmgen.data.formats import DataFormatError
+    from mmgen.data.sources import overlapping_images
+
+    dc = cfg.data
+    same = overlapping_images(train_records, val_records, same_source=_same_sources(*sources))
+    if not same:
+        return
+    named = "; ".join(same[:5]) + ("; ..." if len(same) > 5 else "")
+    what = (
+        f"{len(same)} of the {len(val_records)} validation images are also training images "
+        f"(data.train={sources[0]} split {dc.train_split!r}, data.val={sources[1]} split {dc.val_split!r}): {named}"
+    )
+    if dc.allow_overlap:
+        print(f"{what} (data.allow_overlap=true: kept)")
+        return
+    raise DataFormatError(
+        f"{what}. Scores on images the model trained on are not a validation; fix the splits, or set "
+        "data.allow_overlap=true to validate on training images on purpose (an overfitting check)"
+    )
+
+
+def _same_sources(a: Any, b: Any) -> bool:
+    """Whether ``data.train`` and ``data.val`` name the same files (an image_id then identifies one image)."""
+
+    def norm(x: Any) -> list[str]:
+        return sorted(os.path.abspath(str(s)) for s in ([x] if isinstance(x, (str, Path)) else x))
+
+    return norm(a) == norm(b)
 
 
 def prepare_tokenizer(cfg: Config, train_records: Any, run_dir: Path, dist: D.DistState):
@@ -89,12 +144,23 @@ def prepare_tokenizer(cfg: Config, train_records: Any, run_dir: Path, dist: D.Di
         return load_tokenizer(tc, cfg.model.decoder.name)
     path = run_dir / "tokenizer"
     if dist.is_main and not (path / "tokenizer.json").exists():
+        if dist.world_size > 1 and not isinstance(train_records, Sequence):  # this rank's part of a stream
+            train_records = _whole_stream(cfg)
         captions = (c for r in train_records for c in r.captions)
         tok = train_caption_tokenizer(captions, tc.kind, tc.vocab_size, tc.min_frequency, tc.lowercase)
         tok.save_pretrained(str(path))
         print(f"trained a {tc.kind} tokenizer on the training captions: {len(tok)} tokens -> {path}")
     D.barrier()
     return ensure_special_tokens(AutoTokenizer.from_pretrained(str(path)))
+
+
+def _whole_stream(cfg: Config) -> Any:
+    """Every rank's part of the training stream (what the tokenizer learns from)."""
+    from mmgen.data import load_records
+
+    dc = cfg.data
+    cols = {"image_column": dc.image_column, "caption_column": dc.caption_column}
+    return load_records(dc.train, dc.train_images, dc.train_split, dc.restval, **cols, streaming=True)
 
 
 def feature_cache(cfg: Config, model, data: RunData, run_dir: Path, dist: D.DistState):
@@ -135,17 +201,34 @@ def _train_dataset(trainer) -> Any:
     return trainer.data.extra["dataset"]
 
 
+def _collator(trainer) -> Any:
+    """The training collator: tokenised captions with images (or cached features)."""
+    from mmgen.data.collate import CaptionCollator
+    from mmgen.data.transforms import image_size
+
+    cfg = trainer.cfg
+    fixed = cfg.data.pad_to_max_length if cfg.data.pad_to_max_length is not None else cfg.train.compile
+    pad = trainer.model.start_ids.numel() + cfg.model.max_caption_tokens if fixed else None  # one shape
+    tok, prompt, max_tokens = trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens
+    if trainer.features is not None:
+        return trainer.features.collator(tok, prompt, max_tokens, pad_to_multiple_of=pad)
+    size = image_size(trainer.model.data_config)
+    return CaptionCollator(tok, prompt, max_tokens, pad_to_multiple_of=pad, image_size=size)
+
+
 def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
     """Yield the micro-batches of each optimizer step of ``epoch`` from step ``start_step`` on.
 
     Every rank takes an interleaved share of one permutation per (seed, epoch); the union over ranks
     and accumulation micro-batches of step s is items [s*B, (s+1)*B) of the permutation, whatever the
-    world size, so 1 and N processes see the same global batches.
+    world size, so 1 and N processes see the same global batches. A stream (``data.streaming``) is
+    read by :func:`stream_loader` instead.
     """
-    from mmgen.data.collate import CaptionCollator
     from mmgen.data.datasets import EpochSampler, make_loader
-    from mmgen.data.transforms import image_size
 
+    if trainer.data.streaming:
+        yield from stream_loader(trainer, epoch, start_step)
+        return
     cfg, dist = trainer.cfg, trainer.dist
     ds = _train_dataset(trainer)
     accum, micro = cfg.train.grad_accum, trainer.micro_batch
@@ -158,18 +241,10 @@ def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
         sampler = EpochSampler(
             len(ds), seed=cfg.train.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size, drop_last=True
         )
-        fixed = cfg.data.pad_to_max_length if cfg.data.pad_to_max_length is not None else cfg.train.compile
-        pad = trainer.model.start_ids.numel() + cfg.model.max_caption_tokens if fixed else None  # one shape
-        tok, prompt, max_tokens = trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens
-        if trainer.features is not None:
-            collate = trainer.features.collator(tok, prompt, max_tokens, pad_to_multiple_of=pad)
-        else:
-            size = image_size(trainer.model.data_config)
-            collate = CaptionCollator(tok, prompt, max_tokens, pad_to_multiple_of=pad, image_size=size)
         loader = make_loader(
             ds,
             micro,
-            collate,
+            _collator(trainer),
             sampler=sampler,
             num_workers=cfg.data.num_workers,
             seed=cfg.train.seed,
@@ -193,6 +268,62 @@ def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
             yield [b for b in group if b["input_ids"].shape[0] > 0]  # every image bad: an empty step
             group = []
             step += 1
+
+
+def stream_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
+    """The optimizer steps of one pass over this rank's part of a training stream.
+
+    The epoch ends when the stream does (its length is never asked for); with several ranks, as soon as
+    one rank's part has no full step left, so that every rank takes the same number of steps. Items are
+    a function of (seed, epoch, image_id) and the stream's order (reshuffled per epoch from the seed), so
+    resuming mid-epoch reads and drops the ``start_step`` steps the interrupted run had consumed: the
+    same batches follow, at the cost of decoding the skipped ones again.
+    """
+    import itertools
+
+    import torch
+
+    from mmgen.data.datasets import StreamingCaptionDataset, make_loader
+    from mmgen.data.transforms import build_transform
+
+    cfg, dist, tracker = trainer.cfg, trainer.dist, trainer.data.tracker
+    ds = trainer.data.extra.get("dataset")
+    if ds is None:
+        transform = build_transform(trainer.model.data_config, train=True, augment=cfg.data.augment, uint8=True)
+        mode, seed = cfg.data.caption_sampling, cfg.train.seed
+        ds = StreamingCaptionDataset(
+            trainer.data.train_records, transform, mode, seed=seed, max_pixels=cfg.data.max_pixels
+        )
+        trainer.data.extra["dataset"] = ds
+    ds.set_epoch(epoch)  # workers are started per epoch (not persistent), so they see it
+    loader = make_loader(
+        ds,
+        trainer.micro_batch,
+        _collator(trainer),
+        num_workers=cfg.data.num_workers,
+        seed=cfg.train.seed + epoch,
+        drop_last=True,
+        pin_memory=trainer.device.type == "cuda",
+    )
+    if tracker is not None:
+        tracker.epoch_size = None  # unknown: the bad-image fraction is checked at the end of the epoch
+    batches, step = iter(loader), 0
+    while True:
+        group = list(itertools.islice(batches, cfg.train.grad_accum))
+        short = float(len(group) < cfg.train.grad_accum)
+        if D.all_reduce_sum(torch.tensor([short])).item() > 0:  # some rank's part has ended
+            break
+        if step >= start_step:
+            for b in group:
+                if tracker is not None and "bad" in b:
+                    tracker.update(b)
+            yield [b for b in group if b["input_ids"].shape[0] > 0]  # every image bad: an empty step
+        step += 1
+    if step == 0:
+        raise ValueError(
+            f"the training stream {cfg.data.train} (split {cfg.data.train_split!r}) holds less than one optimizer "
+            f"step (train.batch_size={cfg.train.batch_size}) on rank {dist.rank}"
+        )
 
 
 def end_epoch(trainer, epoch: int) -> None:

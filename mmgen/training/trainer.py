@@ -72,6 +72,7 @@ class Trainer:
         if cfg.train.objective != "xe" and type(self) is Trainer:
             raise ValueError(f"train.objective={cfg.train.objective}: build the trainer with build_trainer(cfg)")
         self.dist = D.init_distributed()
+        cfg = tdata.resolve_data_source(cfg, print if self.dist.is_main else None)  # config.yaml says what trains
         self.cfg = cfg
         self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
         self.device = self.dist.device
