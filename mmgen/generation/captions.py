@@ -49,10 +49,12 @@ def prompt_embeds(model, pixel_values: torch.Tensor | None = None, features: tor
 
 
 def decode_sequences(tokenizer, sequences: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-    """Caption texts of ``(N, L)`` generated ids cut at ``(N,)`` lengths: special tokens skipped, stripped."""
+    """Caption texts of ``(N, L)`` generated ids cut at ``(N,)`` lengths: special tokens skipped, stripped,
+    the spacing of the training captions kept (see :func:`~mmgen.models.tokenizer.decode_captions`)."""
+    from mmgen.models.tokenizer import decode_captions
+
     seqs, lens = sequences.tolist(), lengths.tolist()
-    texts = tokenizer.batch_decode([s[:n] for s, n in zip(seqs, lens)], skip_special_tokens=True)
-    return [t.strip() for t in texts]
+    return decode_captions(tokenizer, [s[:n] for s, n in zip(seqs, lens)])
 
 
 @torch.inference_mode()
