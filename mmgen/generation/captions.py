@@ -80,7 +80,7 @@ def generate_captions(
         cuda_graph: Replay decoding steps from CUDA graphs (see :func:`~mmgen.generation.search`).
 
     Returns:
-        Decoded captions (special tokens skipped, whitespace stripped) and their scores.
+        Decoded captions (special tokens skipped, whitespace stripped) and their scores, best first.
     """
     gen = gen or model.generation_config
     tok = model.tokenizer
@@ -97,7 +97,9 @@ def generate_captions(
     b, r, _ = out.sequences.shape
     texts = decode_sequences(tok, out.sequences.reshape(b * r, -1), out.lengths.reshape(-1))
     scores = out.scores.float().reshape(-1).tolist()
-    return GeneratedCaptions(
-        texts=[texts[i * r : (i + 1) * r] for i in range(b)],
-        scores=[scores[i * r : (i + 1) * r] for i in range(b)],
-    )
+    result = GeneratedCaptions([], [])
+    for i in range(b):  # best first: samples come out in drawing order (beams already are sorted; a stable sort)
+        pairs = sorted(zip(texts[i * r : (i + 1) * r], scores[i * r : (i + 1) * r]), key=lambda p: -p[1])
+        result.texts.append([t for t, _ in pairs])
+        result.scores.append([s for _, s in pairs])
+    return result
