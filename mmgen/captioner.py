@@ -146,7 +146,15 @@ class Captioner:
     def caption_with_scores(
         self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32, **generation: Any
     ) -> list[list[tuple[str, float]]]:
-        """The ``num_return_sequences`` best ``(caption, score)`` pairs of each image, best first."""
+        """The ``num_return_sequences`` best ``(caption, score)`` pairs of each image, best first.
+
+        Several samples (``do_sample=True`` with ``num_return_sequences > 1``) are drawn independently
+        (``num_beams=1``) whatever ``num_beams`` the model was saved with; pass ``num_beams`` to beam-sample.
+        """
+        gen = self.resolve_generation(**generation)
+        asked = "do_sample" in generation or "num_return_sequences" in generation
+        if asked and gen.do_sample and gen.num_return_sequences > 1 and "num_beams" not in generation:
+            generation = {**generation, "num_beams": 1}
         return [list(zip(r.captions, r.scores)) for r in self.iter_captions(images, batch_size, **generation)]
 
     def iter_captions(

@@ -22,8 +22,15 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and exit code 2), subcommands included."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mmgen",
         description="Train, run and evaluate image-captioning models (timm ViT -> projector -> causal LM).",
     )
@@ -41,18 +48,27 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``mmgen``; returns the exit code: 0 success, 2 a usage error, 1 a failure at run time."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a bad argument (one line already printed)
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 2
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    from mmgen.commands import USAGE, UsageError
     from mmgen.config import ConfigError
 
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"mmgen {args.command}: config error: {e}", file=sys.stderr)
-        return 2
+        return USAGE
+    except UsageError as e:
+        for line in str(e).splitlines():
+            print(f"mmgen {args.command}: {line}", file=sys.stderr)
+        return USAGE
 
 
 if __name__ == "__main__":

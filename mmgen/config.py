@@ -9,12 +9,23 @@ schema-free machinery (dicts, overrides, files) is in :mod:`mmgen.configio`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmgen import configio
-from mmgen.configio import ConfigError, _check, _choice, from_dict, save_config, to_dict  # noqa: F401 (re-exported)
+from mmgen.configio import (  # noqa: F401 (re-exported)
+    ConfigError,
+    _check,
+    _choice,
+    collecting,
+    from_dict,
+    looks_like_local_path,
+    path_exists,
+    save_config,
+    to_dict,
+)
 
 # --------------------------------------------------------------------------------------------
 # model
@@ -49,6 +60,7 @@ class EncoderConfig:
     """'learn' (the model's learned position embeddings) | 'sincos' (fixed 2-D sin-cos: every token knows its
     row and column from the first step; random init only)."""
 
+    @collecting
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.encoder.name", "must be a timm model name")
         _choice(self.stem, "model.encoder.stem", ("patch", "conv"))
@@ -97,6 +109,7 @@ class ProjectorConfig:
     mapper_heads: int = 4
     dropout: float = 0.0
 
+    @collecting
     def __post_init__(self) -> None:
         _choice(self.kind, "model.projector.kind", PROJECTOR_KINDS)
         _check(self.factor >= 1, "model.projector.factor", "must be >= 1")
@@ -114,6 +127,7 @@ class LoraConfig:
     target_modules: list[str] | None = None
     """Module names for peft (None: peft's default for the architecture)."""
 
+    @collecting
     def __post_init__(self) -> None:
         _check(self.rank >= 1, "model.decoder.lora.rank", "must be >= 1")
         _check(self.alpha > 0, "model.decoder.lora.alpha", "must be > 0")
@@ -136,6 +150,7 @@ class DecoderConfig:
     attn_implementation: str | None = "sdpa"
     """Passed to transformers ('sdpa', 'eager', 'flash_attention_2'); None lets it choose."""
 
+    @collecting
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.decoder.name", "must be a hub name or a local directory")
         _choice(self.mode, "model.decoder.mode", ("full", "frozen", "lora"))
@@ -153,6 +168,7 @@ class TokenizerConfig:
     min_frequency: int = 1
     lowercase: bool = True
 
+    @collecting
     def __post_init__(self) -> None:
         _choice(self.kind, "model.tokenizer.kind", ("decoder", "wordlevel", "bpe", "path"))
         _check(self.vocab_size >= 8, "model.tokenizer.vocab_size", "must be >= 8")
@@ -173,6 +189,7 @@ class ModelConfig:
     """How the image tokens attend to each other inside the decoder: 'causal' (like text) | 'full' (both ways,
     a prefix LM; text stays causal). 'full' needs the decoder's default attention (attn_implementation sdpa)."""
 
+    @collecting
     def __post_init__(self) -> None:
         _check(self.max_caption_tokens >= 2, "model.max_caption_tokens", "must be >= 2")
         _choice(self.prefix_attention, "model.prefix_attention", ("causal", "full"))
@@ -228,6 +245,7 @@ class DataConfig:
     image_column: str = "image"
     caption_column: str = "caption"
 
+    @collecting
     def __post_init__(self) -> None:
         _choice(self.caption_sampling, "data.caption_sampling", ("random", "all"))
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
@@ -253,6 +271,7 @@ class GenerationConfig:
     num_return_sequences: int = 1
     seed: int | None = None
 
+    @collecting
     def __post_init__(self) -> None:
         _check(self.num_beams >= 1, "generation.num_beams", "must be >= 1")
         _check(self.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1")
@@ -286,6 +305,7 @@ class EvalConfig:
     """Stop after this many evaluations without improvement (0: never)."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
+    @collecting
     def __post_init__(self) -> None:
         _check(self.every >= 0, "eval.every", "must be >= 0")
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
@@ -347,6 +367,7 @@ class TrainConfig:
     objective: str = "xe"
     """'xe' (cross-entropy on the reference captions) | 'scst' (self-critical CIDEr-D, see ``scst``)."""
 
+    @collecting
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives a list
         _choice(self.objective, "train.objective", ("xe", "scst"))
@@ -355,7 +376,11 @@ class TrainConfig:
         _check(self.schedule == "steps" or self.max_time is not None, "train.schedule", "'time' needs train.max_time")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
-        _check(self.batch_size % self.grad_accum == 0, "train.batch_size", "must be divisible by train.grad_accum")
+        _check(
+            self.grad_accum < 1 or self.batch_size % self.grad_accum == 0,
+            "train.batch_size",
+            "must be divisible by train.grad_accum",
+        )
         _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
         _check(self.lr > 0, "train.lr", "must be > 0")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
@@ -370,6 +395,13 @@ class TrainConfig:
         for name in self.sdpa_backends:
             _choice(name, "train.sdpa_backends", SDPA_BACKENDS)
         _check(len(self.sdpa_backends) > 0, "train.sdpa_backends", "must name at least one backend")
+        if 1 <= self.max_steps <= self.warmup_steps:
+            warnings.warn(
+                f"train.max_steps ({self.max_steps}) <= train.warmup_steps ({self.warmup_steps}): the learning rate "
+                "is still warming up when training stops; lower train.warmup_steps or raise train.max_steps",
+                UserWarning,
+                stacklevel=1,
+            )
 
 
 @dataclass
@@ -390,6 +422,7 @@ class ScstConfig:
     """PTB tokenizer backend for the training references, run once ('auto' | 'java' | 'python');
     sampled captions always use the python backend, which gives the same tokens."""
 
+    @collecting
     def __post_init__(self) -> None:
         _check(self.num_samples >= 1, "scst.num_samples", "must be >= 1")
         _choice(self.baseline, "scst.baseline", ("mean", "greedy"))
@@ -413,6 +446,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     scst: ScstConfig = field(default_factory=ScstConfig)
 
+    @collecting
     def __post_init__(self) -> None:
         if self.train.feature_cache:
             _check(
@@ -428,6 +462,33 @@ class Config:
                 "scst scores samples against every training reference: data.streaming must be false",
             )
 
+    def check_paths(self) -> None:
+        """Check that the local files and directories the config names exist, before any heavy work.
+
+        Always local (must exist when set): ``model.encoder.weights``, ``model.tokenizer.name`` with kind
+        'path', ``train.init_from``, ``data.train_images`` and ``data.val_images``. Hub names or local
+        paths (checked when they look like paths, see :func:`~mmgen.configio.looks_like_local_path`):
+        ``model.decoder.name``, ``model.tokenizer.name``, ``data.train`` and ``data.val`` (globs must match
+        a file). Data paths are not checked with ``data.synth``, which writes them. Every missing path
+        is reported (one ConfigError naming each key) when called inside a validation.
+        """
+        m, dc = self.model, self.data
+        named = [
+            ("model.decoder.name", m.decoder.name, looks_like_local_path(m.decoder.name)),
+            ("model.encoder.weights", m.encoder.weights, True),
+            ("model.tokenizer.name", m.tokenizer.name, m.tokenizer.kind == "path"),
+            ("train.init_from", self.train.init_from, True),
+        ]
+        if not dc.synth:
+            named += [(f"data.{k}", getattr(dc, k), True) for k in ("train_images", "val_images")]
+            named += [(f"data.{k}", getattr(dc, k), False) for k in ("train", "val")]
+        for key, value, local in named:
+            if value is None or not isinstance(value, str):
+                continue
+            if local or looks_like_local_path(value, data=key.startswith("data.")):
+                hub = "" if local else " (a hub name looks like 'gpt2' or 'namespace/name')"
+                _check(path_exists(value), key, f"{value}: no such file or directory{hub}")
+
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -440,8 +501,8 @@ class Config:
         save_config(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, overrides: list[str] | None = None) -> Config:
-        return load_config(path, overrides, cls)
+    def load(cls, path: str | Path, overrides: list[str] | None = None, check_paths: bool = False) -> Config:
+        return load_config(path, overrides, cls, check_paths=check_paths)
 
 
 def apply_overrides(d: dict, overrides: list[str] | None, cls: type | None = None) -> dict:
@@ -449,6 +510,12 @@ def apply_overrides(d: dict, overrides: list[str] | None, cls: type | None = Non
     return configio.apply_overrides(d, overrides, cls or Config)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type = Config) -> Any:
-    """Load a YAML (or JSON) config file, apply dotted overrides, validate."""
-    return configio.load_config(path, overrides, cls)
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, cls: type = Config, check_paths: bool = False
+) -> Any:
+    """Load a YAML (or JSON) config file, apply dotted overrides, validate.
+
+    Every bad key or value is reported in one :class:`ConfigError` that names each dotted key. With
+    ``check_paths`` (a run about to start), the paths it names must exist too (:meth:`Config.check_paths`).
+    """
+    return configio.load_config(path, overrides, cls, check=cls.check_paths if check_paths else None)

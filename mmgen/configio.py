@@ -8,13 +8,19 @@ is a :class:`ConfigError` that names the dotted key.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import difflib
+import functools
+import glob
 import json
+import os
 import re
 import types
 import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +28,103 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the dotted key."""
+    """One or more configuration values or keys are invalid; each message names its dotted key.
+
+    Attributes:
+        errors: The individual messages (one for a single error).
+    """
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors) if errors else [message]
+
+    @classmethod
+    def listing(cls, errors: list[str]) -> ConfigError:
+        """One error for several messages: the message itself when there is one, else a numbered list."""
+        if len(errors) == 1:
+            return cls(errors[0])
+        return cls(f"{len(errors)} errors:\n" + "\n".join(f"  {e}" for e in errors), errors)
+
+
+_COLLECTED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("mmgen_config_errors", default=None)
+
+
+@contextlib.contextmanager
+def collect_errors() -> Iterator[list[str]]:
+    """Record failing checks instead of raising at the first; on exit raise one ConfigError listing them all.
+
+    Nested blocks (a dataclass's ``__post_init__`` inside the build of its parent) add to the
+    outermost block, so a whole config reports every bad value at once.
+    """
+    outer = _COLLECTED.get()
+    if outer is not None:
+        yield outer
+        return
+    errors: list[str] = []
+    token = _COLLECTED.set(errors)
+    try:
+        yield errors
+    finally:
+        _COLLECTED.reset(token)
+    if errors:
+        raise ConfigError.listing(errors)
+
+
+def collecting(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Decorator for ``__post_init__``: every failing ``_check`` of it is reported, not only the first."""
+
+    @functools.wraps(post_init)
+    def wrapper(self: Any) -> None:
+        with collect_errors():
+            post_init(self)
+
+    return wrapper
+
+
+def _report(error: str | ConfigError) -> None:
+    """Record an error in the active :func:`collect_errors` block, or raise it when there is none."""
+    errors = _COLLECTED.get()
+    if errors is None:
+        raise error if isinstance(error, ConfigError) else ConfigError(error)
+    errors.extend(error.errors if isinstance(error, ConfigError) else [error])
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
-        raise ConfigError(f"{key}: {msg}")
+        _report(f"{key}: {msg}")
 
 
 def _choice(value: Any, key: str, choices: tuple) -> None:
     _check(value in choices, key, f"got {value!r}, expected one of {', '.join(map(repr, choices))}")
+
+
+_DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".tar", ".txt")
+
+
+def looks_like_local_path(value: str, data: bool = False) -> bool:
+    """Whether a name is meant as a local file or directory rather than a hub id or a URL.
+
+    It is when it starts with ``/``, ``./``, ``../`` or ``~``, contains the platform's own separator
+    (where that is not ``/``), or has two or more ``/`` (a hub id is ``name`` or ``namespace/name``);
+    with ``data``, also when it ends in a data-file suffix (``.json``, ``.jsonl``, ``.csv``, ``.parquet``, ...).
+    """
+    if "://" in value:
+        return False
+    if value in (".", "..") or value.startswith(("/", "./", "../", "~")):
+        return True
+    if os.sep != "/" and (os.sep in value or value.startswith(("." + os.sep, ".." + os.sep))):
+        return True
+    if value.count("/") >= 2:
+        return True
+    return data and value.lower().endswith(_DATA_SUFFIXES)
+
+
+def path_exists(value: str) -> bool:
+    """Whether a local path (``~`` expanded) exists, or for a glob pattern, whether it matches anything."""
+    path = os.path.expanduser(value)
+    if os.path.exists(path):
+        return True
+    return any(c in path for c in "*?[") and bool(glob.glob(path))
 
 
 def to_dict(obj: Any) -> Any:
@@ -101,28 +194,35 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys with suggestions."""
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys with suggestions.
+
+    Every bad key and value is reported, in one :class:`ConfigError` that lists them all.
+    """
     d = {} if d is None else d
     if not isinstance(d, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {d!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if k not in fields:
-            raise _unknown_key(key, sorted(fields))
-        tp = _strip_optional(hints[k])
-        if dataclasses.is_dataclass(tp):
-            kwargs[k] = from_dict(tp, v, prefix=f"{key}.")
-        else:
-            kwargs[k] = _coerce(v, hints[k], key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except TypeError as e:  # pragma: no cover - defensive
-        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+    with collect_errors():
+        kwargs = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if k not in fields:
+                _report(_unknown_key(key, sorted(fields)))
+                continue
+            tp = _strip_optional(hints[k])
+            try:
+                kwargs[k] = (
+                    from_dict(tp, v, prefix=f"{key}.") if dataclasses.is_dataclass(tp) else _coerce(v, hints[k], key)
+                )
+            except ConfigError as e:  # a wrong type: reported, the field keeps its default
+                _report(e)
+        try:
+            obj = cls(**kwargs)
+        except TypeError as e:  # a value of the wrong kind reached a check (e.g. null for a number)
+            _report(f"{prefix or 'config'}: {e}")
+            obj = cls()
+    return obj
 
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -136,35 +236,56 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(d: dict, overrides: list[str] | None, cls: type) -> dict:
-    """Apply ``a.b.c=value`` overrides to a nested dict (returns a new dict); ``cls`` is its schema."""
+    """Apply ``a.b.c=value`` overrides to a nested dict (returns a new dict); ``cls`` is its schema.
+
+    A malformed override or an unknown key is reported (all of them, in one :class:`ConfigError`) and skipped.
+    """
     d = copy.deepcopy(d)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key.sub=value")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        # walk the dataclass schema to validate the path and give suggestions
-        schema = cls
-        node = d
-        for i, p in enumerate(parts):
-            dotted = ".".join(parts[: i + 1])
-            if schema is not None:
-                fields = {f.name: f for f in dataclasses.fields(schema)}
-                if p not in fields:
-                    raise _unknown_key(dotted, sorted(fields))
-                tp = _strip_optional(typing.get_type_hints(schema)[p])
-                schema = tp if dataclasses.is_dataclass(tp) else None
-            if i == len(parts) - 1:
-                node[p] = _parse_value(text)
-            else:
-                if not isinstance(node.get(p), dict):
-                    node[p] = {}
-                node = node[p]
+    with collect_errors():
+        for item in overrides or []:
+            if "=" not in item:
+                _report(f"override '{item}' must look like key.sub=value")
+                continue
+            key, text = item.split("=", 1)
+            try:
+                _apply_override(d, key.strip().split("."), text, cls)
+            except ConfigError as e:
+                _report(e)
     return d
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None, cls: type) -> Any:
-    """Load a YAML (or JSON) config file, apply dotted overrides, validate."""
+def _apply_override(d: dict, parts: list[str], text: str, cls: type) -> None:
+    # walk the dataclass schema to validate the path and give suggestions
+    schema = cls
+    node = d
+    for i, p in enumerate(parts):
+        dotted = ".".join(parts[: i + 1])
+        if schema is not None:
+            fields = {f.name: f for f in dataclasses.fields(schema)}
+            if p not in fields:
+                raise _unknown_key(dotted, sorted(fields))
+            tp = _strip_optional(typing.get_type_hints(schema)[p])
+            schema = tp if dataclasses.is_dataclass(tp) else None
+        if i == len(parts) - 1:
+            node[p] = _parse_value(text)
+        else:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | None, cls: type, check: Callable[[Any], None] | None = None
+) -> Any:
+    """Load a YAML (or JSON) config file, apply dotted overrides, validate.
+
+    Args:
+        path: The file (None: the schema's defaults).
+        overrides: ``a.b.c=value`` items.
+        cls: The schema (a dataclass).
+        check: Further checks of the built config (e.g. that named paths exist), run even when values
+            failed, so that one :class:`ConfigError` lists every problem.
+    """
     d: dict = {}
     if path is not None:
         p = Path(path)
@@ -176,8 +297,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None, cls: type)
             raise ConfigError(f"{p}: invalid YAML: {e}") from e
         if not isinstance(d, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
-    d = apply_overrides(d, overrides, cls)
-    return from_dict(cls, d)
+    with collect_errors():
+        cfg = from_dict(cls, apply_overrides(d, overrides, cls))
+        if check is not None:
+            check(cfg)
+    return cfg
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -65,10 +67,49 @@ def test_json_lines_and_settings(model_dir, image_dir, capsys):
 
 
 def test_missing_file_and_bad_settings(model_dir, image_dir, capsys):
+    """A file named on the command line that does not exist is a usage error (2), before any captioning."""
     missing = image_dir / "nope.jpg"
-    assert main(["caption", str(missing), str(image_dir / "a.jpg"), "--model", str(model_dir)]) == 1
+    assert main(["caption", str(missing), str(image_dir / "a.jpg"), "--model", str(model_dir)]) == 2
     out, err = capsys.readouterr()
-    assert "nope.jpg" in err and "not found" in err
-    assert out.startswith(str(image_dir / "a.jpg") + "\t")
+    assert err == f"mmgen caption: {missing}: no such file or directory\n" and out == ""
     assert main(["caption", str(image_dir), "--model", str(model_dir), "--beams", "0"]) == 2
     assert "num_beams" in capsys.readouterr().err
+
+
+def test_usage_errors_are_one_line_each_with_exit_code_2(model_dir, image_dir, tmp_path, capsys):
+    empty, nested = tmp_path / "empty", tmp_path / "nested"
+    empty.mkdir()
+    (nested / "x").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(nested / "x" / "img.png")  # only in a subdirectory
+    code = main(["caption", str(empty), str(nested), str(nested / "x"), "--model", str(model_dir)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"mmgen caption: {empty}: a directory with no image files (.jpg")
+    assert lines[1].startswith(f"mmgen caption: {nested}: a directory with no image files")
+    assert "subdirectories are not searched" in lines[1] and "subdirectories" not in lines[0]
+    assert main(["caption", str(image_dir / "a.jpg"), "--model", str(model_dir), "--batch-size", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        "mmgen caption: error: argument --batch-size: must be >= 1, got 0 (see mmgen caption --help)"
+    ]
+    assert main(["caption", str(image_dir / "a.jpg"), "--model", str(tmp_path / "no-model")]) == 2
+    out, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1 and "cannot load the model" in err and out == ""
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_bar_on_a_terminal_stderr_only(model_dir, image_dir, capsys, monkeypatch, quiet):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["caption", str(image_dir / "a.jpg"), str(image_dir / "c.PNG"), "--model", str(model_dir)]
+    assert main(argv + ["--device", "cpu"] + (["--quiet"] if quiet else [])) == 0
+    out = capsys.readouterr().out
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(image_dir / "a.jpg"), str(image_dir / "c.PNG")]
+    assert ("2/2" in terminal.getvalue()) is not quiet  # the bar: on stderr, only on a terminal, not with --quiet

@@ -12,7 +12,8 @@ from mmgen.captioner import Captioner, list_images
 from mmgen.config import ConfigError, GenerationConfig
 from mmgen.data.images import BadImageError, decode_image
 from mmgen.data.transforms import build_transform
-from mmgen.generation import generate_captions
+from mmgen.generation import generate_captions, prompt_embeds
+from mmgen.generation.search import search
 from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
 
 CAPTIONS = [
@@ -160,3 +161,35 @@ def test_generation_overrides_are_validated(captioner, image_files):
         captioner.caption(image_files, num_beams=0)
     with pytest.raises(BadImageError, match="expected"):
         captioner.caption(torch.zeros(3, 7, 7))
+
+
+def test_several_samples_come_best_first_despite_the_saved_beams(tmp_path, image_files):
+    """A model saved with num_beams=3: asking for 6 samples draws 6 (num_beams=1) and sorts them by score."""
+    torch.manual_seed(0)
+    model = CaptionModel(tiny_model_config(), train_caption_tokenizer(CAPTIONS)).eval()
+    model.generation_config = GenerationConfig(num_beams=3, max_new_tokens=8)
+    model.save_pretrained(tmp_path / "model")
+    captioner = Captioner.from_pretrained(tmp_path / "model", device="cpu")
+    kw = dict(do_sample=True, num_return_sequences=6, seed=5, temperature=3.0)
+    pairs = captioner.caption_with_scores(image_files[:2], **kw)
+    assert [len(options) for options in pairs] == [6, 6]
+    for options in pairs:
+        scores = [s for _, s in options]
+        assert scores == sorted(scores, reverse=True), scores
+    # the same draws as plain sampling (num_beams=1), in drawing order before the sort
+    transform = build_transform(captioner.model.data_config)
+    pixels = torch.stack([transform(decode_image(p)) for p in image_files[:2]])
+    gen = GenerationConfig(num_beams=1, max_new_tokens=8, **kw)
+    out = search(
+        captioner.model.decoder,
+        prompt_embeds(captioner.model, pixels),
+        gen,
+        eos_token_id=captioner.model.tokenizer.eos_token_id,
+        pad_token_id=captioner.model.tokenizer.pad_token_id,
+    )
+    drawn = out.scores.tolist()
+    assert drawn[0] != sorted(drawn[0], reverse=True) or drawn[1] != sorted(drawn[1], reverse=True)
+    for options, raw in zip(pairs, drawn):
+        torch.testing.assert_close(torch.tensor([s for _, s in options]), torch.tensor(sorted(raw, reverse=True)))
+    with pytest.raises(ValueError, match="cannot exceed num_beams"):  # beam sampling when asked for
+        captioner.caption_with_scores(image_files[:1], num_beams=3, **kw)

@@ -1,3 +1,4 @@
+import warnings
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,77 @@ def test_config_names_the_same_attention_kernels_as_mmgen_attention():
     from mmgen.config import SDPA_BACKENDS
 
     assert tuple(SDPA_NAMES) == SDPA_BACKENDS  # config.py stays free of torch, so it keeps its own copy
+
+
+def test_every_bad_value_is_reported_at_once():
+    overrides = ["train.lr=-1", "train.batch_size=0", "train.grad_accum=0", "model.projector.kind=conv"]
+    overrides += ["train.lrr=1", "generation.top_p=2", "eval.metric=BLEU", "model.decoder.mode=half", "nonsense"]
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    starts = ["train.lr:", "train.batch_size:", "train.grad_accum:", "model.projector.kind:", "unknown key 'train.lrr'"]
+    starts += ["generation.top_p:", "eval.metric:", "model.decoder.mode:", "override 'nonsense'"]
+    assert sorted(error.startswith(tuple(starts)) for error in e.value.errors) == [True] * len(starts)
+    for start in starts:
+        assert sum(error.startswith(start) for error in e.value.errors) == 1, start
+    assert "train.lr: must be > 0" in e.value.errors  # each message as it reads alone
+    assert str(e.value).startswith("9 errors:")
+
+
+def test_a_dataclass_built_directly_reports_all_its_bad_fields():
+    from mmgen.config import TrainConfig
+
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(lr=0, batch_size=0, keep_last=0)
+    assert [m.split(":")[0] for m in e.value.errors] == ["train.batch_size", "train.lr", "train.keep_last"]
+    with pytest.raises(ConfigError, match=r"^train\.lr: must be > 0$"):  # one error: the message alone
+        TrainConfig(lr=0)
+
+
+def test_missing_paths_are_errors_naming_their_keys(tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "part-0.parquet").write_bytes(b"")
+    fine = [
+        "model.decoder.name=openai-community/gpt2",  # a hub id, not a path
+        f"data.train={tmp_path}/shards/*.parquet",  # a glob that matches
+        "data.val=HuggingFaceM4/COCO",
+        f"data.train_images={tmp_path}",
+    ]
+    assert load_config(None, fine, check_paths=True).model.decoder.name == "openai-community/gpt2"
+    missing = {
+        "model.decoder.name": "/nonexistent/dir",
+        "model.encoder.weights": str(tmp_path / "vit.safetensors"),
+        "model.tokenizer.name": "tokenizer_dir",  # kind 'path': a directory, however it is spelt
+        "train.init_from": "runs/stage1/best",
+        "data.train": "./captions_train.jsonl",
+        "data.val": "val.json",  # a data file, not a hub dataset
+        "data.train_images": "~/no-such-images-folder",
+        "data.val_images": str(tmp_path / "val2014"),
+    }
+    bad = [f"{k}={v}" for k, v in missing.items()] + ["model.tokenizer.kind=path", "train.lr=0"]
+    load_config(None, bad[:-1])  # without check_paths (reading a config) the paths are not looked up
+    with pytest.raises(ConfigError) as e:
+        load_config(None, bad, check_paths=True)
+    assert len(e.value.errors) == len(missing) + 1 and "train.lr: must be > 0" in e.value.errors
+    for key, value in missing.items():
+        assert f"{key}: {value}: no such file or directory" in str(e.value)
+    # data.synth writes the data: its paths are not checked
+    synth = ["data.synth={n_train: 8, n_val: 4}", "data.train=./captions_train.jsonl", "data.train_images=gone"]
+    assert load_config(None, synth, check_paths=True).data.synth
+
+
+def test_train_refuses_a_missing_decoder_directory_before_any_work(tmp_path, capsys):
+    from mmgen.cli import main
+
+    argv = ["train", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), f"train.out_dir={tmp_path / 'run'}"]
+    code = main([*argv, "model.decoder.name=/nonexistent/dir", "model.decoder.pretrained=false"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.decoder.name: /nonexistent/dir: no such file or directory" in err
+    assert not (tmp_path / "run").exists()  # no data synthesised, no tokenizer trained
+
+
+def test_warmup_longer_than_training_warns_naming_both_keys():
+    with pytest.warns(UserWarning, match=r"train\.max_steps \(50\) <= train\.warmup_steps \(100\)"):
+        load_config(None, ["train.max_steps=50"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(None, ["train.max_steps=101"])

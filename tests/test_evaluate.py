@@ -84,3 +84,26 @@ def test_evaluate_writes_all_outputs_and_lists_failed_images(saved, capsys):
     assert "Scene attributes" in text and "shape_small" in text  # the report shows what the captions get wrong
     rows = (saved / "out" / "per_image.tsv").read_text().splitlines()
     assert len(rows) == 1 + 6
+
+
+def test_bad_arguments_are_one_line_and_exit_code_2(saved, tmp_path, capsys):
+    """A typo in --data, a missing images folder or model, --batch-size 0: one line each, exit code 2."""
+    ann = str(saved / "data" / "captions_train.json")
+    base = ["evaluate", "--model", str(saved / "model"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    cases = [
+        (["--data", ann.replace("train", "trian")], f"mmgen evaluate: --data {ann.replace('train', 'trian')}: no such"),
+        (["--data", ann, "--images", str(tmp_path / "imgs")], f"mmgen evaluate: --images {tmp_path / 'imgs'}: no such"),
+        (["--data", ann, "--batch-size", "0"], "mmgen evaluate: error: argument --batch-size: must be >= 1, got 0"),
+        (["--data", ann, "--workers", "-1"], "mmgen evaluate: error: argument --workers: must be >= 0, got -1"),
+        (["--data", ann, "--model", str(tmp_path / "none")], f"mmgen evaluate: --model {tmp_path / 'none'}: no such"),
+    ]
+    for extra, start in cases:
+        assert main([*base, *extra]) == 2, extra
+        out, err = capsys.readouterr()
+        assert len(err.splitlines()) == 1 and err.startswith(start), err
+        assert out == ""
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main([*base, "--data", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("mmgen evaluate: cannot read --data") and "bad.json" in err

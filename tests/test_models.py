@@ -1,12 +1,13 @@
 """CaptionModel: building, freezing, loss masking, save/load."""
 
+import dataclasses
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmgen.config import load_config
+from mmgen.config import DecoderConfig, EncoderConfig, load_config
 from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
 from mmgen.models.decoder import build_decoder
 from mmgen.models.encoder import Encoder
@@ -214,3 +215,75 @@ def test_init_from_a_saved_model_loads_every_matching_tensor(tokenizer, tmp_path
     base = dst.decoder.get_base_model()
     assert torch.equal(base.transformer.wte.weight, src.decoder.transformer.wte.weight)
     assert torch.equal(dst.projector.fc1.weight, src.projector.fc1.weight)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, prefix",
+    [
+        ("vit_tiny_patch16_224", dict(depth=1), 1),
+        ("deit_tiny_distilled_patch16_224", dict(depth=1), 2),  # class + distillation token
+        ("beit_base_patch16_224", dict(depth=1, embed_dim=32, num_heads=2), 1),
+        ("eva02_tiny_patch14_224", dict(depth=1, patch_size=8), 1),
+        ("vit_medium_patch16_reg4_gap_256", dict(depth=1, embed_dim=32, num_heads=2), 4),  # 4 register tokens
+    ],
+)
+def test_vit_family_encoders_give_patch_grid_tokens(name, kwargs, prefix):
+    enc = Encoder(EncoderConfig(name=name, img_size=32, patch_size=kwargs.pop("patch_size", 8), **kwargs))
+    assert enc.grid_size == (4, 4) and enc.num_prefix_tokens == prefix
+    assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 16, enc.embed_dim)
+
+
+def test_encoders_without_a_patch_grid_are_refused_at_build_time(monkeypatch):
+    # pretrained: the refusal comes from the architecture on the meta device, before any download
+    swin = EncoderConfig(name="swin_tiny_patch4_window7_224", embed_dim=24, pretrained=True)
+    with pytest.raises(ValueError, match=r"swin_tiny_patch4_window7_224: not a ViT-style encoder.*\(1, 7, 7, 192\)"):
+        Encoder(swin)
+    import mmgen.models.encoder as encoder
+
+    monkeypatch.setattr(encoder, "_meta_token_layout", lambda *a: None)  # the check on the real model
+    with pytest.raises(ValueError, match=r"4-D feature map.*Encoders that work: ViT"):
+        Encoder(dataclasses.replace(swin, pretrained=False))
+    with pytest.raises(ValueError, match=r"pit_ti_224.*\(1, 1, 256\).*1 tokens, not its 27x27 patch grid"):
+        Encoder(EncoderConfig(name="pit_ti_224"))
+    assert Encoder(EncoderConfig(name="vit_tiny_patch16_224", depth=1, img_size=32)).grid_size == (2, 2)
+
+
+GEMMA2 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+
+
+def _special(tok):
+    return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+
+
+def test_unsupported_attention_falls_back_to_eager_with_a_message(tokenizer):
+    cfg = DecoderConfig(name="gemma2", model_type="gemma2", config_overrides={**GEMMA2, "head_dim": 16})
+    assert cfg.attn_implementation == "sdpa"  # the default, which Gemma-2 does not support
+    with pytest.warns(UserWarning, match=r"model.decoder.attn_implementation='sdpa': Gemma2ForCausalLM .* 'eager'"):
+        decoder = build_decoder(cfg, len(tokenizer), _special(tokenizer))
+    assert decoder.config._attn_implementation == "eager"
+    ids = torch.randint(0, len(tokenizer), (2, 5))
+    assert torch.isfinite(decoder(input_ids=ids, labels=ids).loss)
+    phi3 = DecoderConfig(name="phi3", model_type="phi3", config_overrides=GEMMA2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*attn_implementation.*")
+        assert build_decoder(phi3, len(tokenizer), _special(tokenizer)).config._attn_implementation == "mmgen_sdpa"
+
+
+def test_lora_without_a_peft_default_targets_the_attention_projections(tokenizer, monkeypatch):
+    cfg = DecoderConfig(name="phi3", model_type="phi3", config_overrides=GEMMA2, mode="lora")
+    with pytest.warns(UserWarning, match=r"no default for 'phi3': using the attention projections"):
+        decoder = build_decoder(cfg, len(tokenizer), _special(tokenizer))
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in decoder.named_parameters() if ".lora_A" in n}
+    assert adapted == {"qkv_proj", "o_proj"}
+    ids = torch.randint(0, len(tokenizer), (2, 5))
+    decoder(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for n, p in decoder.named_parameters() if p.requires_grad)
+
+    import mmgen.models.decoder as decoder_module
+
+    monkeypatch.setattr(decoder_module, "attention_projections", lambda model: [])
+    with pytest.raises(ValueError, match=r"set model.decoder.lora.target_modules, e.g. to some of \[.*'qkv_proj'"):
+        build_decoder(cfg, len(tokenizer), _special(tokenizer))
+    with warnings.catch_warnings():  # peft's own default (GPT-2: c_attn) is left alone
+        warnings.filterwarnings("error", message=".*target_modules.*")
+        build_decoder(tiny_model_config(decoder_mode="lora").decoder, len(tokenizer), _special(tokenizer))

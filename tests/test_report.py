@@ -47,7 +47,7 @@ def test_report(tmp_path):
     assert len(images) == 2 and all(a["src"].startswith("data:image/jpeg;base64,") for a in images)
     assert not any("href" in attrs or tag == "link" for tag, attrs in parser.tags)  # nothing external
     assert "decode failed: truncated <file>" in text
-    assert "could not load image: FileNotFoundError" in text
+    assert "could not load image: file not found" in text  # the safe decoder's reason
     assert "CIDEr" in text and "0.5000" in text and "distinct_fraction" in text
     assert "failed images" in text and "empty captions" in text
 
@@ -56,3 +56,33 @@ def test_report(tmp_path):
     # failures first, then worst CIDEr first
     assert [r["image_id"] for r in rows] == ["103", "104", "102", "101"]
     assert rows[2]["candidate"] == "<script>alert(1)</script>" and rows[0]["error"].startswith("decode failed")
+
+
+def test_thumbnails_use_evaluations_decoder_and_pixel_limit(tmp_path, monkeypatch):
+    """An image over max_pixels gets a placeholder (checked on the header), an image evaluation rejected is
+    never decoded; the others still get thumbnails."""
+    import mmgen.data.images as images
+
+    big, small, rejected = tmp_path / "big.png", tmp_path / "small.png", tmp_path / "rejected.png"
+    Image.new("RGB", (120, 100), (0, 90, 200)).save(big)  # 12000 pixels > 5000
+    Image.new("RGB", (60, 50), (0, 90, 200)).save(small)  # 3000 pixels
+    Image.new("RGB", (60, 50), (0, 90, 200)).save(rejected)
+    decoded, loaded = [], []
+    real_decode, real_load = images.decode_image, Image.Image.load
+    monkeypatch.setattr(images, "decode_image", lambda src, *a, **k: decoded.append(src) or real_decode(src, *a, **k))
+    monkeypatch.setattr(Image.Image, "load", lambda im: loaded.append(im.size) or real_load(im))
+    entries = [
+        ReportEntry(1, big, "a blue image", ["blue"], cider=0.2),
+        ReportEntry(2, small, "a blue image", ["blue"], cider=0.3),
+        ReportEntry(3, rejected, "", [], error="too many pixels: 13000x13000 = 169000000 > max_pixels 89478485"),
+    ]
+    path = write_report(tmp_path / "out", entries, {"CIDEr": 0.25}, max_pixels=5000)
+
+    parser = _Collector()
+    parser.feed(path.read_text(encoding="utf-8"))
+    text = " ".join(parser.text)
+    assert "could not load image: too many pixels: 120x100 = 12000 > max_pixels 5000" in text
+    assert "13000x13000" in text  # evaluation's reason shown for the rejected image
+    assert len([attrs for tag, attrs in parser.tags if tag == "img"]) == 1  # only the small image
+    assert decoded == [big, small]  # the rejected image is not even opened
+    assert (120, 100) not in loaded  # the big image's pixels were never decoded

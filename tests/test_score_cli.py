@@ -66,3 +66,15 @@ def test_score_reports_bad_inputs(tmp_path, capsys):
     dup = [{"image_id": 1, "caption": "a"}, {"image_id": 1, "caption": "b"}]
     code, _, err = _run(capsys, *_write(tmp_path, refs, dup))
     assert code == 2 and "duplicate results for image_id 1" in err
+
+
+def test_missing_files_are_usage_errors(tmp_path, capsys):
+    args = _write(tmp_path, {1: ["a cat"]}, [{"image_id": 1, "caption": "a cat"}])
+    args[1] = str(tmp_path / "refs_typo.json")
+    code, out, err = _run(capsys, *args)
+    assert code == 2 and out == ""
+    assert err == f"mmgen score: --refs {tmp_path / 'refs_typo.json'}: no such file\n"
+    code, out, err = _run(capsys, "--refs", args[1])
+    assert code == 2 and err.splitlines() == [
+        "mmgen score: error: the following arguments are required: --results (see mmgen score --help)"
+    ]

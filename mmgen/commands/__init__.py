@@ -1,1 +1,39 @@
-"""One module per ``mmgen`` subcommand (see ``mmgen.cli``)."""
+"""One module per ``mmgen`` subcommand (see ``mmgen.cli``), and what they share.
+
+Exit codes: 0 success; :data:`USAGE` (2) when the command line is wrong (a bad option value, a file or
+folder named on it that is missing or unusable), reported before any work in one line per problem;
+:data:`FAILED` (1) when something fails while running (e.g. images that cannot be decoded).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+USAGE = 2
+"""Exit code of a usage error."""
+FAILED = 1
+"""Exit code of a failure at run time."""
+
+
+class UsageError(Exception):
+    """The command line is wrong; ``mmgen.cli.main`` prints each line of the message and exits with 2."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value

@@ -1,9 +1,16 @@
-"""``mmgen evaluate``: caption a dataset with a saved model, score it, write results and an HTML report."""
+"""``mmgen evaluate``: caption a dataset with a saved model, score it, write results and an HTML report.
+
+Exit codes: 2 when an argument is wrong (a missing model, data file or images folder, a data file that
+cannot be read, a bad option), reported in one line before any captioning; 1 when some images could not
+be decoded (listed, and left out of the scores); 0 otherwise.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from mmgen.commands import FAILED, UsageError, non_negative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,36 +30,66 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="split to evaluate (Karpathy / HF datasets), e.g. test")
     p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's saved setting)")
     p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--tokenizer", choices=("auto", "java", "python"), default="auto", help="PTB tokenizer backend")
     p.add_argument(
         "--metrics", nargs="+", default=None, help="metrics (default: Bleu METEOR ROUGE_L CIDEr; METEOR needs Java)"
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes")
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default: ./eval)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def check_arguments(args: argparse.Namespace) -> None:
+    """Fail with one line per missing path named on the command line (UsageError), before any loading."""
+    from mmgen.configio import looks_like_local_path, path_exists
+
+    problems = []
+    if not args.model.is_dir():
+        problems.append(f"--model {args.model}: no such directory")
+    for source in args.data:  # a hub dataset name is not a path; files, folders and globs are
+        if looks_like_local_path(source, data=True) and not path_exists(source):
+            problems.append(f"--data {source}: no such file or directory")
+    if args.images is not None and not Path(args.images).is_dir():
+        problems.append(f"--images {args.images}: no such directory")
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
+def load_inputs(args: argparse.Namespace, device: str):
+    """The model, its generation settings with the command's overrides, and the records (UsageError when
+    the model or the data cannot be read)."""
     import dataclasses
 
-    import torch
-
-    from mmgen.data import load_records
-    from mmgen.evaluation.evaluate import evaluate_model, write_evaluation
-    from mmgen.evaluation.scenes import format_scene_accuracy, load_scenes, scene_accuracy
+    from mmgen.data import DataFormatError, load_records
     from mmgen.models import CaptionModel
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = CaptionModel.from_pretrained(args.model, device=device)
-    gen = model.generation_config
+    try:
+        model = CaptionModel.from_pretrained(args.model, device=device)
+    except (FileNotFoundError, OSError) as e:
+        raise UsageError(f"cannot load the model: {e}") from None
     changes = {k: v for k, v in (("num_beams", args.beams), ("max_new_tokens", args.max_new_tokens)) if v is not None}
-    gen = dataclasses.replace(gen, **changes)
-    records = load_records(args.data if len(args.data) > 1 else args.data[0], images=args.images, split=args.split)
+    gen = dataclasses.replace(model.generation_config, **changes)
+    try:
+        records = load_records(args.data if len(args.data) > 1 else args.data[0], images=args.images, split=args.split)
+    except (FileNotFoundError, DataFormatError) as e:
+        raise UsageError(f"cannot read --data: {e}") from None
     if args.max_images is not None:
         records = [records[i] for i in range(min(args.max_images, len(records)))]
+    return model, gen, records
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmgen.evaluation.evaluate import evaluate_model, write_evaluation
+    from mmgen.evaluation.scenes import format_scene_accuracy, load_scenes, scene_accuracy
+
+    check_arguments(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, gen, records = load_inputs(args, device)
     result = evaluate_model(
         model,
         records,
@@ -80,4 +117,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {image_id}: {reason}")
     for name, path in paths.items():
         print(f"{name}: {path}")
-    return 1 if result.failed else 0
+    return FAILED if result.failed else 0

@@ -1,10 +1,18 @@
-"""``mmgen score``: score a COCO results file against a COCO annotation file."""
+"""``mmgen score``: score a COCO results file against a COCO annotation file.
+
+Prints ``name: value`` lines (full precision), or with ``--json`` one JSON object of the same metrics.
+Exit codes: 2 when an argument is wrong (a missing or malformed file, results that do not match the
+references, a metric or tokenizer that needs the missing Java), one line on stderr; 0 otherwise.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from mmgen.commands import USAGE, UsageError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,13 +50,18 @@ def run(args: argparse.Namespace) -> int:
     from mmgen.evaluation import ScorerUnavailableError, load_coco_references, load_coco_results
     from mmgen.evaluation.metrics import score_captions_detailed
 
+    missing = [
+        f"--{k} {getattr(args, k)}: no such file" for k in ("refs", "results") if not Path(getattr(args, k)).is_file()
+    ]
+    if missing:
+        raise UsageError("\n".join(missing))
     try:
         refs = load_coco_references(args.refs)
         cands = load_coco_results(args.results)
         result = score_captions_detailed(refs, cands, metrics=args.metrics, tokenizer=args.tokenizer)
     except (OSError, ValueError, ScorerUnavailableError) as e:
         print(f"mmgen score: error: {e}", file=sys.stderr)
-        return 2
+        return USAGE
     if result.empty_candidates:
         print(f"mmgen score: {len(result.empty_candidates)} empty candidate captions", file=sys.stderr)
     if args.json:

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.config is None:
             raise SystemExit("mmgen train: --config is required (or --resume RUN_DIR)")
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, check_paths=True)  # missing paths fail before any work
     try:
         trainer = build_trainer(cfg, resume=args.resume)
         scores = trainer.fit()

@@ -17,6 +17,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from mmgen.data.images import DEFAULT_MAX_PIXELS
+
 __all__ = ["ReportEntry", "write_report"]
 
 THUMB_SIZE = 160
@@ -61,21 +63,23 @@ def _as_entry(entry: ReportEntry | Mapping[str, Any]) -> ReportEntry:
     return ReportEntry(**known)
 
 
-def _thumbnail(entry: ReportEntry, size: int) -> tuple[str | None, str | None]:
-    """(base64 JPEG, None) or (None, reason it could not be made)."""
-    if entry.image is None:
+def _thumbnail(entry: ReportEntry, size: int, max_pixels: int | None) -> tuple[str | None, str | None]:
+    """(base64 JPEG, None) or (None, reason it could not be made).
+
+    An entry with an ``error`` (an image evaluation rejected: undecodable, or a decompression bomb) is
+    never decoded here; the others go through the same safe decoder and pixel limit as evaluation.
+    """
+    if entry.image is None or entry.error is not None:
         return None, entry.error or "image unavailable"
-    from PIL import Image, ImageOps
+    from mmgen.data.images import BadImageError, decode_image
 
     try:
-        if isinstance(entry.image, (str, PathLike)):
-            with Image.open(entry.image) as img:
-                img = ImageOps.exif_transpose(img).convert("RGB")
-        else:
-            img = entry.image.convert("RGB")
+        img = decode_image(entry.image, max_pixels, min_size=size, name=str(entry.image_id))
         img.thumbnail((size, size))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)
+    except BadImageError as e:
+        return None, f"could not load image: {e.reason}"
     except Exception as e:  # any unreadable image becomes a placeholder, never a failed report
         return None, f"could not load image: {type(e).__name__}: {e}"
     return base64.b64encode(buf.getvalue()).decode("ascii"), None
@@ -154,6 +158,7 @@ def write_report(
     title: str = "Caption evaluation",
     thumb_size: int = THUMB_SIZE,
     scenes: Mapping[str, Any] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Path:
     """Write ``report.html`` and ``per_image.tsv`` into ``out_dir``.
 
@@ -165,13 +170,15 @@ def write_report(
         title: Page title.
         thumb_size: Longest side of the embedded thumbnails, in pixels.
         scenes: Attribute accuracies on synthetic scenes, shown under the collapse monitor.
+        max_pixels: Images with more pixels get a placeholder instead of a thumbnail (the decompression-bomb
+            limit of evaluation, :data:`~mmgen.data.images.DEFAULT_MAX_PIXELS`; checked before decoding).
 
     Returns:
         The path of ``report.html``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = sorted(((e, *_thumbnail(e, thumb_size)) for e in map(_as_entry, entries)), key=_sort_key)
+    rows = sorted(((e, *_thumbnail(e, thumb_size, max_pixels)) for e in map(_as_entry, entries)), key=_sort_key)
     counts = {
         "images": len(rows),
         "failed images": sum(1 for e, thumb, _ in rows if thumb is None or e.error is not None),

@@ -49,10 +49,12 @@ def prompt_embeds(model, pixel_values: torch.Tensor | None = None, features: tor
 
 
 def decode_sequences(tokenizer, sequences: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-    """Caption texts of ``(N, L)`` generated ids cut at ``(N,)`` lengths: special tokens skipped, stripped."""
+    """Caption texts of ``(N, L)`` generated ids cut at ``(N,)`` lengths: special tokens skipped, stripped,
+    the spacing of the training captions kept (see :func:`~mmgen.models.tokenizer.decode_captions`)."""
+    from mmgen.models.tokenizer import decode_captions
+
     seqs, lens = sequences.tolist(), lengths.tolist()
-    texts = tokenizer.batch_decode([s[:n] for s, n in zip(seqs, lens)], skip_special_tokens=True)
-    return [t.strip() for t in texts]
+    return decode_captions(tokenizer, [s[:n] for s, n in zip(seqs, lens)])
 
 
 @torch.inference_mode()
@@ -78,7 +80,7 @@ def generate_captions(
         cuda_graph: Replay decoding steps from CUDA graphs (see :func:`~mmgen.generation.search`).
 
     Returns:
-        Decoded captions (special tokens skipped, whitespace stripped) and their scores.
+        Decoded captions (special tokens skipped, whitespace stripped) and their scores, best first.
     """
     gen = gen or model.generation_config
     tok = model.tokenizer
@@ -96,7 +98,9 @@ def generate_captions(
     b, r, _ = out.sequences.shape
     texts = decode_sequences(tok, out.sequences.reshape(b * r, -1), out.lengths.reshape(-1))
     scores = out.scores.float().reshape(-1).tolist()
-    return GeneratedCaptions(
-        texts=[texts[i * r : (i + 1) * r] for i in range(b)],
-        scores=[scores[i * r : (i + 1) * r] for i in range(b)],
-    )
+    result = GeneratedCaptions([], [])
+    for i in range(b):  # best first: samples come out in drawing order (beams already are sorted; a stable sort)
+        pairs = sorted(zip(texts[i * r : (i + 1) * r], scores[i * r : (i + 1) * r]), key=lambda p: -p[1])
+        result.texts.append([t for t, _ in pairs])
+        result.scores.append([s for _, s in pairs])
+    return result

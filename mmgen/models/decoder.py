@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from mmgen.attention import register_causal_sdpa
 from mmgen.config import DecoderConfig
@@ -52,17 +54,18 @@ def build_decoder(
         special_ids: ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` from the tokenizer.
         hf_config: A saved HF config (from a checkpoint); builds a random-init model of it.
     """
-    attn = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    if hf_config is None and not cfg.pretrained:
+        hf_config = decoder_config(cfg, vocab_size, special_ids)
+    impl = attention_implementation(cfg.attn_implementation, hf_config or AutoConfig.from_pretrained(cfg.name))
+    attn = {"attn_implementation": impl} if impl else {}
     if hf_config is not None:
         model = AutoModelForCausalLM.from_config(hf_config, **attn)
-    elif cfg.pretrained:
+    else:
         model = AutoModelForCausalLM.from_pretrained(cfg.name, **attn)
         if vocab_size > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(vocab_size)
         for k, v in special_ids.items():
             setattr(model.config, k, v)
-    else:
-        model = AutoModelForCausalLM.from_config(decoder_config(cfg, vocab_size, special_ids), **attn)
     if model.generation_config is not None:
         for k, v in special_ids.items():
             setattr(model.generation_config, k, v)
@@ -72,6 +75,39 @@ def build_decoder(
         enable_checkpointing(model)
         model.config.use_cache = False
     return apply_mode(model, cfg)
+
+
+_SUPPORT_FLAGS = {
+    "sdpa": "_supports_sdpa",
+    "flash_attention": "_supports_flash_attn",
+    "flex_attention": "_supports_flex_attn",
+}
+"""The transformers model-class flag that says whether an attention implementation (by prefix) is supported."""
+
+
+def attention_implementation(requested: str | None, hf_config: PretrainedConfig) -> str | None:
+    """The attention implementation to build the decoder with: ``requested`` when the architecture supports it.
+
+    The architecture's class (``AutoModelForCausalLM``'s choice for ``hf_config``) says what it supports
+    through its capability flags (``_supports_sdpa``, ``_supports_flash_attn``, ``_supports_flex_attn``).
+    An unsupported request (Gemma-2 and 'sdpa', the default) falls back to 'eager' with a warning that
+    names ``model.decoder.attn_implementation``. None (transformers' own choice) and 'eager' are kept.
+    """
+    if requested in (None, "eager"):
+        return requested
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)] if type(hf_config) in MODEL_FOR_CAUSAL_LM_MAPPING else None
+    flag = next((f for prefix, f in _SUPPORT_FLAGS.items() if requested.startswith(prefix)), None)
+    if cls is None or flag is None:
+        return requested  # a model class transformers does not map (remote code), or an unknown kind
+    if getattr(cls, flag, True) or (flag == "_supports_flash_attn" and getattr(cls, "_supports_flash_attn_2", False)):
+        return requested  # ('_supports_flash_attn_2': the flag's name in older transformers)
+    warnings.warn(
+        f"model.decoder.attn_implementation={requested!r}: {cls.__name__} does not support it; using 'eager' "
+        "(set model.decoder.attn_implementation: eager to silence this)",
+        UserWarning,
+        stacklevel=3,
+    )
+    return "eager"
 
 
 def enable_checkpointing(model: PreTrainedModel) -> None:
@@ -98,8 +134,56 @@ def apply_mode(model: PreTrainedModel, cfg: DecoderConfig) -> nn.Module:
             r=cfg.lora.rank,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
+            target_modules=lora_targets(model, cfg.lora.target_modules),
             task_type="CAUSAL_LM",
         )
         model = peft.get_peft_model(model, lora)
     return model
+
+
+def lora_targets(model: PreTrainedModel, configured: list[str] | None) -> list[str] | None:
+    """LoRA target modules: the configured ones, peft's default for the architecture (None), or else the
+    linear projections of the model's attention blocks (found by walking its modules).
+
+    Raises:
+        ValueError: peft has no default and no attention projection was found; the message lists the
+            linear layers to choose ``model.decoder.lora.target_modules`` from.
+    """
+    if configured is not None:
+        return configured
+    try:
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+    except ImportError:  # pragma: no cover - older/newer peft layouts: let peft decide
+        return None
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in defaults:
+        return None
+    found = attention_projections(model)
+    if not found:
+        candidates = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if _is_linear(m)})
+        raise ValueError(
+            f"model.decoder.mode=lora: peft has no default target modules for {model_type!r} and no linear layer "
+            f"was found in its attention blocks; set model.decoder.lora.target_modules, e.g. to some of {candidates}"
+        )
+    warnings.warn(
+        f"model.decoder.lora.target_modules not set and peft has no default for {model_type!r}: using the "
+        f"attention projections {found}",
+        UserWarning,
+        stacklevel=3,
+    )
+    return found
+
+
+def attention_projections(model: nn.Module) -> list[str]:
+    """Names (last component, sorted) of the linear layers directly inside the model's attention modules."""
+    names = set()
+    for module in model.modules():
+        if type(module).__name__.endswith("Attention"):
+            names.update(name for name, child in module.named_children() if _is_linear(child))
+    return sorted(names)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    return isinstance(module, (nn.Linear, Conv1D))

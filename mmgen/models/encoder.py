@@ -24,6 +24,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         kwargs = cfg.timm_kwargs()
+        checked = _meta_token_layout(cfg.name, kwargs)  # refuses a non-ViT layout before any weights load
         pretrained = cfg.pretrained and load_weights
         if cfg.weights and load_weights and not str(cfg.weights).endswith(".safetensors"):
             # timm reads .pth/.bin through its own loader (weights_only) when given a file overlay
@@ -36,11 +37,8 @@ class Encoder(nn.Module):
         self.model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0, **kwargs)
         if cfg.weights and load_weights and str(cfg.weights).endswith(".safetensors"):
             self._load_safetensors(Path(cfg.weights))
-        self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0))
+        self.num_prefix_tokens, self.grid_size = checked or token_layout(self.model, cfg.name)
         self.embed_dim = int(self.model.num_features)
-        patch_embed = getattr(self.model, "patch_embed", None)
-        grid = getattr(patch_embed, "grid_size", None)
-        self.grid_size: tuple[int, int] | None = tuple(int(g) for g in grid) if grid is not None else None
         if cfg.pos_embed == "sincos":
             from mmgen.models.stems import fix_sincos_positions
 
@@ -108,8 +106,81 @@ class Encoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.model.forward_features(pixel_values)  # (B, n_prefix + N, C)
-        if x.ndim == 4:  # convolutional trunks give (B, C, H, W)
-            x = x.flatten(2).transpose(1, 2)
-        elif not self.cfg.keep_prefix_tokens and self.num_prefix_tokens:
+        if not self.cfg.keep_prefix_tokens and self.num_prefix_tokens:
             x = x[:, self.num_prefix_tokens :]  # (B, N, C)
         return x
+
+
+WORKING_FAMILIES = (
+    "ViT (vit_*), DeiT (deit_*, deit3_*), BEiT, EVA / EVA-02, CaiT, FlexiViT, DINOv2, SigLIP and CLIP ViTs"
+)
+"""timm families whose tokens are a patch grid (the README lists the ones checked)."""
+
+
+def token_layout(model: nn.Module, name: str, shape: tuple[int, ...] | None = None) -> tuple[int, tuple[int, int]]:
+    """(prefix tokens, patch grid) of a timm model, from its structure and the shape of its features.
+
+    mmgen hands the decoder the encoder's patch tokens, so ``forward_features`` must return
+    ``(B, prefix + gh * gw, C)`` for the ``(gh, gw)`` grid of the model's ``patch_embed``: the layout of
+    ViT-style models. Hierarchical or convolutional trunks (Swin's ``(B, H, W, C)`` map of merged windows,
+    ConvNeXt's ``(B, C, H, W)``) and pooled token sets (PiT, LeViT, MViT, Hiera) do not have it.
+
+    Args:
+        model: The timm model.
+        name: Its name, for the message.
+        shape: The shape of ``forward_features`` of one image (default: run it).
+
+    Raises:
+        ValueError: the tokens are not a patch grid; the message names the model and its output shape.
+    """
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    shape = shape or _feature_shape(model)
+    if grid is not None and len(shape) == 3 and shape[1] == prefix + int(grid[0]) * int(grid[1]):
+        return prefix, (int(grid[0]), int(grid[1]))
+    if grid is None:
+        why = "it has no patch_embed grid"
+    elif len(shape) != 3:
+        why = f"a {len(shape)}-D feature map, not a token sequence"
+    else:
+        why = f"{shape[1]} tokens, not its {grid[0]}x{grid[1]} patch grid plus {prefix} prefix tokens"
+    size = _input_size(model)
+    raise ValueError(
+        f"model.encoder.name={name}: not a ViT-style encoder; mmgen feeds the decoder the patch tokens, so "
+        f"forward_features must return (batch, prefix + patches, channels) on the patch grid of its "
+        f"patch_embed, and {name} returns {shape} for a {size[0]}x{size[1]} image ({why}). Encoders that work: "
+        f"{WORKING_FAMILIES} (see the README)"
+    )
+
+
+def _input_size(model: nn.Module) -> tuple[int, int]:
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        return int(img_size[0]), int(img_size[1])
+    return tuple(int(v) for v in timm.data.resolve_model_data_config(model)["input_size"][1:])
+
+
+def _feature_shape(model: nn.Module) -> tuple[int, ...]:
+    """The shape of ``forward_features`` of one blank image at the model's input size (in eval mode)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return tuple(model.forward_features(torch.zeros(1, 3, *_input_size(model), device=device)).shape)
+    finally:
+        model.train(was_training)
+
+
+def _meta_token_layout(name: str, kwargs: dict) -> tuple[int, tuple[int, int]] | None:
+    """:func:`token_layout` of the architecture built on the meta device: shapes only, no memory or compute.
+
+    None when the architecture cannot be built or run there; the real model is then checked instead.
+    """
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        shape = _feature_shape(model)
+    except Exception:  # noqa: BLE001 - an op without a meta kernel, or an unknown name: the real build decides
+        return None
+    return token_layout(model, name, shape)

@@ -44,7 +44,7 @@ def train_caption_tokenizer(
         tok = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS["unk_token"]))
         tok.pre_tokenizer = pre_tokenizers.Whitespace()  # words and punctuation runs
         trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials)
-        decoder = decoders.WordPiece(prefix="##")  # joins with spaces, cleans " ." -> "."
+        decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins with spaces; " ," stays " ,"
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
@@ -60,10 +60,7 @@ def train_caption_tokenizer(
     tok.normalizer = normalizers.Sequence(norm)
     tok.decoder = decoder
     tok.train_from_iterator((c for c in captions), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, clean_up_tokenization_spaces=kind == "wordlevel", **SPECIAL_TOKENS
-    )
-    return fast
+    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **SPECIAL_TOKENS)
 
 
 def load_tokenizer(cfg: TokenizerConfig, decoder_name: str | None = None) -> PreTrainedTokenizerBase:
@@ -98,6 +95,24 @@ def start_ids(tokenizer: PreTrainedTokenizerBase, prompt: str = "") -> list[int]
     if prompt:
         ids += tokenizer(prompt, add_special_tokens=False)["input_ids"]
     return ids
+
+
+def decode_captions(tokenizer: PreTrainedTokenizerBase, sequences: list[list[int]]) -> list[str]:
+    """Caption texts of token id lists, in the tokenisation of the training captions.
+
+    Special tokens are skipped and surrounding whitespace is stripped, nothing else: no
+    ``clean_up_tokenization_spaces`` (which glues punctuation to the previous word, "square , a" ->
+    "square, a", and so changes the text that BLEU/CIDEr score), and a byte-level BPE (GPT-2) gives back
+    exactly the text it encoded. Word-level tokenizers saved before this rule decode with the
+    ``tokenizers`` WordPiece clean-up on; it is switched off here (a change of the decoding only).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    if getattr(decoder, "cleanup", False):
+        decoder.cleanup = False
+        backend.decoder = decoder
+    texts = tokenizer.batch_decode(sequences, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return [t.strip() for t in texts]
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
