@@ -321,7 +321,8 @@ def evaluate(arm: Arm, data: Data, args: argparse.Namespace, mean, std) -> dict:
 def build_arms(args: argparse.Namespace, data: Data) -> list[Arm]:
     """The mmgen arm(s) from the config plus each ``--arm NAME=overrides``, and the matched baseline."""
     arms = []
-    specs = [("mmgen", [])] + [(a.split("=", 1)[0], a.split("=", 1)[1].split(",")) for a in args.arm]
+    specs = [] if args.no_default_arm else [("mmgen", [])]
+    specs += [(a.split("=", 1)[0], a.split("=", 1)[1].split(",")) for a in args.arm]
     for name, extra in specs:
         cfg = load_config(args.config, args.set + extra)
         torch.manual_seed(args.seed)
@@ -329,7 +330,9 @@ def build_arms(args: argparse.Namespace, data: Data) -> list[Arm]:
     if not args.no_baseline:
         cfg = load_config(args.config, args.set)
         torch.manual_seed(args.seed)
-        ved = build_baseline(data.tokenizer, cfg, n_params(arms[0].model))
+        ved = build_baseline(
+            data.tokenizer, cfg, n_params(arms[0].model) if arms else n_params(build_mmgen(cfg, data.tokenizer))
+        )
         base_cfg = load_config(args.config, args.set + args.baseline_set)
         arms.append(Arm("VisionEncoderDecoder", "ved", ved, base_cfg))
     for a in arms:
@@ -458,6 +461,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arm", action="append", default=[], metavar="NAME=K=V[,K=V]", help="an extra mmgen arm")
     p.add_argument("--baseline-set", nargs="*", default=[], metavar="KEY=VALUE", help="train.* overrides, baseline")
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--no-default-arm", action="store_true", help="only the --arm variants of mmgen")
     p.add_argument("--data-dir", required=True, help="synthetic scenes (made here unless already present)")
     p.add_argument("--difficulty", choices=("simple", "hard"), default="hard")
     p.add_argument("--n-train", type=int, default=10000)
