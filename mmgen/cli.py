@@ -47,11 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from mmgen.config import ConfigError
+    from mmgen.errors import CheckpointError
 
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"mmgen {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:  # a saved model or checkpoint that cannot be read: the message names the file
+        print(f"mmgen {args.command}: {e}", file=sys.stderr)
         return 2
 
 
