@@ -321,21 +321,47 @@ def check_finite_weights(model: nn.Module, destination: str | os.PathLike) -> No
     Raises:
         NonFiniteWeightsError: Naming how many tensors are affected and a few of them.
     """
+    bad = non_finite_tensors(model)
+    if bad:
+        raise NonFiniteWeightsError(
+            f"refusing to write {destination}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+            f"(e.g. {', '.join(bad[:3])}); training diverged: lower train.lr, check the data, or use precision fp32"
+        )
+
+
+def refuse_non_finite_weights(model: nn.Module, step: int, destination: Path, doing: str = "writing") -> None:
+    """Stop a run on every rank when a weight holds a NaN or an infinity, before ``destination`` is written.
+
+    A collective under ``torch.distributed`` (one all-reduce): call it on every rank.
+
+    Raises:
+        NonFiniteWeightsError: Naming the step, the tensors (this rank's) and ``destination``.
+    """
+    from mmgen.training.distributed import all_reduce_sum
+
+    bad = non_finite_tensors(model)  # FSDP: this rank's shards
+    device = next(model.parameters()).device
+    if all_reduce_sum(torch.tensor([float(len(bad))], device=device)).item():
+        where = ", ".join(bad[:3]) or "on another rank"
+        raise NonFiniteWeightsError(
+            f"step {step}: weights hold NaN or infinite values (e.g. {where}): stopping instead of {doing} "
+            f"{destination}; training diverged: lower train.lr, check the data, or use precision fp32"
+        )
+
+
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    """The names of ``model``'s floating-point parameters and buffers that hold a NaN or an infinity (tied
+    weights once; a sharded tensor by this process's shard). One host sync."""
     named, seen = [], set()
-    for n, t in _unwrap(model).state_dict().items():
-        if t.is_floating_point() and t.numel() and (t.data_ptr(), t.shape) not in seen:  # tied weights once
+    for n, t in _unwrap(model).state_dict(keep_vars=True).items():
+        t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor
+        if t.is_floating_point() and t.numel() and (t.data_ptr(), t.shape) not in seen:
             seen.add((t.data_ptr(), t.shape))
-            named.append((n, t))
+            named.append((n, t.detach()))
     if not named:
-        return
+        return []
     finite = torch.stack([torch.isfinite(t).all().cpu() for _, t in named])
-    if bool(finite.all()):
-        return
-    bad = [named[i][0] for i in (~finite).nonzero().flatten().tolist()]
-    raise NonFiniteWeightsError(
-        f"refusing to write {destination}: {len(bad)} of {len(named)} weight tensors hold NaN or infinite values "
-        f"(e.g. {', '.join(bad[:3])}); training diverged: lower train.lr, check the data, or use precision fp32"
-    )
+    return [named[i][0] for i in (~finite).nonzero().flatten().tolist()]
 
 
 # -- writing --------------------------------------------------------------------------------------
