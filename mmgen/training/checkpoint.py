@@ -108,6 +108,9 @@ def save_checkpoint(
 
     Returns:
         The checkpoint directory.
+
+    Raises:
+        NonFiniteWeightsError: The model holds NaN or infinite weights; nothing is written.
     """
     root = Path(run_dir) / CHECKPOINTS
     final = root / f"step_{step:08d}"
@@ -151,6 +154,9 @@ def save_best(
 
     Returns:
         The ``best`` directory.
+
+    Raises:
+        NonFiniteWeightsError: The model holds NaN or infinite weights; nothing is written.
     """
     run_dir = Path(run_dir)
     final = run_dir / BEST
@@ -351,7 +357,7 @@ def refuse_non_finite_weights(model: nn.Module, step: int, destination: Path, do
 
 def non_finite_tensors(model: nn.Module) -> list[str]:
     """The names of ``model``'s floating-point parameters and buffers that hold a NaN or an infinity (tied
-    weights once; a sharded tensor by this process's shard). One host sync."""
+    weights once; a sharded tensor by this process's shard)."""
     named, seen = [], set()
     for n, t in _unwrap(model).state_dict(keep_vars=True).items():
         t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor
@@ -360,7 +366,8 @@ def non_finite_tensors(model: nn.Module) -> list[str]:
             named.append((n, t.detach()))
     if not named:
         return []
-    finite = torch.stack([torch.isfinite(t).all().cpu() for _, t in named])
+    flags = [torch.isfinite(t).all() for _, t in named]
+    finite = torch.stack([f.to(flags[0].device) for f in flags]).cpu()  # one sync when all share a device
     return [named[i][0] for i in (~finite).nonzero().flatten().tolist()]
 
 

@@ -72,11 +72,9 @@ def check_run_dir(run_dir: Path, cfg: Config, overwrite: bool = False) -> list[s
         return []
     old = sorted(set(old))
     if not overwrite:
-        hint = (
-            f"continue it with `mmgen train --resume {run_dir}`, "
-            if "checkpoints" in old
-            else "this run's config differs from its config.yaml; "
-        )
+        hint = f"continue it with `mmgen train --resume {run_dir}`, " if "checkpoints" in old else ""
+        if "tokenizer" in old:
+            hint = f"its tokenizer/ belongs to another config than this run's; {hint}"
         raise RunDirError(
             f"train.out_dir={run_dir} already holds a run ({', '.join(old)}): {hint}start over with "
             "`mmgen train --overwrite` (deletes them), or choose another train.out_dir"

@@ -44,7 +44,8 @@ class TrainState:
     skipped_steps: int = 0
     history: list = field(default_factory=list)
     finished_max_steps: int | None = None
-    """Set in the last checkpoint of a finished run: the ``train.max_steps`` it finished under."""
+    """Set in the last checkpoint of a finished run: the ``train.max_steps`` it finished under (or its last step,
+    when it was resumed past it); resuming trains further only when ``train.max_steps`` is raised above it."""
 
 
 def seed_everything(seed: int) -> None:
@@ -138,8 +139,9 @@ class Trainer:
         self._twin: torch.nn.Module | None = None  # FSDP: rank 0's unsharded copy for saving and evaluating
         self.optimizer = build_optimizer(self.model, cfg.train, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
-        if ckpt is not None:  # the newest checkpoint that loads (a damaged one is named and skipped)
-            ckpt, state = load_latest_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler)
+        found = load_latest_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler) if ckpt else None
+        if found is not None:  # the newest checkpoint that loads (a damaged one is named and skipped)
+            ckpt, state = found
             self.state = TrainState(**state)
             self.state.finished_max_steps = None  # a finished run continues when train.max_steps was raised
             if self.dist.is_main:
@@ -354,7 +356,7 @@ class Trainer:
             last_scores = self.evaluate()
         refuse_non_finite_weights(self.model, self.state.step, self.run_dir / "final")
         self.save_final()
-        st.finished_max_steps = cfg.train.max_steps  # in the last checkpoint, written after final/
+        st.finished_max_steps = max(cfg.train.max_steps, st.step)  # in the last checkpoint, written after final/
         self.save()
         self.logger.close()
         D.barrier()
