@@ -105,6 +105,12 @@ class Captioner:
             path: The model directory.
             device: Where to run (default: CUDA when available, else the CPU).
             dtype: Weights dtype, e.g. ``torch.bfloat16`` or ``"bfloat16"`` (default: as saved).
+
+        Raises:
+            mmgen.errors.MissingCheckpointFileError: The directory, a file or the ``tokenizer/`` it needs is
+                absent (also a ``FileNotFoundError``); the message names what is missing.
+            mmgen.errors.CheckpointError: A file is corrupt, truncated, pickled or does not fit the others; the
+                message names the file.
         """
         from mmgen.models import CaptionModel
 

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mmgen.commands import USAGE, UsageError
     from mmgen.config import ConfigError
+    from mmgen.errors import CheckpointError
 
     try:
         return int(args.func(args) or 0)
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         for line in str(e).splitlines():
             print(f"mmgen {args.command}: {line}", file=sys.stderr)
+        return USAGE
+    except CheckpointError as e:  # a saved model or checkpoint that cannot be read: the message names the file
+        print(f"mmgen {args.command}: {e}", file=sys.stderr)
         return USAGE
 
 

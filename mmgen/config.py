@@ -9,6 +9,7 @@ schema-free machinery (dicts, overrides, files) is in :mod:`mmgen.configio`.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,7 +383,7 @@ class TrainConfig:
             "must be divisible by train.grad_accum",
         )
         _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
-        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a finite number > 0, got {self.lr}")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")

@@ -146,7 +146,7 @@ def run_demo(
     t0 = time.perf_counter()
     say = (lambda *a: None) if quiet else print
     say(f"[1/4] {n_train} training + {n_val} held-out synthetic scenes ({size}x{size}) -> {out / 'run' / 'data'}")
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, overwrite=True)  # a demo run again into the same --out starts over
     say(
         f"[2/4] training a {trainer.model.parameter_summary()['all']['total'] / 1e6:.1f}M-parameter captioner for "
         f"{cfg.train.max_steps} steps on {trainer.device}"

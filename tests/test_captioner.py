@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +195,87 @@ def test_several_samples_come_best_first_despite_the_saved_beams(tmp_path, image
         torch.testing.assert_close(torch.tensor([s for _, s in options]), torch.tensor(sorted(raw, reverse=True)))
     with pytest.raises(ValueError, match="cannot exceed num_beams"):  # beam sampling when asked for
         captioner.caption_with_scores(image_files[:1], num_beams=3, **kw)
+
+
+def _damaged_copy(saved_model, tmp_path, damage) -> Path:
+    model_dir = tmp_path / "model"
+    shutil.copytree(saved_model, model_dir)
+    damage(model_dir)
+    return model_dir
+
+
+def _truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _pickle_weights(model_dir: Path) -> None:
+    torch.save({"w": torch.zeros(2)}, model_dir / "model.safetensors")
+
+
+def _other_weights(model_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(model_dir / "model.safetensors"))
+
+
+DAMAGE = {  # what breaks -> (the file the error must name, a fragment of what it must say)
+    "truncated weights": (lambda d: _truncate(d / "model.safetensors"), "model.safetensors", "corrupt or truncated"),
+    "pickled weights": (_pickle_weights, "model.safetensors", "pickled"),
+    "another model's weights": (_other_weights, "model.safetensors", "do not fit"),
+    "broken config.json": (lambda d: (d / "config.json").write_text('{"model": '), "config.json", "not valid JSON"),
+    "unknown model key": (
+        lambda d: (d / "config.json").write_text('{"model": {"layers": 3}}'), "config.json", "layers",
+    ),
+    "decoder config not an object": (
+        lambda d: (d / "decoder_config.json").write_text("[]"), "decoder_config.json", "JSON object",
+    ),
+    "decoder config without model_type": (
+        lambda d: (d / "decoder_config.json").write_text('{"n_embd": 64}'), "decoder_config.json", "model_type",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_model_file_is_named_with_what_is_wrong(saved_model, tmp_path, monkeypatch, case):
+    from mmgen.errors import CheckpointError
+
+    damage, name, fragment = DAMAGE[case]
+    model_dir = _damaged_copy(saved_model, tmp_path, damage)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a model tried to unpickle")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    for load in (CaptionModel.from_pretrained, Captioner.from_pretrained):
+        with pytest.raises(CheckpointError) as caught:
+            load(model_dir)
+        message = str(caught.value)
+        assert str(model_dir / name) in message and fragment in message, message
+        assert isinstance(caught.value, ValueError) and "\n" not in message
+
+
+def test_a_model_directory_without_its_tokenizer_names_what_is_missing(saved_model, tmp_path):
+    model_dir = _damaged_copy(saved_model, tmp_path, lambda d: shutil.rmtree(d / "tokenizer"))
+    for load in (CaptionModel.from_pretrained, Captioner.from_pretrained):
+        with pytest.raises(FileNotFoundError) as caught:  # not a hub lookup of the local path as a repo id
+            load(model_dir)
+        assert str(model_dir / "tokenizer" / "tokenizer.json") in str(caught.value)
+    (model_dir / "tokenizer").mkdir()  # there, but empty
+    with pytest.raises(FileNotFoundError, match=r"tokenizer: no tokenizer\.json"):
+        CaptionModel.from_pretrained(model_dir)
+
+
+@pytest.mark.parametrize("command", ["caption", "evaluate"])
+def test_the_cli_prints_a_load_error_as_one_line(saved_model, tmp_path, image_files, capsys, command):
+    from mmgen.cli import main
+
+    truncated = _damaged_copy(saved_model, tmp_path / "a", lambda d: _truncate(d / "model.safetensors"))
+    no_tokenizer = _damaged_copy(saved_model, tmp_path / "b", lambda d: shutil.rmtree(d / "tokenizer"))
+    for model_dir, names in ((truncated, "model.safetensors"), (no_tokenizer, "tokenizer.json")):
+        if command == "caption":
+            argv = ["caption", str(image_files[0]), "--model", str(model_dir), "--device", "cpu"]
+        else:
+            argv = ["evaluate", "--model", str(model_dir), "--data", str(tmp_path / "refs.json"), "--device", "cpu"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"mmgen {command}: ") and err.count("\n") == 1 and names in err, err

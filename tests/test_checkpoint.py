@@ -324,3 +324,94 @@ def test_state_codec_round_trips_the_types_resume_needs(tmp_path):
     assert back["__tensor__"] == state["__tensor__"] and back["nested"] == state["nested"]
     with pytest.raises(TypeError, match="s.bad: a object cannot be stored"):
         encode_tree({"bad": object()}, "s", {})
+
+
+def _overwrite_head(file, data: bytes) -> None:
+    """Damage a file in place, keeping its size (the size check of the marker cannot see it)."""
+    with open(file, "r+b") as f:
+        f.write(data)
+
+
+def _three_checkpoints(tokenizer, tmp_path):
+    """Checkpoints at steps 1, 2, 3 of one model; returns the weights saved at each step."""
+    model, opt, sched = _build(tokenizer, 0)
+    batches, weights = _batches(tokenizer), {}
+    for step in (1, 2, 3):
+        _train(model, opt, sched, batches, 1)
+        save_checkpoint(tmp_path, step, model, opt, sched, {"step": step}, keep_last=3)
+        weights[step] = {k: v.clone() for k, v in model.state_dict().items()}
+    return weights
+
+
+DAMAGE = {  # name -> (the file damaged, how)
+    "truncated weights": ("model.safetensors", lambda f: f.write_bytes(f.read_bytes()[:100])),
+    "garbage weights": ("model.safetensors", lambda f: _overwrite_head(f, b"\xff" * 16)),
+    "garbage training state": ("training_state.json", lambda f: _overwrite_head(f, b"#" * 8)),
+    "garbage optimizer tensors": ("training_state.safetensors", lambda f: _overwrite_head(f, b"\x00" * 8)),
+    "broken marker": ("complete.json", lambda f: f.write_text("{")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tokenizer, tmp_path, case):
+    weights = _three_checkpoints(tokenizer, tmp_path)
+    name, damage = DAMAGE[case]
+    bad = tmp_path / "checkpoints" / "step_00000003"
+    damage(bad / name)
+    with pytest.raises(ck.CheckpointError, match=str(bad)):  # one checkpoint alone: a clear error naming the file
+        load_checkpoint(bad, CaptionModel(tiny_model_config(), tokenizer))
+
+    model, opt, sched = _build(tokenizer, 7)
+    with pytest.warns(UserWarning) as caught:
+        found = ck.load_latest_checkpoint(tmp_path, model, opt, sched)
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith(f"{bad} cannot be loaded") and name in m for m in messages), messages
+    assert any(m.startswith(f"resuming from {found[0]}") for m in messages), messages
+    assert found is not None and found[0].name == "step_00000002" and found[1] == {"step": 2}
+    assert all(torch.equal(v, weights[2][k]) for k, v in model.state_dict().items())
+    assert sched.last_epoch == 2
+
+
+def test_no_loadable_checkpoint_is_an_error_naming_each(tokenizer, tmp_path):
+    _three_checkpoints(tokenizer, tmp_path)
+    for step in (1, 2, 3):
+        (tmp_path / "checkpoints" / f"step_0000000{step}" / "model.safetensors").write_bytes(b"")
+    with pytest.warns(UserWarning), pytest.raises(ck.CheckpointError) as caught:
+        ck.load_latest_checkpoint(tmp_path, CaptionModel(tiny_model_config(), tokenizer))
+    assert all(f"step_0000000{step}" in str(caught.value) for step in (1, 2, 3))
+    assert ck.load_latest_checkpoint(tmp_path / "elsewhere", CaptionModel(tiny_model_config(), tokenizer)) is None
+
+
+def test_non_finite_weights_are_never_saved(tokenizer, tmp_path):
+    model, opt, sched = _build(tokenizer, 0)
+    save_checkpoint(tmp_path, 1, model, opt, sched, {"step": 1})
+    save_best(tmp_path, model, {"step": 1, "loss": 2.0})
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    name, weight = next(iter(model.projector.named_parameters()))
+    with torch.no_grad():
+        weight.view(-1)[0] = float("nan")
+        model.decoder.lm_head.weight[1, 2] = float("inf")
+    with pytest.raises(ck.NonFiniteWeightsError, match=r"step_00000002: 2 weight tensor\(s\) hold NaN") as caught:
+        save_checkpoint(tmp_path, 2, model, opt, sched, {"step": 2})
+    assert f"projector.{name}" in str(caught.value) and "train.lr" in str(caught.value)
+    with pytest.raises(ck.NonFiniteWeightsError, match="best"):
+        save_best(tmp_path, model, {"step": 2, "loss": 1.0})
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, not even a work directory
+
+
+def test_best_metrics_and_the_training_state_are_strict_json(tokenizer, tmp_path):
+    model, opt, sched = _build(tokenizer, 0)
+    best = save_best(tmp_path, model, {"step": 1, "loss": float("nan"), "CIDEr": torch.tensor(float("inf"))})
+    assert json.loads((best / "metrics.json").read_text(), parse_constant=_no_constant) == {
+        "step": 1,
+        "loss": None,
+        "CIDEr": None,
+    }
+    path = save_checkpoint(tmp_path, 1, model, opt, sched, {"step": 1, "ema": torch.tensor([0.5]), "epoch": 2})
+    state = ck.read_training_state(path)  # without loading the model
+    assert state["step"] == 1 and state["epoch"] == 2 and torch.equal(state["ema"], torch.tensor([0.5]))
+
+
+def _no_constant(name: str):
+    raise AssertionError(f"not strict JSON: {name}")

@@ -515,3 +515,152 @@ def test_a_stream_shorter_than_one_step_is_an_error_not_an_endless_loop(tmp_path
                "train.batch_size=48", "train.max_steps=2")  # fmt: skip
     with pytest.raises(ValueError, match=r"holds less than one optimizer step \(train.batch_size=48\)"):
         Trainer(cfg).fit()
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def _strict(name: str):
+    raise AssertionError(f"metrics.jsonl is not strict JSON: {name}")
+
+
+def _renamed_captions(scenes: Path, word: str) -> Path:
+    """The scenes with every caption starting with a word their tokenizer has never seen."""
+    ann = json.loads(scenes.read_text())
+    for a in ann["annotations"]:
+        a["caption"] = f"{word} {a['caption']}"
+    path = scenes.with_name(f"captions_{word}.json")  # beside the images, which the file names relatively
+    path.write_text(json.dumps(ann))
+    return path
+
+
+def test_a_new_run_into_a_used_out_dir_is_refused_and_overwrite_starts_clean(tmp_path, scenes, capsys):
+    from transformers import AutoTokenizer
+
+    from mmgen.cli import main
+
+    first = _cfg(
+        tmp_path, scenes, "train.max_steps=4", "train.batch_size=16", "train.save_every=2", "train.keep_last=5"
+    )
+    run = Path(first.train.out_dir)
+    trainer = Trainer(first)
+    assert json.loads((run / "train.lock").read_text())["pid"] == os.getpid()  # held while the trainer lives
+    trainer.fit()
+    assert not (run / "train.lock").exists()
+    argv = ["train", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), *TINY, f"train.out_dir={run}"]
+    argv += [f"data.train={_renamed_captions(scenes, 'zorblax')}", "train.max_steps=3", "train.batch_size=16"]
+    argv += ["train.save_every=1000"]
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err and "--overwrite" in err, err
+    assert _snapshot(run) == before
+
+    assert main([*argv[:1], "--overwrite", *argv[1:]]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # the earlier run's rows are gone
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000003"]
+    for tok_dir in (run / "tokenizer", run / "final" / "tokenizer"):  # trained on the new captions
+        tok = AutoTokenizer.from_pretrained(str(tok_dir))
+        ids = tok("zorblax", add_special_tokens=False)["input_ids"]
+        assert ids and tok.unk_token_id not in ids
+
+
+def test_resuming_a_finished_run_writes_nothing_unless_max_steps_is_raised(tmp_path, scenes, capsys):
+    from mmgen.cli import main
+    from mmgen.training.logs import plot_curves
+
+    cfg = _cfg(
+        tmp_path, scenes, "train.max_steps=3", "train.batch_size=16", "train.save_every=1000", "train.tensorboard=true",
+        f"data.val={scenes}", "eval.max_images=4", "eval.batch_size=4",
+        "eval.generation={num_beams: 1, max_new_tokens: 4}",
+    )  # fmt: skip
+    Trainer(cfg).fit()
+    run = Path(cfg.train.out_dir)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # a process killed in the middle of a line
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "the run is finished (step 3, train.max_steps=3)" in out, out
+    assert _snapshot(run) == before  # no evaluation, no metrics row, no config, no TensorBoard event
+    (run / "curves.png").unlink()
+    with pytest.warns(UserWarning, match="skipped a torn last line"):
+        plot_curves(run, ("loss",), "training loss")
+    assert (run / "curves.png").exists()
+
+    with pytest.warns(UserWarning, match="removed a torn last line"):
+        assert main(["train", "--resume", str(run), "train.max_steps=5"]) == 0  # a raised max_steps continues
+    rows = [json.loads(line, parse_constant=_strict) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in rows if "eval" in r] == [3, 5]  # step 3 is not evaluated twice
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0  # its config.yaml now says 5: finished again
+    assert "the run is finished (step 5, train.max_steps=5)" in capsys.readouterr().out
+
+
+def test_a_diverging_run_stops_before_saving_non_finite_weights(tmp_path, scenes):
+    from mmgen.config import ConfigError
+    from mmgen.training.checkpoint import NonFiniteWeightsError
+
+    for bad in (".inf", ".nan", "-1"):
+        with pytest.raises(ConfigError, match="train.lr: must be a finite number > 0"):
+            _cfg(tmp_path, scenes, f"train.lr={bad}")
+    cfg = _cfg(
+        tmp_path, scenes, "train.max_steps=10", "train.batch_size=16", "train.save_every=3", "train.max_bad_steps=9"
+    )
+    trainer = Trainer(cfg)
+    for g in trainer.optimizer.param_groups:  # what train.lr=inf did before the config refused it
+        g["lr"] = g["initial_lr"] = float("inf")
+    trainer.scheduler.base_lrs = [float("inf")] * len(trainer.scheduler.base_lrs)
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        with pytest.raises(NonFiniteWeightsError, match=r"step 3: weights hold NaN or infinite values") as caught:
+            trainer.fit()
+    assert "checkpoints/step_00000003" in str(caught.value) and "train.lr" in str(caught.value)
+    run = Path(cfg.train.out_dir)
+    assert not (run / "checkpoints").exists() and not (run / "final").exists() and not (run / "train.lock").exists()
+    rows = [json.loads(line, parse_constant=_strict) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows]
+    assert len(losses) == 3 and losses[0] > 0 and losses[1:] == [None, None]  # skipped steps: null, not NaN
+
+
+def test_resume_skips_a_damaged_latest_checkpoint_and_matches_the_uninterrupted_run(tmp_path, scenes):
+    common = ("train.max_steps=6", "train.batch_size=16", "train.save_every=2", "train.keep_last=5")
+    full = _cfg(tmp_path / "a", scenes, *common)
+    Trainer(full).fit()
+    reference = _losses(full.train.out_dir)
+    # as if killed after the step-4 checkpoint, whose weights were then damaged in place (same size)
+    run = tmp_path / "b" / "run"
+    shutil.copytree(full.train.out_dir, run, ignore=shutil.ignore_patterns("step_00000006", "final", "curves.png"))
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= 4))
+    with open(run / "checkpoints" / "step_00000004" / "model.safetensors", "r+b") as f:
+        f.write(b"\xff" * 16)
+    with pytest.warns(UserWarning, match="step_00000004 cannot be loaded.*model.safetensors"):
+        trainer = Trainer(load_config(run / "config.yaml"), resume=run)
+    assert trainer.state.step == 2
+    trainer.fit()
+    assert _losses(run) == reference  # steps 3 and 4 again, bit for bit, then 5 and 6
+
+
+def test_metrics_rows_are_strict_json_and_readers_skip_what_is_not(tmp_path, scenes):
+    from mmgen.training.logs import RunLogger, read_metrics
+
+    cfg = _cfg(tmp_path, scenes)
+    tmp_path.joinpath("run").mkdir()
+    logger = RunLogger(tmp_path / "run", cfg, enabled=True)
+    logger.log({"step": 1, "loss": float("nan"), "lr": float("inf"), "eval": {"CIDEr": float("-inf"), "n": 2}})
+    logger.log({"step": 2, "loss": 1.5})
+    path = tmp_path / "run" / "metrics.jsonl"
+    assert [json.loads(line, parse_constant=_strict) for line in path.read_text().splitlines()] == [
+        {"step": 1, "loss": None, "lr": None, "eval": {"CIDEr": None, "n": 2}},
+        {"step": 2, "loss": 1.5},
+    ]
+    path.write_text(path.read_text() + "garbage\n" + '{"step": 4, "loss": 1.0}\n' + '{"step": 5, "lo')
+    with pytest.warns(UserWarning) as caught:
+        rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 4]
+    messages = sorted(str(w.message) for w in caught)
+    assert "skipped 1 line(s) that are not JSON objects: [3]" in messages[0] and "torn last line (line 5" in messages[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -15,15 +16,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=Path, help="YAML config (see configs/)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in train.out_dir although an earlier run left files there (deletes its checkpoints, best/, "
+        "final/, tokenizer/, metrics and curves; keeps data/ and features/)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mmgen.config import load_config
+    from mmgen.errors import RunDirError
+    from mmgen.training.checkpoint import NonFiniteWeightsError
     from mmgen.training.distributed import cleanup_distributed
-    from mmgen.training.trainer import build_trainer
+    from mmgen.training.trainer import NonFiniteLossError, build_trainer
 
+    if args.resume is not None and args.overwrite:
+        raise SystemExit("mmgen train: --resume continues a run, --overwrite starts over: use one of them")
     if args.resume is not None:
         saved = args.resume / "config.yaml"
         if not saved.exists():
@@ -34,12 +45,20 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("mmgen train: --config is required (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides, check_paths=True)  # missing paths fail before any work
     try:
-        trainer = build_trainer(cfg, resume=args.resume)
+        trainer = build_trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+        if trainer.finished:  # said so; nothing was written
+            return 0
         scores = trainer.fit()
         if trainer.dist.is_main:
             print(f"run directory: {trainer.run_dir}")
             if scores:
                 print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
+    except RunDirError as e:
+        print(f"mmgen train: {e}", file=sys.stderr)
+        return 2
+    except (NonFiniteLossError, NonFiniteWeightsError) as e:
+        print(f"mmgen train: {e}", file=sys.stderr)
+        return 1
     finally:
         cleanup_distributed()
     return 0

@@ -15,8 +15,10 @@ from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from mmgen.attention import CAUSAL_SDPA, PREFIX, UNPADDED
 from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
+from mmgen.errors import CheckpointError, MissingCheckpointFileError
 from mmgen.models.decoder import build_decoder
 from mmgen.models.encoder import Encoder
+from mmgen.models.files import TOKENIZER_DIR, load_saved_tokenizer, load_tensors, load_weights, one_line, read_json
 from mmgen.models.projector import build_projector
 from mmgen.models.tokenizer import ensure_special_tokens, load_tokenizer, start_ids
 from mmgen.modules import base_model
@@ -24,7 +26,6 @@ from mmgen.modules import base_model
 CONFIG_NAME = "config.json"
 DECODER_CONFIG_NAME = "decoder_config.json"
 WEIGHTS_NAME = "model.safetensors"
-TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass
@@ -262,23 +263,39 @@ class CaptionModel(nn.Module):
     def from_pretrained(
         cls, path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> CaptionModel:
-        """Load a directory written by ``save_pretrained``; safetensors only, nothing is unpickled."""
-        from safetensors.torch import load_model
-        from transformers import AutoTokenizer
+        """Load a directory written by ``save_pretrained``; safetensors only, nothing is unpickled.
 
+        Raises:
+            mmgen.errors.MissingCheckpointFileError: The directory, or a file or the ``tokenizer/`` it needs, is
+                absent (also a ``FileNotFoundError``).
+            mmgen.errors.CheckpointError: A file is corrupt, truncated, pickled or inconsistent; the message
+                names it.
+        """
         path = Path(path)
+        if not path.is_dir():
+            raise MissingCheckpointFileError(f"{path}: no such model directory")
         cfg_file = path / CONFIG_NAME
-        if not cfg_file.exists():
-            raise FileNotFoundError(f"{path}: not a mmgen model directory (no {CONFIG_NAME})")
-        meta = json.loads(cfg_file.read_text())
-        config = from_dict(ModelConfig, meta["model"])
-        tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
-        hf_cfg_dict = json.loads((path / DECODER_CONFIG_NAME).read_text())
-        hf_cfg = AutoConfig.for_model(**hf_cfg_dict)
+        if not cfg_file.is_file():
+            raise MissingCheckpointFileError(f"{path}: not a mmgen model directory (no {CONFIG_NAME})")
+        meta = read_json(cfg_file, "the model config")
+        try:
+            config = from_dict(ModelConfig, meta["model"])
+            generation = from_dict(GenerationConfig, meta["generation"]) if "generation" in meta else None
+        except KeyError as e:
+            raise CheckpointError(f"{cfg_file}: no {e} section; not a config written by save_pretrained") from e
+        except (ValueError, TypeError) as e:  # ConfigError names the key
+            raise CheckpointError(f"{cfg_file}: {one_line(e)}") from e
+        dec_file = path / DECODER_CONFIG_NAME
+        hf_cfg_dict = read_json(dec_file, "the decoder's transformers config")
+        try:
+            hf_cfg = AutoConfig.for_model(**hf_cfg_dict)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{dec_file}: not a transformers model config ({one_line(e)})") from e
+        tokenizer = load_saved_tokenizer(path)
         model = cls(config, tokenizer, load_weights=False, decoder_hf_config=hf_cfg)
-        load_model(model, str(path / WEIGHTS_NAME), strict=True)
-        if "generation" in meta:
-            model.generation_config = from_dict(GenerationConfig, meta["generation"])
+        load_weights(model, path / WEIGHTS_NAME)
+        if generation is not None:
+            model.generation_config = generation
         model.eval()
         if dtype is not None:
             model.to(dtype)
@@ -293,12 +310,10 @@ def load_matching_weights(model: CaptionModel, path: str | os.PathLike) -> list[
     Used to start stage 2 from stage 1 (LoRA adapters are new; everything else carries over).
     Returns the names of ``model``'s tensors that were not found in the file.
     """
-    from safetensors.torch import load_file
-
     file = Path(path) / WEIGHTS_NAME
     if not file.exists():
-        raise FileNotFoundError(f"train.init_from: no {WEIGHTS_NAME} in {path}")
-    saved = load_file(str(file))
+        raise MissingCheckpointFileError(f"train.init_from: no {WEIGHTS_NAME} in {path}")
+    saved = load_tensors(file)
     own = model.state_dict()
 
     # peft wraps the decoder: base weights live under '.base_model.model.' and '.base_layer.'

@@ -16,31 +16,38 @@ Layout of a run directory::
 Every checkpoint is written into a hidden sibling (``.tmp-step_00000500-<pid>``), flushed to disk and
 renamed into place, so a reader sees a whole checkpoint or none: a process killed mid-write leaves the
 previous checkpoints untouched and a ``.tmp-*`` directory that the next save removes. Nothing is ever
-unpickled: tensors live in safetensors files and everything else in JSON.
+unpickled: tensors live in safetensors files and everything else in JSON. Weights holding a NaN or an
+infinity are never written (:class:`NonFiniteWeightsError`). A checkpoint damaged afterwards (a file
+truncated or altered) is named in a warning by :func:`load_latest_checkpoint`, which resumes from the
+previous complete one.
 
-A run directory has one writer at a time (rank 0 of the job): stale ``.tmp-*`` directories are removed
-on the assumption that no other process is still writing them.
+A run directory has one writer at a time (rank 0 of the job, holding the run's lock: see
+``mmgen.training.rundir``): stale ``.tmp-*`` directories are removed on the assumption that no other
+process is still writing them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import random
 import re
-import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import save_file, save_model
 from torch import nn
 
-from mmgen.training.state_codec import decode_tree, encode_tree, json_scalar, unshare
+from mmgen.errors import CheckpointError, MissingCheckpointFileError
+from mmgen.models.files import load_tensors, load_weights, one_line, read_json
+from mmgen.training.atomic_dirs import clean_work_dirs, commit_dir, fresh_work_dir, remove_dir
+from mmgen.training.rng import gather_rng_states as gather_rng_states  # re-exported: part of this API
+from mmgen.training.rng import rank_world, rng_state
+from mmgen.training.rng import restore_rng as restore_rng_states
+from mmgen.training.state_codec import decode_tree, encode_tree, json_safe, json_scalar, unshare
 
 if TYPE_CHECKING:
     from mmgen.config import GenerationConfig
@@ -55,9 +62,10 @@ BEST = "best"
 FORMAT_VERSION = 1
 
 _STEP_RE = re.compile(r"step_(\d+)")
-# Hidden work directories: .tmp- (being written), .old- (the previous copy of a step being replaced),
-# .trash- (being deleted). The pid keeps two attempts of the same step apart.
-_WORK_RE = re.compile(r"\.(tmp|old|trash)-(best|step_\d+)-\d+")
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """The model to be saved holds NaN or infinite weights (the run diverged); nothing was written."""
 
 
 # -- public API -----------------------------------------------------------------------------------
@@ -100,21 +108,25 @@ def save_checkpoint(
 
     Returns:
         The checkpoint directory.
+
+    Raises:
+        NonFiniteWeightsError: The model holds NaN or infinite weights; nothing is written.
     """
     root = Path(run_dir) / CHECKPOINTS
     final = root / f"step_{step:08d}"
     if not _is_main(is_main):
         return final
     target = _unwrap(model)
+    check_finite_weights(target, final)
     root.mkdir(parents=True, exist_ok=True)
-    _clean_work_dirs(root)
+    clean_work_dirs(root)
     newer = [s for s, _ in _step_dirs(root) if s > step]
     if newer:
         warnings.warn(
             f"saving step {step} while {root} holds step {max(newer)}: latest_checkpoint() picks the highest step",
             stacklevel=2,
         )
-    tmp = _fresh_work_dir(root, "tmp", final.name)
+    tmp = fresh_work_dir(root, "tmp", final.name)
     _save_model(target, tmp, generation)
     if optimizer_state is None and optimizer is not None:
         optimizer_state = optimizer.state_dict()
@@ -142,17 +154,22 @@ def save_best(
 
     Returns:
         The ``best`` directory.
+
+    Raises:
+        NonFiniteWeightsError: The model holds NaN or infinite weights; nothing is written.
     """
     run_dir = Path(run_dir)
     final = run_dir / BEST
     if not _is_main(is_main):
         return final
     target = _unwrap(model)
+    check_finite_weights(target, final)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _clean_work_dirs(run_dir)
-    tmp = _fresh_work_dir(run_dir, "tmp", BEST)
+    clean_work_dirs(run_dir)
+    tmp = fresh_work_dir(run_dir, "tmp", BEST)
     _save_model(target, tmp, generation)
-    (tmp / METRICS).write_text(json.dumps(dict(metrics), indent=2, default=json_scalar))
+    metrics = json_safe(dict(metrics))  # strict JSON: a NaN score is written as null
+    (tmp / METRICS).write_text(json.dumps(metrics, indent=2, default=json_scalar, allow_nan=False))
     _commit(tmp, final, metrics.get("step"))
     return final
 
@@ -183,9 +200,11 @@ def load_checkpoint(
         ``best/``, which holds no training state).
 
     Raises:
-        FileNotFoundError: The directory is not a complete checkpoint, or holds no training state while
-            an optimizer or scheduler was given.
-        ValueError: A file's size differs from the one recorded when it was written.
+        MissingCheckpointFileError: The directory is not a complete checkpoint, or holds no training state
+            while an optimizer or scheduler was given (also a ``FileNotFoundError``).
+        CheckpointError: A file is corrupt or truncated (its size differs from the one recorded when it
+            was written, or it cannot be parsed), or what it holds does not fit the objects given (a
+            ``ValueError``); the message names the file.
     """
     from mmgen.training.distributed import is_sharded, load_full_states
 
@@ -193,70 +212,163 @@ def load_checkpoint(
     _verify(ckpt)
     has_state = (ckpt / STATE_JSON).exists()
     if not has_state and (optimizer is not None or scheduler is not None):
-        raise FileNotFoundError(f"{ckpt}: model-only directory, no optimizer / scheduler state to load")
-    meta = json.loads((ckpt / STATE_JSON).read_text()) if has_state else {}
-    tensors = load_file(str(ckpt / STATE_TENSORS)) if has_state else {}
+        raise MissingCheckpointFileError(f"{ckpt}: model-only directory, no optimizer / scheduler state to load")
+    meta = read_json(ckpt / STATE_JSON, "the training state") if has_state else {}
+    tensors = load_tensors(ckpt / STATE_TENSORS) if has_state else {}
     states = {}
-    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
-        if obj is None:
-            continue
-        if meta.get(key) is None:
-            raise ValueError(f"{ckpt}: saved without a {key}, cannot restore one")
-        states[key] = decode_tree(meta[key], tensors)
+    with _inconsistent(ckpt / STATE_JSON, "training state"):  # decoded in full before anything is changed
+        for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
+            if obj is None:
+                continue
+            if meta.get(key) is None:
+                raise CheckpointError(f"{ckpt}: saved without a {key}, cannot restore one")
+            states[key] = decode_tree(meta[key], tensors)
+        rng = decode_tree(meta["rng"], tensors) if has_state and restore_rng else None
+        state = decode_tree(meta["state"], tensors) if has_state else {}
     target = _unwrap(model)
     if is_sharded(target):  # every rank reads the whole tensors and keeps its shard
-        load_full_states(target, optimizer, load_file(str(ckpt / WEIGHTS_NAME)), states.get("optimizer"))
+        load_full_states(target, optimizer, load_tensors(ckpt / WEIGHTS_NAME), states.get("optimizer"))
     else:
-        load_model(target, str(ckpt / WEIGHTS_NAME), strict=True)
+        load_weights(target, ckpt / WEIGHTS_NAME)
         if optimizer is not None:
-            optimizer.load_state_dict(states["optimizer"])
+            with _inconsistent(ckpt / STATE_JSON, "optimizer state"):
+                optimizer.load_state_dict(states["optimizer"])
     if scheduler is not None:
-        scheduler.load_state_dict(states["scheduler"])
-    if not has_state:
-        return {}
-    if restore_rng:
-        _restore_rng(decode_tree(meta["rng"], tensors), ckpt)
-    return decode_tree(meta["state"], tensors)
+        with _inconsistent(ckpt / STATE_JSON, "scheduler state"):
+            scheduler.load_state_dict(states["scheduler"])
+    if rng is not None:
+        with _inconsistent(ckpt / STATE_JSON, "RNG states"):
+            restore_rng_states(rng, ckpt)
+    return state
+
+
+def load_latest_checkpoint(
+    run_dir: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    restore_rng: bool = True,
+) -> tuple[Path, dict] | None:
+    """:func:`load_checkpoint` of the newest complete checkpoint of a run that loads.
+
+    A checkpoint that cannot be loaded (corrupt, truncated) is named in a warning and the previous
+    complete one is tried, so one damaged save does not block a resume.
+
+    Returns:
+        (the checkpoint directory, the trainer's ``state``), or None when the run has no complete checkpoint.
+
+    Raises:
+        CheckpointError: No complete checkpoint of the run can be loaded (the message names each one and why).
+    """
+    failed: list[str] = []
+    for ckpt in complete_checkpoints(run_dir):
+        try:
+            state = load_checkpoint(ckpt, model, optimizer, scheduler, restore_rng)
+        except CheckpointError as e:
+            failed.append(f"{ckpt.name}: {e}")
+            warnings.warn(f"{ckpt} cannot be loaded, trying the previous checkpoint: {e}", stacklevel=2)
+            continue
+        if failed:
+            warnings.warn(f"resuming from {ckpt}, not from the newer checkpoint(s) that cannot be loaded", stacklevel=2)
+        return ckpt, state
+    if failed:
+        raise CheckpointError(f"{run_dir}: no checkpoint can be loaded: " + "; ".join(failed))
+    return None
+
+
+def read_training_state(ckpt_dir: str | os.PathLike) -> dict:
+    """The trainer's ``state`` saved in a checkpoint, read without loading the model or the optimizer.
+
+    Raises:
+        MissingCheckpointFileError: The checkpoint holds no training state.
+        CheckpointError: Its training state cannot be read.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    ckpt = Path(ckpt_dir)
+    file = ckpt / STATE_JSON
+    meta = read_json(file, "the training state")
+    with _inconsistent(file, "training state"):
+        tree = meta["state"]
+        names = set(_tensor_names(tree))
+        tensors = {}
+        if names:  # only the tensors the state refers to (the file also holds the optimizer's moments)
+            try:
+                with safe_open(str(ckpt / STATE_TENSORS), framework="pt") as f:
+                    tensors = {k: f.get_tensor(k) for k in names}
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{ckpt / STATE_TENSORS}: {one_line(e)}") from e
+        return decode_tree(tree, tensors)
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The complete ``step_*`` checkpoints of a run (marker, training state and weights present), newest first."""
+    return [p for _, p in sorted(_step_dirs(Path(run_dir) / CHECKPOINTS), reverse=True) if _is_complete(p)]
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The complete ``step_*`` checkpoint with the highest step in ``run_dir/checkpoints``, or None.
 
     Work directories (``.tmp-*`` and the like) and directories without the completion marker or the
-    training state are ignored.
+    training state are ignored. Its files are not read: :func:`load_latest_checkpoint` falls back to
+    the previous checkpoint when this one turns out to be damaged.
     """
-    root = Path(run_dir) / CHECKPOINTS
-    done = [(s, p) for s, p in _step_dirs(root) if _is_complete(p)]
-    return max(done)[1] if done else None
+    done = complete_checkpoints(run_dir)
+    return done[0] if done else None
 
 
-def rng_state() -> dict:
-    """This process's RNG states: python ``random``, numpy's global generator, torch CPU and CUDA."""
-    snap: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        snap["cuda"] = torch.cuda.get_rng_state_all()
-    return snap
+def check_finite_weights(model: nn.Module, destination: str | os.PathLike) -> None:
+    """Refuse to save a model whose floating-point weights hold a NaN or an infinity.
 
+    Args:
+        model: The model (whole tensors: an FSDP model's unsharded copy).
+        destination: Where it was to be written, for the message.
 
-def gather_rng_states() -> list[dict]:
-    """Every rank's :func:`rng_state`, in rank order, on every rank (a collective: call it on all ranks).
-
-    Pass the result to :func:`save_checkpoint` so that each rank resumes its own dropout / noise stream.
-    Outside a process group it is ``[rng_state()]``. States travel as JSON bytes, never pickled.
+    Raises:
+        NonFiniteWeightsError: Naming how many tensors are affected and a few of them.
     """
-    snap = rng_state()
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [snap]
-    tensors: dict[str, torch.Tensor] = {}
-    tree = encode_tree(snap, "rng", tensors)
-    payload = json.dumps({"tree": tree, "tensors": {k: v.tolist() for k, v in tensors.items()}}).encode()
-    out = []
-    for blob in _all_gather_bytes(payload):
-        msg = json.loads(blob)
-        # RNG states are byte tensors (torch.get_rng_state / torch.cuda.get_rng_state)
-        restored = {k: torch.tensor(v, dtype=torch.uint8) for k, v in msg["tensors"].items()}
-        out.append(decode_tree(msg["tree"], restored))
-    return out
+    bad = non_finite_tensors(model)
+    if bad:
+        raise NonFiniteWeightsError(
+            f"refusing to write {destination}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+            f"(e.g. {', '.join(bad[:3])}); training diverged: lower train.lr, check the data, or use precision fp32"
+        )
+
+
+def refuse_non_finite_weights(model: nn.Module, step: int, destination: Path, doing: str = "writing") -> None:
+    """Stop a run on every rank when a weight holds a NaN or an infinity, before ``destination`` is written.
+
+    A collective under ``torch.distributed`` (one all-reduce): call it on every rank.
+
+    Raises:
+        NonFiniteWeightsError: Naming the step, the tensors (this rank's) and ``destination``.
+    """
+    from mmgen.training.distributed import all_reduce_sum
+
+    bad = non_finite_tensors(model)  # FSDP: this rank's shards
+    device = next(model.parameters()).device
+    if all_reduce_sum(torch.tensor([float(len(bad))], device=device)).item():
+        where = ", ".join(bad[:3]) or "on another rank"
+        raise NonFiniteWeightsError(
+            f"step {step}: weights hold NaN or infinite values (e.g. {where}): stopping instead of {doing} "
+            f"{destination}; training diverged: lower train.lr, check the data, or use precision fp32"
+        )
+
+
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    """The names of ``model``'s floating-point parameters and buffers that hold a NaN or an infinity (tied
+    weights once; a sharded tensor by this process's shard)."""
+    named, seen = [], set()
+    for n, t in _unwrap(model).state_dict(keep_vars=True).items():
+        t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor
+        if t.is_floating_point() and t.numel() and (t.data_ptr(), t.shape) not in seen:
+            seen.add((t.data_ptr(), t.shape))
+            named.append((n, t.detach()))
+    if not named:
+        return []
+    flags = [torch.isfinite(t).all() for _, t in named]
+    finite = torch.stack([f.to(flags[0].device) for f in flags]).cpu()  # one sync when all share a device
+    return [named[i][0] for i in (~finite).nonzero().flatten().tolist()]
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -290,20 +402,10 @@ def _write_training_state(
 
 
 def _commit(tmp: Path, final: Path, step: int | None) -> None:
-    """Seal ``tmp`` with the marker, flush it to disk and rename it to ``final`` (replacing one there)."""
+    """Seal ``tmp`` with the marker (the step and every file's size) and move it into place as ``final``."""
     files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}, indent=1, default=json_scalar))
-    _fsync_tree(tmp)
-    old = None
-    if final.exists():
-        # a non-empty directory cannot be renamed over: move the old copy aside first; if we die in
-        # between, the next save renames it back (see _clean_work_dirs)
-        old = _fresh_work_dir(final.parent, "old", final.name, create=False)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    commit_dir(tmp, final)
 
 
 def _prune(root: Path, keep_last: int, just_written: Path) -> None:
@@ -313,59 +415,7 @@ def _prune(root: Path, keep_last: int, just_written: Path) -> None:
     keep = {p for _, p in done[-keep_last:]} | {just_written}
     for _, path in done:
         if path not in keep:
-            _remove(path)
-
-
-def _remove(path: Path) -> None:
-    # rename first, so that a kill in the middle of rmtree never leaves a half-deleted step_* behind
-    trash = _fresh_work_dir(path.parent, "trash", path.name, create=False)
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _clean_work_dirs(parent: Path) -> None:
-    """Remove what an interrupted save left in ``parent``; put back a copy that was moved aside."""
-    for entry in sorted(parent.iterdir()):
-        m = _WORK_RE.fullmatch(entry.name)
-        if m is None or not entry.is_dir():
-            continue
-        original = parent / m.group(2)
-        if m.group(1) == "old" and not original.exists():
-            os.replace(entry, original)  # the save that replaced it died before its copy was in place
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _fresh_work_dir(parent: Path, kind: str, name: str, create: bool = True) -> Path:
-    path = parent / f".{kind}-{name}-{os.getpid()}"
-    if path.exists():
-        shutil.rmtree(path)
-    if create:
-        path.mkdir()  # not tempfile.mkdtemp: its 0700 mode would follow the directory into place
-    return path
-
-
-def _fsync_tree(path: Path) -> None:
-    for p in path.rglob("*"):
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for d in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
-        _fsync_dir(d)
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            remove_dir(path)
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -386,47 +436,44 @@ def _is_complete(path: Path) -> bool:
 
 def _verify(path: Path) -> None:
     if not (path / MARKER).is_file():
-        raise FileNotFoundError(f"{path}: not a complete checkpoint (no {MARKER})")
-    recorded = json.loads((path / MARKER).read_text())["files"]
+        raise MissingCheckpointFileError(f"{path}: not a complete checkpoint (no {MARKER})")
+    with _inconsistent(path / MARKER, "completion marker"):
+        recorded = dict(read_json(path / MARKER, "the completion marker")["files"])
     for name, size in recorded.items():
         file = path / name
         if not file.is_file():
-            raise FileNotFoundError(f"{path}: {name} is missing")
+            raise MissingCheckpointFileError(f"{path}: {name} is missing")
         if file.stat().st_size != size:
-            raise ValueError(f"{path}: {name} has {file.stat().st_size} bytes, {size} were written")
+            raise CheckpointError(f"{file}: {file.stat().st_size} bytes, {size} were written (truncated or altered)")
 
 
-def _restore_rng(states: list[dict], ckpt: Path) -> None:
-    rank, world = _rank_world()
-    if len(states) != world:
-        warnings.warn(
-            f"{ckpt} holds the RNG states of {len(states)} process(es) and this job has {world}: ranks without "
-            "their own restore rank 0's, so random streams differ from an uninterrupted run "
-            "(save with rng_states=gather_rng_states() on every rank)",
-            stacklevel=3,
-        )
-    snap = states[rank] if rank < len(states) else states[0]
-    random.setstate(snap["python"])
-    np.random.set_state(snap["numpy"])
-    torch.set_rng_state(snap["torch"])
-    cuda = snap.get("cuda") or []
-    if cuda and torch.cuda.is_available():
-        n = min(len(cuda), torch.cuda.device_count())
-        if n != len(cuda) or n != torch.cuda.device_count():
-            warnings.warn(f"{ckpt}: CUDA RNG states of {len(cuda)} device(s), {n} restored", stacklevel=3)
-        for i in range(n):
-            torch.cuda.set_rng_state(cuda[i], i)
+@contextlib.contextmanager
+def _inconsistent(file: Path, what: str):
+    """Turn the errors of decoding or applying what ``file`` holds into a :class:`CheckpointError` naming it."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{file}: the {what} cannot be restored ({type(e).__name__}: {one_line(e)})") from e
+
+
+def _tensor_names(tree: Any):
+    """The tensor names an encoded tree refers to."""
+    if isinstance(tree, list):
+        for v in tree:
+            yield from _tensor_names(v)
+    elif isinstance(tree, dict):
+        if "__tensor__" in tree:
+            yield tree["__tensor__"]
+        else:
+            for v in tree.values():
+                yield from _tensor_names(v)
 
 
 # -- processes ------------------------------------------------------------------------------------
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _is_main(is_main: bool | None) -> bool:
-    return _rank_world()[0] == 0 if is_main is None else is_main
+    return rank_world()[0] == 0 if is_main is None else is_main
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -439,19 +486,3 @@ def _unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def _all_gather_bytes(data: bytes) -> list[bytes]:
-    world = dist.get_world_size()
-    # NCCL moves CUDA tensors only; gloo (CPU jobs) takes CPU tensors
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device or "cpu")
-    size = torch.tensor([buf.numel()], device=buf.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=torch.uint8, device=buf.device)
-    padded[: buf.numel()] = buf
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return [bytes(p[: int(s.item())].cpu().numpy()) for p, s in zip(parts, sizes)]

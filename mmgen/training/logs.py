@@ -1,4 +1,9 @@
-"""A run's records: ``metrics.jsonl``, TensorBoard events and PNG curves."""
+"""A run's records: ``metrics.jsonl``, TensorBoard events and PNG curves.
+
+``metrics.jsonl`` is strict JSON, one object a line: a NaN or infinite value (the loss of a skipped
+step) is written as ``null``. Readers go through :func:`read_metrics`, which skips a torn last line (a
+process killed mid-write) with a warning.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ import warnings
 from pathlib import Path
 
 from mmgen.config import Config
+from mmgen.training.state_codec import json_safe, json_scalar
+
+METRICS_FILE = "metrics.jsonl"
 
 
 class RunLogger:
@@ -15,6 +23,8 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, cfg: Config, enabled: bool):
         self.run_dir, self.enabled, self.tb = run_dir, enabled, None
+        if enabled:
+            _repair_torn_tail(run_dir / METRICS_FILE)  # a resumed run appends after whole lines only
         if enabled and cfg.train.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -26,17 +36,19 @@ class RunLogger:
                 )
 
     def log(self, entry: dict) -> None:
+        """Append ``entry`` to metrics.jsonl (non-finite numbers as null) and its numbers to TensorBoard."""
         if not self.enabled:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        line = json.dumps(json_safe(entry), allow_nan=False, default=json_scalar)
+        with open(self.run_dir / METRICS_FILE, "a") as f:
+            f.write(line + "\n")
         if self.tb is not None:
             step = entry["step"]
             for k, v in entry.items():
-                if isinstance(v, (int, float)) and k not in ("step",) and math.isfinite(v):
+                if _finite_number(v) and k not in ("step",):
                     self.tb.add_scalar(f"train/{k}", v, step)
             for k, v in entry.get("eval", {}).items():
-                if isinstance(v, (int, float)):
+                if _finite_number(v):
                     self.tb.add_scalar(f"eval/{k}", v, step)
 
     def plot(self) -> None:
@@ -49,11 +61,69 @@ class RunLogger:
             self.tb.close()
 
 
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` (or of the file itself); [] when there is none.
+
+    A torn last line (a process killed in the middle of writing it) is skipped with a warning; so is any
+    other line that is not a JSON object, named by its number. Non-finite numbers were written as None.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        return []
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    rows, bad = [], []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif i == len(lines):  # no newline after it: the write was cut short
+            warnings.warn(f"{path}: skipped a torn last line (line {i}, {len(line)} characters)", stacklevel=2)
+        else:
+            bad.append(i)
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} line(s) that are not JSON objects: {bad[:10]}", stacklevel=2)
+    return rows
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """End ``path`` with a whole line: a torn last line is cut off (with a warning) before more is appended."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[cut:])
+        whole = True
+    except ValueError:
+        whole = False
+    with open(path, "r+b") as f:
+        if whole:  # only the newline is missing
+            f.seek(0, 2)
+            f.write(b"\n")
+        else:
+            f.truncate(cut)
+            warnings.warn(f"{path}: removed a torn last line ({len(data) - cut} bytes) before appending", stacklevel=3)
+
+
 def plot_curves(run_dir: str | Path, series: tuple[str, ...], title: str, log_scale: bool = False) -> None:
     """``curves.png`` of a run: the training ``series`` of metrics.jsonl on the left, eval CIDEr / BLEU-4 on the
-    right (skipped when matplotlib is missing)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
+    right (skipped when matplotlib is missing). Rows whose value is null (a skipped step) leave a gap."""
+    rows = read_metrics(run_dir)
+    if not rows:
         return
     try:
         import matplotlib
@@ -62,17 +132,18 @@ def plot_curves(run_dir: str | Path, series: tuple[str, ...], title: str, log_sc
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
     train = [r for r in rows if series[0] in r]
-    evals = [r for r in rows if "eval" in r]
+    evals = [r for r in rows if isinstance(r.get("eval"), dict)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for key in series:
-        axes[0].plot([r["step"] for r in train], [r[key] for r in train], label=key)
+        pts = [(r["step"], r[key] if _finite_number(r.get(key)) else math.nan) for r in train]
+        if pts:
+            axes[0].plot(*zip(*pts), label=key)
     axes[0].set(title=title, xlabel="step", yscale="log" if log_scale else "linear")
     if len(series) > 1:
         axes[0].legend()
     for metric in ("CIDEr", "Bleu_4"):
-        pts = [(r["step"], r["eval"][metric]) for r in evals if metric in r["eval"]]
+        pts = [(r["step"], r["eval"][metric]) for r in evals if _finite_number(r["eval"].get(metric))]
         if pts:
             axes[1].plot(*zip(*pts), marker="o", label=metric)
     axes[1].set(title="validation", xlabel="step")

@@ -258,8 +258,10 @@ class ScstTrainer(Trainer):
         resume: A run directory to continue from its latest checkpoint.
     """
 
-    def __init__(self, cfg: Config, resume: str | Path | None = None) -> None:
-        super().__init__(cfg, resume=resume)
+    def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> None:
+        super().__init__(cfg, resume=resume, overwrite=overwrite)
+        if self.finished:  # nothing was built
+            return
         sc = cfg.scst
         if cfg.train.init_from is None and resume is None:
             warnings.warn(

@@ -9,6 +9,7 @@ keys (the optimizer's parameter indices) and numpy arrays are tagged so that ``l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,6 +80,23 @@ def unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[k] = t.clone() if ptr in seen and t.numel() else t
         seen.add(ptr)
     return out
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN / infinite float (also a 0-d numpy value or tensor) replaced by None.
+
+    Strict JSON has no NaN or Infinity: ``json.dumps(json_safe(obj), allow_nan=False)`` writes them as ``null``,
+    which every JSON reader accepts.
+    """
+    if isinstance(obj, (np.generic, torch.Tensor)) and getattr(obj, "ndim", 0) == 0:
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def json_scalar(obj: Any) -> Any:

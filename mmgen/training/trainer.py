@@ -11,6 +11,7 @@ import contextlib
 import random
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from mmgen.attention import sdpa_context
 from mmgen.config import Config, save_config
 from mmgen.data.transforms import normalize_on_device
 from mmgen.training import distributed as D
+from mmgen.training.checkpoint import refuse_non_finite_weights
 from mmgen.training.logs import RunLogger
 from mmgen.training.schedule import build_optimizer, build_scheduler
 
@@ -41,6 +43,9 @@ class TrainState:
     bad_steps_in_a_row: int = 0
     skipped_steps: int = 0
     history: list = field(default_factory=list)
+    finished_max_steps: int | None = None
+    """Set in the last checkpoint of a finished run: the ``train.max_steps`` it finished under (or its last step,
+    when it was resumed past it); resuming trains further only when ``train.max_steps`` is raised above it."""
 
 
 def seed_everything(seed: int) -> None:
@@ -60,25 +65,53 @@ def autocast_context(cfg: Config, device: torch.device):
 class Trainer:
     """Builds everything a run needs from a :class:`Config` and runs it.
 
+    A new run needs a run directory (``train.out_dir``) free of an earlier run's files, unless
+    ``overwrite`` (see :mod:`mmgen.training.rundir`); rank 0 holds the directory's lock until
+    :meth:`fit` ends. Resuming a finished run (one that ended under the current ``train.max_steps``)
+    builds and writes nothing: ``finished`` says so and :meth:`fit` returns at once.
+
     Args:
         cfg: The resolved configuration.
         resume: A run directory to continue from its latest checkpoint (config taken from there).
+        overwrite: Start a new run in ``train.out_dir`` even if an earlier run left files there (deleted).
+
+    Raises:
+        mmgen.errors.RunDirError: The run directory holds another run's or unrelated files, or another
+            trainer holds it.
     """
 
-    def __init__(self, cfg: Config, resume: str | Path | None = None):
+    def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False):
         from mmgen.training import data as tdata
-        from mmgen.training.checkpoint import latest_checkpoint, load_checkpoint
+        from mmgen.training.rundir import claim_run_dir, finished_run
 
         if cfg.train.objective != "xe" and type(self) is Trainer:
             raise ValueError(f"train.objective={cfg.train.objective}: build the trainer with build_trainer(cfg)")
+        if resume is not None and overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue a run, or start over in its place")
         self.dist = D.init_distributed()
         cfg = tdata.resolve_data_source(cfg, print if self.dist.is_main else None)  # config.yaml says what trains
         self.cfg = cfg
         self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
         self.device = self.dist.device
+        self.finished = finished_run(self.run_dir, cfg) if resume is not None else None
+        if self.finished:
+            if self.dist.is_main:
+                print(self.finished)
+            return
+        lock = claim_run_dir(self.run_dir, cfg, self.dist.is_main, resume is not None, overwrite)
+        self._lock = weakref.finalize(self, lock.release)  # also released if the trainer is dropped unrun
+        try:
+            self._build(cfg, resume)
+        except BaseException:
+            self._lock()
+            raise
+
+    def _build(self, cfg: Config, resume: str | Path | None) -> None:
+        from mmgen.training import data as tdata
+        from mmgen.training.checkpoint import latest_checkpoint, load_latest_checkpoint
+
         seed_everything(cfg.train.seed)
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         D.barrier()
         self.data = tdata.prepare(cfg, self.run_dir, self.dist)
@@ -108,8 +141,11 @@ class Trainer:
         self._twin: torch.nn.Module | None = None  # FSDP: rank 0's unsharded copy for saving and evaluating
         self.optimizer = build_optimizer(self.model, cfg.train, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
-        if ckpt is not None:
-            self.state = TrainState(**load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler))
+        found = load_latest_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler) if ckpt else None
+        if found is not None:  # the newest checkpoint that loads (a damaged one is named and skipped)
+            ckpt, state = found
+            self.state = TrainState(**state)
+            self.state.finished_max_steps = None  # a finished run continues when train.max_steps was raised
             if self.dist.is_main:
                 print(f"resumed from {ckpt} at step {self.state.step}")
         self.forward = torch.compile(self.wrapped, mode=cfg.train.compile_mode) if cfg.train.compile else self.wrapped
@@ -244,7 +280,22 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train until ``train.max_steps``, ``train.max_time`` or early stop; returns the last eval scores."""
+        """Train until ``train.max_steps``, ``train.max_time`` or early stop; returns the last eval scores
+        (``{}`` at once for a ``finished`` run). The run directory's lock is released when it returns or fails.
+
+        Raises:
+            NonFiniteLossError: ``train.max_bad_steps`` consecutive non-finite losses.
+            mmgen.training.checkpoint.NonFiniteWeightsError: The weights diverged to NaN / infinity before a
+                checkpoint, an evaluation or the final model (none of which is written).
+        """
+        if self.finished:
+            return {}
+        try:
+            return self._fit()
+        finally:
+            self._lock()
+
+    def _fit(self) -> dict:
         from tqdm import tqdm
 
         from mmgen.training import data as tdata
@@ -306,8 +357,10 @@ class Trainer:
         bar.close()
         if self._evaluated_at != st.step:  # the same decision on every rank (evaluate holds collectives)
             last_scores = self.evaluate()
-        self.save()
+        refuse_non_finite_weights(self.model, self.state.step, self.run_dir / "final")
         self.save_final()
+        st.finished_max_steps = max(cfg.train.max_steps, st.step)  # in the last checkpoint, written after final/
+        self.save()
         self.logger.close()
         D.barrier()
         return last_scores
@@ -354,6 +407,7 @@ class Trainer:
         self._evaluated_at = self.state.step
         if not self.data.val_records:
             return scores
+        refuse_non_finite_weights(self.model, self.state.step, self.run_dir / "best", "evaluating")
         model = self.unsharded()  # the model itself, or (FSDP) rank 0's full copy; collective
         if self.dist.is_main:
             model.eval()
@@ -393,6 +447,7 @@ class Trainer:
         from mmgen.training.checkpoint import gather_rng_states, save_checkpoint
 
         self._read_bad_steps()
+        refuse_non_finite_weights(self.model, self.state.step, self.run_dir / f"checkpoints/step_{self.state.step:08d}")
         state = self.state.__dict__.copy()
         rng = gather_rng_states() if self.dist.distributed else None  # collective: every rank's RNG
         model = self.unsharded()  # collective under FSDP, like the optimizer state below
@@ -437,10 +492,10 @@ class Trainer:
         return self._twin.to(self.device)
 
 
-def build_trainer(cfg: Config, resume: str | Path | None = None) -> Trainer:
+def build_trainer(cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> Trainer:
     """The trainer of ``cfg.train.objective``: :class:`Trainer` (cross-entropy) or SCST's subclass."""
     if cfg.train.objective == "scst":
         from mmgen.training.scst import ScstTrainer
 
-        return ScstTrainer(cfg, resume=resume)
-    return Trainer(cfg, resume=resume)
+        return ScstTrainer(cfg, resume=resume, overwrite=overwrite)
+    return Trainer(cfg, resume=resume, overwrite=overwrite)

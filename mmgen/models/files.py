@@ -1,0 +1,129 @@
+"""Reading the files of a saved model: every failure names the file and what is wrong with it.
+
+A model directory (``CaptionModel.save_pretrained``, a checkpoint, ``best/``, ``final/``) holds
+``config.json``, ``decoder_config.json``, ``model.safetensors`` and ``tokenizer/``. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmgen.errors import CheckpointError, MissingCheckpointFileError
+
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILE = "tokenizer.json"
+# torch.save writes a zip archive (PK..) or, in its legacy format, a pickle (protocol 2+ starts with 0x80)
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def read_json(file: Path, what: str) -> dict:
+    """The JSON object in ``file``.
+
+    Args:
+        file: The file.
+        what: What the file is, for the message when it is missing (``"the model config"``).
+
+    Raises:
+        MissingCheckpointFileError: The file does not exist.
+        CheckpointError: It is not a JSON object.
+    """
+    if not file.is_file():
+        raise MissingCheckpointFileError(f"{file}: missing ({what})")
+    try:
+        data = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, found a {type(data).__name__}")
+    return data
+
+
+def _readable_safetensors(file: Path) -> None:
+    """Raise a clear error for a missing file or a pickled one wearing a ``.safetensors`` name."""
+    if not file.is_file():
+        raise MissingCheckpointFileError(f"{file}: missing (the weights)")
+    with open(file, "rb") as f:
+        head = f.read(4)
+    if head.startswith(_PICKLE_MAGIC):
+        raise CheckpointError(
+            f"{file}: a pickled PyTorch file (torch.save), not safetensors; mmgen never unpickles: convert it where "
+            "its origin is trusted (safetensors.torch.save_file(torch.load(...), ...))"
+        )
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (some libraries' messages span several)."""
+    return " ".join(str(e).split())
+
+
+def _corrupt(file: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"{file}: not a readable safetensors file, corrupt or truncated ({one_line(e)})")
+
+
+def load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, on the CPU.
+
+    Raises:
+        MissingCheckpointFileError: The file does not exist.
+        CheckpointError: It is pickled, corrupt or truncated.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    _readable_safetensors(file)
+    try:
+        return load_file(str(file))
+    except SafetensorError as e:
+        raise _corrupt(file, e) from e
+
+
+def load_weights(model: nn.Module, file: Path) -> None:
+    """Load a safetensors file into ``model``: every tensor present, no extra one, the same shapes.
+
+    Raises:
+        MissingCheckpointFileError: The file does not exist.
+        CheckpointError: It is pickled, corrupt or truncated, or its tensors do not fit the model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    _readable_safetensors(file)
+    try:
+        missing, unexpected = load_model(model, str(file), strict=False)
+    except SafetensorError as e:
+        raise _corrupt(file, e) from e
+    except RuntimeError as e:  # load_state_dict: a shape differs
+        raise CheckpointError(f"{file}: the weights do not fit the model its config describes ({one_line(e)})") from e
+    if missing or unexpected:
+        missing, unexpected = sorted(missing), sorted(unexpected)
+        raise CheckpointError(
+            f"{file}: the weights do not fit the model its config describes: {len(missing)} tensor(s) missing "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+        )
+
+
+def load_saved_tokenizer(model_dir: Path):
+    """The tokenizer saved in ``model_dir/tokenizer/``, read locally (never looked up on the hub).
+
+    Raises:
+        MissingCheckpointFileError: The directory or its ``tokenizer.json`` is absent.
+        CheckpointError: The tokenizer files cannot be read.
+    """
+    from transformers import AutoTokenizer
+
+    tok_dir = model_dir / TOKENIZER_DIR
+    if not tok_dir.is_dir():
+        raise MissingCheckpointFileError(
+            f"{model_dir}: no {TOKENIZER_DIR}/ directory: a saved model keeps its tokenizer there "
+            f"({tok_dir / TOKENIZER_FILE}); copy the whole directory written by training or save_pretrained"
+        )
+    if not (tok_dir / TOKENIZER_FILE).is_file() and not (tok_dir / "tokenizer_config.json").is_file():
+        raise MissingCheckpointFileError(f"{tok_dir}: no {TOKENIZER_FILE} (the tokenizer directory is incomplete)")
+    try:
+        return AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{tok_dir}: the tokenizer cannot be loaded ({one_line(e)})") from e
