@@ -227,6 +227,10 @@ class DataConfig:
     refused, naming the images that are in both (same path, or same image_id)."""
     caption_sampling: str = "random"
     """'random' (one random reference per image per epoch) | 'all' (every image-caption pair)."""
+    captions_per_image: int = 1
+    """References trained on per image and step (drawn without replacement, cycling when an image has fewer).
+    The decoder runs over the image prefix once and its K captions share it, so K captions cost much less
+    than K images."""
     synth: dict | None = None
     """Generate a synthetic scenes dataset before training: {n_train, n_val, seed, image_size}."""
     num_workers: int = 2
@@ -249,6 +253,12 @@ class DataConfig:
     @collecting
     def __post_init__(self) -> None:
         _choice(self.caption_sampling, "data.caption_sampling", ("random", "all"))
+        _check(self.captions_per_image >= 1, "data.captions_per_image", "must be >= 1")
+        _check(
+            self.captions_per_image == 1 or self.caption_sampling == "random",
+            "data.captions_per_image",
+            "draws references per image: it needs data.caption_sampling: random",
+        )
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(self.max_pixels > 0, "data.max_pixels", "must be > 0")
         _check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
@@ -461,6 +471,11 @@ class Config:
                 not self.data.streaming,
                 "train.objective",
                 "scst scores samples against every training reference: data.streaming must be false",
+            )
+            _check(
+                self.data.captions_per_image == 1,
+                "data.captions_per_image",
+                "scst samples its own captions per image: leave data.captions_per_image at 1",
             )
 
     def check_paths(self) -> None:

@@ -101,3 +101,38 @@ def test_prefix_attention_needs_mmgen_attention():
         ModelConfig(prefix_attention="full", decoder=DecoderConfig(attn_implementation="eager"))
     with pytest.raises(ConfigError, match="model.prefix_attention"):
         ModelConfig(prefix_attention="both")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("prefix_attention", ["causal", "full"])
+def test_captions_sharing_an_image_prefix_equal_separate_sequences(tokenizer, kind, prefix_attention):
+    """K captions per image run after one pass over the image prefix: the loss and every gradient equal
+    those of K separate [prefix ; caption] sequences (the image repeated)."""
+    from mmgen.data.collate import tokenize_captions
+
+    cfg = tiny_model_config()
+    cfg.prefix_attention = prefix_attention
+    if kind == "llama":
+        cfg.decoder.name, cfg.decoder.model_type = "llama", "llama"
+        cfg.decoder.config_overrides = dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64,
+        )  # fmt: skip
+    torch.manual_seed(0)
+    model = CaptionModel(cfg, tokenizer).eval()  # no dropout: the two paths must see the same network
+    pixels = torch.randn(2, 3, 32, 32)
+    captions = ["a red circle", "two small stars above a blue square", "a blue square", "two stars"]
+    t = tokenize_captions(tokenizer, captions, "", 12)  # rows 0-1: image 0, rows 2-3: image 1
+    shared = model(pixel_values=pixels, input_ids=t["input_ids"], labels=t["labels"])
+    separate = model(pixel_values=pixels.repeat_interleave(2, dim=0), input_ids=t["input_ids"], labels=t["labels"])
+    torch.testing.assert_close(shared.logits, separate.logits, rtol=1e-5, atol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_shared = torch.autograd.grad(shared.loss, params, allow_unused=True)
+    g_separate = torch.autograd.grad(separate.loss, params, allow_unused=True)
+    for a, b in zip(g_shared, g_separate):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="K captions per image"):
+        model(pixel_values=pixels, input_ids=t["input_ids"][:3], labels=t["labels"][:3])

@@ -140,8 +140,11 @@ def caption_fields(
     max_caption_tokens: int,
     pad_to_multiple_of: int | None,
 ) -> dict[str, Any]:
-    """The text part of a training batch (ids, mask, labels, image ids, captions, bad items) of kept items."""
-    captions = [normalize_caption(it["caption"]) for it in good]
+    """The text part of a training batch (ids, mask, labels, image ids, captions, bad items) of kept items.
+
+    An item with ``captions`` (K references) gives K consecutive rows: the model runs its image once for them.
+    """
+    captions = [normalize_caption(c) for it in good for c in (it["captions"] if "captions" in it else [it["caption"]])]
     fields: dict[str, Any] = tokenize_captions(tokenizer, captions, prompt, max_caption_tokens, pad_to_multiple_of)
     fields["image_ids"] = [it["image_id"] for it in good]
     fields["captions"] = captions

@@ -134,6 +134,8 @@ class CaptionTrainDataset(_ImageLoading, Dataset):
         caption_sampling: 'random' -- one item per image, a reference drawn from
             ``(seed, epoch, index)``; 'all' -- one item per image-caption pair.
         seed: Seed of the caption draw and of the augmentation.
+        captions_per_image: With 'random', draw this many references per item, without replacement
+            (cycling through them when an image has fewer); items then hold ``captions``, a list.
         max_pixels: Decompression-bomb guard (``DataConfig.max_pixels``).
         min_size: Allow reduced-scale JPEG decoding down to this side length (None: full decode).
 
@@ -150,10 +152,16 @@ class CaptionTrainDataset(_ImageLoading, Dataset):
         seed: int = 0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         min_size: int | None = None,
+        captions_per_image: int = 1,
     ) -> None:
         if caption_sampling not in ("random", "all"):
             raise ValueError(f"caption_sampling must be 'random' or 'all', got {caption_sampling!r}")
+        if captions_per_image < 1 or (captions_per_image > 1 and caption_sampling != "random"):
+            raise ValueError(
+                f"captions_per_image={captions_per_image} needs >= 1 and, above 1, caption_sampling random"
+            )
         self.records, self.transform, self.caption_sampling = records, transform, caption_sampling
+        self.captions_per_image = captions_per_image
         self.seed, self.max_pixels, self.min_size = seed, max_pixels, min_size
         self.epoch = 0
         self.preloaded = None  # a mmgen.data.preload.PreloadedImages: images decoded once, by record index
@@ -176,6 +184,12 @@ class CaptionTrainDataset(_ImageLoading, Dataset):
         r = self.record_index[index]
         return r, item_seed(self.seed, epoch, index) % self.counts[r]
 
+    def text(self, rec: Record, index: int, epoch: int, c: int) -> dict:
+        """The caption fields of an item: ``caption`` (reference ``c``), or ``captions`` (K references)."""
+        if self.captions_per_image == 1:
+            return {"caption": rec.captions[c]}
+        return {"captions": pick_captions(rec.captions, self.captions_per_image, self.seed, epoch, index)}
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict | BadItem:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         if not 0 <= index < len(self):
@@ -188,7 +202,14 @@ class CaptionTrainDataset(_ImageLoading, Dataset):
             pixels = self._pixels(rec, seed=item_seed(self.seed, epoch, index, 1))
         if isinstance(pixels, BadItem):
             return pixels
-        return {"pixel_values": pixels, "caption": rec.captions[c], "image_id": rec.image_id}
+        return {"pixel_values": pixels, **self.text(rec, index, epoch, c), "image_id": rec.image_id}
+
+
+def pick_captions(captions: Sequence[str], k: int, *seed: int) -> list[str]:
+    """``k`` of an image's references in an order drawn from ``seed``: each once before any repeats."""
+    g = torch.Generator().manual_seed(item_seed(*seed, 2))
+    order = torch.randperm(len(captions), generator=g).tolist()
+    return [captions[order[j % len(order)]] for j in range(k)]
 
 
 class CaptionEvalDataset(_ImageLoading, Dataset):
@@ -229,6 +250,8 @@ class StreamingCaptionDataset(_ImageLoading, IterableDataset):
         seed: Seed of the caption draw and the augmentation.
         max_pixels: Decompression-bomb guard.
         min_size: Allow reduced-scale JPEG decoding.
+        captions_per_image: With 'random', items hold ``captions``: this many references (see
+            :class:`CaptionTrainDataset`).
     """
 
     def __init__(
@@ -239,11 +262,14 @@ class StreamingCaptionDataset(_ImageLoading, IterableDataset):
         seed: int = 0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         min_size: int | None = None,
+        captions_per_image: int = 1,
     ) -> None:
         if mode not in ("random", "all", "eval"):
             raise ValueError(f"mode must be 'random', 'all' or 'eval', got {mode!r}")
+        if captions_per_image < 1 or (captions_per_image > 1 and mode != "random"):
+            raise ValueError(f"captions_per_image={captions_per_image} needs >= 1 and, above 1, mode random")
         self.records, self.transform, self.mode, self.seed = records, transform, mode, seed
-        self.max_pixels, self.min_size = max_pixels, min_size
+        self.max_pixels, self.min_size, self.captions_per_image = max_pixels, min_size, captions_per_image
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -278,11 +304,15 @@ class StreamingCaptionDataset(_ImageLoading, IterableDataset):
             )
             for c in chosen:
                 pixels = self._pixels(rec, seed=item_seed(self.seed, self.epoch, key, c, 1))
-                yield (
-                    pixels
-                    if isinstance(pixels, BadItem)
-                    else {"pixel_values": pixels, "caption": rec.captions[c], "image_id": rec.image_id}
+                if isinstance(pixels, BadItem):
+                    yield pixels
+                    continue
+                text = (
+                    {"caption": rec.captions[c]}
+                    if self.captions_per_image == 1
+                    else {"captions": pick_captions(rec.captions, self.captions_per_image, self.seed, self.epoch, key)}
                 )
+                yield {"pixel_values": pixels, **text, "image_id": rec.image_id}
 
 
 class EpochSampler(Sampler):

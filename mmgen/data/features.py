@@ -156,9 +156,11 @@ class FeatureCache:
         k = bisect.bisect_right(self._starts, row) - 1
         return to_torch(self._arrays()[k][row - self._starts[k]], self.dtype)  # (N, C)
 
-    def train_dataset(self, records: Sequence[Record], caption_sampling: str = "random", seed: int = 0) -> Dataset:
+    def train_dataset(
+        self, records: Sequence[Record], caption_sampling: str = "random", seed: int = 0, captions_per_image: int = 1
+    ) -> Dataset:
         """A :class:`FeatureTrainDataset` over ``records`` (the records the cache was built from)."""
-        return FeatureTrainDataset(self, records, caption_sampling, seed)
+        return FeatureTrainDataset(self, records, caption_sampling, seed, captions_per_image)
 
     def collator(
         self, tokenizer: Any, prompt: str = "", max_caption_tokens: int = 32, pad_to_multiple_of: int | None = None
@@ -197,12 +199,21 @@ class FeatureTrainDataset(Dataset):
     Items are dicts ``{"features": (N, C) tensor, "caption", "image_id"}``.
     """
 
-    def __init__(self, cache: FeatureCache, records: Sequence[Record], caption_sampling: str = "random", seed: int = 0):
+    def __init__(
+        self,
+        cache: FeatureCache,
+        records: Sequence[Record],
+        caption_sampling: str = "random",
+        seed: int = 0,
+        captions_per_image: int = 1,
+    ):
         if len(records) != cache.num_records:
             raise ValueError(f"{cache.path}: the cache holds {cache.num_records} records, got {len(records)}")
         self.cache, self.records = cache, records
         view = _CachedRecords(records, cache.available)
-        self.items = CaptionTrainDataset(view, _no_transform, caption_sampling, seed)  # indexing only
+        self.items = CaptionTrainDataset(  # indexing and caption draws only
+            view, _no_transform, caption_sampling, seed, captions_per_image=captions_per_image
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch for int indices."""
@@ -221,7 +232,7 @@ class FeatureTrainDataset(Dataset):
             raise IndexError(index)
         r, c = self.locate(index, epoch)
         rec = self.records[r]
-        return {"features": self.cache.features(r), "caption": rec.captions[c], "image_id": rec.image_id}
+        return {"features": self.cache.features(r), **self.items.text(rec, index, epoch, c), "image_id": rec.image_id}
 
 
 class FeatureCollator:

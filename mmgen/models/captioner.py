@@ -166,9 +166,12 @@ class CaptionModel(nn.Module):
             ``CaptionOutput``; ``logits`` (B, T, V) cover the text positions only.
         """
         prefix = self.encode_images(pixel_values, features)  # (B, N', D)
-        tokens = self.embed_tokens(input_ids)  # (B, T, D)
         b, n = prefix.shape[:2]
         t = input_ids.shape[1]
+        if input_ids.shape[0] != b:
+            logits = self._shared_prefix_logits(prefix, input_ids, attention_mask)  # (B*K, T, V)
+            return CaptionOutput(loss=None if labels is None else caption_loss(logits, labels), logits=logits)
+        tokens = self.embed_tokens(input_ids)  # (B, T, D)
         embeds = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)  # (B, N'+T, D)
         kwargs = {"logits_to_keep": t} if self._logits_to_keep else {}
         mask = None  # no mask: causal attention alone (right padding never precedes a real token)
@@ -180,12 +183,40 @@ class CaptionModel(nn.Module):
             kwargs[PREFIX] = self.full_prefix  # the image tokens see each other both ways
         out = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **kwargs)
         logits = out.logits[:, -t:]  # (B, T, V): position n+i predicts input_ids[:, i+1]
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
-            )
-        return CaptionOutput(loss=loss, logits=logits)
+        return CaptionOutput(loss=None if labels is None else caption_loss(logits, labels), logits=logits)
+
+    def _shared_prefix_logits(
+        self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Logits of K captions per image that share one pass of the decoder over the image prefix.
+
+        The prefix runs once per image and its keys and values are repeated for the image's K captions
+        (consecutive rows of ``input_ids``), which then run after it like decoding steps: the same
+        attention as K separate ``[prefix ; caption]`` sequences, with the prefix computed once.
+        """
+        from mmgen.generation.decoder import cache_argument, returned_cache
+
+        b, n = prefix.shape[:2]
+        rows, t = input_ids.shape
+        if rows % b:
+            raise ValueError(f"{rows} captions for {b} images: input_ids must hold K captions per image")
+        k = rows // b
+        keep = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        extra = {PREFIX: self.full_prefix} if self.full_prefix else {}
+        tokens = self.embed_tokens(input_ids)  # (B*K, T, D)
+        if _checkpointing(base_model(self.decoder)):  # a checkpointed decoder cannot keep a cache
+            embeds = torch.cat([prefix.to(tokens.dtype).repeat_interleave(k, dim=0), tokens], dim=1)
+            mask = None if attention_mask is None else F.pad(attention_mask, (n, 0), value=1)
+            out = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra)
+            return out.logits[:, -t:]
+        first = self.decoder(inputs_embeds=prefix.to(tokens.dtype), use_cache=True, **keep, **extra)
+        cache = returned_cache(first)
+        cache.reorder_cache(torch.arange(b, device=prefix.device).repeat_interleave(k))  # (B*K) rows
+        mask = None if attention_mask is None else F.pad(attention_mask, (n, 0), value=1)  # (B*K, N'+T)
+        arg = cache_argument(set(inspect.signature(base_model(self.decoder).forward).parameters))
+        keep = {"logits_to_keep": t} if self._logits_to_keep else {}
+        out = self.decoder(inputs_embeds=tokens, attention_mask=mask, use_cache=True, **{arg: cache}, **keep)
+        return out.logits[:, -t:]  # (B*K, T, V)
 
     # -- training helpers -------------------------------------------------------------------------
     def train(self, mode: bool = True) -> CaptionModel:
@@ -302,6 +333,21 @@ class CaptionModel(nn.Module):
         if device is not None:
             model.to(device)
         return model
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether activation checkpointing is on (by the name this transformers release uses)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]`` over the labelled positions."""
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
 
 
 def load_matching_weights(model: CaptionModel, path: str | os.PathLike) -> list[str]:

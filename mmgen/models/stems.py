@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.layers import LayerNorm2d, PatchEmbed
+from timm.layers import PatchEmbed
 from torch import nn
 
 
@@ -22,8 +22,10 @@ class ConvStem(PatchEmbed):
     """A timm ``PatchEmbed`` whose projection is ``log2(patch)`` stride-2 3x3 convolutions, then a 1x1 one.
 
     Widths double at every stride up to ``embed_dim`` (for 128 and patch 8: 32, 64, 128); each conv is
-    followed by a per-image channel norm (no batch statistics, so one process and N processes train alike)
-    and a GELU. Accepted wherever timm takes ``embed_layer``.
+    followed by a GELU. There is no normalisation inside the stem: a norm over the channels of a pixel
+    would erase most of its colour (3 degrees of freedom, 2 of them taken by the mean and the scale), and
+    batch statistics would make one process and N processes train differently. He-normal initialisation
+    keeps the activations' scale through the stack. Accepted wherever timm takes ``embed_layer``.
     """
 
     def __init__(self, *args, **kwargs):
@@ -37,9 +39,14 @@ class ConvStem(PatchEmbed):
         widths = [max(dim >> (n - i), 8) for i in range(1, n + 1)]
         layers: list[nn.Module] = []
         for w in widths:
-            layers += [nn.Conv2d(in_chans, w, 3, stride=2, padding=1, bias=False), LayerNorm2d(w), nn.GELU()]
+            layers += [nn.Conv2d(in_chans, w, 3, stride=2, padding=1), nn.GELU()]
             in_chans = w
         layers.append(nn.Conv2d(in_chans, dim, 1, bias=conv.bias is not None))
+        for m in layers:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         self.proj = nn.Sequential(*layers)  # (B, 3, H, W) -> (B, C, H/p, W/p)
 
 

@@ -176,7 +176,9 @@ def feature_cache(cfg: Config, model, data: RunData, run_dir: Path, dist: D.Dist
 def _train_dataset(trainer) -> Any:
     cfg = trainer.cfg
     if trainer.features is not None:
-        return trainer.features.train_dataset(trainer.data.train_records, cfg.data.caption_sampling, cfg.train.seed)
+        return trainer.features.train_dataset(
+            trainer.data.train_records, cfg.data.caption_sampling, cfg.train.seed, cfg.data.captions_per_image
+        )
     from mmgen.data.datasets import CaptionTrainDataset
     from mmgen.data.transforms import build_transform
 
@@ -189,6 +191,7 @@ def _train_dataset(trainer) -> Any:
             cfg.data.caption_sampling,
             seed=cfg.train.seed,
             max_pixels=cfg.data.max_pixels,
+            captions_per_image=cfg.data.captions_per_image,
         )
         if cfg.data.preload:
             from mmgen.data.preload import preload_images
@@ -265,7 +268,7 @@ def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
         if len(group) == accum:
             if step >= steps:
                 return
-            yield [b for b in group if b["input_ids"].shape[0] > 0]  # every image bad: an empty step
+            yield [b for b in group if b["image_ids"]]  # every image bad: an empty step
             group = []
             step += 1
 
@@ -292,7 +295,12 @@ def stream_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
         transform = build_transform(trainer.model.data_config, train=True, augment=cfg.data.augment, uint8=True)
         mode, seed = cfg.data.caption_sampling, cfg.train.seed
         ds = StreamingCaptionDataset(
-            trainer.data.train_records, transform, mode, seed=seed, max_pixels=cfg.data.max_pixels
+            trainer.data.train_records,
+            transform,
+            mode,
+            seed=seed,
+            max_pixels=cfg.data.max_pixels,
+            captions_per_image=cfg.data.captions_per_image,
         )
         trainer.data.extra["dataset"] = ds
     ds.set_epoch(epoch)  # workers are started per epoch (not persistent), so they see it
@@ -317,7 +325,7 @@ def stream_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
             for b in group:
                 if tracker is not None and "bad" in b:
                     tracker.update(b)
-            yield [b for b in group if b["input_ids"].shape[0] > 0]  # every image bad: an empty step
+            yield [b for b in group if b["image_ids"]]  # every image bad: an empty step
         step += 1
     if step == 0:
         raise ValueError(

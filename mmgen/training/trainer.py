@@ -209,7 +209,7 @@ class Trainer:
                 part = out.loss.float() * tok  # summed token loss of this micro-batch
                 (part * scale).backward()
             loss_sum += part.detach()
-            images += b["input_ids"].shape[0]
+            images += len(b["image_ids"])  # K captions per image give K rows of input_ids
         loss_sum = D.all_reduce_sum(loss_sum) / max(total_tok, 1)
         return loss_sum, images
 
