@@ -53,7 +53,7 @@ def caption_records(
     device: torch.device | str | None = None,
     num_workers: int = 0,
     precision: str = "auto",
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> tuple[dict[Any, str], dict[Any, list[str]], list[tuple[Any, str]]]:
     """Caption every record: (candidates by image id, references by image id, failed images)."""
     from tqdm import tqdm
@@ -81,7 +81,8 @@ def caption_records(
     failed: list[tuple[Any, str]] = []
     was_training = model.training
     model.eval()
-    for batch in tqdm(loader, desc="caption", disable=not progress, dynamic_ncols=True):
+    bar = tqdm(loader, desc="caption", disable=not progress, dynamic_ncols=True, leave=progress != "transient")
+    for batch in bar:
         failed.extend(batch["failed"])
         if not batch["image_ids"]:
             continue
@@ -102,11 +103,15 @@ def evaluate_model(
     device: torch.device | str | None = None,
     num_workers: int = 0,
     precision: str = "auto",
-    progress: bool = True,
+    progress: bool | str = True,
     metrics=None,
     tokenizer: str = "auto",
 ) -> EvalResult:
-    """Caption ``records`` with ``model`` and score the captions (COCO metrics + collapse monitor)."""
+    """Caption ``records`` with ``model`` and score the captions (COCO metrics + collapse monitor).
+
+    ``progress``: a progress bar (True), none (False), or ``"transient"``: one that disappears when done (an
+    evaluation inside a training run, under the training bar).
+    """
     from mmgen.evaluation import collapse_stats, score_captions_detailed
 
     candidates, references, failed = caption_records(

@@ -352,6 +352,7 @@ def validation_loss(trainer, model) -> float:
     (:func:`evaluate` counts and names them).
     """
     import torch
+    from tqdm import tqdm
 
     from mmgen.data.collate import CaptionCollator
     from mmgen.data.datasets import CaptionTrainDataset, make_loader
@@ -366,7 +367,9 @@ def validation_loss(trainer, model) -> float:
     total = torch.zeros((), dtype=torch.float64, device=trainer.device)
     tokens = 0
     with torch.no_grad():
-        for b in make_loader(ds, cfg.eval.batch_size, collate, num_workers=cfg.data.num_workers):
+        loader = make_loader(ds, cfg.eval.batch_size, collate, num_workers=cfg.data.num_workers)
+        bar = tqdm(loader, desc="val loss", disable=not trainer.dist.is_main, dynamic_ncols=True, leave=False)
+        for b in bar:
             n = int((b["labels"][:, 1:] != -100).sum())
             if n == 0:
                 continue
@@ -392,7 +395,7 @@ def evaluate(trainer, model=None) -> dict:
         device=trainer.device,
         num_workers=cfg.data.num_workers,
         precision=cfg.train.precision,
-        progress=False,
+        progress="transient" if trainer.dist.is_main else False,  # the training bar would look frozen meanwhile
     )
     from mmgen.generation import release_static_buffers
 
