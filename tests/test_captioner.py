@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -271,6 +272,11 @@ def test_the_cli_prints_a_load_error_as_one_line(saved_model, tmp_path, image_fi
 
     truncated = _damaged_copy(saved_model, tmp_path / "a", lambda d: _truncate(d / "model.safetensors"))
     no_tokenizer = _damaged_copy(saved_model, tmp_path / "b", lambda d: shutil.rmtree(d / "tokenizer"))
+    refs = {  # a readable --data file, so that the model is what fails to load
+        "images": [{"id": 1, "file_name": str(image_files[0])}],
+        "annotations": [{"id": 1, "image_id": 1, "caption": "a red circle"}],
+    }
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
     for model_dir, names in ((truncated, "model.safetensors"), (no_tokenizer, "tokenizer.json")):
         if command == "caption":
             argv = ["caption", str(image_files[0]), "--model", str(model_dir), "--device", "cpu"]

@@ -574,7 +574,7 @@ def test_resuming_a_finished_run_writes_nothing_unless_max_steps_is_raised(tmp_p
 
     cfg = _cfg(
         tmp_path, scenes, "train.max_steps=3", "train.batch_size=16", "train.save_every=1000", "train.tensorboard=true",
-        f"data.val={scenes}", "eval.max_images=4", "eval.batch_size=4",
+        f"data.val={scenes}", "data.allow_overlap=true", "eval.max_images=4", "eval.batch_size=4",
         "eval.generation={num_beams: 1, max_new_tokens: 4}",
     )  # fmt: skip
     Trainer(cfg).fit()
