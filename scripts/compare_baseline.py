@@ -96,16 +96,21 @@ def prepare_data(args: argparse.Namespace, cfg: Config) -> Data:
     )
 
 
-def batches(data: Data, batch_size: int, seed: int):
-    """Endless (image indices, one sampled caption each): a permutation per epoch, one caption per image."""
+def batches(data: Data, batch_size: int, seed: int, per_image: int = 1):
+    """Endless (image indices, ``per_image`` sampled captions of each, image by image): a permutation per epoch;
+    an image's captions are drawn without replacement (cycling when it has fewer)."""
     g = torch.Generator().manual_seed(seed)
     n = len(data.train_captions)
     while True:
         order = torch.randperm(n, generator=g).tolist()
         for s in range(0, n - batch_size + 1, batch_size):
             idx = order[s : s + batch_size]
-            picks = torch.randint(0, 1 << 30, (len(idx),), generator=g).tolist()
-            yield idx, [data.train_captions[i][p % len(data.train_captions[i])] for i, p in zip(idx, picks)]
+            caps = []
+            for i in idx:
+                refs = data.train_captions[i]
+                perm = torch.randperm(len(refs), generator=g).tolist()
+                caps += [refs[perm[j % len(refs)]] for j in range(per_image)]
+            yield idx, caps
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,8 +220,10 @@ def loss_of(arm: Arm, pixels: torch.Tensor, captions: list[str], tokenizer) -> t
 
     cfg = arm.cfg
     t = tokenize_captions(tokenizer, captions, cfg.model.prompt, cfg.model.max_caption_tokens)
-    if arm.kind == "mmgen":
+    if arm.kind == "mmgen":  # K captions per image: the decoder shares one pass over each image prefix
         return arm.model(pixel_values=pixels, input_ids=t["input_ids"], labels=t["labels"]).loss
+    k = len(captions) // pixels.shape[0]
+    pixels = pixels.repeat_interleave(k, dim=0)  # a stock encoder-decoder sees each pair as its own image
     # BOS c1 .. cn EOS pad: the decoder reads BOS .. cn and predicts c1 .. EOS (labels -100 on padding)
     out = arm.model(pixel_values=pixels, decoder_input_ids=t["input_ids"][:, :-1], labels=t["labels"][:, 1:])
     return out.loss
@@ -353,7 +360,7 @@ def run(args: argparse.Namespace) -> dict:
     std = torch.tensor(probe["std"]).view(1, 3, 1, 1)
     for a in arms:
         print(f"{a.name}: {n_params(a.model):,} parameters", flush=True)
-    streams = {a.name: batches(data, args.batch_size, args.seed) for a in arms}
+    streams = {a.name: batches(data, args.batch_size, args.seed, a.cfg.data.captions_per_image) for a in arms}
     budget_cpu = args.cpu_seconds
 
     def progress(a: Arm) -> float:
