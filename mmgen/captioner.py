@@ -132,14 +132,24 @@ class Captioner:
             raise ValueError(f"unknown generation setting(s) {unknown}; valid: {sorted(valid)}")
         return dataclasses.replace(self.generation, **overrides)
 
-    def caption(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32, **generation: Any) -> list[str]:
+    def caption(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int = 32,
+        prompt: str | None = None,
+        **generation: Any,
+    ) -> list[str]:
         """The best caption of each image.
 
         Args:
             images: One image or a list (paths, PIL images, preprocessed tensors); a ``(B, 3, H, W)``
                 tensor counts as B images.
             batch_size: Images per forward pass.
-            **generation: ``GenerationConfig`` overrides (``num_beams=5``, ``max_new_tokens=30``, ...).
+            prompt: Text the captions continue (``"a photo of"``), in place of the prompt the model was
+                trained with (``model.prompt``; ``""``: none); None keeps the model's. Not repeated in
+                the captions.
+            **generation: ``GenerationConfig`` overrides (``num_beams=5``, ``max_new_tokens=30``,
+                ``bad_words=["red"]``, ...).
 
         Returns:
             One caption per image, in input order.
@@ -147,10 +157,14 @@ class Captioner:
         Raises:
             mmgen.data.BadImageError: an image could not be decoded (the message names it).
         """
-        return [r.caption for r in self.iter_captions(images, batch_size, **generation)]
+        return [r.caption for r in self.iter_captions(images, batch_size, prompt=prompt, **generation)]
 
     def caption_with_scores(
-        self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32, **generation: Any
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int = 32,
+        prompt: str | None = None,
+        **generation: Any,
     ) -> list[list[tuple[str, float]]]:
         """The ``num_return_sequences`` best ``(caption, score)`` pairs of each image, best first.
 
@@ -161,13 +175,15 @@ class Captioner:
         asked = "do_sample" in generation or "num_return_sequences" in generation
         if asked and gen.do_sample and gen.num_return_sequences > 1 and "num_beams" not in generation:
             generation = {**generation, "num_beams": 1}
-        return [list(zip(r.captions, r.scores)) for r in self.iter_captions(images, batch_size, **generation)]
+        results = self.iter_captions(images, batch_size, prompt=prompt, **generation)
+        return [list(zip(r.captions, r.scores)) for r in results]
 
     def iter_captions(
         self,
         images: ImageInput | Sequence[ImageInput],
         batch_size: int = 32,
         skip_errors: bool = False,
+        prompt: str | None = None,
         **generation: Any,
     ) -> Iterator[CaptionResult]:
         """Caption images batch by batch, yielding results in input order as they are ready.
@@ -180,6 +196,7 @@ class Captioner:
             batch_size: Images per forward pass.
             skip_errors: Yield a result with ``error`` set for an image that cannot be decoded,
                 instead of raising.
+            prompt: As for :meth:`caption`.
             **generation: ``GenerationConfig`` overrides.
         """
         from mmgen.data.images import BadImageError
@@ -195,7 +212,9 @@ class Captioner:
 
         def flush() -> Iterator[CaptionResult]:
             pixels = [p for _, p in pending if isinstance(p, torch.Tensor)]
-            out = generate_captions(self.model, torch.stack(pixels), gen, generator=rng) if pixels else None
+            out = None
+            if pixels:
+                out = generate_captions(self.model, torch.stack(pixels), gen, generator=rng, prompt=prompt)
             done = 0
             for source, p in pending:
                 if isinstance(p, str):
