@@ -83,11 +83,19 @@ class Captioner:
     Args:
         model: The model (kept in eval mode on its current device).
         generation: Default generation settings (default: those saved with the model).
+        quantize: ``"int8"``: quantise the encoder's and decoder's linear layers for CPU inference
+            (:mod:`mmgen.quantize`; the model is changed in place); None keeps the weights as they are.
     """
 
-    def __init__(self, model, generation: GenerationConfig | None = None) -> None:
+    def __init__(self, model, generation: GenerationConfig | None = None, quantize: str | None = None) -> None:
         from mmgen.data.transforms import build_transform
 
+        if quantize is not None:
+            from mmgen.quantize import QUANTIZE_CHOICES, quantize_int8
+
+            if quantize not in QUANTIZE_CHOICES:
+                raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES} or None, got {quantize!r}")
+            quantize_int8(model)
         self.model = model.eval()
         self.generation = generation or model.generation_config
         self.transform = build_transform(model.data_config)
@@ -98,6 +106,7 @@ class Captioner:
         path: str | os.PathLike,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
+        quantize: str | None = None,
     ) -> Captioner:
         """Load a model directory written by ``CaptionModel.save_pretrained`` (or by training).
 
@@ -105,6 +114,7 @@ class Captioner:
             path: The model directory.
             device: Where to run (default: CUDA when available, else the CPU).
             dtype: Weights dtype, e.g. ``torch.bfloat16`` or ``"bfloat16"`` (default: as saved).
+            quantize: ``"int8"`` for int8 CPU inference (needs ``device="cpu"``; default device then is the CPU).
 
         Raises:
             mmgen.errors.MissingCheckpointFileError: The directory, a file or the ``tokenizer/`` it needs is
@@ -115,10 +125,10 @@ class Captioner:
         from mmgen.models import CaptionModel
 
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = "cuda" if torch.cuda.is_available() and quantize is None else "cpu"
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        return cls(CaptionModel.from_pretrained(path, device=device, dtype=dtype))
+        return cls(CaptionModel.from_pretrained(path, device=device, dtype=dtype), quantize=quantize)
 
     @property
     def device(self) -> torch.device:
