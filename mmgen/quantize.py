@@ -3,10 +3,13 @@
 >>> captioner = Captioner.from_pretrained("runs/coco/final", device="cpu", quantize="int8")
 
 Weights of every ``nn.Linear`` in the encoder and the decoder (GPT-2's ``Conv1D`` layers are first
-turned into the equivalent ``nn.Linear``) are stored as int8 with one scale per tensor; activations
-are quantised on the fly, row by row, at each matrix product. Embeddings, layer norms, the patch
-convolution and the small projector stay in fp32. Quantising takes well under a second, so there is
-no separate export format: a saved fp32 model is quantised when it is loaded.
+turned into the equivalent ``nn.Linear``) are stored as int8 with one scale per output channel;
+activations are quantised on the fly at each matrix product. The decoder's output layer (LM head), the
+embeddings, layer norms, the patch convolution and the small projector stay in fp32: the next token is
+chosen from the LM head's output, and on the shipped model quantising it (or using one scale per
+tensor) changed several times more captions than it saved time (see BENCHMARKS.md). Quantising takes
+well under a second, so there is no separate export format: a saved fp32 model is quantised when it is
+loaded.
 
 The result runs on the CPU only (the quantised kernels are fbgemm/oneDNN/qnnpack) and is meant for
 inference: it cannot be trained or saved with ``save_pretrained``. How much faster it is, and how
@@ -44,10 +47,11 @@ def _conv1d_to_linear(module: nn.Module) -> int:
     return replaced
 
 
-def _dynamic_int8(module: nn.Module) -> nn.Module:
-    """``torch.ao.quantization.quantize_dynamic`` of the module's ``nn.Linear`` layers, in place."""
+def _dynamic_int8(module: nn.Module, skip: tuple[nn.Module, ...] = ()) -> nn.Module:
+    """``torch.ao.quantization.quantize_dynamic`` of the module's ``nn.Linear`` layers but ``skip``, in place,
+    with per-output-channel weight scales."""
     try:
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
     except ImportError as e:  # pragma: no cover - a torch without the eager-mode quantisation API
         raise RuntimeError(
             f"this torch ({torch.__version__}) has no torch.ao.quantization.quantize_dynamic; int8 needs it"
@@ -57,13 +61,18 @@ def _dynamic_int8(module: nn.Module) -> nn.Module:
         warnings.filterwarnings("ignore", message=r".*torchao.*")
         warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        spec = {
+            name: per_channel_dynamic_qconfig
+            for name, sub in module.named_modules()
+            if isinstance(sub, nn.Linear) and not any(sub is k for k in skip)
+        }
+        return quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Quantise a ``CaptionModel``'s encoder and decoder linear layers to int8, in place, for CPU inference.
 
-    A LoRA-wrapped decoder is merged first. The model is put in eval mode.
+    The LM head stays in fp32. A LoRA-wrapped decoder is merged first. The model is put in eval mode.
 
     Args:
         model: A ``CaptionModel`` with fp32 weights on the CPU.
@@ -84,7 +93,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         model.decoder = model.decoder.merge_and_unload()
     _conv1d_to_linear(model.decoder)
     _dynamic_int8(model.encoder)
-    _dynamic_int8(model.decoder)
+    _dynamic_int8(model.decoder, skip=(model.decoder.get_output_embeddings(),))
     model.quantized = "int8"
     return model
 

@@ -40,15 +40,19 @@ def test_conv1d_becomes_an_equal_linear(fp32):
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
-def test_every_encoder_and_decoder_linear_is_int8(int8):
+def test_every_encoder_and_decoder_linear_but_the_lm_head_is_int8(int8):
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     model = int8.model
     assert is_quantized(model)
+    head = model.decoder.get_output_embeddings()
+    assert type(head) is nn.Linear  # the next token is chosen from it: kept in fp32
     for part in (model.encoder, model.decoder):
-        kinds = {type(m) for m in part.modules()}
+        kinds = [type(m) for m in part.modules() if m is not head]
         assert DynamicLinear in kinds and nn.Linear not in kinds and Conv1D not in kinds
     assert all(type(m) is nn.Linear for m in model.projector.modules() if isinstance(m, nn.Linear))
+    linear = model.decoder.transformer.h[0].mlp.c_fc
+    assert linear.weight().qscheme() == torch.per_channel_affine  # one scale per output channel
 
 
 def test_int8_scores_move_a_little_and_captions_agree(fp32, int8):

@@ -180,6 +180,17 @@ def test_batcher_gathers_jobs_with_the_same_settings(captioner, held_search):
     assert batcher.images == 9 and batcher.batches == 4
 
 
+def test_a_lone_request_does_not_wait_for_company(captioner, held_search):
+    release, calls = held_search
+    release.set()
+    batcher = Batcher(captioner.model, max_batch=4, max_wait=600.0, max_queue=8).start()
+    try:  # one client at a time: the 10-minute window is not waited for
+        for _ in range(2):
+            assert batcher.submit(Job(torch.zeros(3, 64, 64), captioner.generation, None)).result(60).batch_size == 1
+    finally:
+        batcher.stop()
+
+
 def test_a_full_queue_answers_429_and_the_server_recovers(captioner, held_search):
     release, calls = held_search
     app = create_app(captioner, ServeSettings(max_queue=2, max_wait_ms=0))
@@ -235,7 +246,11 @@ def test_the_serve_command_builds_the_app_from_its_options(monkeypatch, capsys):
     import mmgen.serve.server
 
     seen = {}
-    monkeypatch.setattr(mmgen.serve.server, "serve", lambda app, host, port: seen.update(app=app, host=host, port=port))
+
+    def fake_serve(app, host, port, log_level):
+        seen.update(app=app, host=host, port=port, log_level=log_level)
+
+    monkeypatch.setattr(mmgen.serve.server, "serve", fake_serve)
     argv = ["serve", "--model", str(MODEL), "--max-batch", "4", "--max-queue", "9", "--port", "8123", "--device", "cpu"]
     assert main(argv) == 0
     settings = seen["app"].state.settings

@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="largest max_new_tokens a request may ask"
     )
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="info logs every request"
+    )
     p.set_defaults(func=run)
 
 
@@ -75,5 +78,5 @@ def run(args: argparse.Namespace) -> int:
         model_name=str(args.model),
     )
     print(f"mmgen serve: {args.model} on {captioner.device}, http://{args.host}:{args.port}/", file=sys.stderr)
-    serve(create_app(captioner, settings), args.host, args.port)
+    serve(create_app(captioner, settings), args.host, args.port, args.log_level)
     return 0

@@ -5,8 +5,9 @@ prompt). The worker takes the oldest queued request and, for at most ``max_wait`
 request arrived, gathers the queued requests with the same settings, up to ``max_batch`` images; then
 it captions them in one :func:`~mmgen.generation.generate_captions` call. Requests queued while a
 batch runs have already waited, so the next batch leaves at once. Requests with other settings wait
-for a later batch (oldest first). The queue is bounded: :meth:`Batcher.submit` raises
-:class:`QueueFull` rather than letting latency grow without limit.
+for a later batch (oldest first). A lone request while the last batch was a single one too (one client at
+a time) leaves at once: waiting could gather nothing and would only add latency. The queue is bounded:
+:meth:`Batcher.submit` raises :class:`QueueFull` rather than letting latency grow without limit.
 
 One thread runs every search, so the model is never used from two threads at once.
 """
@@ -78,6 +79,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self.batches = 0  # searches run so far
         self.images = 0  # images captioned so far
+        self._last_size = 0  # images in the last batch
 
     def start(self) -> Batcher:
         """Start the worker thread (idempotent)."""
@@ -127,10 +129,12 @@ class Batcher:
             while True:
                 same = [j for j in self._queue if j.key == first.key]
                 left = first.arrived + self.max_wait - time.monotonic()
-                if len(same) >= self.max_batch or left <= 0 or self._stopping:
+                alone = len(self._queue) == 1 and self._last_size <= 1  # nobody else around: no use waiting
+                if len(same) >= self.max_batch or left <= 0 or alone or self._stopping:
                     break
                 self._cond.wait(left)
             batch = same[: self.max_batch]
+            self._last_size = len(batch)
             taken = {id(j) for j in batch}
             self._queue = deque(j for j in self._queue if id(j) not in taken)
             return batch

@@ -9,7 +9,10 @@ import uvicorn
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve ``app`` until interrupted (Ctrl-C finishes the queued requests, then stops)."""
+    """Serve ``app`` until interrupted (Ctrl-C finishes the queued requests, then stops).
+
+    ``log_level`` "info" logs every request; "warning" only problems.
+    """
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
 
 
