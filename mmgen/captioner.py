@@ -83,11 +83,19 @@ class Captioner:
     Args:
         model: The model (kept in eval mode on its current device).
         generation: Default generation settings (default: those saved with the model).
+        quantize: ``"int8"``: quantise the encoder's and decoder's linear layers for CPU inference
+            (:mod:`mmgen.quantize`; the model is changed in place); None keeps the weights as they are.
     """
 
-    def __init__(self, model, generation: GenerationConfig | None = None) -> None:
+    def __init__(self, model, generation: GenerationConfig | None = None, quantize: str | None = None) -> None:
         from mmgen.data.transforms import build_transform
 
+        if quantize is not None:
+            from mmgen.quantize import QUANTIZE_CHOICES, quantize_int8
+
+            if quantize not in QUANTIZE_CHOICES:
+                raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES} or None, got {quantize!r}")
+            quantize_int8(model)
         self.model = model.eval()
         self.generation = generation or model.generation_config
         self.transform = build_transform(model.data_config)
@@ -98,6 +106,7 @@ class Captioner:
         path: str | os.PathLike,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
+        quantize: str | None = None,
     ) -> Captioner:
         """Load a model directory written by ``CaptionModel.save_pretrained`` (or by training).
 
@@ -105,6 +114,7 @@ class Captioner:
             path: The model directory.
             device: Where to run (default: CUDA when available, else the CPU).
             dtype: Weights dtype, e.g. ``torch.bfloat16`` or ``"bfloat16"`` (default: as saved).
+            quantize: ``"int8"`` for int8 CPU inference (needs ``device="cpu"``; default device then is the CPU).
 
         Raises:
             mmgen.errors.MissingCheckpointFileError: The directory, a file or the ``tokenizer/`` it needs is
@@ -115,10 +125,10 @@ class Captioner:
         from mmgen.models import CaptionModel
 
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = "cuda" if torch.cuda.is_available() and quantize is None else "cpu"
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        return cls(CaptionModel.from_pretrained(path, device=device, dtype=dtype))
+        return cls(CaptionModel.from_pretrained(path, device=device, dtype=dtype), quantize=quantize)
 
     @property
     def device(self) -> torch.device:
@@ -132,14 +142,24 @@ class Captioner:
             raise ValueError(f"unknown generation setting(s) {unknown}; valid: {sorted(valid)}")
         return dataclasses.replace(self.generation, **overrides)
 
-    def caption(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32, **generation: Any) -> list[str]:
+    def caption(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int = 32,
+        prompt: str | None = None,
+        **generation: Any,
+    ) -> list[str]:
         """The best caption of each image.
 
         Args:
             images: One image or a list (paths, PIL images, preprocessed tensors); a ``(B, 3, H, W)``
                 tensor counts as B images.
             batch_size: Images per forward pass.
-            **generation: ``GenerationConfig`` overrides (``num_beams=5``, ``max_new_tokens=30``, ...).
+            prompt: Text the captions continue (``"a photo of"``), in place of the prompt the model was
+                trained with (``model.prompt``; ``""``: none); None keeps the model's. Not repeated in
+                the captions.
+            **generation: ``GenerationConfig`` overrides (``num_beams=5``, ``max_new_tokens=30``,
+                ``bad_words=["red"]``, ...).
 
         Returns:
             One caption per image, in input order.
@@ -147,10 +167,14 @@ class Captioner:
         Raises:
             mmgen.data.BadImageError: an image could not be decoded (the message names it).
         """
-        return [r.caption for r in self.iter_captions(images, batch_size, **generation)]
+        return [r.caption for r in self.iter_captions(images, batch_size, prompt=prompt, **generation)]
 
     def caption_with_scores(
-        self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32, **generation: Any
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int = 32,
+        prompt: str | None = None,
+        **generation: Any,
     ) -> list[list[tuple[str, float]]]:
         """The ``num_return_sequences`` best ``(caption, score)`` pairs of each image, best first.
 
@@ -161,13 +185,15 @@ class Captioner:
         asked = "do_sample" in generation or "num_return_sequences" in generation
         if asked and gen.do_sample and gen.num_return_sequences > 1 and "num_beams" not in generation:
             generation = {**generation, "num_beams": 1}
-        return [list(zip(r.captions, r.scores)) for r in self.iter_captions(images, batch_size, **generation)]
+        results = self.iter_captions(images, batch_size, prompt=prompt, **generation)
+        return [list(zip(r.captions, r.scores)) for r in results]
 
     def iter_captions(
         self,
         images: ImageInput | Sequence[ImageInput],
         batch_size: int = 32,
         skip_errors: bool = False,
+        prompt: str | None = None,
         **generation: Any,
     ) -> Iterator[CaptionResult]:
         """Caption images batch by batch, yielding results in input order as they are ready.
@@ -180,6 +206,7 @@ class Captioner:
             batch_size: Images per forward pass.
             skip_errors: Yield a result with ``error`` set for an image that cannot be decoded,
                 instead of raising.
+            prompt: As for :meth:`caption`.
             **generation: ``GenerationConfig`` overrides.
         """
         from mmgen.data.images import BadImageError
@@ -195,7 +222,9 @@ class Captioner:
 
         def flush() -> Iterator[CaptionResult]:
             pixels = [p for _, p in pending if isinstance(p, torch.Tensor)]
-            out = generate_captions(self.model, torch.stack(pixels), gen, generator=rng) if pixels else None
+            out = None
+            if pixels:
+                out = generate_captions(self.model, torch.stack(pixels), gen, generator=rng, prompt=prompt)
             done = 0
             for source, p in pending:
                 if isinstance(p, str):

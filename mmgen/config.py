@@ -281,9 +281,20 @@ class GenerationConfig:
     top_p: float = 1.0
     num_return_sequences: int = 1
     seed: int | None = None
+    bad_words: tuple[str, ...] = ()
+    """Words or phrases never to be generated, by any search: each is tokenised as written and with a
+    leading space; a phrase's last token is banned after the rest of it. Words the tokenizer cannot
+    spell (unknown to a word-level vocabulary) can never be generated and are ignored."""
 
     @collecting
     def __post_init__(self) -> None:
+        if isinstance(self.bad_words, list):  # a list from Python code; YAML gives a tuple already
+            self.bad_words = tuple(self.bad_words)
+        _check(
+            isinstance(self.bad_words, tuple) and all(isinstance(w, str) and w.strip() for w in self.bad_words),
+            "generation.bad_words",
+            f"must be a list of non-empty strings, got {self.bad_words!r}",
+        )
         _check(self.num_beams >= 1, "generation.num_beams", "must be >= 1")
         _check(self.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1")
         _check(

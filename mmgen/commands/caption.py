@@ -5,6 +5,11 @@ batches finish, with a progress bar on stderr when stderr is a terminal. Exit co
 argument is wrong (a missing file, a directory with no images, a bad option, a model that cannot be
 loaded), reported before any captioning; 1 when some images could not be decoded (each reported on
 stderr with the reason; the others are still captioned); 0 otherwise.
+
+Bulk mode, ``--out results.jsonl`` (with image files or ``--data SOURCE``: COCO json, JSONL/CSV table,
+HF dataset folder, parquet/webdataset shards, hub name): results are appended to the file as they are
+made, a rerun after a kill captions only what is missing, and under ``torchrun`` every rank captions
+its share and rank 0 merges them into one file (see :mod:`mmgen.bulk`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmgen.commands import FAILED, USAGE, UsageError, positive_int
+from mmgen.commands import FAILED, UsageError, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +28,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="caption images with a saved model",
         description="Caption image files; a directory stands for the image files directly inside it (sorted).",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or directories")
+    p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and/or directories")
     p.add_argument("--model", required=True, metavar="DIR", help="saved model directory (config.json, ...)")
+    p.add_argument("--data", nargs="+", metavar="SOURCE", help="caption a dataset (COCO, JSONL/CSV, HF); needs --out")
+    p.add_argument("--images-dir", default=None, metavar="DIR", help="images of a COCO/table --data source")
+    p.add_argument("--split", default=None, help="with --data: only this split (train, val, test)")
+    p.add_argument("--out", default=None, metavar="FILE", help="bulk mode: append JSON lines here; resumable")
+    p.add_argument("--overwrite", action="store_true", help="bulk mode: start again instead of resuming")
+    p.add_argument("--prompt", default=None, help="text the captions continue (default: the model's own prompt)")
+    p.add_argument("--bad-words", default=None, metavar="W1,W2", help="comma-separated words never to generate")
+    p.add_argument("--quantize", default=None, choices=("int8",), help="int8: dynamic int8 CPU inference")
     p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's saved setting)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="caption length limit in tokens")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
@@ -59,27 +72,55 @@ def expand_arguments(arguments: list[str]) -> list[Path]:
     return list_images(arguments)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from mmgen.captioner import Captioner
-
-    paths = expand_arguments(args.images)
+def generation_overrides(args: argparse.Namespace) -> dict:
+    """The ``GenerationConfig`` overrides the options ask for (one caption per image)."""
     overrides = {"num_return_sequences": 1}  # one caption per image is printed
     if args.beams is not None:
         overrides["num_beams"] = args.beams
     if args.max_new_tokens is not None:
         overrides["max_new_tokens"] = args.max_new_tokens
+    if args.bad_words:
+        overrides["bad_words"] = tuple(w.strip() for w in args.bad_words.split(",") if w.strip())
+    return overrides
+
+
+def load_captioner(args: argparse.Namespace, device: str | None = None):
+    """The Captioner the options name, or a :class:`UsageError` saying why the model cannot be loaded."""
+    from mmgen.captioner import Captioner
+
+    if args.quantize and (args.device or "cpu") != "cpu":
+        raise UsageError(f"--quantize {args.quantize} runs on the CPU only; drop --device {args.device}")
+    if args.quantize and args.dtype not in (None, "float32"):
+        raise UsageError(f"--quantize {args.quantize} starts from float32 weights; drop --dtype {args.dtype}")
     try:
-        captioner = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        dtype = args.dtype or ("float32" if args.quantize else None)  # int8 starts from fp32 whatever was saved
+        return Captioner.from_pretrained(args.model, device=device or args.device, dtype=dtype, quantize=args.quantize)
     except (FileNotFoundError, OSError) as e:
-        print(f"mmgen caption: cannot load the model: {e}", file=sys.stderr)
-        return USAGE
+        raise UsageError(f"cannot load the model: {e}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.data and args.images:
+        raise UsageError("give image files or --data, not both")
+    if not args.data and not args.images:
+        raise UsageError("nothing to caption: give image files or directories, or --data SOURCE with --out")
+    if args.data and not args.out:
+        raise UsageError("--data needs --out FILE (bulk captioning writes a JSON Lines file)")
+    if args.out:
+        from mmgen.commands.bulk import run_bulk
+
+        return run_bulk(args)
+    from tqdm import tqdm
+
+    paths = expand_arguments(args.images)
+    overrides = generation_overrides(args)
+    captioner = load_captioner(args)
     captioner.resolve_generation(**overrides)  # invalid settings fail before any image is read
 
     failed = 0
     bar = tqdm(total=len(paths), desc="caption", unit="img", file=sys.stderr, disable=args.quiet or not _tty())
-    results = captioner.iter_captions([str(p) for p in paths], args.batch_size, skip_errors=True, **overrides)
+    images = [str(p) for p in paths]
+    results = captioner.iter_captions(images, args.batch_size, skip_errors=True, prompt=args.prompt, **overrides)
     for r in results:
         with tqdm.external_write_mode(file=sys.stderr):  # lines never land inside the bar
             if r.error is not None:

@@ -21,7 +21,7 @@ import torch
 
 from mmgen.config import GenerationConfig
 from mmgen.generation.outputs import SearchOutput
-from mmgen.generation.processors import NEG_INF, is_eos, process, warp_for_sampling
+from mmgen.generation.processors import NEG_INF, BadWords, is_eos, process, warp_for_sampling
 
 UNFILLED = -1.0e9  # score of an empty hypothesis slot: beaten by any real hypothesis, beats a forbidden one
 
@@ -110,10 +110,14 @@ class BeamState:
         gen: ``num_beams``, ``max_new_tokens``, ``length_penalty``, ``early_stopping`` and processors.
         eos_ids: End-of-sequence ids, ``(E,)``.
         pad_id: Filler after a sequence's end.
+        bad_words: Token sequences never to be generated.
     """
 
-    def __init__(self, b: int, gen: GenerationConfig, eos_ids: torch.Tensor, pad_id: int) -> None:
+    def __init__(
+        self, b: int, gen: GenerationConfig, eos_ids: torch.Tensor, pad_id: int, bad_words: BadWords | None = None
+    ) -> None:
         k, t_max, device = gen.num_beams, gen.max_new_tokens, eos_ids.device
+        self.bad_words = bad_words
         self.gen, self.eos_ids, self.pad_id = gen, eos_ids, pad_id
         self.c = max(2, eos_ids.numel() + 1) * k  # candidates kept per image and step
         self.first_k = torch.arange(self.c, device=device) < k  # (C,) only these may finish at a step
@@ -158,7 +162,7 @@ class BeamState:
         b, k, t_max = self.tokens.shape
         v, c = logits.shape[-1], self.c
         logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (B*K, V), fp32, one fused pass
-        logp = process(logp, self.tokens.view(b * k, t_max), t, gen, self.eos_ids, inplace=True)
+        logp = process(logp, self.tokens.view(b * k, t_max), t, gen, self.eos_ids, True, self.bad_words)
         if gen.do_sample:
             logp = warp_for_sampling(logp, gen, keep=self.eos_ids.numel() + 1)
             total = (logp.view(b, k, v) + self.running[..., None]).view(b, k * v)  # (B, K*V)

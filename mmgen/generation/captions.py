@@ -28,7 +28,12 @@ class GeneratedCaptions:
         return [options[0] for options in self.texts]
 
 
-def prompt_embeds(model, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None):
+def prompt_embeds(
+    model,
+    pixel_values: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
+    prompt: str | None = None,
+):
     """The decoder's prompt for each image, ``(B, N' + P, D)``: image prefix, then BOS and the text prompt.
 
     Args:
@@ -36,6 +41,7 @@ def prompt_embeds(model, pixel_values: torch.Tensor | None = None, features: tor
         pixel_values: Preprocessed images ``(B, 3, H, W)`` (moved to the encoder's device and dtype); uint8
             images (a ``uint8=True`` transform) are normalised there with the encoder's mean and std.
         features: Encoder tokens ``(B, N, C)`` instead of images (frozen-encoder feature cache).
+        prompt: Text after BOS in place of the model's own ``model.prompt`` (``""``: none); None keeps it.
     """
     if pixel_values is not None:
         from mmgen.data.transforms import normalize_on_device
@@ -44,7 +50,13 @@ def prompt_embeds(model, pixel_values: torch.Tensor | None = None, features: tor
         cfg = model.data_config
         pixel_values = normalize_on_device(pixel_values.to(param.device), cfg["mean"], cfg["std"], dtype=param.dtype)
     prefix = model.encode_images(pixel_values, features)  # (B, N', D)
-    start = model.start_embeds(prefix.shape[0])  # (B, P, D)
+    if prompt is None:
+        start = model.start_embeds(prefix.shape[0])  # (B, P, D)
+    else:
+        from mmgen.models.tokenizer import start_ids
+
+        ids = torch.tensor(start_ids(model.tokenizer, prompt), device=model.start_ids.device)  # (P,)
+        start = model.embed_tokens(ids).unsqueeze(0).expand(prefix.shape[0], -1, -1)  # (B, P, D)
     return torch.cat([prefix.to(start.dtype), start], dim=1)  # (B, N'+P, D)
 
 
@@ -57,6 +69,20 @@ def decode_sequences(tokenizer, sequences: torch.Tensor, lengths: torch.Tensor) 
     return decode_captions(tokenizer, [s[:n] for s, n in zip(seqs, lens)])
 
 
+def bad_words_ids(tokenizer, words: tuple[str, ...] | list[str]) -> list[list[int]]:
+    """The token sequences of banned words: each word as written and with a leading space (byte-level BPE
+    spells the two differently), without special tokens. A word that tokenises to the unknown token cannot
+    be generated and is left out."""
+    unk = tokenizer.unk_token_id
+    out: list[list[int]] = []
+    for word in words:
+        for text in (word.strip(), " " + word.strip()):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if ids and (unk is None or unk not in ids) and ids not in out:
+                out.append(ids)
+    return out
+
+
 @torch.inference_mode()
 def generate_captions(
     model,
@@ -67,6 +93,7 @@ def generate_captions(
     generator: torch.Generator | None = None,
     static_cache: bool | str = "auto",
     cuda_graph: bool | str = "auto",
+    prompt: str | None = None,
 ) -> GeneratedCaptions:
     """Caption a batch of preprocessed images.
 
@@ -78,6 +105,8 @@ def generate_captions(
         generator: Random source for sampling (default: seeded with ``gen.seed`` when set).
         static_cache: Preallocated keys and values (see :func:`~mmgen.generation.search`).
         cuda_graph: Replay decoding steps from CUDA graphs (see :func:`~mmgen.generation.search`).
+        prompt: Text the captions continue (e.g. ``"a photo of"``) in place of the model's own
+            ``model.prompt``; None keeps the model's. The captions returned do not repeat it.
 
     Returns:
         Decoded captions (special tokens skipped, whitespace stripped) and their scores, best first.
@@ -86,7 +115,7 @@ def generate_captions(
     tok = model.tokenizer
     out = search(
         model.decoder,
-        prompt_embeds(model, pixel_values, features),
+        prompt_embeds(model, pixel_values, features, prompt),
         gen,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
@@ -94,6 +123,7 @@ def generate_captions(
         static_cache=static_cache,
         cuda_graph=cuda_graph,
         full_prefix=model.full_prefix,
+        bad_words_ids=bad_words_ids(tok, gen.bad_words) if gen.bad_words else None,
     )
     b, r, _ = out.sequences.shape
     texts = decode_sequences(tok, out.sequences.reshape(b * r, -1), out.lengths.reshape(-1))

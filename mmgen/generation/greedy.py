@@ -6,7 +6,7 @@ import torch
 
 from mmgen.config import GenerationConfig
 from mmgen.generation.outputs import SearchOutput
-from mmgen.generation.processors import edits_scores, is_eos, process, warp_for_sampling
+from mmgen.generation.processors import BadWords, edits_scores, is_eos, process, warp_for_sampling
 
 
 class PathState:
@@ -22,12 +22,16 @@ class PathState:
         gen: Generation settings; ``num_return_sequences`` rows per prompt when sampling.
         eos_ids: End-of-sequence ids, ``(E,)``.
         pad_id: Filler written after a sequence's end.
+        bad_words: Token sequences never to be generated.
     """
 
     rows = None
 
-    def __init__(self, b: int, gen: GenerationConfig, eos_ids: torch.Tensor, pad_id: int) -> None:
+    def __init__(
+        self, b: int, gen: GenerationConfig, eos_ids: torch.Tensor, pad_id: int, bad_words: BadWords | None = None
+    ) -> None:
         device = eos_ids.device
+        self.bad_words = bad_words
         self.b, self.r = b, gen.num_return_sequences if gen.do_sample else 1
         n = b * self.r
         self.gen, self.eos_ids, self.pad_id = gen, eos_ids, pad_id
@@ -54,9 +58,9 @@ class PathState:
         """Choose every row's next token from next-token ``logits`` (N, V)."""
         gen, n = self.gen, self.tokens.shape[0]
         logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (N, V) unprocessed, one fused pass
-        if gen.do_sample or edits_scores(gen, self.tokens.shape[1]):
+        if gen.do_sample or edits_scores(gen, self.tokens.shape[1], self.bad_words):
             raw = logits.float()  # (N, V); a fresh copy unless the logits are fp32 already
-            scores = process(raw, self.tokens, self.t, gen, self.eos_ids, inplace=raw is not logits)
+            scores = process(raw, self.tokens, self.t, gen, self.eos_ids, raw is not logits, self.bad_words)
         else:
             scores = logits  # the argmax of the model's dtype is the argmax in fp32 (exact conversion)
         if gen.do_sample:

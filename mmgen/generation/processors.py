@@ -15,6 +15,8 @@ log-probabilities (the convention of transformers' ``generate``). None of them l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from mmgen.config import GenerationConfig
@@ -82,6 +84,49 @@ def ban_eos_(scores: torch.Tensor, eos_ids: torch.Tensor, t: torch.Tensor, min_n
     return scores.index_copy_(1, eos_ids, torch.where(t < min_new_tokens, NEG_INF, old))
 
 
+class BadWords:
+    """Token sequences never to be generated, as fixed-shape tensors (transformers' ``bad_words_ids`` rule).
+
+    A one-token sequence is banned at every step; a longer one has its last token banned whenever the
+    row's generated tokens end with the rest of it. Only generated tokens count (not the prompt).
+
+    Args:
+        ids: The banned token sequences (empty ones are ignored, duplicates kept once).
+        device: Where the tensors live (the scores' device).
+    """
+
+    def __init__(self, ids: Sequence[Sequence[int]], device: torch.device | str) -> None:
+        seqs = list(dict.fromkeys(tuple(int(i) for i in s) for s in ids if len(s)))
+        if not seqs:
+            raise ValueError("BadWords needs at least one non-empty token sequence")
+        self.ids = tuple(seqs)
+        m = max(len(s) for s in seqs) - 1  # longest context a ban depends on
+        # (W, m) the tokens before each banned last token, right-aligned; -1 where a sequence is shorter
+        self.context = torch.tensor([[-1] * (m - len(s) + 1) + list(s[:-1]) for s in seqs], device=device)
+        self.context = self.context.view(len(seqs), m)
+        self.last = torch.tensor([s[-1] for s in seqs], device=device)  # (W,)
+        self.same_last = self.last[:, None] == self.last[None, :]  # (W, W)
+
+    def apply_(self, scores: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Set the scores of banned next tokens to ``-inf`` (in place; returns ``scores``).
+
+        Args:
+            scores: Next-token scores, ``(N, V)``, modified in place.
+            tokens: Generated-token buffer, ``(N, T)``; ``tokens[:, :t]`` are generated.
+            t: Number of tokens generated so far (0-dim long tensor).
+        """
+        n, m = tokens.shape[0], self.context.shape[1]
+        where = t - m + torch.arange(m, device=tokens.device)  # (m,) positions of the last m generated tokens
+        recent = tokens.index_select(1, where.clamp(0, tokens.shape[1] - 1))  # (N, m)
+        recent = torch.where(where >= 0, recent, -2)  # (N, m) before the first token: matches nothing
+        wanted = self.context >= 0  # (W, m)
+        # (N, W): every context token of the sequence equals the recent token at its place (all() of nothing: True)
+        hit = ((recent[:, None, :] == self.context[None]) | ~wanted[None]).all(-1)
+        banned = (hit[:, None, :] & self.same_last[None]).any(-1)  # (N, W), the same for sequences sharing a token
+        last = self.last.expand(n, -1)  # (N, W)
+        return scores.scatter_(1, last, torch.where(banned, NEG_INF, scores.gather(1, last)))
+
+
 def top_k_filter(scores: torch.Tensor, k: int, keep: int = 1) -> torch.Tensor:
     """Keep the ``max(k, keep)`` best tokens of each row (ties with the last one kept too)."""
     k = min(max(k, keep), scores.shape[-1])
@@ -123,10 +168,10 @@ def warp_for_sampling(scores: torch.Tensor, gen: GenerationConfig, keep: int = 1
     return scores
 
 
-def edits_scores(gen: GenerationConfig, size: int) -> bool:
+def edits_scores(gen: GenerationConfig, size: int, bad_words: BadWords | None = None) -> bool:
     """Whether :func:`process` can change any score for a buffer of ``size`` generated tokens."""
     ngrams = 0 < gen.no_repeat_ngram_size <= size
-    return gen.repetition_penalty != 1.0 or ngrams or gen.min_new_tokens > 0
+    return gen.repetition_penalty != 1.0 or ngrams or gen.min_new_tokens > 0 or bad_words is not None
 
 
 def process(
@@ -136,8 +181,9 @@ def process(
     gen: GenerationConfig,
     eos_ids: torch.Tensor,
     inplace: bool = False,
+    bad_words: BadWords | None = None,
 ) -> torch.Tensor:
-    """Apply repetition penalty, n-gram ban and minimum length to next-token scores.
+    """Apply repetition penalty, n-gram ban, banned words and minimum length to next-token scores.
 
     Each of them rewrites a few entries per row (scatters, no pass over the vocabulary).
 
@@ -148,13 +194,16 @@ def process(
         gen: Generation settings.
         eos_ids: End-of-sequence ids, ``(E,)``.
         inplace: Modify ``scores`` itself; otherwise a copy is made when something may change.
+        bad_words: Token sequences never to be generated.
     """
-    if not edits_scores(gen, tokens.shape[1]):
+    if not edits_scores(gen, tokens.shape[1], bad_words):
         return scores
     if not inplace:
         scores = scores.clone()
     repetition_penalty_(scores, tokens, t, gen.repetition_penalty)
     ban_repeated_ngrams_(scores, tokens, t, gen.no_repeat_ngram_size)
+    if bad_words is not None:
+        bad_words.apply_(scores, tokens, t)
     return ban_eos_(scores, eos_ids, t, gen.min_new_tokens)
 
 

@@ -26,6 +26,7 @@ from mmgen.generation.decoder import StepDecoder
 from mmgen.generation.graphs import DecodeSession, cached_session, decoder_fingerprint, uncapturable
 from mmgen.generation.greedy import PathState
 from mmgen.generation.outputs import SearchOutput, StopCheck
+from mmgen.generation.processors import BadWords
 from mmgen.generation.static import StaticStepDecoder, static_cache_unsupported
 
 AUTO = "auto"
@@ -54,8 +55,11 @@ def _plan(
     return static, graphs
 
 
-def _new_state(b: int, gen: GenerationConfig, eos_ids: torch.Tensor, pad_id: int) -> BeamState | PathState:
-    return BeamState(b, gen, eos_ids, pad_id) if gen.num_beams > 1 else PathState(b, gen, eos_ids, pad_id)
+def _new_state(
+    b: int, gen: GenerationConfig, eos_ids: torch.Tensor, pad_id: int, bad_words: BadWords | None
+) -> BeamState | PathState:
+    state = BeamState if gen.num_beams > 1 else PathState
+    return state(b, gen, eos_ids, pad_id, bad_words)
 
 
 def _decode(session: DecodeSession, steps: int) -> SearchOutput:
@@ -84,6 +88,7 @@ def search(
     static_cache: bool | str = AUTO,
     cuda_graph: bool | str = AUTO,
     full_prefix: int = 0,
+    bad_words_ids: Sequence[Sequence[int]] | None = None,
 ) -> SearchOutput:
     """Generate continuations of prompt embeddings with a causal LM.
 
@@ -109,6 +114,9 @@ def search(
             static cache on CUDA, except for sampling and for a decoder in training mode).
         full_prefix: The first this many prompt positions attend to each other in both directions (a
             prefix LM, ``model.prefix_attention: full``); needs mmgen's attention (``mmgen_sdpa``).
+        bad_words_ids: Token sequences never to be generated, by every search (transformers'
+            ``bad_words_ids``: a sequence's last token is banned after the rest of it). ``gen.bad_words``
+            (text) is not read here: :func:`~mmgen.generation.generate_captions` turns it into these.
 
     Returns:
         :class:`SearchOutput` with ``R = num_return_sequences`` sequences per prompt, best first.
@@ -122,6 +130,7 @@ def search(
     eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
     if generator is None and gen.do_sample and gen.seed is not None:
         generator = torch.Generator(device=device).manual_seed(gen.seed)
+    bad_words = BadWords(bad_words_ids, device) if bad_words_ids and any(map(len, bad_words_ids)) else None
     static, graphs = _plan(decoder, device, gen, use_cache, static_cache, cuda_graph)
     b, t_max = inputs_embeds.shape[0], gen.max_new_tokens
     repeats = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences if gen.do_sample else 1
@@ -129,15 +138,16 @@ def search(
     if static:
         settings = dataclasses.replace(gen, seed=None)  # the seed only matters through ``generator``
         key = (inputs_embeds.shape, inputs_embeds.dtype, device, dataclasses.astuple(settings), tuple(eos))
-        key += (pad_token_id, cuda_graph, graphs, *decoder_fingerprint(decoder))
+        key += (pad_token_id, cuda_graph, graphs, bad_words and bad_words.ids, *decoder_fingerprint(decoder))
 
         def build() -> DecodeSession:
-            state = _new_state(b, settings, eos_ids, pad_token_id)
+            state = _new_state(b, settings, eos_ids, pad_token_id, bad_words)
             return DecodeSession(StaticStepDecoder(decoder, t_max), state, graphs, strict=cuda_graph is True)
 
         session = cached_session(decoder, key, build)
     else:
-        session = DecodeSession(StepDecoder(decoder, use_cache), _new_state(b, gen, eos_ids, pad_token_id), False)
+        state = _new_state(b, gen, eos_ids, pad_token_id, bad_words)
+        session = DecodeSession(StepDecoder(decoder, use_cache), state, False)
     session.dec.prefill(inputs_embeds, attention_mask, t_max, full_prefix=full_prefix)
     session.dec.expand(repeats)
     session.state.reset(generator)

@@ -1,0 +1,82 @@
+"""``mmgen serve --model DIR``: caption images over HTTP with dynamic batching (see :mod:`mmgen.serve`).
+
+Needs the ``serve`` extra (``pip install 'mmgen[serve]'``); without it the command says which packages
+are missing and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mmgen.commands import UsageError, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from mmgen.serve import ServeSettings
+
+    d = ServeSettings()
+    p = sub.add_parser(
+        "serve",
+        help="serve a saved model over HTTP (upload page, JSON API, dynamic batching)",
+        description="Serve a captioner: POST /v1/caption, GET /health, an upload page at /, schema at /openapi.json.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="saved model directory")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="weights dtype")
+    p.add_argument("--quantize", default=None, choices=("int8",), help="int8: dynamic int8 CPU inference")
+    p.add_argument("--max-batch", type=positive_int, default=d.max_batch, help=f"images per search ({d.max_batch})")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=d.max_wait_ms, help=f"batch gathering window ({d.max_wait_ms} ms)"
+    )
+    p.add_argument(
+        "--max-queue", type=positive_int, default=d.max_queue, help=f"queued requests before 429 ({d.max_queue})"
+    )
+    p.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / 2**20, help="request size limit (10 MB)")
+    p.add_argument("--max-pixels", type=positive_int, default=d.max_pixels, help=f"image size limit ({d.max_pixels})")
+    p.add_argument(
+        "--max-beams", type=positive_int, default=d.max_beams, help=f"largest beams a request may ask ({d.max_beams})"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="largest max_new_tokens a request may ask"
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="info logs every request"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmgen.serve import missing_packages
+
+    missing = missing_packages()
+    if missing:
+        raise UsageError(f"serving needs {', '.join(missing)}: pip install 'mmgen[serve]'")
+    if args.max_wait_ms < 0:
+        raise UsageError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
+    import torch
+
+    from mmgen.commands.caption import load_captioner
+    from mmgen.serve import ServeSettings
+    from mmgen.serve.app import create_app
+    from mmgen.serve.server import serve
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    captioner = load_captioner(args)
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_pixels=args.max_pixels,
+        max_beams=args.max_beams,
+        max_new_tokens=args.max_new_tokens,
+        model_name=str(args.model),
+    )
+    print(f"mmgen serve: {args.model} on {captioner.device}, http://{args.host}:{args.port}/", file=sys.stderr)
+    serve(create_app(captioner, settings), args.host, args.port, args.log_level)
+    return 0

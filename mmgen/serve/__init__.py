@@ -1,0 +1,41 @@
+"""Serving a captioner over HTTP: ``mmgen serve`` (needs the ``serve`` extra: FastAPI, uvicorn, python-multipart).
+
+* :mod:`mmgen.serve.batcher` -- dynamic batching of concurrent requests into one search (no web imports);
+* :mod:`mmgen.serve.app` -- the FastAPI app: ``POST /v1/caption``, ``GET /health``, the page at ``/``;
+* :mod:`mmgen.serve.server` -- running the app with uvicorn, in the foreground or on a background thread;
+* :mod:`mmgen.serve.loadtest` -- a bounded load test against a running server.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+SERVE_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
+
+
+def missing_packages() -> list[str]:
+    """The pip names of the serving packages that are not installed."""
+    return [pip for module, pip in SERVE_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+@dataclass
+class ServeSettings:
+    """Limits and batching of the server (``mmgen serve --help`` has the same names)."""
+
+    max_batch: int = 32
+    """Most images per batched search."""
+    max_wait_ms: float = 5.0
+    """Longest a request waits for others to join its batch."""
+    max_queue: int = 256
+    """Most requests waiting; beyond it a request gets 429."""
+    max_body_bytes: int = 10 * 2**20
+    """Largest request body (the encoded image plus options); beyond it 413."""
+    max_pixels: int = 40_000_000
+    """Largest image (width x height, read from the header before decoding); beyond it 413."""
+    max_beams: int = 8
+    """Largest ``beams`` a request may ask for."""
+    max_new_tokens: int = 64
+    """Largest ``max_new_tokens`` a request may ask for."""
+    model_name: str = ""
+    """How ``/health`` names the model."""

@@ -1,0 +1,265 @@
+"""The HTTP API of ``mmgen serve`` (FastAPI): ``POST /v1/caption``, ``GET /health``, the upload page at ``/``.
+
+``POST /v1/caption`` takes either a multipart form (field ``image``: the file; other fields: options)
+or a JSON object (``image``: base64 of the file, or a ``data:`` URL; other keys: options). Options:
+``beams``, ``max_new_tokens``, ``num_return_sequences``, ``prompt`` and ``bad_words`` (a list, or
+comma-separated in a form). The answer is ``{"caption", "captions", "scores", "batch_size",
+"queued_ms"}``. Errors are ``{"error": message}`` with 400 (malformed request), 413 (body or image
+too large), 415 (another content type), 422 (an image that cannot be decoded, a bad option) or 429
+(the queue is full; ``Retry-After`` says when to try again). The interactive docs pages are left
+out (they load scripts from a CDN); the schema is at ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from mmgen.serve import ServeSettings
+from mmgen.serve.batcher import Batcher, Job, QueueFull
+from mmgen.serve.page import PAGE
+
+
+class ApiError(Exception):
+    """A request the API refuses: becomes ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+OPTIONS = ("beams", "max_new_tokens", "num_return_sequences", "prompt", "bad_words")
+
+_OPTION_SCHEMA = {
+    "beams": {"type": "integer", "minimum": 1, "description": "beam size (1: greedy)"},
+    "max_new_tokens": {"type": "integer", "minimum": 1, "description": "caption length limit in tokens"},
+    "num_return_sequences": {"type": "integer", "minimum": 1, "description": "captions returned, best first"},
+    "prompt": {"type": "string", "description": "text the caption continues (default: the model's prompt)"},
+    "bad_words": {"type": "array", "items": {"type": "string"}, "description": "words never generated"},
+}
+_REQUEST_SCHEMA = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    **{k: ({"type": "string"} if k == "bad_words" else v) for k, v in _OPTION_SCHEMA.items()},
+                },
+            }
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "byte"}, **_OPTION_SCHEMA},
+            }
+        },
+    },
+}
+_RESPONSE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "caption": {"type": "string"},
+        "captions": {"type": "array", "items": {"type": "string"}},
+        "scores": {"type": "array", "items": {"type": "number"}},
+        "batch_size": {"type": "integer", "description": "images in the batched search this one ran in"},
+        "queued_ms": {"type": "number"},
+    },
+}
+_ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed ``limit`` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _parse_form(request: Request, body: bytes) -> tuple[bytes, str, dict]:
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=len(OPTIONS) + 1)
+    except Exception as e:  # noqa: BLE001 - multipart errors come in several kinds
+        raise ApiError(400, f"malformed multipart form ({e})") from None
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(422, "the form needs a file field 'image'")
+    data = await upload.read()
+    options = {k: v for k, v in form.multi_items() if k != "image"}
+    if isinstance(options.get("bad_words"), str):
+        options["bad_words"] = [w.strip() for w in options["bad_words"].split(",") if w.strip()]
+    return data, upload.filename or "upload", options
+
+
+def _parse_json(body: bytes) -> tuple[bytes, str, dict]:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"invalid JSON ({e})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
+        raise ApiError(422, "the JSON body must be an object with 'image': the base64 of an image file")
+    text = payload.pop("image")
+    if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
+        text = text.split(",", 1)[1]
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "'image' is not valid base64") from None
+    return data, "image", payload
+
+
+def _as_int(options: dict, key: str, low: int, high: int) -> int | None:
+    value = options.get(key)
+    if value is None:
+        return None
+    try:
+        number = int(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or str(number) != str(value).strip():
+        raise ApiError(422, f"{key}: expected an integer, got {value!r}")
+    if not low <= number <= high:
+        raise ApiError(422, f"{key}: must be between {low} and {high}, got {number}")
+    return number
+
+
+def parse_options(options: dict[str, Any], captioner, settings: ServeSettings) -> tuple[Any, str | None]:
+    """The generation settings and prompt a request asks for (422 naming the option when one is wrong)."""
+    from mmgen.config import ConfigError
+
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ApiError(422, f"unknown option(s) {unknown}; valid: {list(OPTIONS)}")
+    overrides: dict[str, Any] = {"num_return_sequences": 1}
+    beams = _as_int(options, "beams", 1, settings.max_beams)
+    if beams is not None:
+        overrides["num_beams"] = beams
+    tokens = _as_int(options, "max_new_tokens", 1, settings.max_new_tokens)
+    if tokens is not None:
+        overrides["max_new_tokens"] = tokens
+    returned = _as_int(options, "num_return_sequences", 1, settings.max_beams)
+    if returned is not None:
+        overrides["num_return_sequences"] = returned
+    words = options.get("bad_words")
+    if words is not None:
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ApiError(422, f"bad_words: expected a list of strings, got {words!r}")
+        overrides["bad_words"] = tuple(words)
+    prompt = options.get("prompt")
+    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > 500):
+        raise ApiError(422, "prompt: expected a string of at most 500 characters")
+    try:  # the limits bound what a request asks for; the model's own defaults stand as saved
+        return captioner.resolve_generation(**overrides), prompt
+    except (ConfigError, ValueError) as e:
+        raise ApiError(422, str(e)) from None
+
+
+def _preprocess(captioner, data: bytes, name: str, max_pixels: int):
+    """Decode (safely) and transform one uploaded image; 413 / 422 with the decoder's reason."""
+    from mmgen.data.images import BadImageError, decode_image
+
+    try:
+        return captioner.transform(decode_image(data, max_pixels=max_pixels, name=name))
+    except BadImageError as e:
+        raise ApiError(413 if e.reason.startswith("too many pixels") else 422, str(e)) from None
+
+
+def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
+    """The ASGI app serving ``captioner``; its batching worker runs while the app's lifespan does."""
+    settings = settings or ServeSettings()
+    batcher = Batcher(captioner.model, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+
+    app = FastAPI(title="mmgen captioning", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.batcher, app.state.settings = batcher, settings
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE)
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness and load: the model, queued requests, batches and images so far."""
+        return {
+            "status": "ok",
+            "model": settings.model_name,
+            "queued": batcher.queued,
+            "max_queue": batcher.max_queue,
+            "batches": batcher.batches,
+            "images": batcher.images,
+        }
+
+    responses = {
+        200: {"content": {"application/json": {"schema": _RESPONSE_SCHEMA}}},
+        **{code: {"description": text, **_ERROR} for code, text in _STATUS.items()},
+    }
+
+    @app.post("/v1/caption", openapi_extra={"requestBody": _REQUEST_SCHEMA}, responses=responses)
+    async def caption(request: Request) -> dict:
+        """Caption one image (multipart field ``image``, or JSON ``{"image": base64}``), batched with others."""
+        body = await read_body(request, settings.max_body_bytes)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            data, name, options = await _parse_form(request, body)
+        elif kind == "application/json":
+            data, name, options = _parse_json(body)
+        else:
+            raise ApiError(415, f"send multipart/form-data or application/json, not {kind or 'no content type'!r}")
+        gen, prompt = parse_options(options, captioner, settings)
+        pixels = await run_in_threadpool(_preprocess, captioner, data, name, settings.max_pixels)
+        try:
+            future = batcher.submit(Job(pixels, gen, prompt))
+        except QueueFull as e:
+            raise ApiError(429, str(e), headers={"Retry-After": "1"}) from None
+        result = await asyncio.wrap_future(future)
+        return {
+            "caption": result.captions[0],
+            "captions": result.captions,
+            "scores": result.scores,
+            "batch_size": result.batch_size,
+            "queued_ms": round(result.queued_ms, 3),
+        }
+
+    return app
+
+
+_STATUS = {
+    400: "malformed request",
+    413: "request body or image too large",
+    415: "unsupported content type",
+    422: "an image that cannot be decoded, or a bad option",
+    429: "queue full, retry later",
+}

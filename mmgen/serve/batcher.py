@@ -1,0 +1,161 @@
+"""Dynamic batching: requests from many threads are gathered into one batched search on one worker thread.
+
+A request is one preprocessed image plus the settings that shape its search (generation settings and
+prompt). The worker takes the oldest queued request and, for at most ``max_wait`` seconds after that
+request arrived, gathers the queued requests with the same settings, up to ``max_batch`` images; then
+it captions them in one :func:`~mmgen.generation.generate_captions` call. Requests queued while a
+batch runs have already waited, so the next batch leaves at once. Requests with other settings wait
+for a later batch (oldest first). A lone request while the last batch was a single one too (one client at
+a time) leaves at once: waiting could gather nothing and would only add latency. The queue is bounded:
+:meth:`Batcher.submit` raises :class:`QueueFull` rather than letting latency grow without limit.
+
+One thread runs every search, so the model is never used from two threads at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from mmgen.config import GenerationConfig
+
+
+class QueueFull(RuntimeError):
+    """The queue holds ``max_queue`` requests already; the caller should retry later (HTTP 429)."""
+
+
+@dataclass
+class Job:
+    """One image waiting for its captions."""
+
+    pixels: torch.Tensor  # (3, H, W), preprocessed
+    gen: GenerationConfig
+    prompt: str | None
+    future: Future = field(default_factory=Future)
+    arrived: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> Hashable:
+        """Jobs with equal keys can share a batch."""
+        return self.gen, self.prompt
+
+
+@dataclass
+class BatchResult:
+    """What a job's future resolves to."""
+
+    captions: list[str]
+    scores: list[float]
+    batch_size: int
+    queued_ms: float
+
+
+class Batcher:
+    """Gathers :class:`Job` s into batches and captions them on a worker thread.
+
+    Args:
+        model: A ``CaptionModel`` (used by the worker thread only).
+        max_batch: Most images per search.
+        max_wait: Longest a request waits for others to join its batch, in seconds.
+        max_queue: Most requests waiting (not counting the batch being captioned).
+    """
+
+    def __init__(self, model, max_batch: int = 32, max_wait: float = 0.005, max_queue: int = 256) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait < 0:
+            raise ValueError(
+                f"need max_batch >= 1, max_queue >= 1, max_wait >= 0; got {max_batch}, {max_queue}, {max_wait}"
+            )
+        self.model = model
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.batches = 0  # searches run so far
+        self.images = 0  # images captioned so far
+        self._last_size = 0  # images in the last batch
+
+    def start(self) -> Batcher:
+        """Start the worker thread (idempotent)."""
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="mmgen-batcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Finish the queued jobs, then stop the worker thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, job: Job) -> Future:
+        """Queue a job; its future resolves to a :class:`BatchResult` (or the search's exception).
+
+        Raises:
+            QueueFull: ``max_queue`` jobs are waiting already.
+            RuntimeError: the batcher is not running.
+        """
+        with self._cond:
+            if self._thread is None or self._stopping:
+                raise RuntimeError("the batcher is not running")
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(f"{len(self._queue)} requests are queued already (the limit); retry shortly")
+            self._queue.append(job)
+            self._cond.notify_all()
+        return job.future
+
+    def _next_batch(self) -> list[Job] | None:
+        """Wait for the oldest job, gather the jobs that can share its batch; None when stopping and empty."""
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            first = self._queue[0]
+            while True:
+                same = [j for j in self._queue if j.key == first.key]
+                left = first.arrived + self.max_wait - time.monotonic()
+                alone = len(self._queue) == 1 and self._last_size <= 1  # nobody else around: no use waiting
+                if len(same) >= self.max_batch or left <= 0 or alone or self._stopping:
+                    break
+                self._cond.wait(left)
+            batch = same[: self.max_batch]
+            self._last_size = len(batch)
+            taken = {id(j) for j in batch}
+            self._queue = deque(j for j in self._queue if id(j) not in taken)
+            return batch
+
+    def _run(self) -> None:
+        from mmgen.generation import generate_captions
+
+        while (batch := self._next_batch()) is not None:
+            batch = [j for j in batch if j.future.set_running_or_notify_cancel()]  # skip cancelled requests
+            if not batch:
+                continue
+            started = time.monotonic()
+            try:
+                pixels = torch.stack([j.pixels for j in batch])  # (B, 3, H, W)
+                out = generate_captions(self.model, pixels, batch[0].gen, prompt=batch[0].prompt)
+            except Exception as e:  # noqa: BLE001 - the requests get the error; the worker keeps serving
+                for j in batch:
+                    j.future.set_exception(e)
+                continue
+            self.batches += 1
+            self.images += len(batch)
+            for j, texts, scores in zip(batch, out.texts, out.scores):
+                queued = (started - j.arrived) * 1000
+                j.future.set_result(BatchResult(texts, scores, len(batch), queued))
