@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmgen.commands import FAILED, USAGE, UsageError, positive_int
+from mmgen.commands import FAILED, USAGE, UsageError, add_threads_option, apply_threads, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="weights dtype (default: as saved)"
     )
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from mmgen.captioner import Captioner
 
     paths = expand_arguments(args.images)
+    apply_threads(args)
     overrides = {"num_return_sequences": 1}  # one caption per image is printed
     if args.beams is not None:
         overrides["num_beams"] = args.beams

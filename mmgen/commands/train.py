@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmgen.commands import add_threads_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="YAML config (see configs/)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    add_threads_option(p)  # the same as the override train.threads=N (saved with the run's config)
     p.set_defaults(func=run)
 
 
@@ -24,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from mmgen.training.distributed import cleanup_distributed
     from mmgen.training.trainer import build_trainer
 
+    if args.threads is not None:
+        args.overrides = [*args.overrides, f"train.threads={args.threads}"]  # applied by the trainer, saved
     if args.resume is not None:
         saved = args.resume / "config.yaml"
         if not saved.exists():

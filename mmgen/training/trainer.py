@@ -20,6 +20,7 @@ import torch
 from mmgen.attention import sdpa_context
 from mmgen.config import Config, save_config
 from mmgen.data.transforms import normalize_on_device
+from mmgen.runtime import set_threads
 from mmgen.training import distributed as D
 from mmgen.training.logs import RunLogger
 from mmgen.training.schedule import build_optimizer, build_scheduler
@@ -71,6 +72,7 @@ class Trainer:
 
         if cfg.train.objective != "xe" and type(self) is Trainer:
             raise ValueError(f"train.objective={cfg.train.objective}: build the trainer with build_trainer(cfg)")
+        set_threads(cfg.train.threads)  # before any work; None leaves torch's setting
         self.dist = D.init_distributed()
         cfg = tdata.resolve_data_source(cfg, print if self.dist.is_main else None)  # config.yaml says what trains
         self.cfg = cfg
