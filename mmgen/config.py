@@ -365,6 +365,9 @@ class TrainConfig:
     multiply and fused kernels while compiling: a longer compilation, possibly faster steps)."""
     fused_adam: bool | None = None
     """None: fused AdamW on CUDA, plain elsewhere."""
+    threads: int | None = None
+    """CPU threads torch computes with in this process (``torch.set_num_threads``; ``mmgen train --threads``);
+    None leaves torch's default (one per core, or ``OMP_NUM_THREADS``). DataLoader workers come on top."""
     distributed: str = "ddp"
     """'ddp' | 'fsdp' (only used when launched with more than one process). 'fsdp' shards every decoder block
     and the rest with FSDP2; checkpoints hold whole tensors (gathered on rank 0, which also evaluates an
@@ -398,6 +401,8 @@ class TrainConfig:
         _check(self.schedule == "steps" or self.max_time is not None, "train.schedule", "'time' needs train.max_time")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        threads_ok = self.threads is None or (type(self.threads) is int and self.threads >= 1)
+        _check(threads_ok, "train.threads", f"must be null or an integer >= 1, got {self.threads!r}")
         _check(
             self.grad_accum < 1 or self.batch_size % self.grad_accum == 0,
             "train.batch_size",

@@ -14,7 +14,7 @@ import json
 
 import pytest
 import torch
-from test_generation import EOS, PAD, assert_same_as_hf, prompts, tiny_decoder
+from test_generation import EOS, PAD, assert_same_as_hf, hf_generate, prompts, tiny_decoder
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmgen.config import GenerationConfig
@@ -22,6 +22,7 @@ from mmgen.generation import release_static_buffers, search
 from mmgen.generation.beam import BeamState
 from mmgen.generation.graphs import _SESSIONS, MAX_SESSIONS, DecodeSession
 from mmgen.generation.greedy import PathState
+from mmgen.generation.search import _plan
 from mmgen.generation.static import StaticStepDecoder, static_cache_unsupported
 
 # operations that make the host wait for the device (or whose output shape depends on values)
@@ -165,13 +166,66 @@ def test_options_are_checked():
         search(model, embeds, gen, EOS, PAD, use_cache=False, static_cache=True)
     with pytest.raises(ValueError, match="static_cache must be"):
         search(model, embeds, gen, EOS, PAD, static_cache="yes")
-    # "auto" on the CPU decodes with the dynamic cache and keeps no buffers
-    release_static_buffers()
-    search(model, embeds, gen, EOS, PAD)
-    assert model not in _SESSIONS
     assert static_cache_unsupported(model) is None
     model.config._attn_implementation = "flash_attention_2"
     assert "flash_attention_2" in static_cache_unsupported(model)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("settings", [dict(num_beams=3), dict(num_beams=5, length_penalty=0.6)])
+def test_auto_takes_the_static_cache_for_beams_on_the_cpu_with_the_dynamic_paths_tokens(kind, settings):
+    """On the CPU "auto" decodes beams over the static cache (faster there too, see BENCHMARKS.md): same tokens
+    as the dynamic cache and as transformers' generate."""
+    model = tiny_decoder(kind, seed=61)
+    embeds = prompts(5, 6, 32, 61)
+    mask = torch.ones(5, 6, dtype=torch.long)
+    mask[1, :2] = 0
+    gen = GenerationConfig(max_new_tokens=10, **settings)
+    release_static_buffers()
+    auto = search(model, embeds, gen, EOS, PAD, attention_mask=mask)
+    assert model in _SESSIONS  # the static path ran: its buffers are kept on the decoder
+    dynamic = search(model, embeds, gen, EOS, PAD, attention_mask=mask, static_cache=False)
+    assert torch.equal(auto.sequences, dynamic.sequences) and torch.equal(auto.lengths, dynamic.lengths)
+    torch.testing.assert_close(auto.scores, dynamic.scores, atol=1e-5, rtol=1e-5)
+    ref, _ = hf_generate(model, embeds, gen, mask)
+    b, r, t = auto.sequences.shape
+    assert ref.shape == (b * r, t) and torch.equal(auto.sequences.reshape(b * r, t), ref)
+    release_static_buffers(model)
+
+
+def test_greedy_on_the_cpu_gives_the_same_tokens_with_both_caches_and_auto_keeps_no_buffers():
+    """Greedy decoding gains nothing from the static cache on the CPU: "auto" keeps the dynamic one there."""
+    model = tiny_decoder("gpt2", seed=64)
+    embeds = prompts(5, 6, 32, 64)
+    gen = GenerationConfig(num_beams=1, max_new_tokens=10)
+    release_static_buffers()
+    auto = search(model, embeds, gen, EOS, PAD)
+    assert model not in _SESSIONS
+    static = search(model, embeds, gen, EOS, PAD, static_cache=True)
+    assert torch.equal(auto.sequences, static.sequences) and torch.equal(auto.lengths, static.lengths)
+    ref, _ = hf_generate(model, embeds, gen)
+    b, r, t = auto.sequences.shape
+    assert ref.shape == (b * r, t) and torch.equal(auto.sequences.reshape(b * r, t), ref)
+    release_static_buffers(model)
+
+
+def test_where_auto_takes_the_static_cache():
+    model = tiny_decoder("gpt2", seed=62)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    beams, greedy = GenerationConfig(num_beams=3), GenerationConfig(num_beams=1)
+    settings = {
+        "beams": beams,
+        "samples": GenerationConfig(num_beams=1, do_sample=True, num_return_sequences=4),
+        "greedy": greedy,
+        "one sample": GenerationConfig(num_beams=1, do_sample=True),
+    }
+    chosen = {name: _plan(model, cpu, gen, True, "auto", "auto")[0] for name, gen in settings.items()}
+    assert chosen == {"beams": True, "samples": True, "greedy": False, "one sample": False}
+    assert _plan(model, cuda, greedy, True, "auto", False) == (True, False)  # on CUDA always (graphs need it)
+    assert _plan(model, cpu, beams, False, "auto", "auto") == (False, False)  # no cache at all
+    model.config._attn_implementation = "flash_attention_2"  # not one the static cache supports
+    assert _plan(model, cpu, beams, True, "auto", "auto") == (False, False)
+    assert _plan(model, cuda, beams, True, "auto", False) == (False, False)
 
 
 def test_selfcheck_runs_on_the_cpu(capsys):

@@ -29,6 +29,24 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--threads N``: the CPU threads torch computes with (see :func:`apply_threads`)."""
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads torch uses (torch.set_num_threads; default: torch's own, one per core or OMP_NUM_THREADS)",
+    )
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (nothing when it was not given)."""
+    from mmgen.runtime import set_threads
+
+    set_threads(getattr(args, "threads", None))
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmgen.commands import FAILED, UsageError, positive_int
+from mmgen.commands import FAILED, UsageError, add_threads_option, apply_threads, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="weights dtype (default: as saved)"
     )
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
@@ -100,6 +101,7 @@ def load_captioner(args: argparse.Namespace, device: str | None = None):
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     if args.data and args.images:
         raise UsageError("give image files or --data, not both")
     if not args.data and not args.images:

@@ -11,6 +11,8 @@ import json
 import sys
 from collections.abc import Callable
 
+from mmgen.commands import add_threads_option, apply_threads
+
 
 def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output directory (captions_train.json, captions_val.json, images/)")
@@ -101,12 +103,14 @@ def _add_features(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="storage dtype (default: bf16 on GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    add_threads_option(p)
 
 
 def _run_features(args: argparse.Namespace) -> int:
     from mmgen.data.features import build_feature_cache_cli
     from mmgen.training.distributed import cleanup_distributed
 
+    apply_threads(args)
     try:
         cache = build_feature_cache_cli(args.config, args.overrides, args.out, dtype=args.dtype, device=args.device)
     finally:

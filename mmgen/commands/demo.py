@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmgen.commands import add_threads_option, apply_threads
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,11 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="override the budget's number of training steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", choices=("auto", "java", "python"), default="auto", help="PTB tokenizer backend")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mmgen.demo import run_demo
 
+    apply_threads(args)
     res = run_demo(args.out, budget=args.budget, steps=args.steps, seed=args.seed, tokenizer=args.tokenizer)
     return 0 if res.cider_ratio >= 3 else 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmgen.commands import FAILED, UsageError, non_negative_int, positive_int
+from mmgen.commands import FAILED, UsageError, add_threads_option, apply_threads, non_negative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes")
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default: ./eval)")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from mmgen.evaluation.scenes import format_scene_accuracy, load_scenes, scene_accuracy
 
     check_arguments(args)
+    apply_threads(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, gen, records = load_inputs(args, device)
     result = evaluate_model(

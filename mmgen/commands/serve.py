@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmgen.commands import UsageError, positive_int
+from mmgen.commands import UsageError, add_threads_option, apply_threads, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="largest max_new_tokens a request may ask"
     )
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(p)
     p.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="info logs every request"
     )
@@ -57,15 +57,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"serving needs {', '.join(missing)}: pip install 'mmgen[serve]'")
     if args.max_wait_ms < 0:
         raise UsageError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
-    import torch
 
     from mmgen.commands.caption import load_captioner
     from mmgen.serve import ServeSettings
     from mmgen.serve.app import create_app
     from mmgen.serve.server import serve
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     captioner = load_captioner(args)
     settings = ServeSettings(
         max_batch=args.max_batch,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mmgen.commands import add_threads_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "final/, tokenizer/, metrics and curves; keeps data/ and features/)",
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    add_threads_option(p)  # the same as the override train.threads=N (saved with the run's config)
     p.set_defaults(func=run)
 
 
@@ -35,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume is not None and args.overwrite:
         raise SystemExit("mmgen train: --resume continues a run, --overwrite starts over: use one of them")
+    if args.threads is not None:
+        args.overrides = [*args.overrides, f"train.threads={args.threads}"]  # applied by the trainer, saved
     if args.resume is not None:
         saved = args.resume / "config.yaml"
         if not saved.exists():

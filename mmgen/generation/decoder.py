@@ -89,7 +89,7 @@ class StepDecoder:
             kwargs[self._keep_arg] = 1
         if self._full_prefix and past < self._full_prefix:  # later positions are causal anyway
             kwargs[PREFIX] = self._full_prefix
-        with padded_logits(self.decoder, refresh=refresh):  # an aligned LM-head matmul on CUDA (same logits)
+        with padded_logits(self.decoder, refresh=refresh):  # an aligned LM-head matmul (same logits)
             out = self.decoder(**kwargs)
         if self.use_cache:
             self.cache = returned_cache(out)

@@ -141,17 +141,21 @@ class StaticStepDecoder:
         decoder: A causal LM for which :func:`static_cache_unsupported` is None. Only a weak
             reference is kept, so the decoder can be freed while this object is cached.
         max_new_tokens: T, the number of generated steps the buffers hold.
+        persistent_logits: Write every step's logits into one preallocated tensor (what a CUDA
+            graph needs); False points ``logits`` at the forward's output instead (one copy of
+            ``B*K x V`` values less per step).
     """
 
-    def __init__(self, decoder: nn.Module, max_new_tokens: int) -> None:
+    def __init__(self, decoder: nn.Module, max_new_tokens: int, persistent_logits: bool = True) -> None:
         self._decoder = weakref.ref(decoder)
         params = _forward_params(decoder)
         self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         self._takes_cache_position = "cache_position" in params
         self._cache_arg = cache_argument(params)
         self.max_new_tokens = max_new_tokens
+        self.persistent_logits = persistent_logits
         self.kv: torch.Tensor | None = None  # (layers, 2, B, H, L, d), L >= L0 + T*K
-        self.logits: torch.Tensor | None = None  # (B*K, V) next-token logits, written in place
+        self.logits: torch.Tensor | None = None  # (B*K, V) next-token logits (in place if persistent_logits)
         self._prompt: StepDecoder | None = None
 
     @property
@@ -192,7 +196,8 @@ class StaticStepDecoder:
         self.ancestry = torch.zeros(b, k, t_max, dtype=torch.long, device=device)  # row whose slot step s used
         self.prompt_valid = torch.zeros(b, 1, l0, dtype=torch.bool, device=device)
         self.first_pos = torch.zeros(b, 1, dtype=torch.long, device=device)
-        self.logits = torch.zeros(b * k, logits.shape[-1], dtype=logits.dtype, device=device)
+        if self.persistent_logits:
+            self.logits = torch.zeros(b * k, logits.shape[-1], dtype=logits.dtype, device=device)
         self._zero = torch.zeros((), dtype=dtype, device=device)
         self._unused = torch.zeros(b, k, length - l0 - t_max * k, dtype=torch.bool, device=device)  # padding slots
         views = [_StaticLayer(self.kv[i, 0], self.kv[i, 1], self.write_pos) for i in range(len(layers))]
@@ -216,7 +221,7 @@ class StaticStepDecoder:
         else:
             self.prompt_valid.copy_(mask.bool()[:, None, :])
         self.first_pos.copy_(prompt.first_positions)
-        self.logits.copy_(prompt.logits.repeat_interleave(repeats, dim=0))
+        self._set_logits(prompt.logits.repeat_interleave(repeats, dim=0))
         self.ancestry.copy_(self.row_ids[:, None].expand_as(self.ancestry[0]))  # samples never move
         self.t.zero_()
 
@@ -258,5 +263,12 @@ class StaticStepDecoder:
             kwargs[self._keep_arg] = k
         with decode_attention(self.logits.device), padded_logits(decoder):
             logits = decoder(**kwargs).logits  # (B, K, V), maybe a view of (B, K, V') (padded head)
-        self.logits.copy_(logits.reshape(b * k, -1))
+        self._set_logits(logits.reshape(b * k, -1))
         self.t += 1
+
+    def _set_logits(self, logits: torch.Tensor) -> None:
+        """The next-token logits ``(B*K, V)``: copied into ``logits`` when it must stay in place."""
+        if self.persistent_logits:
+            self.logits.copy_(logits)
+        else:
+            self.logits = logits

@@ -21,6 +21,7 @@ import torch
 from mmgen.attention import sdpa_context
 from mmgen.config import Config, save_config
 from mmgen.data.transforms import normalize_on_device
+from mmgen.runtime import set_threads
 from mmgen.training import distributed as D
 from mmgen.training.checkpoint import refuse_non_finite_weights
 from mmgen.training.logs import RunLogger
@@ -88,6 +89,7 @@ class Trainer:
             raise ValueError(f"train.objective={cfg.train.objective}: build the trainer with build_trainer(cfg)")
         if resume is not None and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue a run, or start over in its place")
+        set_threads(cfg.train.threads)  # before any work; None leaves torch's setting
         self.dist = D.init_distributed()
         cfg = tdata.resolve_data_source(cfg, print if self.dist.is_main else None)  # config.yaml says what trains
         self.cfg = cfg
