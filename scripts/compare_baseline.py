@@ -174,18 +174,21 @@ def build_baseline(tokenizer, cfg: Config, target: int):
     """The VisionEncoderDecoderModel of mmgen's depths whose width (a multiple of the heads) gives the
     parameter count closest to ``target``."""
     heads = cfg.model.encoder.num_heads or 4
-    widths = range(heads * 4, 1025, heads)
-    best = min(widths, key=lambda w: abs(_ved_params(tokenizer, w, cfg) - target))
+    size = {}
+
+    def params(width: int) -> int:
+        if width not in size:
+            size[width] = n_params(_ved(tokenizer, width, cfg))
+        return size[width]
+
+    lo, hi = heads, heads * 4  # parameters grow with the width: double, then bisect (in multiples of the heads)
+    while params(hi) < target:
+        lo, hi = hi, hi * 2
+    while hi - lo > heads:
+        mid = (lo + hi) // 2 // heads * heads
+        lo, hi = (mid, hi) if params(mid) < target else (lo, mid)
+    best = min((lo, hi), key=lambda w: abs(params(w) - target))
     return _ved(tokenizer, best, cfg)
-
-
-_VED_PARAMS: dict = {}
-
-
-def _ved_params(tokenizer, width: int, cfg: Config) -> int:
-    if width not in _VED_PARAMS:
-        _VED_PARAMS[width] = n_params(_ved(tokenizer, width, cfg))
-    return _VED_PARAMS[width]
 
 
 @dataclass

@@ -1,0 +1,69 @@
+"""scripts/compare_baseline.py end to end on a tiny budget: both arms train on the same data and are scored."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("compare_baseline", ROOT / "scripts" / "compare_baseline.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = [
+    "--set", "model.encoder.img_size=32", "model.encoder.embed_dim=32", "model.encoder.num_heads=2",
+    "model.decoder.config_overrides={n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}",
+    "model.max_caption_tokens=24", "train.warmup_steps=2",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "budget", [["--steps", "4", "--eval-every", "2"], ["--cpu-seconds", "1.5", "--eval-every", "0"]]
+)
+def test_both_arms_train_on_the_same_data_and_are_scored(compare, tmp_path, budget):
+    out = tmp_path / "out"
+    result = compare.main(
+        [
+            "--data-dir", str(tmp_path / "scenes"), "--difficulty", "hard", "--n-train", "48", "--n-val", "6",
+            "--eval-images", "6", "--batch-size", "8", "--beams", "2", *budget,
+            "--arm", "k2=data.captions_per_image=2", *TINY, "--out", str(out),
+        ]
+    )  # fmt: skip
+    arms = result["arms"]
+    assert set(arms) == {"mmgen", "k2", "VisionEncoderDecoder"}
+    mmgen, ved = arms["mmgen"], arms["VisionEncoderDecoder"]
+    assert abs(ved["params"] - mmgen["params"]) / mmgen["params"] < 0.1  # the baseline is matched in size
+    for a in arms.values():
+        final = a["final"]
+        assert 0.0 <= final["Bleu_4"] <= 1.0 and final["CIDEr"] >= 0.0 and 0.0 < final["distinct"] <= 1.0
+        assert "scene_number" in final and "scene_position" in final or "scene_color" in final
+        assert a["images"] == a["steps"] * 8 and a["train_cpu_s"] > 0
+        assert [r["step"] for r in a["curve"]] == sorted(r["step"] for r in a["curve"])
+    if budget[0] == "--steps":
+        assert all(a["steps"] == 4 for a in arms.values())  # equal images
+    else:
+        assert all(a["train_cpu_s"] >= 1.5 for a in arms.values())  # equal CPU time, whatever the steps
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["arms"]["k2"]["final"]["CIDEr"] == arms["k2"]["final"]["CIDEr"]
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_the_scores_are_pycocoevalcaps(compare):
+    from mmgen.evaluation import score_captions
+
+    refs = {1: ["a red circle on a dotted background", "there is a red circle"], 2: ["two small blue stars"]}
+    cands = {1: "a red circle on a striped background", 2: "two blue stars"}
+    got = compare.coco_scores(refs, cands)
+    want = score_captions(refs, cands, metrics=["Bleu", "CIDEr"], tokenizer="python")
+    assert got["Bleu_4"] == pytest.approx(want["Bleu_4"], abs=1e-12) and got["CIDEr"] == pytest.approx(want["CIDEr"])
