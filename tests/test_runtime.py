@@ -95,7 +95,7 @@ def test_train_threads_is_the_config_key_and_the_trainer_applies_it(monkeypatch,
     config = tmp_path / "c.yaml"
     Config().save(config)
     got = []
-    monkeypatch.setattr("mmgen.training.trainer.build_trainer", lambda cfg, resume=None: got.append(cfg) or 1 / 0)
+    monkeypatch.setattr("mmgen.training.trainer.build_trainer", lambda cfg, **_: got.append(cfg) or 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main(["train", "--config", str(config), "--threads", "3"])
     assert got[0].train.threads == 3
