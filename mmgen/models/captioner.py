@@ -204,7 +204,9 @@ class CaptionModel(nn.Module):
         keep = {"logits_to_keep": 1} if self._logits_to_keep else {}
         extra = {PREFIX: self.full_prefix} if self.full_prefix else {}
         tokens = self.embed_tokens(input_ids)  # (B*K, T, D)
-        if _checkpointing(base_model(self.decoder)):  # a checkpointed decoder cannot keep a cache
+        if _checkpointing(base_model(self.decoder)) or _sharded(self):
+            # a checkpointed decoder cannot keep a cache, and FSDP frees the parameters that the second call's
+            # backward would need: the K copies of the prefix run with their captions instead (same result)
             embeds = torch.cat([prefix.to(tokens.dtype).repeat_interleave(k, dim=0), tokens], dim=1)
             mask = None if attention_mask is None else F.pad(attention_mask, (n, 0), value=1)
             out = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra)
@@ -341,6 +343,15 @@ def _checkpointing(model: nn.Module) -> bool:
         if hasattr(type(model), name):
             return bool(getattr(model, name))
     return False
+
+
+def _sharded(model: nn.Module) -> bool:
+    """Whether ``model`` was wrapped by FSDP2's ``fully_shard``."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
