@@ -262,14 +262,20 @@ def record(results: dict, section: str, name: str, out: dict) -> None:
         )
 
 
+class Skip(Exception):
+    """A case that cannot run here (a GPU-only lever on the CPU, a package not installed): recorded as skipped."""
+
+
 def run_case(results: dict, section: str, name: str, fn: Callable[[], dict]) -> None:
-    """Run one case (when selected) and record its numbers, or its error: one failing case must not lose
-    the others."""
+    """Run one case (when selected) and record its numbers, its error or why it was skipped: one failing case
+    must not lose the others."""
     if not selected(results, name):
         return
     t = time.perf_counter()
     try:
         out = fn()
+    except Skip as e:
+        out = {"skipped": str(e)}
     except Exception as e:
         out = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}
     out["wall_s"] = time.perf_counter() - t

@@ -19,6 +19,7 @@ loss adds to the one from the embedding lookup.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 
 import torch
 
@@ -131,12 +132,12 @@ def linear_cross_entropy(
         rows = chunk or chunk_rows(weight.shape[0])
         return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, labels, rows, dtype, *needs, need_bias)
     if impl == "liger":
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy as liger
 
         b = None if bias is None else bias.to(dtype)
-        loss = liger_fused_linear_cross_entropy(
-            hidden.to(dtype), weight.to(dtype), labels, bias=b, ignore_index=IGNORE_INDEX, reduction="mean"
-        )
+        # the weight's gradient accumulates over liger's chunks in fp32 where this release lets us say so
+        accum = {"accum_dtype": torch.float32} if "accum_dtype" in inspect.signature(liger).parameters else {}
+        loss = liger(hidden.to(dtype), weight.to(dtype), labels, bias=b, ignore_index=IGNORE_INDEX, **accum)
         return loss.float()
     if impl == "cce":
         from cut_cross_entropy import linear_cross_entropy as cce
