@@ -1,8 +1,9 @@
 """Speed benchmark: mmgen side by side with transformers peers on identical sizes, on a GPU or on the CPU.
 
 Size presets (``--size``): ``base`` = ViT-B/16 at 224 + GPT-2 124M (the default on a GPU), ``small`` =
-ViT-S/16 at 224 + a 6-layer, 384-wide GPT-2 (the default on the CPU), ``tiny`` = a few-thousand-parameter
-pair for checking the plumbing. All random init; bf16 on a GPU, fp32 on the CPU (``--dtype``).
+ViT-S/16 at 224 + a 6-layer, 384-wide GPT-2 (the default on the CPU), ``scenes`` = the scenes preset's sizes
+(64-pixel images, 6 + 6 layers 384 wide), ``tiny`` = a few-thousand-parameter pair for checking the plumbing.
+All random init; bf16 on a GPU, fp32 on the CPU (``--dtype``).
 
 Sections: ``train`` (a GPU's default with ``caption``): training images/s at ``--train-batch`` with 32
 caption tokens (mmgen with the 2x2-pooling and the plain mlp projector, transformers' VisionEncoderDecoder
@@ -17,7 +18,7 @@ synthetic tensors already on the device, so the numbers measure the model, not d
     python scripts/benchmark.py --out bench.json                 # GPU: everything
     python scripts/benchmark.py --sections train caption --quick
     python scripts/benchmark.py --device cpu --size small --threads 1 --caption-batches 8 32 --repeats 5
-    python scripts/benchmark.py --sections train --levers --only "+ compile" VisionEncoder "stock prefix ("
+    python scripts/benchmark.py --sections train --levers liger fp8 --only "pool (49 tok) + compile"
 """
 
 from __future__ import annotations
@@ -109,23 +110,24 @@ def train_step_fn(kind, model, size: Size, b: int, device, compile_model: bool, 
 
 
 LEVERS = {
-    " + liger loss": {"loss_impl": "liger"},
-    " + fp8": {"fp8": True},
-    " reduce-overhead": {"mode": "reduce-overhead"},
-    " + chunked loss": {"loss_impl": "chunked"},
-    " + cce loss": {"loss_impl": "cce"},
+    "liger": (" + liger loss", {"loss_impl": "liger"}),
+    "fp8": (" + fp8", {"fp8": True}),
+    "reduce-overhead": (" reduce-overhead", {"mode": "reduce-overhead"}),
+    "chunked": (" + chunked loss", {"loss_impl": "chunked"}),
+    "cce": (" + cce loss", {"loss_impl": "cce"}),
 }
-"""``--levers``: the suffix of each lever's row and what it sets (train.loss_impl, train.fp8, train.compile_mode)."""
+"""``--levers``: each lever's name, the suffix of its rows and what it sets (train.loss_impl, train.fp8,
+train.compile_mode)."""
 
 
-def _lever_rows(name: str, comp: bool, stage1: bool, cuda: bool) -> list[tuple[str, dict]]:
-    """The lever rows of the mmgen case ``name``: each lever alone on the compiled case (on a GPU), the chunked
-    loss also on the eager one. float8 is left out of stage 1 (its GPT-2 blocks are Conv1D layers, its projector
-    keeps its precision: nothing to convert)."""
+def _lever_rows(name: str, comp: bool, stage1: bool, cuda: bool, chosen=None) -> list[tuple[str, dict]]:
+    """The lever rows of the mmgen case ``name`` (``chosen`` levers, default all): each lever alone on the compiled
+    case (on a GPU), the chunked loss also on the eager one. float8 is left out of stage 1 (its GPT-2 blocks are
+    Conv1D layers, its projector keeps its precision: nothing to convert)."""
     rows = []
-    for suffix, lever in LEVERS.items():
-        wanted = comp if cuda else not comp and lever.get("loss_impl") == "chunked"
-        if wanted and not (stage1 and lever.get("fp8")):
+    for key, (suffix, lever) in LEVERS.items():
+        wanted = comp if cuda else not comp and key == "chunked"
+        if wanted and (not chosen or key in chosen) and not (stage1 and key == "fp8"):
             rows.append((name + suffix, lever))
     return rows
 
@@ -147,7 +149,8 @@ def bench_train(args, size: Size, device, results):
     if not cuda:  # compiling on a CPU takes minutes and is not what the comparison is about
         cases = [c for c in cases if not c[4]]
     for name, kind, build, prefix, comp in cases:
-        levers = _lever_rows(name, comp, False, cuda) if args.levers and name.startswith("mmgen pool") else []
+        wanted = args.levers is not None and name.startswith("mmgen pool")
+        levers = _lever_rows(name, comp, False, cuda, args.levers) if wanted else []
         for row, lever in [(name, {}), *levers]:
             run_case(
                 results,
@@ -161,7 +164,7 @@ def bench_train(args, size: Size, device, results):
     for comp in (False, True) if cuda else (False,):
         name = "mmgen stage 1 cached features" + (" + compile" if comp else "")
         build = lambda: mmgen_model(size, "pool", "all", "frozen")  # noqa: E731
-        levers = _lever_rows(name, comp, True, cuda) if args.levers else []
+        levers = _lever_rows(name, comp, True, cuda, args.levers) if args.levers is not None else []
         for row, lever in [(name, {}), *levers]:
             run_case(
                 results,
@@ -216,7 +219,7 @@ def _train_case(kind, build, prefix, comp, size: Size, b, device, args, train_en
 
 def _base_row(name: str) -> str | None:
     """The row a lever row compares with: its name without the lever's suffix."""
-    return next((name[: -len(suffix)] for suffix in LEVERS if name.endswith(suffix)), None)
+    return next((name[: -len(suffix)] for suffix, _ in LEVERS.values() if name.endswith(suffix)), None)
 
 
 def print_table(results):
@@ -273,7 +276,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", help="run only the cases whose name contains one of these words")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest kernels/ops per case")
     p.add_argument("--with-mask", action="store_true", help="pass an all-ones attention mask in the training cases")
-    p.add_argument("--levers", action="store_true", help="add mmgen training rows with each speed lever (see above)")
+    p.add_argument(
+        "--levers",
+        nargs="*",
+        choices=list(LEVERS),
+        help="add mmgen training rows with these speed levers, one at a time (none named: all; see above)",
+    )
     p.add_argument(
         "--compile-mode",
         default="default",

@@ -46,6 +46,9 @@ SIZES = {
     "tiny": Size(img=32, patch=8, d_vit=32, n_layer_vit=1, n_head_vit=2, d_lm=32, n_layer_lm=2, n_head_lm=2, vocab=500),
     # ViT-S/16 at 224 + a 6-layer, 384-wide GPT-2
     "small": Size(224, 16, 384, 12, 6, 384, 6, 6, 50257),
+    # the scenes preset (configs/scenes_gpu.yaml): 64-pixel images in 8-pixel patches, a 6-block ViT-S-width
+    # encoder and a 6-layer, 384-wide GPT-2 with a caption-sized vocabulary: small kernels, the host's pace
+    "scenes": Size(64, 8, 384, 6, 6, 384, 6, 6, 128),
     # ViT-B/16 at 224 + GPT-2 124M
     "base": Size(224, 16, 768, 12, 12, 768, 12, 12, 50257),
 }

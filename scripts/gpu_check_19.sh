@@ -77,24 +77,28 @@ step tests 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_lm_loss.py te
 
 # 2. the peers, eager (the VisionEncoderDecoder baseline of the "vs VED" column and the stock prefix model)
 step peers 60 $PY scripts/benchmark.py --sections train --iters 8 --warmup 2 \
-  --only "VisionEncoderDecoder" "stock prefix (196 tok)" --out "$OUT/peers.json" "${EXTRA[@]}"
+  --only "VisionEncoderDecoder" "stock prefix (196 tok)" --out "$OUT/peers.json" ${EXTRA[@]+"${EXTRA[@]}"}
 
 # 3. stage 1 from cached features, compiled: plain, then each lever (the goal: >= 10,000 images/s)
-step stage1 150 $PY scripts/benchmark.py --sections train --levers --quick --iters 10 --warmup 2 \
-  --only "stage 1 cached features + compile" --out "$OUT/stage1.json" "${EXTRA[@]}"
+step stage1 150 $PY scripts/benchmark.py --sections train --levers liger reduce-overhead chunked cce --quick \
+  --iters 10 --warmup 2 --only "stage 1 cached features + compile" --out "$OUT/stage1.json" ${EXTRA[@]+"${EXTRA[@]}"}
 
 # 4. full fine-tuning, compiled: plain, then each lever (the goal: >= 2,400 images/s)
-step full 300 $PY scripts/benchmark.py --sections train --levers --quick --iters 8 --warmup 2 \
-  --only "pool (49 tok) + compile" --out "$OUT/full.json" "${EXTRA[@]}"
+step full 260 $PY scripts/benchmark.py --sections train --levers liger fp8 reduce-overhead chunked --quick \
+  --iters 8 --warmup 2 --only "pool (49 tok) + compile" --out "$OUT/full.json" ${EXTRA[@]+"${EXTRA[@]}"}
 
-# 5. one table of everything that ran
+# 5. what is left of the budget: the scenes preset's sizes, where the host sets the pace (CUDA graphs' case)
+step scenes 90 $PY scripts/benchmark.py --sections train --levers reduce-overhead liger --quick --size scenes \
+  --train-batch 512 --iters 20 --warmup 3 --only "pool (16 tok) + compile" --out "$OUT/scenes.json" ${EXTRA[@]+"${EXTRA[@]}"}
+
+# 6. one table of everything that ran
 $PY - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path
 sys.path.insert(0, "scripts")
 from benchmark import print_table
 train = {}
-for name in ("peers", "stage1", "full"):
+for name in ("peers", "stage1", "full", "scenes"):
     path = Path(sys.argv[1]) / f"{name}.json"
     if path.exists():
         train.update(json.loads(path.read_text()).get("train", {}))

@@ -84,7 +84,7 @@ def test_size_presets_give_the_models_those_sizes(benchmark):
 
 def test_lever_rows_run_the_chunked_loss_on_the_cpu_and_say_why_a_gpu_lever_is_skipped(benchmark, tmp_path, capsys):
     out = tmp_path / "levers.json"
-    argv = ["--device", "cpu", "--size", "tiny", "--threads", "1", "--sections", "train", "--levers", "--out", str(out)]
+    argv = ["--device", "cpu", "--size", "tiny", "--threads", "1", "--sections", "train", "--out", str(out), "--levers"]
     argv += ["--train-batch", "2", "--stage1-batch", "2", "--warmup", "0", "--iters", "1", "--only", "mmgen"]
     assert benchmark.main(argv) == 0
     train = json.loads(out.read_text())["train"]
@@ -106,6 +106,10 @@ def test_lever_rows_run_the_chunked_loss_on_the_cpu_and_say_why_a_gpu_lever_is_s
     ]
     stage1 = benchmark._lever_rows("mmgen stage 1 cached features + compile", True, True, True)
     assert not any(lever.get("fp8") for _, lever in stage1)  # nothing to convert there
+    chosen = benchmark._lever_rows("x + compile", True, False, True, ["reduce-overhead", "liger"])
+    assert [name for name, _ in chosen] == ["x + compile + liger loss", "x + compile reduce-overhead"]
+    assert benchmark.parse_args(["--levers", "fp8", "cce"]).levers == ["fp8", "cce"]
+    assert benchmark.parse_args(["--levers"]).levers == [] and benchmark.parse_args([]).levers is None
     assert benchmark._base_row("mmgen pool (49 tok) + compile + fp8") == "mmgen pool (49 tok) + compile"
     from benchmark_common import Skip, run_case
 
