@@ -361,8 +361,19 @@ class TrainConfig:
     """'auto' (bf16 autocast on CUDA, fp32 on CPU) | 'fp32' | 'bf16'."""
     compile: bool = False
     compile_mode: str = "default"
-    """``torch.compile`` mode with ``compile``: 'default', or 'max-autotune-no-cudagraphs' (benchmarks matrix
-    multiply and fused kernels while compiling: a longer compilation, possibly faster steps)."""
+    """``torch.compile`` mode with ``compile``: 'default'; 'max-autotune-no-cudagraphs' (benchmarks matrix
+    multiply and fused kernels while compiling: a longer compilation, possibly faster steps); 'reduce-overhead'
+    (CUDA graphs: one launch replays the step's kernels, for small models whose steps the host cannot feed;
+    more GPU memory; plain compilation on the CPU)."""
+    loss_impl: str = "plain"
+    """How the LM head's loss is computed: 'plain' (logits of every text position, then cross-entropy);
+    'chunked' (PyTorch, a chunk of positions at a time: the same loss without the (tokens, vocabulary) logits);
+    'liger' / 'cce' (liger-kernel's / cut-cross-entropy's fused CUDA kernels: pip install liger-kernel or
+    cut-cross-entropy); 'auto' (liger, else cce, where installed on a GPU; else plain). Cross-entropy only."""
+    fp8: bool = False
+    """Float8 training of the linear layers (torchao's ``convert_to_float8_training``; pip install torchao) on a
+    CUDA GPU of compute capability >= 8.9: every ``nn.Linear`` with both sides divisible by 16 except the LM head
+    and the projector. GPT-2's blocks are ``Conv1D``, not ``nn.Linear``, and stay in bf16. Use with ``compile``."""
     fused_adam: bool | None = None
     """None: fused AdamW on CUDA, plain elsewhere."""
     threads: int | None = None
@@ -397,7 +408,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # YAML gives a list
         _choice(self.objective, "train.objective", ("xe", "scst"))
         _choice(self.schedule, "train.schedule", ("steps", "time"))
-        _choice(self.compile_mode, "train.compile_mode", ("default", "max-autotune-no-cudagraphs"))
+        _choice(self.compile_mode, "train.compile_mode", ("default", "max-autotune-no-cudagraphs", "reduce-overhead"))
+        _choice(self.loss_impl, "train.loss_impl", ("plain", "auto", "chunked", "liger", "cce"))
         _check(self.schedule == "steps" or self.max_time is not None, "train.schedule", "'time' needs train.max_time")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
@@ -492,6 +504,11 @@ class Config:
                 self.data.captions_per_image == 1,
                 "data.captions_per_image",
                 "scst samples its own captions per image: leave data.captions_per_image at 1",
+            )
+            _check(
+                self.train.loss_impl in ("plain", "auto"),
+                "train.loss_impl",
+                "scst weighs the log-probabilities of sampled captions, not a cross-entropy: leave it at plain",
             )
 
     def check_paths(self) -> None:

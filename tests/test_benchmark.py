@@ -80,3 +80,41 @@ def test_size_presets_give_the_models_those_sizes(benchmark):
     ved = ved_model(tiny)
     assert ved.decoder.config.n_layer == tiny.n_layer_lm and ved.decoder.config.vocab_size == tiny.vocab
     assert ved.encoder.config.hidden_size == tiny.d_vit
+
+
+def test_lever_rows_run_the_chunked_loss_on_the_cpu_and_say_why_a_gpu_lever_is_skipped(benchmark, tmp_path, capsys):
+    out = tmp_path / "levers.json"
+    argv = ["--device", "cpu", "--size", "tiny", "--threads", "1", "--sections", "train", "--out", str(out), "--levers"]
+    argv += ["--train-batch", "2", "--stage1-batch", "2", "--warmup", "0", "--iters", "1", "--only", "mmgen"]
+    assert benchmark.main(argv) == 0
+    train = json.loads(out.read_text())["train"]
+    assert set(train) == {
+        "mmgen pool (4 tok)",
+        "mmgen pool (4 tok) + chunked loss",
+        "mmgen stage 1 cached features",
+        "mmgen stage 1 cached features + chunked loss",
+    }  # the GPU-only levers and the compiled rows are not offered on the CPU
+    assert all("error" not in r and r["images_per_s"] > 0 for r in train.values())
+    assert "mmgen pool (4 tok) + chunked loss" in capsys.readouterr().out
+    on_gpu = [name for name, _ in benchmark._lever_rows("mmgen pool (49 tok) + compile", True, False, True)]
+    assert on_gpu == [
+        "mmgen pool (49 tok) + compile + liger loss",
+        "mmgen pool (49 tok) + compile + fp8",
+        "mmgen pool (49 tok) + compile reduce-overhead",
+        "mmgen pool (49 tok) + compile + chunked loss",
+        "mmgen pool (49 tok) + compile + cce loss",
+    ]
+    stage1 = benchmark._lever_rows("mmgen stage 1 cached features + compile", True, True, True)
+    assert not any(lever.get("fp8") for _, lever in stage1)  # nothing to convert there
+    chosen = benchmark._lever_rows("x + compile", True, False, True, ["reduce-overhead", "liger"])
+    assert [name for name, _ in chosen] == ["x + compile + liger loss", "x + compile reduce-overhead"]
+    assert benchmark.parse_args(["--levers", "fp8", "cce"]).levers == ["fp8", "cce"]
+    assert benchmark.parse_args(["--levers"]).levers == [] and benchmark.parse_args([]).levers is None
+    assert benchmark._base_row("mmgen pool (49 tok) + compile + fp8") == "mmgen pool (49 tok) + compile"
+    from benchmark_common import Skip, run_case
+
+    results: dict = {}
+    run_case(results, "train", "fp8 here", lambda: benchmark._check_lever({"fp8": True}, torch.device("cpu")))
+    assert "compute capability >= 8.9" in results["train"]["fp8 here"]["skipped"]
+    with pytest.raises(Skip, match="liger-kernel"):
+        benchmark._check_lever({"loss_impl": "liger"}, torch.device("cpu"))

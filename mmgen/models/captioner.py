@@ -19,6 +19,7 @@ from mmgen.errors import CheckpointError, MissingCheckpointFileError
 from mmgen.models.decoder import build_decoder
 from mmgen.models.encoder import Encoder
 from mmgen.models.files import TOKENIZER_DIR, load_saved_tokenizer, load_tensors, load_weights, one_line, read_json
+from mmgen.models.lm_loss import IGNORE_INDEX, linear_cross_entropy
 from mmgen.models.projector import build_projector
 from mmgen.models.tokenizer import ensure_special_tokens, load_tokenizer, start_ids
 from mmgen.modules import base_model
@@ -26,17 +27,21 @@ from mmgen.modules import base_model
 CONFIG_NAME = "config.json"
 DECODER_CONFIG_NAME = "decoder_config.json"
 WEIGHTS_NAME = "model.safetensors"
+_LOGIT_SHAPING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+"""transformers config fields of decoders whose logits are more than ``lm_head(hidden)`` (Gemma-2's soft cap,
+Cohere's scale, Granite's divisor): a fused loss would compute other numbers, so it refuses them."""
 
 
 @dataclass
 class CaptionOutput:
     """``loss`` (mean cross-entropy over caption tokens, or None) and ``logits`` (B, T, V).
 
-    ``logits[:, t]`` is the prediction for ``input_ids[:, t + 1]`` (transformers convention).
+    ``logits[:, t]`` is the prediction for ``input_ids[:, t + 1]`` (transformers convention). ``logits`` is None
+    when a fused loss (``loss_impl`` other than 'plain') computed the loss without them.
     """
 
     loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
 
 
 class CaptionModel(nn.Module):
@@ -152,28 +157,56 @@ class CaptionModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
+        loss_impl: str = "plain",
     ) -> CaptionOutput:
         """Caption loss and logits.
 
         Args:
             pixel_values: Images (B, 3, H, W) (or ``features`` from the frozen encoder).
-            input_ids: (B, T): BOS, prompt, caption, EOS, right padding (``mmgen.data.collate``).
+            input_ids: (B, T): BOS, prompt, caption, EOS, right padding (``mmgen.data.collate``); or K captions
+                per image, (B*K, T), the K of an image in consecutive rows.
             attention_mask: (B, T), 1 on real tokens; None for right-padded batches (the causal mask suffices).
             labels: (B, T), -100 on BOS/prompt/padding; ``labels[:, t]`` is the target at position t.
             features: Precomputed encoder tokens (B, N, C).
+            loss_impl: With ``labels``: 'plain' (logits, then cross-entropy) or one of 'chunked', 'liger', 'cce'
+                (the LM head and the loss together from the final hidden states, see :mod:`mmgen.models.lm_loss`;
+                the same loss, and ``logits`` is None).
 
         Returns:
             ``CaptionOutput``; ``logits`` (B, T, V) cover the text positions only.
         """
         prefix = self.encode_images(pixel_values, features)  # (B, N', D)
+        fused = labels is not None and loss_impl != "plain"
+        if input_ids.shape[0] != prefix.shape[0]:
+            out = self._shared_prefix_pass(prefix, input_ids, attention_mask, fused)  # (B*K, T, V or D)
+        else:
+            out = self._text_pass(prefix, input_ids, attention_mask, fused)  # (B, T, V or D)
+        if fused:
+            return CaptionOutput(loss=self.head_loss(out, labels, loss_impl), logits=None)
+        return CaptionOutput(loss=None if labels is None else caption_loss(out, labels), logits=out)
+
+    def _decoder_call(self, hidden: bool, keep: int | None, **kwargs):
+        """One decoder call; its output has ``logits`` of the last ``keep`` positions (all with None), or with
+        ``hidden`` the decoder's body runs alone and the output has ``last_hidden_state`` and no logits."""
+        if hidden:
+            return base_model(self.decoder).base_model(**kwargs)
+        keep = {"logits_to_keep": keep} if keep is not None and self._logits_to_keep else {}
+        return self.decoder(**kwargs, **keep)
+
+    @staticmethod
+    def _text_positions(out, hidden: bool, t: int) -> torch.Tensor:
+        """The last ``t`` positions of a call's logits (.., T, V) or final hidden states (.., T, D)."""
+        return (out.last_hidden_state if hidden else out.logits)[:, -t:]
+
+    def _text_pass(
+        self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, hidden: bool
+    ) -> torch.Tensor:
+        """Logits (B, T, V), or final hidden states (B, T, D), of ``[prefix ; tokens]`` at the text positions."""
         b, n = prefix.shape[:2]
         t = input_ids.shape[1]
-        if input_ids.shape[0] != b:
-            logits = self._shared_prefix_logits(prefix, input_ids, attention_mask)  # (B*K, T, V)
-            return CaptionOutput(loss=None if labels is None else caption_loss(logits, labels), logits=logits)
         tokens = self.embed_tokens(input_ids)  # (B, T, D)
         embeds = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)  # (B, N'+T, D)
-        kwargs = {"logits_to_keep": t} if self._logits_to_keep else {}
+        kwargs = {}
         mask = None  # no mask: causal attention alone (right padding never precedes a real token)
         if attention_mask is not None:
             mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)  # (B, N'+T)
@@ -181,14 +214,14 @@ class CaptionModel(nn.Module):
             kwargs[UNPADDED] = True  # is_causal SDPA even under torch.compile (see mmgen.attention)
         if self.full_prefix:
             kwargs[PREFIX] = self.full_prefix  # the image tokens see each other both ways
-        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **kwargs)
-        logits = out.logits[:, -t:]  # (B, T, V): position n+i predicts input_ids[:, i+1]
-        return CaptionOutput(loss=None if labels is None else caption_loss(logits, labels), logits=logits)
+        out = self._decoder_call(hidden, t, inputs_embeds=embeds, attention_mask=mask, use_cache=False, **kwargs)
+        return self._text_positions(out, hidden, t)  # position n+i predicts input_ids[:, i+1]
 
-    def _shared_prefix_logits(
-        self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    def _shared_prefix_pass(
+        self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, hidden: bool
     ) -> torch.Tensor:
-        """Logits of K captions per image that share one pass of the decoder over the image prefix.
+        """Logits (or final hidden states) of K captions per image that share one pass of the decoder over the
+        image prefix.
 
         The prefix runs once per image and its keys and values are repeated for the image's K captions
         (consecutive rows of ``input_ids``), which then run after it like decoding steps: the same
@@ -201,24 +234,48 @@ class CaptionModel(nn.Module):
         if rows % b:
             raise ValueError(f"{rows} captions for {b} images: input_ids must hold K captions per image")
         k = rows // b
-        keep = {"logits_to_keep": 1} if self._logits_to_keep else {}
         extra = {PREFIX: self.full_prefix} if self.full_prefix else {}
         tokens = self.embed_tokens(input_ids)  # (B*K, T, D)
+        mask = None if attention_mask is None else F.pad(attention_mask, (n, 0), value=1)  # (B*K, N'+T)
         if _checkpointing(base_model(self.decoder)) or _sharded(self):
             # a checkpointed decoder cannot keep a cache, and FSDP frees the parameters that the second call's
             # backward would need: the K copies of the prefix run with their captions instead (same result)
             embeds = torch.cat([prefix.to(tokens.dtype).repeat_interleave(k, dim=0), tokens], dim=1)
-            mask = None if attention_mask is None else F.pad(attention_mask, (n, 0), value=1)
-            out = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra)
-            return out.logits[:, -t:]
-        first = self.decoder(inputs_embeds=prefix.to(tokens.dtype), use_cache=True, **keep, **extra)
+            out = self._decoder_call(hidden, None, inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra)
+            return self._text_positions(out, hidden, t)
+        first = self._decoder_call(hidden, 1, inputs_embeds=prefix.to(tokens.dtype), use_cache=True, **extra)
         cache = returned_cache(first)
         cache.reorder_cache(torch.arange(b, device=prefix.device).repeat_interleave(k))  # (B*K) rows
-        mask = None if attention_mask is None else F.pad(attention_mask, (n, 0), value=1)  # (B*K, N'+T)
-        arg = cache_argument(set(inspect.signature(base_model(self.decoder).forward).parameters))
-        keep = {"logits_to_keep": t} if self._logits_to_keep else {}
-        out = self.decoder(inputs_embeds=tokens, attention_mask=mask, use_cache=True, **{arg: cache}, **keep)
-        return out.logits[:, -t:]  # (B*K, T, V)
+        called = base_model(self.decoder).base_model if hidden else base_model(self.decoder)
+        arg = cache_argument(set(inspect.signature(called.forward).parameters))
+        out = self._decoder_call(hidden, t, inputs_embeds=tokens, attention_mask=mask, use_cache=True, **{arg: cache})
+        return self._text_positions(out, hidden, t)  # (B*K, T, V or D)
+
+    def head_loss(self, hidden: torch.Tensor, labels: torch.Tensor, impl: str) -> torch.Tensor:
+        """The caption loss from the final hidden states (B, T, D) at the text positions: the LM head and the
+        cross-entropy together (:func:`mmgen.models.lm_loss.linear_cross_entropy`), the same mean over the
+        labelled positions as :func:`caption_loss` of the logits."""
+        weight, bias = self.fused_head(impl)
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T): the target of position t
+        return linear_cross_entropy(hidden, weight, bias, targets, impl)
+
+    def fused_head(self, impl: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LM head's weight (V, D) and bias for a fused loss.
+
+        Raises:
+            ValueError: The head does more than a linear map (soft-capped or scaled logits, a wrapped or
+                quantised head): the message names ``train.loss_impl``.
+        """
+        hf = base_model(self.decoder)
+        head = hf.get_output_embeddings()
+        shaping = [k for k in _LOGIT_SHAPING if getattr(hf.config, k, None) not in (None, 1, 1.0)]
+        if type(head) is not nn.Linear or shaping:
+            what = f"its config sets {', '.join(shaping)}" if shaping else f"its head is a {type(head).__name__}"
+            raise ValueError(
+                f"train.loss_impl={impl}: the decoder's logits are not a plain linear map of its hidden states "
+                f"({what}); use train.loss_impl=plain"
+            )
+        return head.weight, head.bias
 
     # -- training helpers -------------------------------------------------------------------------
     def train(self, mode: bool = True) -> CaptionModel:

@@ -24,6 +24,7 @@ from mmgen.data.transforms import normalize_on_device
 from mmgen.runtime import set_threads
 from mmgen.training import distributed as D
 from mmgen.training.checkpoint import refuse_non_finite_weights
+from mmgen.training.levers import check_levers
 from mmgen.training.logs import RunLogger
 from mmgen.training.schedule import build_optimizer, build_scheduler
 
@@ -91,6 +92,7 @@ class Trainer:
             raise ValueError("resume and overwrite exclude each other: continue a run, or start over in its place")
         set_threads(cfg.train.threads)  # before any work; None leaves torch's setting
         self.dist = D.init_distributed()
+        self.levers = check_levers(cfg.train, self.dist.device)  # GPU-only levers fail here, before any work
         cfg = tdata.resolve_data_source(cfg, print if self.dist.is_main else None)  # config.yaml says what trains
         self.cfg = cfg
         self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
@@ -134,6 +136,7 @@ class Trainer:
         if ckpt is None:
             seed_everything(cfg.train.seed + self.dist.rank)
         self.features = tdata.feature_cache(cfg, self.model, self.data, self.run_dir, self.dist)
+        self.levers.apply(self.model, print if self.dist.is_main else None)  # fused loss, float8 layers
         # FSDP2 shards parameters in place: wrap before the optimizer takes them
         self.wrapped = D.wrap_model(self.model, self.dist, cfg.train.distributed)
         self.sharded = D.is_sharded(self.wrapped)
@@ -205,9 +208,10 @@ class Trainer:
             ctx = self._grad_sync(last=i == len(batches) - 1)
             inputs = self.batch_inputs(b)
             tok = int((b["labels"][:, 1:] != -100).sum())
+            self.levers.step_begins()  # CUDA graphs: the previous micro-batch's outputs are done with
             with ctx:
                 with self.forward_context():
-                    out = self.forward(**inputs)
+                    out = self.forward(**inputs, **self.levers.forward_kwargs)
                 part = out.loss.float() * tok  # summed token loss of this micro-batch
                 (part * scale).backward()
             loss_sum += part.detach()
@@ -225,7 +229,7 @@ class Trainer:
             return self._device_checked_step(loss), images, True
         finite = bool(torch.isfinite(loss).item())
         if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=self.levers.grads_to_none)
             self.state.bad_steps_in_a_row += 1
             self.state.skipped_steps += 1
             warnings.warn(f"step {self.state.step}: non-finite loss ({loss.item()}), step skipped", stacklevel=2)
@@ -239,7 +243,7 @@ class Trainer:
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=self.levers.grads_to_none)
         self.scheduler.step()
         return float(loss.item()), images, True
 
@@ -253,7 +257,7 @@ class Trainer:
         self.optimizer.found_inf = bad.float()  # 0-d: read by the fused kernel
         self.optimizer.step()
         del self.optimizer.found_inf
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=self.levers.grads_to_none)
         self.scheduler.step()
         b = bad.long()
         run = (self._bad[1] + b) * b
