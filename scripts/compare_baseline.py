@@ -9,7 +9,8 @@ parameter count matches mmgen's. Training steps of the arms are interleaved, so 
 Two budgets:
 - ``--steps N``: equal images seen (N steps x batch for every arm);
 - ``--cpu-seconds S``: equal training CPU-seconds; each arm's cosine schedule follows its own CPU clock and
-  the arm with the least CPU time so far takes the next step.
+  the arm with the least CPU time so far takes the next step. With ``--device cuda`` the clock is each arm's
+  synchronised wall time on the GPU (bf16 autocast), so the budget is equal GPU-seconds.
 
 Every ``--eval-every`` steps (and at the end) each arm captions the held-out images with beam search (mmgen's
 own search; ``generate`` for the baseline), scored with pycocoevalcap's BLEU and CIDEr-D after PTB
@@ -35,6 +36,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from compare_report import plot, print_table  # noqa: E402
 
 from mmgen.config import Config, GenerationConfig, load_config  # noqa: E402
 from mmgen.training.schedule import time_lr_factor  # noqa: E402
@@ -202,7 +206,7 @@ class Arm:
     optimizer: torch.optim.Optimizer = None
     steps: int = 0
     images: int = 0
-    cpu: float = 0.0  # training CPU-seconds (process time)
+    cpu: float = 0.0  # training CPU-seconds (process time; synchronised GPU wall time on CUDA)
     wall: float = 0.0
     losses: list = field(default_factory=list)
     curve: list = field(default_factory=list)
@@ -222,7 +226,10 @@ def loss_of(arm: Arm, pixels: torch.Tensor, captions: list[str], tokenizer) -> t
     from mmgen.data.collate import tokenize_captions
 
     cfg = arm.cfg
-    t = tokenize_captions(tokenizer, captions, cfg.model.prompt, cfg.model.max_caption_tokens)
+    t = {
+        k: v.to(pixels.device)
+        for k, v in tokenize_captions(tokenizer, captions, cfg.model.prompt, cfg.model.max_caption_tokens).items()
+    }
     if arm.kind == "mmgen":  # K captions per image: the decoder shares one pass over each image prefix
         return arm.model(pixel_values=pixels, input_ids=t["input_ids"], labels=t["labels"]).loss
     k = len(captions) // pixels.shape[0]
@@ -237,16 +244,20 @@ def train_step(arm: Arm, data: Data, idx: list[int], captions: list[str], progre
     factor = time_lr_factor(arm.steps, tc.warmup_steps, progress, tc.min_lr_ratio)
     for g in arm.optimizer.param_groups:
         g["lr"] = tc.lr * factor
+    cuda = mean.is_cuda
     c0, w0 = time.process_time(), time.perf_counter()
-    pixels = (data.train_pixels[idx].float() / 255.0 - mean) / std  # (B, 3, H, W)
-    loss = loss_of(arm, pixels, captions, data.tokenizer)
+    pixels = (data.train_pixels[idx].to(mean.device).float() / 255.0 - mean) / std  # (B, 3, H, W)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        loss = loss_of(arm, pixels, captions, data.tokenizer)
     loss.backward()
     if tc.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(arm.model.parameters(), tc.grad_clip)
     arm.optimizer.step()
     arm.optimizer.zero_grad(set_to_none=True)
-    arm.cpu += time.process_time() - c0
+    if cuda:
+        torch.cuda.synchronize()
     arm.wall += time.perf_counter() - w0
+    arm.cpu += time.perf_counter() - w0 if cuda else time.process_time() - c0
     arm.steps += 1
     arm.images += len(idx)
     arm.losses.append(float(loss.detach()))
@@ -265,7 +276,7 @@ def caption(arm: Arm, data: Data, beams: int, batch: int, mean, std) -> list[str
     max_new = arm.cfg.model.max_caption_tokens
     out: list[str] = []
     for s in range(0, len(data.val_ids), batch):
-        px = data.val_pixels[s : s + batch]
+        px = data.val_pixels[s : s + batch].to(mean.device)
         if arm.kind == "mmgen":
             gen = GenerationConfig(num_beams=beams, max_new_tokens=max_new)
             out += generate_captions(arm.model, px, gen).best
@@ -336,7 +347,7 @@ def build_arms(args: argparse.Namespace, data: Data) -> list[Arm]:
     for name, extra in specs:
         cfg = load_config(args.config, args.set + extra)
         torch.manual_seed(args.seed)
-        arms.append(Arm(name, "mmgen", build_mmgen(cfg, data.tokenizer), cfg))
+        arms.append(Arm(name, "mmgen", build_mmgen(cfg, data.tokenizer).to(args.device), cfg))
     if not args.no_baseline:
         cfg = load_config(args.config, args.set)
         torch.manual_seed(args.seed)
@@ -344,7 +355,7 @@ def build_arms(args: argparse.Namespace, data: Data) -> list[Arm]:
             data.tokenizer, cfg, n_params(arms[0].model) if arms else n_params(build_mmgen(cfg, data.tokenizer))
         )
         base_cfg = load_config(args.config, args.set + args.baseline_set)
-        arms.append(Arm("VisionEncoderDecoder", "ved", ved, base_cfg))
+        arms.append(Arm("VisionEncoderDecoder", "ved", ved.to(args.device), base_cfg))
     for a in arms:
         a.model.train()
     return arms
@@ -359,8 +370,8 @@ def run(args: argparse.Namespace) -> dict:
     data = prepare_data(args, cfg)
     arms = build_arms(args, data)
     probe = arms[0].model.data_config
-    mean = torch.tensor(probe["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(probe["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(probe["mean"], device=args.device).view(1, 3, 1, 1)
+    std = torch.tensor(probe["std"], device=args.device).view(1, 3, 1, 1)
     for a in arms:
         print(f"{a.name}: {n_params(a.model):,} parameters", flush=True)
     streams = {a.name: batches(data, args.batch_size, args.seed, a.cfg.data.captions_per_image) for a in arms}
@@ -397,6 +408,8 @@ def summarise(args: argparse.Namespace, arms: list[Arm], data: Data) -> dict:
         "command": " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "threads": args.threads,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "clock": "synchronised GPU wall seconds" if args.device == "cuda" else "process CPU seconds",
         "batch_size": args.batch_size,
         "budget": {"cpu_seconds": args.cpu_seconds} if args.cpu_seconds else {"steps": args.steps},
         "eval_images": len(data.val_ids),
@@ -418,52 +431,6 @@ def summarise(args: argparse.Namespace, arms: list[Arm], data: Data) -> dict:
     return out
 
 
-def print_table(result: dict) -> None:
-    arms = result["arms"]
-    keys = [k for k in next(iter(arms.values()))["final"] if k.startswith("scene_") and k != "scene_images"]
-    head = f"{'':22} {'params':>9} {'steps':>6} {'img/s':>7} {'cpu ms/img':>10} {'loss':>6} {'BLEU-4':>7} {'CIDEr':>6}"
-    print(head + f" {'distinct':>8} " + " ".join(f"{k[6:]:>8}" for k in keys))
-    base = arms.get("VisionEncoderDecoder")
-    for name, a in arms.items():
-        f = a["final"]
-        print(
-            f"{name:22} {a['params']:9,d} {a['steps']:6d} {a['images_per_s']:7.1f} {1000 * a['cpu_s_per_image']:10.2f} "
-            f"{f['loss']:6.3f} {f['Bleu_4']:7.3f} {f['CIDEr']:6.3f} {f['distinct']:8.3f} "
-            + " ".join(f"{f.get(k, float('nan')):8.3f}" for k in keys)
-        )
-    if base:
-        for name, a in arms.items():
-            if name != "VisionEncoderDecoder":
-                ratio = a["final"]["CIDEr"] / max(base["final"]["CIDEr"], 1e-9)
-                cost = a["cpu_s_per_image"] / max(base["cpu_s_per_image"], 1e-9)
-                print(f"{name}: CIDEr {ratio:.2f}x the baseline's; CPU per image {cost:.2f}x")
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, a in result["arms"].items():
-        xs_img = [r["images"] for r in a["curve"]]
-        xs_cpu = [r["cpu_s"] for r in a["curve"]]
-        ys = [r["CIDEr"] for r in a["curve"]]
-        axes[0].plot(xs_img, ys, marker="o", label=name)
-        axes[1].plot(xs_cpu, ys, marker="o", label=name)
-    axes[0].set_xlabel("training images seen")
-    axes[1].set_xlabel("training CPU-seconds")
-    for ax in axes:
-        ax.set_ylabel("CIDEr-D (held-out)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"beam {result.get('beams', '')} captions of {result['eval_images']} held-out scenes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "configs" / "tiny_cpu.yaml"), help="mmgen config (model, train)")
@@ -482,6 +449,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--cpu-seconds", type=float, default=None, help="equal training CPU-seconds per arm")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the same for every arm)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 autocast, GPU clock")
     p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations (0: only at the end)")
     p.add_argument("--eval-images", type=int, default=500)
     p.add_argument("--eval-batch", type=int, default=100)
@@ -492,6 +460,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("compare_baseline: --device cuda, but torch sees no CUDA GPU")
     result = run(args)
     result["beams"] = args.beams
     out = Path(args.out)

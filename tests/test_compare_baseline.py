@@ -67,3 +67,10 @@ def test_the_scores_are_pycocoevalcaps(compare):
     got = compare.coco_scores(refs, cands)
     want = score_captions(refs, cands, metrics=["Bleu", "CIDEr"], tokenizer="python")
     assert got["Bleu_4"] == pytest.approx(want["Bleu_4"], abs=1e-12) and got["CIDEr"] == pytest.approx(want["CIDEr"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message given without a GPU")
+def test_cuda_without_a_gpu_is_refused_before_any_work(compare, tmp_path):
+    with pytest.raises(SystemExit, match="--device cuda, but torch sees no CUDA GPU"):
+        compare.main(["--data-dir", str(tmp_path / "scenes"), "--device", "cuda", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "scenes").exists()
