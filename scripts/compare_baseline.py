@@ -105,6 +105,8 @@ def batches(data: Data, batch_size: int, seed: int, per_image: int = 1):
     an image's captions are drawn without replacement (cycling when it has fewer)."""
     g = torch.Generator().manual_seed(seed)
     n = len(data.train_captions)
+    if n < batch_size:
+        raise SystemExit(f"compare_baseline: --batch-size {batch_size} is more than the {n} training images")
     while True:
         order = torch.randperm(n, generator=g).tolist()
         for s in range(0, n - batch_size + 1, batch_size):
