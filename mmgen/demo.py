@@ -44,6 +44,7 @@ def demo_config(out: Path, n_train: int, n_val: int, steps: int, image_size: int
     overrides = [
         f"data.synth={{n_train: {n_train}, n_val: {n_val}, seed: {seed}, image_size: {image_size}}}",
         f"model.encoder.img_size={image_size}",
+        f"model.encoder.patch_size={image_size // 4}",  # a 4x4 grid of image tokens at every image side
         f"train.out_dir={out / 'run'}",
         f"train.max_steps={steps}",
         f"train.save_every={steps}",
@@ -69,9 +70,10 @@ TINY_CPU = {
             "name": "vit_base_patch16_224",
             "pretrained": False,
             "img_size": 64,
-            "patch_size": 8,
+            "patch_size": 16,
+            "stem": "conv",
             "embed_dim": 128,
-            "depth": 2,
+            "depth": 3,
             "num_heads": 4,
         },
         "projector": {"kind": "mlp"},
@@ -79,7 +81,7 @@ TINY_CPU = {
             "name": "gpt2",
             "pretrained": False,
             "config_overrides": {
-                "n_layer": 2,
+                "n_layer": 1,
                 "n_embd": 128,
                 "n_head": 4,
                 "n_positions": 128,
@@ -89,9 +91,14 @@ TINY_CPU = {
             },
         },
         "tokenizer": {"kind": "wordlevel"},
+        "prefix_attention": "full",
         "max_caption_tokens": 24,
     },
-    "data": {"synth": {"n_train": 3000, "n_val": 200, "seed": 0, "image_size": 64}, "num_workers": 1},
+    "data": {
+        "synth": {"n_train": 3000, "n_val": 200, "seed": 0, "image_size": 64},
+        "captions_per_image": 3,
+        "num_workers": 1,
+    },
     "train": {
         "out_dir": "runs/tiny_cpu",
         "batch_size": 32,
