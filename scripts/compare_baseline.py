@@ -352,11 +352,10 @@ def build_arms(args: argparse.Namespace, data: Data) -> list[Arm]:
         arms.append(Arm(name, "mmgen", build_mmgen(cfg, data.tokenizer).to(args.device), cfg))
     if not args.no_baseline:
         cfg = load_config(args.config, args.set)
+        target = n_params(arms[0].model) if arms else n_params(build_mmgen(cfg, data.tokenizer))
+        base_cfg = load_config(args.config, args.set + args.baseline_set)  # its own depths, patches, K...
         torch.manual_seed(args.seed)
-        ved = build_baseline(
-            data.tokenizer, cfg, n_params(arms[0].model) if arms else n_params(build_mmgen(cfg, data.tokenizer))
-        )
-        base_cfg = load_config(args.config, args.set + args.baseline_set)
+        ved = build_baseline(data.tokenizer, base_cfg, target)
         arms.append(Arm("VisionEncoderDecoder", "ved", ved.to(args.device), base_cfg))
     for a in arms:
         a.model.train()
@@ -438,7 +437,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=str(ROOT / "configs" / "tiny_cpu.yaml"), help="mmgen config (model, train)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every arm")
     p.add_argument("--arm", action="append", default=[], metavar="NAME=K=V[,K=V]", help="an extra mmgen arm")
-    p.add_argument("--baseline-set", nargs="*", default=[], metavar="KEY=VALUE", help="train.* overrides, baseline")
+    p.add_argument(
+        "--baseline-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the baseline only: train.*, data.captions_per_image, and the "
+        "encoder's patch_size / depth / num_heads and decoder's n_layer, which shape the baseline (its width is "
+        "then chosen to match mmgen's parameter count)",
+    )
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--no-default-arm", action="store_true", help="only the --arm variants of mmgen")
     p.add_argument("--data-dir", required=True, help="synthetic scenes (made here unless already present)")
