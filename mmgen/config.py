@@ -285,9 +285,21 @@ class GenerationConfig:
     """Words or phrases never to be generated, by any search: each is tokenised as written and with a
     leading space; a phrase's last token is banned after the rest of it. Words the tokenizer cannot
     spell (unknown to a word-level vocabulary) can never be generated and are ignored."""
+    padded_head: bool | None = None
+    """Decode through a copy of the LM head padded to a multiple of 64 rows (same logits, an aligned
+    matmul): true, false, or null (auto: on CUDA, and on the CPU when the vocabulary is not a multiple of 64)."""
+    decode_sdpa: str = "efficient,math"
+    """Attention kernels of the static-cache decoding steps on CUDA, in priority order (flash, efficient,
+    cudnn, math; math is always appended), or ``default`` for torch's own choice."""
 
     @collecting
     def __post_init__(self) -> None:
+        names = [n.strip().lower() for n in str(self.decode_sdpa).split(",") if n.strip()]
+        _check(
+            names in ([], ["default"]) or all(n in SDPA_BACKENDS for n in names),
+            "generation.decode_sdpa",
+            f"unknown attention kernel in {self.decode_sdpa!r}: use flash, efficient, cudnn, math or default",
+        )
         if isinstance(self.bad_words, list):  # a list from Python code; YAML gives a tuple already
             self.bad_words = tuple(self.bad_words)
         _check(

@@ -124,6 +124,7 @@ def generate_captions(
         cuda_graph=cuda_graph,
         full_prefix=model.full_prefix,
         bad_words_ids=bad_words_ids(tok, gen.bad_words) if gen.bad_words else None,
+        cache=model.decode_cache,
     )
     b, r, _ = out.sequences.shape
     texts = decode_sequences(tok, out.sequences.reshape(b * r, -1), out.lengths.reshape(-1))

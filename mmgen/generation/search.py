@@ -23,8 +23,9 @@ from torch import nn
 from mmgen.config import GenerationConfig
 from mmgen.generation.beam import BeamState
 from mmgen.generation.decoder import StepDecoder
-from mmgen.generation.graphs import DecodeSession, cached_session, decoder_fingerprint, uncapturable
+from mmgen.generation.graphs import DecodeCache, DecodeSession, decoder_fingerprint, uncapturable
 from mmgen.generation.greedy import PathState
+from mmgen.generation.head import HeadPadding
 from mmgen.generation.outputs import SearchOutput, StopCheck
 from mmgen.generation.processors import BadWords
 from mmgen.generation.static import StaticStepDecoder, static_cache_unsupported
@@ -104,6 +105,7 @@ def search(
     cuda_graph: bool | str = AUTO,
     full_prefix: int = 0,
     bad_words_ids: Sequence[Sequence[int]] | None = None,
+    cache: DecodeCache | None = None,
 ) -> SearchOutput:
     """Generate continuations of prompt embeddings with a causal LM.
 
@@ -124,8 +126,8 @@ def search(
         use_cache: Reuse keys and values between steps (False recomputes everything; for tests).
         static_cache: Decode over preallocated keys and values of fixed shape (``"auto"``: when the
             decoder supports it (full attention, sdpa or eager), on CUDA, and on the CPU for beam
-            search or several samples per prompt). Its buffers stay attached to the decoder for the
-            next call of the same shape; ``release_static_buffers`` frees them.
+            search or several samples per prompt). Its buffers stay in ``cache`` for the next call of
+            the same shape.
         cuda_graph: Capture each decoding step in a CUDA graph and replay it (``"auto"``: with a
             static cache on CUDA, except for sampling and for a decoder in training mode).
         full_prefix: The first this many prompt positions attend to each other in both directions (a
@@ -133,6 +135,8 @@ def search(
         bad_words_ids: Token sequences never to be generated, by every search (transformers'
             ``bad_words_ids``: a sequence's last token is banned after the rest of it). ``gen.bad_words``
             (text) is not read here: :func:`~mmgen.generation.generate_captions` turns it into these.
+        cache: Where static-cache sessions (CUDA graphs) and padded LM heads are kept between calls
+            (``CaptionModel.decode_cache``); None: nothing is kept after this call.
 
     Returns:
         :class:`SearchOutput` with ``R = num_return_sequences`` sequences per prompt, best first.
@@ -148,6 +152,8 @@ def search(
         generator = torch.Generator(device=device).manual_seed(gen.seed)
     bad_words = BadWords(bad_words_ids, device) if bad_words_ids and any(map(len, bad_words_ids)) else None
     static, graphs = _plan(decoder, device, gen, use_cache, static_cache, cuda_graph)
+    cache = DecodeCache() if cache is None else cache
+    padding = HeadPadding(gen.padded_head, cache.padded_heads)
     b, t_max = inputs_embeds.shape[0], gen.max_new_tokens
     repeats = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences if gen.do_sample else 1
 
@@ -158,13 +164,13 @@ def search(
 
         def build() -> DecodeSession:
             state = _new_state(b, settings, eos_ids, pad_token_id, bad_words)
-            dec = StaticStepDecoder(decoder, t_max, persistent_logits=graphs)
+            dec = StaticStepDecoder(decoder, t_max, graphs, padding, gen.decode_sdpa)
             return DecodeSession(dec, state, graphs, strict=cuda_graph is True)
 
-        session = cached_session(decoder, key, build)
+        session = cache.session(decoder, key, build)
     else:
         state = _new_state(b, gen, eos_ids, pad_token_id, bad_words)
-        session = DecodeSession(StepDecoder(decoder, use_cache), state, False)
+        session = DecodeSession(StepDecoder(decoder, use_cache, padding), state, False)
     session.dec.prefill(inputs_embeds, attention_mask, t_max, full_prefix=full_prefix)
     session.dec.expand(repeats)
     session.state.reset(generator)

@@ -16,6 +16,7 @@ from transformers import AutoConfig, PreTrainedTokenizerBase
 from mmgen.attention import CAUSAL_SDPA, PREFIX, UNPADDED
 from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
 from mmgen.errors import CheckpointError, MissingCheckpointFileError
+from mmgen.generation.graphs import DecodeCache
 from mmgen.models.decoder import build_decoder
 from mmgen.models.encoder import Encoder
 from mmgen.models.files import TOKENIZER_DIR, load_saved_tokenizer, load_tensors, load_weights, one_line, read_json
@@ -90,6 +91,7 @@ class CaptionModel(nn.Module):
                 f"{base_model(self.decoder).config._attn_implementation!r}: set model.decoder.attn_implementation: sdpa"
             )
         self.generation_config = GenerationConfig()
+        self.decode_cache = DecodeCache()  # static-cache sessions and padded LM heads kept between searches
 
     def _check_positions(self) -> None:
         """Fail at build time when image prefix + BOS/prompt + caption exceed the decoder's positions."""

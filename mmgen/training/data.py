@@ -397,9 +397,7 @@ def evaluate(trainer, model=None) -> dict:
         precision=cfg.train.precision,
         progress="transient" if trainer.dist.is_main else False,  # the training bar would look frozen meanwhile
     )
-    from mmgen.generation import release_static_buffers
-
-    release_static_buffers(model.decoder)  # decoding buffers are not needed while training
+    model.decode_cache.clear()  # decoding buffers are not needed while training
     collapse = {f"collapse_{k}": v for k, v in result.collapse.items() if isinstance(v, (int, float))}
     scores = {"loss": validation_loss(trainer, model), **result.scores, **collapse}
     if result.failed:  # left out of the scores and of the loss: said, and counted in metrics.jsonl

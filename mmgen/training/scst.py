@@ -302,6 +302,7 @@ class ScstTrainer(Trainer):
             prompt = prompt_embeds(model, None if features is not None else pixels, features)  # (B, N'+P, D)
             special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
             special["full_prefix"] = model.full_prefix
+            special["cache"] = model.decode_cache
             sampled = search(model.decoder, prompt, self.sample_gen, **special)  # (B, K, L)
             greedy = search(model.decoder, prompt, self.greedy_gen, **special) if sc.baseline == "greedy" else None
         b = prompt.shape[0]
