@@ -13,7 +13,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mmgen import configio
 from mmgen.configio import (  # noqa: F401 (re-exported)
@@ -21,6 +21,7 @@ from mmgen.configio import (  # noqa: F401 (re-exported)
     _check,
     _choice,
     collecting,
+    describe_config,
     from_dict,
     looks_like_local_path,
     path_exists,
@@ -493,9 +494,14 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     scst: ScstConfig = field(default_factory=ScstConfig)
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "generation": "eval.generation: the one generation config of a run (in-loop evaluation, and the settings "
+        "saved with the model that caption/evaluate/serve start from); move the section there",
+    }
+    """Keys of older configs that are refused with a pointer to where their settings now live."""
 
     @collecting
     def __post_init__(self) -> None:
@@ -564,6 +570,36 @@ class Config:
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None, check_paths: bool = False) -> Config:
         return load_config(path, overrides, cls, check_paths=check_paths)
+
+
+@dataclass
+class GenerationSection:
+    """The schema of the overrides of ``mmgen caption`` / ``evaluate`` / ``serve``: ``generation.KEY=VALUE``, the
+    ``generation`` section of a saved model's config.json (a training config holds it as ``eval.generation``)."""
+
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+def generation_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """``generation.KEY=VALUE`` items as typed :class:`GenerationConfig` values, by field name.
+
+    Misspelt keys and values of the wrong type are reported (one :class:`ConfigError`); the values are checked
+    together when applied to a model's settings (``dataclasses.replace`` runs the validation).
+    """
+    import typing
+
+    hints, out = typing.get_type_hints(GenerationConfig), {}
+    with configio.collect_errors():
+        section = configio.apply_overrides({}, overrides, GenerationSection).get("generation", {})
+        if not isinstance(section, dict):
+            configio._report("generation: give single settings, e.g. generation.num_beams=5")
+            section = {}
+        for key, value in section.items():
+            try:
+                out[key] = configio._coerce(value, hints[key], f"generation.{key}")
+            except ConfigError as e:
+                configio._report(e)
+    return out
 
 
 def apply_overrides(d: dict, overrides: list[str] | None, cls: type | None = None) -> dict:

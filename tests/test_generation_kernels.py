@@ -238,7 +238,7 @@ def test_bad_decoding_kernel_settings_are_config_errors():
 
     with pytest.raises(ConfigError, match="generation.decode_sdpa.*'fast'"):
         GenerationConfig(decode_sdpa="fast")
-    with pytest.raises(ConfigError, match="generation.padded_head: expected true/false"):
-        load_config(None, ["generation.padded_head=maybe"], Config)
-    cfg = load_config(None, ["generation.padded_head=false", "generation.decode_sdpa=cudnn,math"], Config)
-    assert cfg.generation.padded_head is False and cfg.generation.decode_sdpa == "cudnn,math"
+    with pytest.raises(ConfigError, match="eval.generation.padded_head: expected true/false"):
+        load_config(None, ["eval.generation.padded_head=maybe"], Config)
+    cfg = load_config(None, ["eval.generation.padded_head=false", "eval.generation.decode_sdpa=cudnn,math"], Config)
+    assert cfg.eval.generation.padded_head is False and cfg.eval.generation.decode_sdpa == "cudnn,math"

@@ -19,7 +19,15 @@ import json
 import sys
 from pathlib import Path
 
-from mmgen.commands import FAILED, UsageError, add_threads_option, apply_threads, positive_int
+from mmgen.commands import (
+    FAILED,
+    UsageError,
+    add_threads_option,
+    apply_threads,
+    generation_changes,
+    positive_int,
+    split_generation_overrides,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="caption images with a saved model",
         description="Caption image files; a directory stands for the image files directly inside it (sorted).",
     )
-    p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and/or directories")
+    p.add_argument(
+        "images",
+        nargs="*",
+        metavar="IMAGE_OR_DIR",
+        help="image files and/or directories; generation.KEY=VALUE arguments among them override the model's "
+        "generation settings (e.g. generation.num_beams=5), as in mmgen train",
+    )
     p.add_argument("--model", required=True, metavar="DIR", help="saved model directory (config.json, ...)")
     p.add_argument("--data", nargs="+", metavar="SOURCE", help="caption a dataset (COCO, JSONL/CSV, HF); needs --out")
     p.add_argument("--images-dir", default=None, metavar="DIR", help="images of a COCO/table --data source")
@@ -74,15 +88,12 @@ def expand_arguments(arguments: list[str]) -> list[Path]:
 
 
 def generation_overrides(args: argparse.Namespace) -> dict:
-    """The ``GenerationConfig`` overrides the options ask for (one caption per image)."""
+    """The ``GenerationConfig`` overrides the options ask for (one caption per image), ``generation.KEY=VALUE``
+    arguments last."""
     overrides = {"num_return_sequences": 1}  # one caption per image is printed
-    if args.beams is not None:
-        overrides["num_beams"] = args.beams
-    if args.max_new_tokens is not None:
-        overrides["max_new_tokens"] = args.max_new_tokens
     if args.bad_words:
         overrides["bad_words"] = tuple(w.strip() for w in args.bad_words.split(",") if w.strip())
-    return overrides
+    return {**overrides, **generation_changes(args, {"beams": "num_beams", "max_new_tokens": "max_new_tokens"})}
 
 
 def load_captioner(args: argparse.Namespace, device: str | None = None):
@@ -102,6 +113,10 @@ def load_captioner(args: argparse.Namespace, device: str | None = None):
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
+    args.images, args.overrides = split_generation_overrides(args.images)
+    if args.data:  # --data takes every argument after it
+        args.data, more = split_generation_overrides(args.data)
+        args.overrides += more
     if args.data and args.images:
         raise UsageError("give image files or --data, not both")
     if not args.data and not args.images:
