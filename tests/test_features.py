@@ -289,7 +289,7 @@ def test_config_builder_matches_the_training_run(tmp_path, records, tokenizer):
     cache = build_feature_cache_cli(tmp_path / "config.yaml", ["data.max_bad_fraction=0.2"])
     assert cache.built and cache.path == tmp_path / "run" / "features"
 
-    from mmgen.training.data import prepare
+    from mmgen.training.run_data import prepare
 
     loaded = load_config(tmp_path / "config.yaml")
     run_records = prepare(loaded, tmp_path / "run", SINGLE).train_records

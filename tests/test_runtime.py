@@ -69,7 +69,7 @@ def test_caption_evaluate_demo_and_features_apply_threads_before_the_work(
     data.write_text("[]")
     commands = {
         "mmgen.captioner:Captioner.from_pretrained": ["caption", str(image), "--model", str(tmp_path)],
-        "mmgen.commands.evaluate:load_inputs": ["evaluate", "--model", str(tmp_path), "--data", str(data)],
+        "mmgen.commands.evaluate_command:load_inputs": ["evaluate", "--model", str(tmp_path), "--data", str(data)],
         "mmgen.demo:run_demo": ["demo", "--out", str(tmp_path / "demo")],
         "mmgen.data.features:build_feature_cache_cli": ["data", "features", "--config", str(data)],
     }

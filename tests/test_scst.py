@@ -250,7 +250,7 @@ def test_scst_raises_the_reward_of_a_tiny_captioner(tmp_path, xe_run):
 def test_greedy_baseline_is_the_reward_of_the_greedy_caption(tmp_path, xe_run):
     from mmgen.config import GenerationConfig
     from mmgen.generation import generate_captions
-    from mmgen.training import data as tdata
+    from mmgen.training import run_data as tdata
 
     trainer = build_trainer(_scst_cfg(tmp_path / "scst", xe_run, "scst.baseline=greedy", "scst.num_samples=3"))
     batch = next(iter(tdata.train_loader(trainer, 0, 0)))[0]

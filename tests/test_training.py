@@ -153,7 +153,7 @@ def test_preloaded_images_give_the_same_run(tmp_path, scenes):
 
 
 def test_padding_to_the_maximum_length_gives_one_shape_and_the_same_losses(tmp_path, scenes):
-    from mmgen.training import data as tdata
+    from mmgen.training import run_data as tdata
 
     common = ("train.max_steps=3", "train.batch_size=16", "train.save_every=1000")
     a = _cfg(tmp_path / "a", scenes, *common)
@@ -171,7 +171,7 @@ def test_padding_to_the_maximum_length_gives_one_shape_and_the_same_losses(tmp_p
 
 
 def test_padding_to_the_maximum_length_covers_cached_feature_batches(tmp_path, scenes):
-    from mmgen.training import data as tdata
+    from mmgen.training import run_data as tdata
 
     extra = ("train.batch_size=16", "data.pad_to_max_length=true", "train.feature_cache=true")
     extra += ("model.encoder.freeze=all",)
@@ -285,7 +285,7 @@ def _pairwise_loss(model, records, max_caption_tokens: int, skip: frozenset = fr
 
 
 def test_validation_loss_is_the_mean_token_loss_over_every_reference(tmp_path, scenes):
-    from mmgen.training import data as tdata
+    from mmgen.training import run_data as tdata
 
     cfg = _cfg(
         tmp_path, scenes, f"data.val={scenes}", "eval.max_images=5", "eval.batch_size=4", "data.allow_overlap=true"
@@ -299,7 +299,7 @@ def test_validation_loss_is_the_mean_token_loss_over_every_reference(tmp_path, s
 
 
 def test_undecodable_validation_images_are_named_counted_and_left_out(tmp_path, scenes):
-    from mmgen.training import data as tdata
+    from mmgen.training import run_data as tdata
 
     val = tmp_path / "val"
     make_scenes(val, 5, seed=4, image_size=32)
@@ -343,7 +343,7 @@ def test_eval_metric_loss_keeps_the_lowest_validation_loss(tmp_path, scenes):
 
 
 def _prepare(tmp_path, *overrides):
-    from mmgen.training import data as tdata
+    from mmgen.training import run_data as tdata
     from mmgen.training.distributed import DistState
 
     cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", [*TINY, f"train.out_dir={tmp_path / 'run'}", *overrides])

@@ -387,7 +387,7 @@ def build_feature_cache_cli(
     """
     from mmgen.config import load_config
     from mmgen.models.encoder import Encoder
-    from mmgen.training import data as tdata
+    from mmgen.training import run_data as tdata
 
     cfg = load_config(config_path, overrides)
     dist = D.init_distributed(device)

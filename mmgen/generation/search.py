@@ -22,13 +22,13 @@ from torch import nn
 
 from mmgen.config import GenerationConfig
 from mmgen.generation.beam import BeamState
-from mmgen.generation.decoder import StepDecoder
 from mmgen.generation.graphs import DecodeCache, DecodeSession, decoder_fingerprint, uncapturable
 from mmgen.generation.greedy import PathState
 from mmgen.generation.head import HeadPadding
 from mmgen.generation.outputs import SearchOutput, StopCheck
 from mmgen.generation.processors import BadWords
 from mmgen.generation.static import StaticStepDecoder, static_cache_unsupported
+from mmgen.generation.step_decoder import StepDecoder
 
 AUTO = "auto"
 

@@ -1,6 +1,6 @@
 """Static KV cache: every decoding step over buffers of one fixed shape, written in place.
 
-:class:`StaticStepDecoder` has the interface of :class:`~mmgen.generation.decoder.StepDecoder`
+:class:`StaticStepDecoder` has the interface of :class:`~mmgen.generation.step_decoder.StepDecoder`
 (``prefill`` / ``expand`` / ``advance`` / ``logits``) over preallocated keys and values. The ``K``
 rows of one prompt (its beams or samples) share a single buffer row: the prompt's ``L0`` positions
 are stored once, followed by ``T x K`` slots, one per generated step and row::
@@ -24,10 +24,9 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mmgen.attention import CAUSAL_SDPA, SDPA_NAMES
-from mmgen.generation.decoder import StepDecoder, _forward_params, cache_argument
+from mmgen.attention import CAUSAL_SDPA, SDPA_NAMES, base_model
 from mmgen.generation.head import HeadPadding
-from mmgen.modules import base_model
+from mmgen.generation.step_decoder import StepDecoder, _forward_params, cache_argument
 
 try:
     from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer

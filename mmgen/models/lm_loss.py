@@ -1,6 +1,6 @@
 """The LM head's cross-entropy without the whole ``(tokens, vocabulary)`` logits tensor (``train.loss_impl``).
 
-The plain path (:func:`mmgen.models.captioner.caption_loss`) computes the logits of every text position, then
+The plain path (:func:`mmgen.models.caption_model.caption_loss`) computes the logits of every text position, then
 the mean cross-entropy over the labelled ones; with GPT-2's 50,257 tokens that is the largest activation of a
 training step (and its fp32 copy and gradient). The implementations here take the decoder's final hidden
 states and the head's weight instead, and compute the same mean over the positions whose label is not -100:

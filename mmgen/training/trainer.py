@@ -83,7 +83,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False):
-        from mmgen.training import data as tdata
+        from mmgen.training import run_data as tdata
         from mmgen.training.rundir import claim_run_dir, finished_run
 
         if cfg.train.objective != "xe" and type(self) is Trainer:
@@ -111,7 +111,7 @@ class Trainer:
             raise
 
     def _build(self, cfg: Config, resume: str | Path | None) -> None:
-        from mmgen.training import data as tdata
+        from mmgen.training import run_data as tdata
         from mmgen.training.checkpoint import latest_checkpoint, load_latest_checkpoint
 
         seed_everything(cfg.train.seed)
@@ -126,7 +126,7 @@ class Trainer:
         self.model = CaptionModel(cfg.model, tokenizer).to(self.device)
         self.model.generation_config = cfg.eval.generation
         if cfg.train.init_from and not resume:
-            from mmgen.models.captioner import load_matching_weights
+            from mmgen.models.caption_model import load_matching_weights
 
             missing = load_matching_weights(self.model, cfg.train.init_from)
             if self.dist.is_main:
@@ -304,7 +304,7 @@ class Trainer:
     def _fit(self) -> dict:
         from tqdm import tqdm
 
-        from mmgen.training import data as tdata
+        from mmgen.training import run_data as tdata
 
         cfg, st = self.cfg, self.state
         start = self.clock()
@@ -406,7 +406,7 @@ class Trainer:
     # -- evaluation / saving ----------------------------------------------------------------------
     def evaluate(self) -> dict:
         """Caption the validation split (rank 0), score it, keep ``best/`` by ``eval.metric``."""
-        from mmgen.training import data as tdata
+        from mmgen.training import run_data as tdata
         from mmgen.training.checkpoint import save_best
 
         scores: dict = {}
@@ -484,8 +484,8 @@ class Trainer:
         copy on rank 0 that holds the current weights (the other ranks get the sharded model back)."""
         if not self.sharded:
             return self.model
+        from mmgen.attention import base_model
         from mmgen.models import CaptionModel
-        from mmgen.modules import base_model
 
         state = D.full_model_state(self.wrapped)  # on rank 0's CPU
         if not self.dist.is_main:

@@ -17,7 +17,7 @@ from mmgen.commands import FAILED, UsageError
 def _records(args: argparse.Namespace):
     """The records of ``--data`` (a stream for HF sources) or the image files named on the command line."""
     if not args.data:
-        from mmgen.commands.caption import expand_arguments
+        from mmgen.commands.caption_command import expand_arguments
 
         return expand_arguments(args.images)
     from mmgen.data.formats import DataFormatError
@@ -77,7 +77,7 @@ def run_bulk(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mmgen.bulk import ResumeError, caption_to_file, check_settings, finish
-    from mmgen.commands.caption import _tty, generation_overrides, load_captioner
+    from mmgen.commands.caption_command import _tty, generation_overrides, load_captioner
     from mmgen.training.distributed import all_reduce_sum, barrier, cleanup_distributed, init_distributed
 
     out = Path(args.out)

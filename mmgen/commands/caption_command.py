@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data and not args.out:
         raise UsageError("--data needs --out FILE (bulk captioning writes a JSON Lines file)")
     if args.out:
-        from mmgen.commands.bulk import run_bulk
+        from mmgen.commands.caption_bulk import run_bulk
 
         return run_bulk(args)
     from tqdm import tqdm

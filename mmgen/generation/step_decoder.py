@@ -15,9 +15,8 @@ import inspect
 import torch
 from torch import nn
 
-from mmgen.attention import CAUSAL_SDPA, PREFIX
+from mmgen.attention import CAUSAL_SDPA, PREFIX, base_model
 from mmgen.generation.head import HeadPadding
-from mmgen.modules import base_model
 
 
 def _forward_params(decoder: nn.Module) -> set[str]:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from mmgen.attention import CAUSAL_SDPA, PREFIX, UNPADDED
+from mmgen.attention import CAUSAL_SDPA, PREFIX, UNPADDED, base_model
 from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
 from mmgen.errors import CheckpointError, MissingCheckpointFileError
 from mmgen.generation.graphs import DecodeCache
@@ -23,7 +23,6 @@ from mmgen.models.files import TOKENIZER_DIR, load_saved_tokenizer, load_tensors
 from mmgen.models.lm_loss import IGNORE_INDEX, linear_cross_entropy
 from mmgen.models.projector import build_projector
 from mmgen.models.tokenizer import ensure_special_tokens, load_tokenizer, start_ids
-from mmgen.modules import base_model
 
 CONFIG_NAME = "config.json"
 DECODER_CONFIG_NAME = "decoder_config.json"
@@ -229,7 +228,7 @@ class CaptionModel(nn.Module):
         (consecutive rows of ``input_ids``), which then run after it like decoding steps: the same
         attention as K separate ``[prefix ; caption]`` sequences, with the prefix computed once.
         """
-        from mmgen.generation.decoder import cache_argument, returned_cache
+        from mmgen.generation.step_decoder import cache_argument, returned_cache
 
         b, n = prefix.shape[:2]
         rows, t = input_ids.shape
