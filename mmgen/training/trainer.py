@@ -20,7 +20,6 @@ import torch
 
 from mmgen.attention import sdpa_context
 from mmgen.config import Config, save_config
-from mmgen.data.transforms import normalize_on_device
 from mmgen.runtime import set_threads
 from mmgen.training import distributed as D
 from mmgen.training.checkpoint import refuse_non_finite_weights
@@ -126,7 +125,7 @@ class Trainer:
         self.model = CaptionModel(cfg.model, tokenizer).to(self.device)
         self.model.generation_config = cfg.eval.generation
         if cfg.train.init_from and not resume:
-            from mmgen.models.caption_model import load_matching_weights
+            from mmgen.models.files import load_matching_weights
 
             missing = load_matching_weights(self.model, cfg.train.init_from)
             if self.dist.is_main:
@@ -167,8 +166,6 @@ class Trainer:
         self._warm_at: float | None = None  # train.schedule=time: the clock when warmup ended
         self.clock = time.perf_counter  # seconds; what train.max_time and train.schedule=time follow
         self._bad = torch.zeros(3, dtype=torch.long, device=self.device)  # skipped since read, run, longest run
-        mean, std = self.model.data_config["mean"], self.model.data_config["std"]
-        self._pixel_stats = (tuple(mean), tuple(std))
 
     # -- one optimizer step ---------------------------------------------------------------------
     def _grad_sync(self, last: bool):
@@ -191,9 +188,8 @@ class Trainer:
         inputs = {k: b[k].to(dev, non_blocking=True) for k in ("input_ids", "labels")}
         if "features" in b:
             inputs["features"] = b["features"].to(dev, non_blocking=True)
-        else:  # uint8 from the loader (4x less to copy), normalised here
-            pixels = b["pixel_values"].to(dev, non_blocking=True)
-            inputs["pixel_values"] = normalize_on_device(pixels, *self._pixel_stats)
+        else:  # uint8 from the loader (4x less to copy), normalised by the model
+            inputs["pixel_values"] = b["pixel_values"].to(dev, non_blocking=True)
         return inputs
 
     def _micro_losses(self, batches: list[dict]) -> tuple[torch.Tensor, int]:
