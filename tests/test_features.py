@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from mmgen.commands.data_command import build_feature_cache_cli
 from mmgen.config import Config, DataConfig, EvalConfig, load_config
 from mmgen.data.collate import CaptionCollator
 from mmgen.data.datasets import CaptionTrainDataset, EpochSampler, make_loader
-from mmgen.data.features import INDEX_NAME, FeatureCache, build_feature_cache_cli, ensure_feature_cache
+from mmgen.data.features import INDEX_NAME, FeatureCache, ensure_feature_cache
 from mmgen.data.formats import Record
 from mmgen.data.images import TooManyBadImagesError
 from mmgen.data.transforms import build_transform

@@ -17,17 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from mmgen.commands import (
     FAILED,
     UsageError,
     add_threads_option,
     apply_threads,
-    generation_changes,
     positive_int,
     split_generation_overrides,
 )
+from mmgen.commands.caption_options import expand_arguments, generation_overrides, load_captioner, stderr_is_tty
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,52 +64,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def expand_arguments(arguments: list[str]) -> list[Path]:
-    """The image files the arguments name (directories: the image files directly inside, sorted).
-
-    Raises:
-        UsageError: one line per argument that is missing or a directory without image files.
-    """
-    from mmgen.captioner import IMAGE_EXTENSIONS, list_images
-
-    problems = []
-    for arg in map(Path, arguments):
-        if not arg.exists():
-            problems.append(f"{arg}: no such file or directory")
-        elif arg.is_dir() and not list_images([arg]):
-            folders = any(f.is_dir() for f in arg.iterdir())
-            hint = "; subdirectories are not searched, name them" if folders else ""
-            kinds = ", ".join(IMAGE_EXTENSIONS)
-            problems.append(f"{arg}: a directory with no image files ({kinds}) directly inside it{hint}")
-    if problems:
-        raise UsageError("\n".join(problems))
-    return list_images(arguments)
-
-
-def generation_overrides(args: argparse.Namespace) -> dict:
-    """The ``GenerationConfig`` overrides the options ask for (one caption per image), ``generation.KEY=VALUE``
-    arguments last."""
-    overrides = {"num_return_sequences": 1}  # one caption per image is printed
-    if args.bad_words:
-        overrides["bad_words"] = tuple(w.strip() for w in args.bad_words.split(",") if w.strip())
-    return {**overrides, **generation_changes(args, {"beams": "num_beams", "max_new_tokens": "max_new_tokens"})}
-
-
-def load_captioner(args: argparse.Namespace, device: str | None = None):
-    """The Captioner the options name, or a :class:`UsageError` saying why the model cannot be loaded."""
-    from mmgen.captioner import Captioner
-
-    if args.quantize and (args.device or "cpu") != "cpu":
-        raise UsageError(f"--quantize {args.quantize} runs on the CPU only; drop --device {args.device}")
-    if args.quantize and args.dtype not in (None, "float32"):
-        raise UsageError(f"--quantize {args.quantize} starts from float32 weights; drop --dtype {args.dtype}")
-    try:
-        dtype = args.dtype or ("float32" if args.quantize else None)  # int8 starts from fp32 whatever was saved
-        return Captioner.from_pretrained(args.model, device=device or args.device, dtype=dtype, quantize=args.quantize)
-    except (FileNotFoundError, OSError) as e:
-        raise UsageError(f"cannot load the model: {e}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     args.images, args.overrides = split_generation_overrides(args.images)
@@ -135,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     captioner.resolve_generation(**overrides)  # invalid settings fail before any image is read
 
     failed = 0
-    bar = tqdm(total=len(paths), desc="caption", unit="img", file=sys.stderr, disable=args.quiet or not _tty())
+    bar = tqdm(total=len(paths), desc="caption", unit="img", file=sys.stderr, disable=args.quiet or not stderr_is_tty())
     images = [str(p) for p in paths]
     results = captioner.iter_captions(images, args.batch_size, skip_errors=True, prompt=args.prompt, **overrides)
     for r in results:
@@ -152,7 +105,3 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"mmgen caption: {failed} of {len(paths)} images could not be captioned", file=sys.stderr)
     return FAILED if failed else 0
-
-
-def _tty() -> bool:
-    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()

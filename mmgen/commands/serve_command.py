@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_wait_ms < 0:
         raise UsageError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
 
-    from mmgen.commands.caption_command import load_captioner
+    from mmgen.commands.caption_options import load_captioner
     from mmgen.serve import ServeSettings
     from mmgen.serve.app import create_app
     from mmgen.serve.server import serve

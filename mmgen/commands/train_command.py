@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from mmgen.errors import RunDirError
     from mmgen.training.checkpoint import NonFiniteWeightsError
     from mmgen.training.distributed import cleanup_distributed
-    from mmgen.training.trainer import NonFiniteLossError, build_trainer
+    from mmgen.training.objectives import NonFiniteLossError, build_trainer
 
     if args.resume is not None and args.overwrite:
         raise SystemExit("mmgen train: --resume continues a run, --overwrite starts over: use one of them")

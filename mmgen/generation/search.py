@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -76,6 +77,14 @@ def _new_state(
 ) -> BeamState | PathState:
     state = BeamState if gen.num_beams > 1 else PathState
     return state(b, gen, eos_ids, pad_id, bad_words)
+
+
+def _static_session(decoder: nn.Module, state: tuple, padding: HeadPadding, graphs: bool, cuda_graph) -> DecodeSession:
+    """A new static-cache session: buffers for ``state`` (``_new_state``'s arguments), steps captured in CUDA
+    graphs with ``graphs`` (a failed capture raises when ``cuda_graph`` is True, else falls back to eager)."""
+    settings = state[1]
+    dec = StaticStepDecoder(decoder, settings.max_new_tokens, graphs, padding, settings.decode_sdpa)
+    return DecodeSession(dec, _new_state(*state), graphs, strict=cuda_graph is True)
 
 
 def _decode(session: DecodeSession, steps: int) -> SearchOutput:
@@ -161,13 +170,8 @@ def search(
         settings = dataclasses.replace(gen, seed=None)  # the seed only matters through ``generator``
         key = (inputs_embeds.shape, inputs_embeds.dtype, device, dataclasses.astuple(settings), tuple(eos))
         key += (pad_token_id, cuda_graph, graphs, bad_words and bad_words.ids, *decoder_fingerprint(decoder))
-
-        def build() -> DecodeSession:
-            state = _new_state(b, settings, eos_ids, pad_token_id, bad_words)
-            dec = StaticStepDecoder(decoder, t_max, graphs, padding, gen.decode_sdpa)
-            return DecodeSession(dec, state, graphs, strict=cuda_graph is True)
-
-        session = cache.session(decoder, key, build)
+        state = (b, settings, eos_ids, pad_token_id, bad_words)
+        session = cache.session(decoder, key, partial(_static_session, decoder, state, padding, graphs, cuda_graph))
     else:
         state = _new_state(b, gen, eos_ids, pad_token_id, bad_words)
         session = DecodeSession(StepDecoder(decoder, use_cache, padding), state, False)

@@ -86,7 +86,10 @@ class Trainer:
         from mmgen.training.rundir import claim_run_dir, finished_run
 
         if cfg.train.objective != "xe" and type(self) is Trainer:
-            raise ValueError(f"train.objective={cfg.train.objective}: build the trainer with build_trainer(cfg)")
+            raise ValueError(
+                f"train.objective={cfg.train.objective}: build the trainer with "
+                "mmgen.training.objectives.build_trainer(cfg)"
+            )
         if resume is not None and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue a run, or start over in its place")
         set_threads(cfg.train.threads)  # before any work; None leaves torch's setting
@@ -402,8 +405,8 @@ class Trainer:
     # -- evaluation / saving ----------------------------------------------------------------------
     def evaluate(self) -> dict:
         """Caption the validation split (rank 0), score it, keep ``best/`` by ``eval.metric``."""
-        from mmgen.training import run_data as tdata
         from mmgen.training.checkpoint import save_best
+        from mmgen.training.validation import evaluate
 
         scores: dict = {}
         self._evaluated_at = self.state.step
@@ -413,7 +416,7 @@ class Trainer:
         model = self.unsharded()  # the model itself, or (FSDP) rank 0's full copy; collective
         if self.dist.is_main:
             model.eval()
-            scores = tdata.evaluate(self, model)
+            scores = evaluate(self, model)
             model.train()
             metric = self.cfg.eval.metric
             value = scores.get(metric)
@@ -492,12 +495,3 @@ class Trainer:
             self._twin.generation_config = self.cfg.eval.generation
         self._twin.load_state_dict(state)
         return self._twin.to(self.device)
-
-
-def build_trainer(cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> Trainer:
-    """The trainer of ``cfg.train.objective``: :class:`Trainer` (cross-entropy) or SCST's subclass."""
-    if cfg.train.objective == "scst":
-        from mmgen.training.scst import ScstTrainer
-
-        return ScstTrainer(cfg, resume=resume, overwrite=overwrite)
-    return Trainer(cfg, resume=resume, overwrite=overwrite)
