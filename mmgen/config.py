@@ -107,18 +107,31 @@ class DataConfig:
 @dataclass
 class GenerationConfig:
     num_beams: int = 3
+    """Beam width (1: greedy, or plain sampling with ``do_sample``)."""
     max_new_tokens: int = 20
+    """Longest caption, in tokens after the prompt."""
     min_new_tokens: int = 0
+    """EOS is banned before this many tokens."""
     length_penalty: float = 1.0
+    """Beam scores are log-probabilities divided by length ** length_penalty (transformers' rule)."""
     early_stopping: bool = True
+    """Beam search: an image is done with num_beams finished captions (true), when no running beam can beat the
+    worst at its current length (false), or judged at max_new_tokens ('never')."""
     no_repeat_ngram_size: int = 0
+    """No n-gram of this size is generated twice in a caption (0: off)."""
     repetition_penalty: float = 1.0
+    """Logits of already generated tokens are divided (positive) or multiplied (negative) by this (1: off)."""
     do_sample: bool = False
+    """Draw tokens at random (temperature, top_k, top_p) instead of taking the best."""
     temperature: float = 1.0
     top_k: int = 0
+    """Sample among the k most likely tokens (0: all)."""
     top_p: float = 1.0
+    """Sample among the most likely tokens whose probabilities sum to top_p (1: all)."""
     num_return_sequences: int = 1
+    """Captions returned per image, best first (at most num_beams for beam search)."""
     seed: int | None = None
+    """Seed of the sampling generator (null: torch's global one)."""
     bad_words: tuple[str, ...] = ()
     """Words or phrases never to be generated, by any search: each is tokenised as written and with a
     leading space; a phrase's last token is banned after the rest of it. Words the tokenizer cannot
