@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Captioner": "mmgen.captioner",
-    "CaptionModel": "mmgen.models.captioner",
+    "CaptionModel": "mmgen.models.caption_model",
     "Config": "mmgen.config",
     "ModelConfig": "mmgen.config",
     "DataConfig": "mmgen.config",

@@ -1,4 +1,5 @@
-"""Attention kernels: SDPA backends chosen by name, and the decoder's causal SDPA implementation.
+"""How mmgen reaches into a transformers decoder: SDPA backends chosen by name, the decoder's causal SDPA
+implementation, and the base model under a peft wrapper (:func:`base_model`; torch only, a light import).
 
 transformers materialises a ``(B, 1, L, L)`` causal mask whenever it cannot prove, at trace time, that
 the plain causal mask suffices; under ``torch.compile`` it never can, because the position ids might
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 SDPA_NAMES = {
@@ -29,6 +31,11 @@ UNPADDED = "mmgen_unpadded"
 PREFIX = "mmgen_prefix"
 """Forward keyword of :data:`CAUSAL_SDPA`: the first this many positions (the image) attend to each other in
 both directions; every later position stays causal (a prefix LM)."""
+
+
+def base_model(decoder: nn.Module) -> nn.Module:
+    """The underlying transformers model (unwraps a peft wrapper)."""
+    return decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
 
 
 def sdpa_context(names: Sequence[str], set_priority: bool = False):

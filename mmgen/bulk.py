@@ -204,7 +204,6 @@ def _describe(item: Any) -> tuple[Any, str, Any]:
 def _caption_batch(captioner, batch: list[tuple[int, Any, str, Any]], gen, prompt, rng) -> list[dict]:
     """Result lines of ``(index, image, name, image_id)`` items, in order; undecodable images get ``error``."""
     from mmgen.data.images import BadImageError
-    from mmgen.generation import generate_captions
 
     rows, pixels = [], []
     for i, image, name, image_id in batch:
@@ -215,7 +214,7 @@ def _caption_batch(captioner, batch: list[tuple[int, Any, str, Any]], gen, promp
             row["error"] = e.reason
         rows.append(row)
     if pixels:
-        out = generate_captions(captioner.model, torch.stack(pixels), gen, generator=rng, prompt=prompt)
+        out = captioner.model.generate(torch.stack(pixels), gen, generator=rng, prompt=prompt)
         ok = iter(zip(out.best, (s[0] for s in out.scores)))
         for row in rows:
             if "error" not in row:

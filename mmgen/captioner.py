@@ -210,7 +210,6 @@ class Captioner:
             **generation: ``GenerationConfig`` overrides.
         """
         from mmgen.data.images import BadImageError
-        from mmgen.generation import generate_captions
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -224,7 +223,7 @@ class Captioner:
             pixels = [p for _, p in pending if isinstance(p, torch.Tensor)]
             out = None
             if pixels:
-                out = generate_captions(self.model, torch.stack(pixels), gen, generator=rng, prompt=prompt)
+                out = self.model.generate(torch.stack(pixels), gen, generator=rng, prompt=prompt)
             done = 0
             for source, p in pending:
                 if isinstance(p, str):

@@ -1,6 +1,6 @@
 """The ``mmgen`` command line: parses arguments, then calls the library.
 
-Each subcommand lives in ``mmgen/commands/<name>.py`` with ``add_parser(subparsers)`` (which sets
+Each subcommand lives in ``mmgen/commands/<name>_command.py`` with ``add_parser(subparsers)`` (which sets
 ``func``) and is listed in ``COMMANDS``. Modules are imported when the parser is built; heavy
 imports happen inside each command's ``run``.
 """
@@ -13,13 +13,13 @@ import sys
 
 COMMANDS = {
     # name: module under mmgen.commands
-    "score": "score",
-    "data": "data",
-    "caption": "caption",
-    "train": "train",
-    "evaluate": "evaluate",
-    "demo": "demo",
-    "serve": "serve",
+    "score": "score_command",
+    "data": "data_command",
+    "caption": "caption_command",
+    "train": "train_command",
+    "evaluate": "evaluate_command",
+    "demo": "demo_command",
+    "serve": "serve_command",
 }
 
 

@@ -8,6 +8,7 @@ is a :class:`ConfigError` that names the dotted key.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import contextvars
 import copy
@@ -15,9 +16,11 @@ import dataclasses
 import difflib
 import functools
 import glob
+import inspect
 import json
 import os
 import re
+import textwrap
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -203,10 +206,14 @@ def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {d!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    moved = getattr(cls, "MOVED_KEYS", {})
     with collect_errors():
         kwargs = {}
         for k, v in d.items():
             key = f"{prefix}{k}"
+            if k in moved:
+                _report(f"{key}: no longer a key here; its settings are {moved[k]}")
+                continue
             if k not in fields:
                 _report(_unknown_key(key, sorted(fields)))
                 continue
@@ -262,6 +269,8 @@ def _apply_override(d: dict, parts: list[str], text: str, cls: type) -> None:
         dotted = ".".join(parts[: i + 1])
         if schema is not None:
             fields = {f.name: f for f in dataclasses.fields(schema)}
+            if p in getattr(schema, "MOVED_KEYS", {}):
+                raise ConfigError(f"{dotted}: no longer a key here; its settings are {schema.MOVED_KEYS[p]}")
             if p not in fields:
                 raise _unknown_key(dotted, sorted(fields))
             tp = _strip_optional(typing.get_type_hints(schema)[p])
@@ -313,3 +322,52 @@ def save_config(cfg: Any, path: str | Path) -> None:
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(p)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (the string literal under each field), by field name."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):  # no source (a frozen application): no help
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr):
+            if isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _inline(value: Any) -> str:
+    """One YAML flow value (``3``, ``'a b'``, ``[x, y]``, ``null``)."""
+    text = yaml.safe_dump(to_dict(value), default_flow_style=True, width=10**9, sort_keys=False)
+    return text[: -len("...\n")].strip() if text.endswith("...\n") else text.strip()
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def describe_config(cfg: Any, indent: int = 0) -> str:
+    """The config as YAML that loads back to the same values, every key with its help and default as comments.
+
+    Args:
+        cfg: A (nested) config dataclass.
+        indent: Spaces before the top-level keys.
+    """
+    pad, lines = " " * indent, []
+    docs = field_docs(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for line in textwrap.wrap(docs.get(f.name, ""), 100):
+            lines.append(f"{pad}# {line}")
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:")
+            lines.append(describe_config(value, indent + 2))
+        else:
+            lines.append(f"{pad}{f.name}: {_inline(value)}  # default: {_inline(_default(f))}")
+    return "\n".join(lines)

@@ -4,9 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mmgen.attention import CAUSAL_SDPA, UNPADDED
+from mmgen.attention import CAUSAL_SDPA, UNPADDED, base_model
 from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
-from mmgen.modules import base_model
 
 CAPTIONS = ["a red circle above a blue square", "a small green star", "a large yellow diamond on a dotted background"]
 

@@ -66,6 +66,27 @@ def test_json_lines_and_settings(model_dir, image_dir, capsys):
     assert all(len(r["caption"].split()) <= 5 for r in records)
 
 
+def test_dotted_generation_overrides_change_the_search_as_a_direct_call_does(model_dir, image_dir, capsys):
+    """``generation.KEY=VALUE`` (the overrides of mmgen train) among the images: the captions of a direct call
+    with those settings; a misspelt key is a usage error naming the valid one."""
+    files = [str(image_dir / "a.jpg"), str(image_dir / "c.PNG")]
+    dotted = ["generation.num_beams=1", "generation.max_new_tokens=2", "generation.bad_words=[red]"]
+    assert main(["caption", files[0], *dotted, files[1], "--model", str(model_dir), "--device", "cpu"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [p for p, _ in lines] == files
+    captioner = Captioner.from_pretrained(model_dir, device="cpu")
+    expected = captioner.caption(files, num_beams=1, max_new_tokens=2, bad_words=("red",), num_return_sequences=1)
+    assert [c for _, c in lines] == expected
+    default = captioner.caption(files)  # the saved settings: 3 beams, up to 12 tokens
+    assert all(len(captioner.model.tokenizer(c)["input_ids"]) <= 2 + 2 for c in expected)  # BOS/EOS at most
+    assert expected != default or all(len(c.split()) <= 2 for c in default)
+    assert main(["caption", files[0], "generation.num_beam=2", "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'generation.num_beam'" in err and "num_beams" in err
+    assert main(["caption", files[0], "generation.num_beams=0", "--model", str(model_dir), "--device", "cpu"]) == 2
+    assert "generation.num_beams: must be >= 1" in capsys.readouterr().err
+
+
 def test_missing_file_and_bad_settings(model_dir, image_dir, capsys):
     """A file named on the command line that does not exist is a usage error (2), before any captioning."""
     missing = image_dir / "nope.jpg"

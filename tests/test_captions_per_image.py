@@ -15,7 +15,7 @@ from mmgen.data.collate import CaptionCollator
 from mmgen.data.datasets import CaptionTrainDataset
 from mmgen.data.formats import Record
 from mmgen.data.synthetic import make_scenes
-from mmgen.training import data as tdata
+from mmgen.training import run_data as tdata
 from mmgen.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

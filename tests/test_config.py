@@ -37,7 +37,7 @@ def test_unknown_key_names_it_and_suggests(tmp_path):
         ("train.batch_size=0", "train.batch_size"),
         ("train.lr=fast", "train.lr"),
         ("model.encoder.freeze=half", "model.encoder.freeze"),
-        ("generation.top_p=0", "generation.top_p"),
+        ("eval.generation.top_p=0", "generation.top_p"),
         ("train.compile=yes please", "train.compile"),
         ("train.compile_mode=fastest", "train.compile_mode"),
         ("train.sdpa_backends=[flash, turbo]", "train.sdpa_backends"),
@@ -80,7 +80,7 @@ def test_config_names_the_same_attention_kernels_as_mmgen_attention():
 
 def test_every_bad_value_is_reported_at_once():
     overrides = ["train.lr=-1", "train.batch_size=0", "train.grad_accum=0", "model.projector.kind=conv"]
-    overrides += ["train.lrr=1", "generation.top_p=2", "eval.metric=BLEU", "model.decoder.mode=half", "nonsense"]
+    overrides += ["train.lrr=1", "eval.generation.top_p=2", "eval.metric=BLEU", "model.decoder.mode=half", "nonsense"]
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
     starts = ["train.lr:", "train.batch_size:", "train.grad_accum:", "model.projector.kind:", "unknown key 'train.lrr'"]
@@ -151,3 +151,40 @@ def test_warmup_longer_than_training_warns_naming_both_keys():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_config(None, ["train.max_steps=101"])
+
+
+def test_the_old_top_level_generation_section_is_refused_naming_where_it_went(tmp_path):
+    """It was never read (a config that set it changed nothing): now it is an error pointing at eval.generation."""
+    (tmp_path / "old.yaml").write_text("train:\n  lr: 0.001\ngeneration:\n  num_beams: 5\n")
+    with pytest.raises(ConfigError, match=r"^generation: no longer a key here; its settings are eval\.generation"):
+        load_config(tmp_path / "old.yaml")
+    with pytest.raises(ConfigError, match=r"generation: no longer a key here; its settings are eval\.generation"):
+        load_config(None, ["generation.num_beams=5"])
+    assert load_config(None, ["eval.generation.num_beams=5"]).eval.generation.num_beams == 5
+
+
+@pytest.mark.parametrize("name", ["tiny_cpu.yaml", "vit_b16_gpt2.yaml"])
+def test_print_config_lists_every_key_and_loads_back_to_the_same_config(name, capsys):
+    import dataclasses
+
+    import yaml
+
+    from mmgen.cli import main
+    from mmgen.config import from_dict
+
+    overrides = ["eval.generation.num_beams=5", "train.lr=0.002", "eval.generation.bad_words=[red]"]
+    assert main(["train", "--print-config", "--config", str(ROOT / "configs" / name), *overrides]) == 0
+    text = capsys.readouterr().out
+    expected = load_config(ROOT / "configs" / name, overrides)
+    assert from_dict(Config, yaml.safe_load(text)) == expected
+    assert expected.eval.generation.num_beams == 5 and expected.eval.generation.bad_words == ("red",)
+
+    def leaves(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            yield from leaves(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+
+    keys = [line.split(":")[0].strip() for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert len([k for k in keys if k]) >= len(list(leaves(expected)))  # every leaf (and section) has its line
+    assert "    num_beams: 5  # default: 3" in text  # the value, then the default
+    assert "    # timm model name (hub-pretrained names work when ``pretrained`` is true).\n    name: " in text  # help

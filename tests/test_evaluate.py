@@ -107,3 +107,22 @@ def test_bad_arguments_are_one_line_and_exit_code_2(saved, tmp_path, capsys):
     assert main([*base, "--data", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("mmgen evaluate: cannot read --data") and "bad.json" in err
+
+
+def test_dotted_generation_overrides_reach_the_captions(saved, tmp_path, capsys):
+    """``generation.KEY=VALUE`` after --data (the overrides of mmgen train) captions as a direct call with them."""
+    from mmgen.captioner import Captioner
+
+    ann_path = saved / "data" / "captions_train.json"
+    dotted = ["generation.num_beams=1", "generation.max_new_tokens=3", "generation.no_repeat_ngram_size=1"]
+    argv = ["evaluate", "--model", str(saved / "model"), "--data", str(ann_path), *dotted, "--beams", "4"]
+    argv += ["--out", str(tmp_path / "out"), "--workers", "0", "--tokenizer", "python", "--metrics", "Bleu"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    ann = json.loads(ann_path.read_text())
+    captioner = Captioner.from_pretrained(saved / "model", device="cpu")
+    files = [saved / "data" / image["file_name"] for image in ann["images"]]
+    expected = captioner.caption(files, num_beams=1, max_new_tokens=3, no_repeat_ngram_size=1)  # dotted beat --beams
+    by_id = {r["image_id"]: r["caption"] for r in results}
+    assert [by_id[image["id"]] for image in ann["images"]] == expected

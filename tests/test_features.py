@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from mmgen.commands.data_command import build_feature_cache_cli
 from mmgen.config import Config, DataConfig, EvalConfig, load_config
 from mmgen.data.collate import CaptionCollator
 from mmgen.data.datasets import CaptionTrainDataset, EpochSampler, make_loader
-from mmgen.data.features import INDEX_NAME, FeatureCache, build_feature_cache_cli, ensure_feature_cache
+from mmgen.data.features import INDEX_NAME, FeatureCache, ensure_feature_cache
 from mmgen.data.formats import Record
 from mmgen.data.images import TooManyBadImagesError
 from mmgen.data.transforms import build_transform
@@ -289,7 +290,7 @@ def test_config_builder_matches_the_training_run(tmp_path, records, tokenizer):
     cache = build_feature_cache_cli(tmp_path / "config.yaml", ["data.max_bad_fraction=0.2"])
     assert cache.built and cache.path == tmp_path / "run" / "features"
 
-    from mmgen.training.data import prepare
+    from mmgen.training.run_data import prepare
 
     loaded = load_config(tmp_path / "config.yaml")
     run_records = prepare(loaded, tmp_path / "run", SINGLE).train_records

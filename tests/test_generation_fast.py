@@ -18,9 +18,9 @@ from test_generation import EOS, PAD, assert_same_as_hf, hf_generate, prompts, t
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmgen.config import GenerationConfig
-from mmgen.generation import release_static_buffers, search
+from mmgen.generation import DecodeCache, search
 from mmgen.generation.beam import BeamState
-from mmgen.generation.graphs import _SESSIONS, MAX_SESSIONS, DecodeSession
+from mmgen.generation.graphs import MAX_SESSIONS, DecodeSession
 from mmgen.generation.greedy import PathState
 from mmgen.generation.search import _plan
 from mmgen.generation.static import StaticStepDecoder, static_cache_unsupported
@@ -122,23 +122,28 @@ def test_buffers_are_reused_across_calls_with_the_same_shape():
     """A second batch reuses the first one's buffers (stale positions must stay masked)."""
     model = tiny_decoder("llama", seed=52)
     gen = GenerationConfig(num_beams=3, max_new_tokens=9)
-    release_static_buffers()
+    cache = DecodeCache()
     sessions = []
     for seed in (52, 53, 54):
         embeds = prompts(4, 5, 32, seed)
         mask = torch.ones(4, 5, dtype=torch.long)
         mask[seed % 4, : seed % 3 + 1] = 0
         ref = search(model, embeds, gen, EOS, PAD, attention_mask=mask, static_cache=False)
-        ours = search(model, embeds, gen, EOS, PAD, attention_mask=mask, static_cache=True)
+        ours = search(model, embeds, gen, EOS, PAD, attention_mask=mask, static_cache=True, cache=cache)
         assert torch.equal(ours.sequences, ref.sequences)
         torch.testing.assert_close(ours.scores, ref.scores, atol=1e-5, rtol=1e-5)
-        sessions.append(next(reversed(_SESSIONS[model].values())))
-    assert sessions[0] is sessions[1] is sessions[2] and len(_SESSIONS[model]) == 1
+        sessions.append(next(reversed(cache.sessions[model].values())))
+    assert sessions[0] is sessions[1] is sessions[2] and len(cache.sessions[model]) == 1
     for b in range(5, 5 + MAX_SESSIONS):  # other shapes: the least recently used sessions go
-        search(model, prompts(b, 5, 32, 55), gen, EOS, PAD, static_cache=True)
-    assert len(_SESSIONS[model]) == MAX_SESSIONS and sessions[0] not in _SESSIONS[model].values()
-    release_static_buffers(model)
-    assert model not in _SESSIONS
+        search(model, prompts(b, 5, 32, 55), gen, EOS, PAD, static_cache=True, cache=cache)
+    assert len(cache.sessions[model]) == MAX_SESSIONS and sessions[0] not in cache.sessions[model].values()
+    other = DecodeCache()  # another owner's cache is untouched
+    search(model, prompts(4, 5, 32, 52), gen, EOS, PAD, static_cache=True, cache=other)
+    assert len(other.sessions[model]) == 1 and len(cache.sessions[model]) == MAX_SESSIONS
+    cache.clear(model)
+    assert model not in cache.sessions and model in other.sessions
+    search(model, prompts(4, 5, 32, 52), gen, EOS, PAD, static_cache=True)  # no cache: nothing kept anywhere
+    assert model not in cache.sessions and len(other.sessions[model]) == 1
 
 
 def test_static_sampling_equals_dynamic_sampling():
@@ -181,16 +186,15 @@ def test_auto_takes_the_static_cache_for_beams_on_the_cpu_with_the_dynamic_paths
     mask = torch.ones(5, 6, dtype=torch.long)
     mask[1, :2] = 0
     gen = GenerationConfig(max_new_tokens=10, **settings)
-    release_static_buffers()
-    auto = search(model, embeds, gen, EOS, PAD, attention_mask=mask)
-    assert model in _SESSIONS  # the static path ran: its buffers are kept on the decoder
+    cache = DecodeCache()
+    auto = search(model, embeds, gen, EOS, PAD, attention_mask=mask, cache=cache)
+    assert model in cache.sessions  # the static path ran: its buffers are kept in the cache
     dynamic = search(model, embeds, gen, EOS, PAD, attention_mask=mask, static_cache=False)
     assert torch.equal(auto.sequences, dynamic.sequences) and torch.equal(auto.lengths, dynamic.lengths)
     torch.testing.assert_close(auto.scores, dynamic.scores, atol=1e-5, rtol=1e-5)
     ref, _ = hf_generate(model, embeds, gen, mask)
     b, r, t = auto.sequences.shape
     assert ref.shape == (b * r, t) and torch.equal(auto.sequences.reshape(b * r, t), ref)
-    release_static_buffers(model)
 
 
 def test_greedy_on_the_cpu_gives_the_same_tokens_with_both_caches_and_auto_keeps_no_buffers():
@@ -198,15 +202,14 @@ def test_greedy_on_the_cpu_gives_the_same_tokens_with_both_caches_and_auto_keeps
     model = tiny_decoder("gpt2", seed=64)
     embeds = prompts(5, 6, 32, 64)
     gen = GenerationConfig(num_beams=1, max_new_tokens=10)
-    release_static_buffers()
-    auto = search(model, embeds, gen, EOS, PAD)
-    assert model not in _SESSIONS
+    cache = DecodeCache()
+    auto = search(model, embeds, gen, EOS, PAD, cache=cache)
+    assert model not in cache.sessions
     static = search(model, embeds, gen, EOS, PAD, static_cache=True)
     assert torch.equal(auto.sequences, static.sequences) and torch.equal(auto.lengths, static.lengths)
     ref, _ = hf_generate(model, embeds, gen)
     b, r, t = auto.sequences.shape
     assert ref.shape == (b * r, t) and torch.equal(auto.sequences.reshape(b * r, t), ref)
-    release_static_buffers(model)
 
 
 def test_where_auto_takes_the_static_cache():
@@ -229,8 +232,13 @@ def test_where_auto_takes_the_static_cache():
 
 
 def test_selfcheck_runs_on_the_cpu(capsys):
-    from mmgen.generation import selfcheck
+    import importlib.util
+    from pathlib import Path
 
+    path = Path(__file__).resolve().parents[1] / "scripts" / "decode_selfcheck.py"
+    spec = importlib.util.spec_from_file_location("decode_selfcheck", path)
+    selfcheck = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(selfcheck)
     report = selfcheck.main(["--device", "cpu", "--tiny", "--batch", "3", "--repeats", "1"])
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(json.dumps(report))

@@ -7,6 +7,7 @@ and the SDPA backend choice of decoding steps.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ def test_padded_head_gives_the_decoders_logits(kind):
     keys = set(model.state_dict())
     with torch.inference_mode():
         ref = model(inputs_embeds=embeds).logits  # (3, 5, V)
-        with padded_logits(model, mode="1") as used:
+        with padded_logits(model, mode=True) as used:
             ours = model(inputs_embeds=embeds).logits
     assert used and ours.shape == ref.shape
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
@@ -51,16 +52,17 @@ def test_padded_head_gives_the_decoders_logits(kind):
 def test_padded_head_follows_in_place_weight_updates():
     model = tiny_decoder("llama", vocab=VOCAB, seed=61)
     embeds = prompts(2, 4, 32, 61)
+    copies = head_module.PaddedCopies()  # kept by the caller between calls (a DecodeCache's padded_heads)
     with torch.no_grad():
-        with padded_logits(model, mode="1"):
+        with padded_logits(model, mode=True, copies=copies):
             model(inputs_embeds=embeds)
-        before = padded_weight(model.lm_head)
+        before = padded_weight(model.lm_head, copies=copies)
         model.lm_head.weight.mul_(1.5)  # an optimizer step: same memory, new version
-        with padded_logits(model, mode="1"):
+        with padded_logits(model, mode=True, copies=copies):
             ours = model(inputs_embeds=embeds).logits
     with torch.no_grad():
         torch.testing.assert_close(ours, model(inputs_embeds=embeds).logits, rtol=1e-6, atol=1e-6)
-    assert padded_weight(model.lm_head) is before  # refreshed in place (a captured graph stays valid)
+    assert padded_weight(model.lm_head, copies=copies) is before  # refreshed in place (a captured graph stays valid)
 
 
 def test_head_with_a_bias_or_a_subclass_is_left_alone():
@@ -71,7 +73,7 @@ def test_head_with_a_bias_or_a_subclass_is_left_alone():
         assert plain_head(model) is None
         with torch.inference_mode():
             ref = model(inputs_embeds=embeds).logits
-            with padded_logits(model, mode="1") as used:
+            with padded_logits(model, mode=True) as used:
                 ours = model(inputs_embeds=embeds).logits
         assert not used and torch.equal(ours, ref)
 
@@ -82,26 +84,28 @@ def test_padded_head_auto_mode_pads_odd_vocabularies_on_the_cpu():
     embeds = prompts(3, 5, 32, 3)
     with torch.no_grad():
         ref = model(inputs_embeds=embeds).logits
-        with padded_logits(model, mode="auto") as used:
+        with padded_logits(model, mode=None) as used:
             assert used and torch.equal(model(inputs_embeds=embeds).logits, ref)
-    with padded_logits(model, mode="0") as used:
+    with padded_logits(model, mode=False) as used:
         assert not used
     aligned = tiny_decoder("gpt2", vocab=64, seed=63)  # already a multiple of 64: nothing to gain
-    with padded_logits(aligned, mode="auto") as used:
+    with padded_logits(aligned, mode=None) as used:
         assert not used
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_search_with_the_padded_head_matches_transformers(kind, monkeypatch):
-    monkeypatch.setattr(head_module, "PADDED_HEAD", "1")
     calls = []
     original = head_module.padded_weight
     monkeypatch.setattr(head_module, "padded_weight", lambda *args: calls.append(args) or original(*args))
     model = tiny_decoder(kind, vocab=VOCAB, seed=64)
     embeds = prompts(4, 4, 32, 64)
     for settings in (dict(num_beams=1), dict(num_beams=3, length_penalty=0.7, repetition_penalty=1.3)):
-        assert_same_as_hf(model, embeds, GenerationConfig(max_new_tokens=8, **settings))
+        assert_same_as_hf(model, embeds, GenerationConfig(max_new_tokens=8, padded_head=True, **settings))
     assert len(calls) >= 4 * 8  # prompts and steps, dynamic and static caches, went through the padded head
+    calls.clear()
+    search(model, embeds, GenerationConfig(max_new_tokens=8, num_beams=3, padded_head=False), EOS, PAD)
+    assert calls == []  # the setting reaches every step: nothing padded
 
 
 def test_padded_head_with_peft():
@@ -113,7 +117,7 @@ def test_padded_head_with_peft():
     embeds = prompts(2, 4, 32, 65)
     with torch.inference_mode():
         ref = lora(inputs_embeds=embeds).logits
-        with padded_logits(lora, mode="1") as used:
+        with padded_logits(lora, mode=True) as used:
             ours = lora(inputs_embeds=embeds).logits
     assert used
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
@@ -209,7 +213,8 @@ def test_sdpa_backend_setting_is_parsed():
     assert static.parse_sdpa_backends("default") is None and static.parse_sdpa_backends("") is None
     with pytest.raises(ValueError, match="unknown"):
         static.parse_sdpa_backends("fast")
-    assert isinstance(static.decode_attention(torch.device("cpu")), contextlib.nullcontext)
+    assert isinstance(static.decode_attention(torch.device("cpu"), [math]), contextlib.nullcontext)
+    assert isinstance(static.decode_attention(torch.device("cuda"), None), contextlib.nullcontext)
 
 
 def test_static_steps_under_a_restricted_sdpa_choice(monkeypatch):
@@ -218,15 +223,22 @@ def test_static_steps_under_a_restricted_sdpa_choice(monkeypatch):
     embeds = prompts(3, 4, 32, 66)
     gen = GenerationConfig(num_beams=3, max_new_tokens=8)
     ref = search(model, embeds, gen, EOS, PAD, static_cache=False)
-    monkeypatch.setattr(static, "decode_attention", lambda device: sdpa_kernel([SDPBackend.MATH]))
-    ours = search(model, embeds, gen, EOS, PAD, static_cache=True)
+    chosen = []
+    monkeypatch.setattr(
+        static, "decode_attention", lambda device, backends: chosen.append(backends) or sdpa_kernel(backends)
+    )
+    ours = search(model, embeds, dataclasses.replace(gen, decode_sdpa="math"), EOS, PAD, static_cache=True)
+    assert chosen and all(b == [SDPBackend.MATH] for b in chosen)  # the setting reached every step
     assert torch.equal(ours.sequences, ref.sequences)
     torch.testing.assert_close(ours.scores, ref.scores, atol=1e-5, rtol=1e-5)
 
 
-def test_unknown_padded_head_setting_is_reported(monkeypatch):
-    monkeypatch.setenv("MMGEN_PADDED_HEAD", "maybe")
-    with pytest.warns(UserWarning, match="MMGEN_PADDED_HEAD='maybe' ignored: use auto, 1 or 0"):
-        assert head_module._mode_setting() == "auto"
-    monkeypatch.setenv("MMGEN_PADDED_HEAD", "Off")
-    assert head_module._mode_setting() == "off"
+def test_bad_decoding_kernel_settings_are_config_errors():
+    from mmgen.config import Config, ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="generation.decode_sdpa.*'fast'"):
+        GenerationConfig(decode_sdpa="fast")
+    with pytest.raises(ConfigError, match="eval.generation.padded_head: expected true/false"):
+        load_config(None, ["eval.generation.padded_head=maybe"], Config)
+    cfg = load_config(None, ["eval.generation.padded_head=false", "eval.generation.decode_sdpa=cudnn,math"], Config)
+    assert cfg.eval.generation.padded_head is False and cfg.eval.generation.decode_sdpa == "cudnn,math"

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmgen.attention import base_model
 from mmgen.config import ConfigError
 from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
 from mmgen.models.lm_loss import chunk_rows, importable, linear_cross_entropy
-from mmgen.modules import base_model
 from mmgen.training.levers import resolve_loss_impl
 
 CAPTIONS = ["a red circle to the left of a blue square", "two yellow stars above a purple circle"]

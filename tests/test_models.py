@@ -202,7 +202,7 @@ def test_too_few_decoder_positions_is_a_clear_error(tokenizer):
 
 
 def test_init_from_a_saved_model_loads_every_matching_tensor(tokenizer, tmp_path):
-    from mmgen.models.captioner import load_matching_weights
+    from mmgen.models.files import load_matching_weights
 
     src = CaptionModel(tiny_model_config(), tokenizer)
     src.save_pretrained(tmp_path / "stage1")

@@ -69,9 +69,9 @@ def test_caption_evaluate_demo_and_features_apply_threads_before_the_work(
     data.write_text("[]")
     commands = {
         "mmgen.captioner:Captioner.from_pretrained": ["caption", str(image), "--model", str(tmp_path)],
-        "mmgen.commands.evaluate:load_inputs": ["evaluate", "--model", str(tmp_path), "--data", str(data)],
+        "mmgen.commands.evaluate_command:load_inputs": ["evaluate", "--model", str(tmp_path), "--data", str(data)],
         "mmgen.demo:run_demo": ["demo", "--out", str(tmp_path / "demo")],
-        "mmgen.data.features:build_feature_cache_cli": ["data", "features", "--config", str(data)],
+        "mmgen.commands.data_command:build_feature_cache_cli": ["data", "features", "--config", str(data)],
     }
     for target, argv in commands.items():
         torch.set_num_threads(2)
@@ -95,7 +95,7 @@ def test_train_threads_is_the_config_key_and_the_trainer_applies_it(monkeypatch,
     config = tmp_path / "c.yaml"
     Config().save(config)
     got = []
-    monkeypatch.setattr("mmgen.training.trainer.build_trainer", lambda cfg, **_: got.append(cfg) or 1 / 0)
+    monkeypatch.setattr("mmgen.training.objectives.build_trainer", lambda cfg, **_: got.append(cfg) or 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main(["train", "--config", str(config), "--threads", "3"])
     assert got[0].train.threads == 3

@@ -11,6 +11,7 @@ import torch
 from mmgen.config import load_config
 from mmgen.data.synthetic import sample_scene, scene_captions
 from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.training.objectives import TRAINERS, build_trainer
 from mmgen.training.scst import (
     CiderReward,
     Rollout,
@@ -18,7 +19,7 @@ from mmgen.training.scst import (
     rollout_losses,
     self_critical_advantages,
 )
-from mmgen.training.trainer import Trainer, build_trainer
+from mmgen.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -250,7 +251,7 @@ def test_scst_raises_the_reward_of_a_tiny_captioner(tmp_path, xe_run):
 def test_greedy_baseline_is_the_reward_of_the_greedy_caption(tmp_path, xe_run):
     from mmgen.config import GenerationConfig
     from mmgen.generation import generate_captions
-    from mmgen.training import data as tdata
+    from mmgen.training import run_data as tdata
 
     trainer = build_trainer(_scst_cfg(tmp_path / "scst", xe_run, "scst.baseline=greedy", "scst.num_samples=3"))
     batch = next(iter(tdata.train_loader(trainer, 0, 0)))[0]
@@ -284,6 +285,7 @@ def test_scst_needs_build_trainer_and_valid_settings(tmp_path):
         load_config(None, ["train.objective=scst", "data.streaming=true"])
     with pytest.raises(ValueError, match="build_trainer"):
         Trainer(load_config(None, ["train.objective=scst", f"train.out_dir={tmp_path}"]))
+    assert set(TRAINERS) == {"xe", "scst"} and TRAINERS["scst"].__name__ == "ScstTrainer"  # every objective's
 
 
 def test_scst_preset_parses():

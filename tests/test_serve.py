@@ -256,6 +256,17 @@ def test_the_serve_command_builds_the_app_from_its_options(monkeypatch, capsys):
     settings = seen["app"].state.settings
     assert (seen["host"], seen["port"], settings.max_batch, settings.max_queue) == ("127.0.0.1", 8123, 4, 9)
     assert "http://127.0.0.1:8123/" in capsys.readouterr().err
+    import mmgen.serve.app
+
+    made = {}
+    real = mmgen.serve.app.create_app
+    monkeypatch.setattr(mmgen.serve.app, "create_app", lambda c, s: made.setdefault("captioner", c) and real(c, s))
+    argv = ["serve", "--model", str(MODEL), "--device", "cpu", "generation.num_beams=1", "generation.max_new_tokens=7"]
+    assert main(argv) == 0 and capsys.readouterr()
+    gen = made["captioner"].generation  # the default settings of every request
+    assert (gen.num_beams, gen.max_new_tokens) == (1, 7)
+    assert main(["serve", "--model", str(MODEL), "generation.beams=2"]) == 2
+    assert "unknown key 'generation.beams'" in capsys.readouterr().err
     monkeypatch.setattr("mmgen.serve.missing_packages", lambda: ["uvicorn"])
     assert main(["serve", "--model", str(MODEL)]) == 2
     assert "serving needs uvicorn: pip install 'mmgen[serve]'" in capsys.readouterr().err

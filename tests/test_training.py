@@ -153,7 +153,7 @@ def test_preloaded_images_give_the_same_run(tmp_path, scenes):
 
 
 def test_padding_to_the_maximum_length_gives_one_shape_and_the_same_losses(tmp_path, scenes):
-    from mmgen.training import data as tdata
+    from mmgen.training import run_data as tdata
 
     common = ("train.max_steps=3", "train.batch_size=16", "train.save_every=1000")
     a = _cfg(tmp_path / "a", scenes, *common)
@@ -171,7 +171,7 @@ def test_padding_to_the_maximum_length_gives_one_shape_and_the_same_losses(tmp_p
 
 
 def test_padding_to_the_maximum_length_covers_cached_feature_batches(tmp_path, scenes):
-    from mmgen.training import data as tdata
+    from mmgen.training import run_data as tdata
 
     extra = ("train.batch_size=16", "data.pad_to_max_length=true", "train.feature_cache=true")
     extra += ("model.encoder.freeze=all",)
@@ -285,21 +285,21 @@ def _pairwise_loss(model, records, max_caption_tokens: int, skip: frozenset = fr
 
 
 def test_validation_loss_is_the_mean_token_loss_over_every_reference(tmp_path, scenes):
-    from mmgen.training import data as tdata
+    from mmgen.training import validation
 
     cfg = _cfg(
         tmp_path, scenes, f"data.val={scenes}", "eval.max_images=5", "eval.batch_size=4", "data.allow_overlap=true"
     )
     trainer = Trainer(cfg)
     model = trainer.model.eval()
-    got = tdata.validation_loss(trainer, model)
+    got = validation.validation_loss(trainer, model)
     want, tokens = _pairwise_loss(model, trainer.data.val_records, cfg.model.max_caption_tokens)
     assert len(trainer.data.val_records) == 5 and tokens > 5 * 5 * 5
     assert got == pytest.approx(want, rel=1e-5)
 
 
 def test_undecodable_validation_images_are_named_counted_and_left_out(tmp_path, scenes):
-    from mmgen.training import data as tdata
+    from mmgen.training import validation
 
     val = tmp_path / "val"
     make_scenes(val, 5, seed=4, image_size=32)
@@ -314,7 +314,7 @@ def test_undecodable_validation_images_are_named_counted_and_left_out(tmp_path, 
     trainer = Trainer(cfg)
     trainer.model.eval()
     with pytest.warns(UserWarning, match=r"1 validation image\(s\) could not be decoded") as caught:
-        scores = tdata.evaluate(trainer)
+        scores = validation.evaluate(trainer)
     (message,) = [str(w.message) for w in caught if "could not be decoded" in str(w.message)]  # any other warnings
     assert str(broken["id"]) in message and broken["file_name"].split("/")[-1] in message
     assert scores["failed_images"] == 1.0
@@ -343,7 +343,7 @@ def test_eval_metric_loss_keeps_the_lowest_validation_loss(tmp_path, scenes):
 
 
 def _prepare(tmp_path, *overrides):
-    from mmgen.training import data as tdata
+    from mmgen.training import run_data as tdata
     from mmgen.training.distributed import DistState
 
     cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", [*TINY, f"train.out_dir={tmp_path / 'run'}", *overrides])
@@ -483,7 +483,7 @@ def test_streaming_trains_from_a_stream_across_epochs_and_resumes_exactly(tmp_pa
     assert trainer.data.streaming and isinstance(trainer.data.train_records, StreamingRecords)
     assert not hasattr(trainer.data.train_records, "__len__")  # nothing can ask a stream for its length
     trainer.fit()
-    assert isinstance(trainer.data.extra["dataset"], IterableDataset)
+    assert isinstance(trainer.data.dataset, IterableDataset)
     rows = [json.loads(line) for line in (Path(full.train.out_dir) / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["epoch"]) for r in rows] == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 1), (6, 1)]
     reference = _losses(full.train.out_dir)

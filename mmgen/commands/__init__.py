@@ -8,6 +8,7 @@ folder named on it that is missing or unusable), reported before any work in one
 from __future__ import annotations
 
 import argparse
+import re
 
 USAGE = 2
 """Exit code of a usage error."""
@@ -17,6 +18,42 @@ FAILED = 1
 
 class UsageError(Exception):
     """The command line is wrong; ``mmgen.cli.main`` prints each line of the message and exits with 2."""
+
+
+GENERATION_OVERRIDE = re.compile(r"^generation\.[A-Za-z_][\w.]*=")
+"""A ``generation.KEY=VALUE`` argument (the same dotted overrides as ``mmgen train``)."""
+
+
+def add_generation_overrides(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    """Add the ``generation.KEY=VALUE`` overrides of the model's saved generation settings.
+
+    Args:
+        parser: The subcommand's parser.
+        positional: Add them as positional arguments (False: the command takes them among its own
+            positional arguments and splits them off with :func:`split_generation_overrides`).
+    """
+    if positional:
+        parser.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="generation.KEY=VALUE",
+            help="dotted overrides of the model's generation settings, e.g. generation.num_beams=5",
+        )
+
+
+def split_generation_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """``(other arguments, generation.KEY=VALUE overrides)``, each in the order given."""
+    overrides = [a for a in arguments if GENERATION_OVERRIDE.match(a)]
+    return [a for a in arguments if not GENERATION_OVERRIDE.match(a)], overrides
+
+
+def generation_changes(args: argparse.Namespace, flags: dict[str, str]) -> dict:
+    """The generation settings the command line changes: the older flags (``flags``: attribute -> field, when
+    given), then the dotted ``generation.KEY=VALUE`` overrides (``args.overrides``), which win."""
+    from mmgen.config import generation_overrides
+
+    changes = {field: getattr(args, attr) for attr, field in flags.items() if getattr(args, attr, None) is not None}
+    return {**changes, **generation_overrides(getattr(args, "overrides", None) or [])}
 
 
 def positive_int(text: str) -> int:

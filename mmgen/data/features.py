@@ -4,7 +4,8 @@ With ``model.encoder.freeze: all`` the encoder computes the same tokens for an i
 training the projector and decoder from a cache of them skips the encoder (and image decoding)
 entirely. This module is the reading side and the entry points: :class:`FeatureCache` (a complete
 cache opened for reading), :class:`FeatureTrainDataset` and :class:`FeatureCollator` (training from
-it), :func:`ensure_feature_cache` (open a matching cache or build it) and :func:`build_feature_cache_cli`.
+it) and :func:`ensure_feature_cache` (open a matching cache or build it; ``mmgen data features`` builds
+one without training, :func:`mmgen.commands.data_command.build_feature_cache_cli`).
 
 The on-disk format (shards and ``index.json``), the fingerprint that decides when a cache is rebuilt
 and the atomic build live in :mod:`mmgen.data.feature_store`; its public names are re-exported here.
@@ -61,7 +62,6 @@ __all__ = [
     "FeatureCollator",
     "FeatureTrainDataset",
     "build_feature_cache",
-    "build_feature_cache_cli",
     "cache_fingerprint",
     "ensure_feature_cache",
     "load_index",
@@ -358,42 +358,3 @@ def ensure_feature_cache(
     cache.built = built
     _check_failures(cache, cfg, dist)
     return cache
-
-
-def build_feature_cache_cli(
-    config_path: str | Path | None,
-    overrides: list[str] | None = None,
-    out_dir: str | Path | None = None,
-    *,
-    dtype: torch.dtype | str | None = None,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
-    device: str | None = None,
-) -> FeatureCache:
-    """Build (or check) the feature cache a training run of a config would use, without training.
-
-    The encoder is created as the trainer creates it (``torch.manual_seed(train.seed)`` first, so a
-    random-init encoder gets the same weights), hence ``mmgen train`` reuses the cache.
-
-    Args:
-        config_path: A training config (YAML/JSON).
-        overrides: Dotted overrides (``data.train=...``).
-        out_dir: The cache directory (default ``train.feature_cache_dir``, else ``<train.out_dir>/features``).
-        dtype: Storage dtype name or dtype (default: bfloat16 on CUDA, float32 on CPU).
-        shard_bytes: Feature bytes per shard.
-        device: 'cpu', 'cuda', ... (default: CUDA when available).
-
-    Returns:
-        The opened cache.
-    """
-    from mmgen.config import load_config
-    from mmgen.models.encoder import Encoder
-    from mmgen.training import data as tdata
-
-    cfg = load_config(config_path, overrides)
-    dist = D.init_distributed(device)
-    run_dir = Path(cfg.train.out_dir)
-    data = tdata.prepare(cfg, run_dir, dist)
-    torch.manual_seed(cfg.train.seed)
-    encoder = Encoder(cfg.model.encoder).to(dist.device)
-    cache_dir = Path(out_dir or cfg.train.feature_cache_dir or run_dir / "features")
-    return ensure_feature_cache(encoder, data.train_records, cache_dir, cfg, dist, dtype=dtype, shard_bytes=shard_bytes)

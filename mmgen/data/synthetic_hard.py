@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmgen.data import synthetic as simple
+from mmgen.data import scene_drawing as simple
 
 COLORS = {
     **simple.COLORS,

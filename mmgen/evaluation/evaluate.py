@@ -61,7 +61,6 @@ def caption_records(
     from mmgen.data.collate import EvalCollator
     from mmgen.data.datasets import CaptionEvalDataset, make_loader
     from mmgen.data.transforms import build_transform, image_size
-    from mmgen.generation import generate_captions
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     ds = CaptionEvalDataset(records, build_transform(model.data_config, train=False))
@@ -87,7 +86,7 @@ def caption_records(
         if not batch["image_ids"]:
             continue
         with ctx:
-            out = generate_captions(model, batch["pixel_values"].to(device, non_blocking=True), gen)
+            out = model.generate(batch["pixel_values"].to(device, non_blocking=True), gen)
         for image_id, caption, refs in zip(batch["image_ids"], out.best, batch["references"]):
             candidates[image_id] = caption
             references[image_id] = refs

@@ -1,15 +1,15 @@
 """Caption generation: greedy, sampling and beam search over a causal LM with a KV cache."""
 
 from mmgen.generation.captions import GeneratedCaptions, generate_captions, prompt_embeds
-from mmgen.generation.graphs import release_static_buffers
+from mmgen.generation.graphs import DecodeCache
 from mmgen.generation.outputs import SearchOutput
 from mmgen.generation.search import search
 
 __all__ = [
+    "DecodeCache",
     "GeneratedCaptions",
     "SearchOutput",
     "generate_captions",
     "prompt_embeds",
-    "release_static_buffers",
     "search",
 ]

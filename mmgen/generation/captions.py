@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from mmgen.config import GenerationConfig
-from mmgen.generation.search import search
+from mmgen.generation.outputs import SearchOutput
 
 
 @dataclass
@@ -34,30 +34,9 @@ def prompt_embeds(
     features: torch.Tensor | None = None,
     prompt: str | None = None,
 ):
-    """The decoder's prompt for each image, ``(B, N' + P, D)``: image prefix, then BOS and the text prompt.
-
-    Args:
-        model: A ``CaptionModel``.
-        pixel_values: Preprocessed images ``(B, 3, H, W)`` (moved to the encoder's device and dtype); uint8
-            images (a ``uint8=True`` transform) are normalised there with the encoder's mean and std.
-        features: Encoder tokens ``(B, N, C)`` instead of images (frozen-encoder feature cache).
-        prompt: Text after BOS in place of the model's own ``model.prompt`` (``""``: none); None keeps it.
-    """
-    if pixel_values is not None:
-        from mmgen.data.transforms import normalize_on_device
-
-        param = next(model.encoder.parameters())
-        cfg = model.data_config
-        pixel_values = normalize_on_device(pixel_values.to(param.device), cfg["mean"], cfg["std"], dtype=param.dtype)
-    prefix = model.encode_images(pixel_values, features)  # (B, N', D)
-    if prompt is None:
-        start = model.start_embeds(prefix.shape[0])  # (B, P, D)
-    else:
-        from mmgen.models.tokenizer import start_ids
-
-        ids = torch.tensor(start_ids(model.tokenizer, prompt), device=model.start_ids.device)  # (P,)
-        start = model.embed_tokens(ids).unsqueeze(0).expand(prefix.shape[0], -1, -1)  # (B, P, D)
-    return torch.cat([prefix.to(start.dtype), start], dim=1)  # (B, N'+P, D)
+    """``model.prompt_embeds(...)``: the decoder's prompt for each image, ``(B, N' + P, D)`` (see
+    :meth:`~mmgen.models.CaptionModel.prompt_embeds`)."""
+    return model.prompt_embeds(pixel_values, features, prompt)
 
 
 def decode_sequences(tokenizer, sequences: torch.Tensor, lengths: torch.Tensor) -> list[str]:
@@ -83,7 +62,19 @@ def bad_words_ids(tokenizer, words: tuple[str, ...] | list[str]) -> list[list[in
     return out
 
 
-@torch.inference_mode()
+def captions_of(tokenizer, out: SearchOutput) -> GeneratedCaptions:
+    """The texts and scores of a search's ``(B, R, L)`` sequences, each image's best first."""
+    b, r, _ = out.sequences.shape
+    texts = decode_sequences(tokenizer, out.sequences.reshape(b * r, -1), out.lengths.reshape(-1))
+    scores = out.scores.float().reshape(-1).tolist()
+    result = GeneratedCaptions([], [])
+    for i in range(b):  # best first: samples come out in drawing order (beams already are sorted; a stable sort)
+        pairs = sorted(zip(texts[i * r : (i + 1) * r], scores[i * r : (i + 1) * r]), key=lambda p: -p[1])
+        result.texts.append([t for t, _ in pairs])
+        result.scores.append([s for _, s in pairs])
+    return result
+
+
 def generate_captions(
     model,
     pixel_values: torch.Tensor | None = None,
@@ -95,11 +86,11 @@ def generate_captions(
     cuda_graph: bool | str = "auto",
     prompt: str | None = None,
 ) -> GeneratedCaptions:
-    """Caption a batch of preprocessed images.
+    """Caption a batch of images: ``model.generate(...)`` (see :meth:`~mmgen.models.CaptionModel.generate`).
 
     Args:
-        model: A ``CaptionModel`` (its decoder, tokenizer and prompt are used).
-        pixel_values: ``(B, 3, H, W)`` images preprocessed with the model's data config.
+        model: A ``CaptionModel``.
+        pixel_values: ``(B, 3, H, W)`` images, uint8 or normalised with the model's data config.
         gen: Generation settings (default: the ones saved with the model).
         features: Encoder tokens ``(B, N, C)`` in place of ``pixel_values``.
         generator: Random source for sampling (default: seeded with ``gen.seed`` when set).
@@ -111,26 +102,5 @@ def generate_captions(
     Returns:
         Decoded captions (special tokens skipped, whitespace stripped) and their scores, best first.
     """
-    gen = gen or model.generation_config
-    tok = model.tokenizer
-    out = search(
-        model.decoder,
-        prompt_embeds(model, pixel_values, features, prompt),
-        gen,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        generator=generator,
-        static_cache=static_cache,
-        cuda_graph=cuda_graph,
-        full_prefix=model.full_prefix,
-        bad_words_ids=bad_words_ids(tok, gen.bad_words) if gen.bad_words else None,
-    )
-    b, r, _ = out.sequences.shape
-    texts = decode_sequences(tok, out.sequences.reshape(b * r, -1), out.lengths.reshape(-1))
-    scores = out.scores.float().reshape(-1).tolist()
-    result = GeneratedCaptions([], [])
-    for i in range(b):  # best first: samples come out in drawing order (beams already are sorted; a stable sort)
-        pairs = sorted(zip(texts[i * r : (i + 1) * r], scores[i * r : (i + 1) * r]), key=lambda p: -p[1])
-        result.texts.append([t for t, _ in pairs])
-        result.scores.append([s for _, s in pairs])
-    return result
+    options = {"generator": generator, "static_cache": static_cache, "cuda_graph": cuda_graph}
+    return model.generate(pixel_values, gen, features=features, prompt=prompt, **options)

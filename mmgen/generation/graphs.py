@@ -7,10 +7,10 @@ time and replays the graph afterwards. Disabled, it simply calls the function: t
 very same step code runs on the CPU and in tests.
 
 A captured graph refers to its buffers by address, so the buffers, states and graphs of one
-decoding shape are kept together in a session attached (weakly) to the decoder and reused by
-the next call with the same shapes and settings. A few sessions are kept per decoder (the
-most recently used); :func:`release_static_buffers` frees them. Two searches must not run on one decoder at the same
-time (from two threads): they would share the session.
+decoding shape are kept together in a session and reused by the next call with the same shapes
+and settings. Sessions live in a :class:`DecodeCache` owned by the caller (a ``CaptionModel`` owns
+one: ``model.decode_cache``), a few per decoder (the most recently used); ``clear()`` frees them.
+Two searches must not share one cache at the same time (from two threads): they would share a session.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from mmgen.generation.head import PaddedCopies
 
 
 class CapturedStep:
@@ -98,7 +100,6 @@ class DecodeSession:
 
 
 MAX_SESSIONS = 4  # per decoder: e.g. full and last batch, sampled and greedy (self-critical training)
-_SESSIONS: weakref.WeakKeyDictionary[nn.Module, OrderedDict[Hashable, DecodeSession]] = weakref.WeakKeyDictionary()
 
 
 def decoder_fingerprint(decoder: nn.Module) -> tuple:
@@ -115,21 +116,44 @@ def uncapturable(decoder: nn.Module) -> str | None:
     return None
 
 
-def cached_session(decoder: nn.Module, key: Hashable, build: Callable[[], DecodeSession]) -> DecodeSession:
-    """The decoder's session for ``key``, built when missing (the least recently used one goes)."""
-    sessions = _SESSIONS.setdefault(decoder, OrderedDict())
-    if key in sessions:
-        sessions.move_to_end(key)
-        return sessions[key]
-    while len(sessions) >= MAX_SESSIONS:
-        sessions.popitem(last=False)  # free old buffers before allocating new ones
-    sessions[key] = session = build()
-    return session
+class DecodeCache:
+    """What searches keep between calls: static-cache sessions (buffers, CUDA graphs) and padded LM heads.
 
+    Owned by whoever runs the searches (``CaptionModel.decode_cache``); keyed weakly by decoder and head, so
+    a decoder that is freed or replaced (LoRA wrapping) takes its entries with it. Copying or pickling the
+    owner gives an empty cache (buffers and graphs are not state).
 
-def release_static_buffers(decoder: nn.Module | None = None) -> None:
-    """Free the static-cache buffers and CUDA graphs kept for ``decoder`` (every decoder: None)."""
-    if decoder is None:
-        _SESSIONS.clear()
-    else:
-        _SESSIONS.pop(decoder, None)
+    Args:
+        max_sessions: Sessions kept per decoder, the least recently used going first.
+    """
+
+    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+        self.max_sessions = max_sessions
+        self.sessions: weakref.WeakKeyDictionary[nn.Module, OrderedDict[Hashable, DecodeSession]]
+        self.sessions = weakref.WeakKeyDictionary()
+        self.padded_heads: PaddedCopies = PaddedCopies()
+
+    def session(self, decoder: nn.Module, key: Hashable, build: Callable[[], DecodeSession]) -> DecodeSession:
+        """The decoder's session for ``key``, built when missing (the least recently used one goes)."""
+        sessions = self.sessions.setdefault(decoder, OrderedDict())
+        if key in sessions:
+            sessions.move_to_end(key)
+            return sessions[key]
+        while len(sessions) >= self.max_sessions:
+            sessions.popitem(last=False)  # free old buffers before allocating new ones
+        sessions[key] = session = build()
+        return session
+
+    def clear(self, decoder: nn.Module | None = None) -> None:
+        """Free the buffers and CUDA graphs kept for ``decoder`` (for every decoder: None)."""
+        if decoder is None:
+            self.sessions.clear()
+            self.padded_heads.clear()
+        else:
+            self.sessions.pop(decoder, None)
+
+    def __deepcopy__(self, memo: dict) -> DecodeCache:
+        return DecodeCache(self.max_sessions)
+
+    def __reduce__(self) -> tuple:
+        return (DecodeCache, (self.max_sessions,))

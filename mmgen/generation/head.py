@@ -16,45 +16,27 @@ the weight's address or version counter changes, and at every prompt (prefill): 
 captured over it stays valid after an optimizer step, since every search refreshes it in its eager
 prefill before any replay.
 
-``MMGEN_PADDED_HEAD`` (``auto``, ``1``, ``0``) sets :data:`PADDED_HEAD`: ``auto`` pads on CUDA and on
-the CPU when the vocabulary is not already a multiple of 64.
+``GenerationConfig.padded_head`` (true, false, null for auto) chooses: auto pads on CUDA and on the CPU
+when the vocabulary is not already a multiple of 64. The padded copies live in a dictionary owned by the
+caller (:class:`~mmgen.generation.graphs.DecodeCache`), not in this module.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import warnings
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmgen.modules import base_model
+from mmgen.attention import base_model
 
 PAD_TO = 64  # rows of the padded weight: a multiple of this
-_MODES = {  # setting -> forced on / off, or None for auto
-    **dict.fromkeys(("1", "true", "yes", "on"), True),
-    **dict.fromkeys(("0", "false", "no", "off"), False),
-    "auto": None,
-}
-
-
-def _mode_setting() -> str:
-    """``MMGEN_PADDED_HEAD`` (default ``auto``); an unknown value is reported and read as ``auto``."""
-    mode = os.environ.get("MMGEN_PADDED_HEAD", "auto").strip().lower()
-    if mode not in _MODES:
-        warnings.warn(f"MMGEN_PADDED_HEAD={mode!r} ignored: use auto, 1 or 0", stacklevel=2)
-        return "auto"
-    return mode
-
-
-PADDED_HEAD = _mode_setting()  # "auto", "1" or "0" (or a synonym)
-
 # head -> {(dtype, device, shape): [padded weight (V', D), (data_ptr, version) it was copied from]}
-_PADDED: weakref.WeakKeyDictionary[nn.Linear, dict[tuple, list]] = weakref.WeakKeyDictionary()
+PaddedCopies = weakref.WeakKeyDictionary  # [nn.Linear, dict[tuple, list]]
 
 
 def plain_head(decoder: nn.Module) -> nn.Linear | None:
@@ -73,11 +55,10 @@ def plain_head(decoder: nn.Module) -> nn.Linear | None:
     return head
 
 
-def wants_padding(head: nn.Linear, mode: str | None = None) -> bool:
-    """Whether :data:`PADDED_HEAD` (or ``mode``) asks for the padded head for this one."""
-    forced = _MODES[PADDED_HEAD if mode is None else mode]
-    if forced is not None:
-        return forced
+def wants_padding(head: nn.Linear, mode: bool | None = None) -> bool:
+    """Whether ``mode`` (True, False, None for auto) asks for the padded head for this one."""
+    if mode is not None:
+        return mode
     return head.weight.device.type in ("cuda", "cpu") and head.out_features % PAD_TO != 0
 
 
@@ -90,15 +71,16 @@ def _stamp(weight: torch.Tensor) -> tuple[int, int | None]:
     return weight.data_ptr(), version
 
 
-def padded_weight(head: nn.Linear, refresh: bool = False) -> torch.Tensor:
+def padded_weight(head: nn.Linear, refresh: bool = False, copies: PaddedCopies | None = None) -> torch.Tensor:
     """``(V', D)`` copy of ``head.weight`` followed by zero rows, V' a multiple of :data:`PAD_TO`.
 
     The same tensor is returned for the same head, dtype, device and shape; its first V rows are
     copied again (in place) when the weight has moved or been modified since the last call (its
-    version counter; edits through ``weight.data`` escape it), or always with ``refresh``.
+    version counter; edits through ``weight.data`` escape it), or always with ``refresh``. The copies
+    are kept in ``copies`` (a weak dictionary keyed by head; None: a new one, nothing kept).
     """
     v, d = head.weight.shape
-    entries = _PADDED.setdefault(head, {})
+    entries = (PaddedCopies() if copies is None else copies).setdefault(head, {})
     key = (head.weight.dtype, head.weight.device, (v, d))
     stamp = _stamp(head.weight)
     # a normal tensor even inside inference_mode, so that it can be refreshed outside of it too
@@ -115,14 +97,17 @@ def padded_weight(head: nn.Linear, refresh: bool = False) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def padded_logits(decoder: nn.Module, mode: str | None = None, refresh: bool = False) -> Iterator[bool]:
+def padded_logits(
+    decoder: nn.Module, mode: bool | None = None, refresh: bool = False, copies: PaddedCopies | None = None
+) -> Iterator[bool]:
     """Within the block, the decoder's LM head multiplies by its padded weight (when eligible).
 
     Args:
         decoder: A causal LM, possibly peft-wrapped.
-        mode: ``auto``, ``1`` or ``0``; None reads :data:`PADDED_HEAD`.
+        mode: Pad (True), do not (False), or auto (None): ``GenerationConfig.padded_head``.
         refresh: Copy the weight into the padded one even if it looks unchanged (done once per
             search, at the prompt, outside any CUDA graph).
+        copies: Where the padded weights are kept between calls (None: nowhere).
 
     Yields:
         Whether the padded head is in use.
@@ -131,7 +116,7 @@ def padded_logits(decoder: nn.Module, mode: str | None = None, refresh: bool = F
     if head is None or not wants_padding(head, mode):
         yield False
         return
-    weight, v = padded_weight(head, refresh), head.out_features
+    weight, v = padded_weight(head, refresh, copies), head.out_features
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, weight)[..., :v]  # (..., D) -> (..., V'), then a view (..., V)
@@ -141,3 +126,21 @@ def padded_logits(decoder: nn.Module, mode: str | None = None, refresh: bool = F
         yield True
     finally:
         del head.forward
+
+
+@dataclass
+class HeadPadding:
+    """How one decoding run pads the LM head: the mode and where the padded copies are kept.
+
+    Attributes:
+        mode: True, False or None for auto (``GenerationConfig.padded_head``).
+        copies: The padded weights, reused by every step (by default this run's own; a
+            :class:`~mmgen.generation.graphs.DecodeCache` passes its own to keep them between runs).
+    """
+
+    mode: bool | None = None
+    copies: PaddedCopies = field(default_factory=PaddedCopies)
+
+    def __call__(self, decoder: nn.Module, refresh: bool = False) -> contextlib.AbstractContextManager[bool]:
+        """:func:`padded_logits` with these settings."""
+        return padded_logits(decoder, self.mode, refresh, self.copies)

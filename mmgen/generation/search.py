@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
 from mmgen.config import GenerationConfig
 from mmgen.generation.beam import BeamState
-from mmgen.generation.decoder import StepDecoder
-from mmgen.generation.graphs import DecodeSession, cached_session, decoder_fingerprint, uncapturable
+from mmgen.generation.graphs import DecodeCache, DecodeSession, decoder_fingerprint, uncapturable
 from mmgen.generation.greedy import PathState
+from mmgen.generation.head import HeadPadding
 from mmgen.generation.outputs import SearchOutput, StopCheck
 from mmgen.generation.processors import BadWords
 from mmgen.generation.static import StaticStepDecoder, static_cache_unsupported
+from mmgen.generation.step_decoder import StepDecoder
 
 AUTO = "auto"
 
@@ -77,6 +79,14 @@ def _new_state(
     return state(b, gen, eos_ids, pad_id, bad_words)
 
 
+def _static_session(decoder: nn.Module, state: tuple, padding: HeadPadding, graphs: bool, cuda_graph) -> DecodeSession:
+    """A new static-cache session: buffers for ``state`` (``_new_state``'s arguments), steps captured in CUDA
+    graphs with ``graphs`` (a failed capture raises when ``cuda_graph`` is True, else falls back to eager)."""
+    settings = state[1]
+    dec = StaticStepDecoder(decoder, settings.max_new_tokens, graphs, padding, settings.decode_sdpa)
+    return DecodeSession(dec, _new_state(*state), graphs, strict=cuda_graph is True)
+
+
 def _decode(session: DecodeSession, steps: int) -> SearchOutput:
     """Run up to ``steps`` update/advance rounds on a prefilled, expanded session."""
     stop = StopCheck(session.state.done.device)
@@ -104,6 +114,7 @@ def search(
     cuda_graph: bool | str = AUTO,
     full_prefix: int = 0,
     bad_words_ids: Sequence[Sequence[int]] | None = None,
+    cache: DecodeCache | None = None,
 ) -> SearchOutput:
     """Generate continuations of prompt embeddings with a causal LM.
 
@@ -124,8 +135,8 @@ def search(
         use_cache: Reuse keys and values between steps (False recomputes everything; for tests).
         static_cache: Decode over preallocated keys and values of fixed shape (``"auto"``: when the
             decoder supports it (full attention, sdpa or eager), on CUDA, and on the CPU for beam
-            search or several samples per prompt). Its buffers stay attached to the decoder for the
-            next call of the same shape; ``release_static_buffers`` frees them.
+            search or several samples per prompt). Its buffers stay in ``cache`` for the next call of
+            the same shape.
         cuda_graph: Capture each decoding step in a CUDA graph and replay it (``"auto"``: with a
             static cache on CUDA, except for sampling and for a decoder in training mode).
         full_prefix: The first this many prompt positions attend to each other in both directions (a
@@ -133,6 +144,8 @@ def search(
         bad_words_ids: Token sequences never to be generated, by every search (transformers'
             ``bad_words_ids``: a sequence's last token is banned after the rest of it). ``gen.bad_words``
             (text) is not read here: :func:`~mmgen.generation.generate_captions` turns it into these.
+        cache: Where static-cache sessions (CUDA graphs) and padded LM heads are kept between calls
+            (``CaptionModel.decode_cache``); None: nothing is kept after this call.
 
     Returns:
         :class:`SearchOutput` with ``R = num_return_sequences`` sequences per prompt, best first.
@@ -148,6 +161,8 @@ def search(
         generator = torch.Generator(device=device).manual_seed(gen.seed)
     bad_words = BadWords(bad_words_ids, device) if bad_words_ids and any(map(len, bad_words_ids)) else None
     static, graphs = _plan(decoder, device, gen, use_cache, static_cache, cuda_graph)
+    cache = DecodeCache() if cache is None else cache
+    padding = HeadPadding(gen.padded_head, cache.padded_heads)
     b, t_max = inputs_embeds.shape[0], gen.max_new_tokens
     repeats = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences if gen.do_sample else 1
 
@@ -155,16 +170,11 @@ def search(
         settings = dataclasses.replace(gen, seed=None)  # the seed only matters through ``generator``
         key = (inputs_embeds.shape, inputs_embeds.dtype, device, dataclasses.astuple(settings), tuple(eos))
         key += (pad_token_id, cuda_graph, graphs, bad_words and bad_words.ids, *decoder_fingerprint(decoder))
-
-        def build() -> DecodeSession:
-            state = _new_state(b, settings, eos_ids, pad_token_id, bad_words)
-            dec = StaticStepDecoder(decoder, t_max, persistent_logits=graphs)
-            return DecodeSession(dec, state, graphs, strict=cuda_graph is True)
-
-        session = cached_session(decoder, key, build)
+        state = (b, settings, eos_ids, pad_token_id, bad_words)
+        session = cache.session(decoder, key, partial(_static_session, decoder, state, padding, graphs, cuda_graph))
     else:
         state = _new_state(b, gen, eos_ids, pad_token_id, bad_words)
-        session = DecodeSession(StepDecoder(decoder, use_cache), state, False)
+        session = DecodeSession(StepDecoder(decoder, use_cache, padding), state, False)
     session.dec.prefill(inputs_embeds, attention_mask, t_max, full_prefix=full_prefix)
     session.dec.expand(repeats)
     session.state.reset(generator)

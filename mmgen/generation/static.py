@@ -1,6 +1,6 @@
 """Static KV cache: every decoding step over buffers of one fixed shape, written in place.
 
-:class:`StaticStepDecoder` has the interface of :class:`~mmgen.generation.decoder.StepDecoder`
+:class:`StaticStepDecoder` has the interface of :class:`~mmgen.generation.step_decoder.StepDecoder`
 (``prefill`` / ``expand`` / ``advance`` / ``logits``) over preallocated keys and values. The ``K``
 rows of one prompt (its beams or samples) share a single buffer row: the prompt's ``L0`` positions
 are stored once, followed by ``T x K`` slots, one per generated step and row::
@@ -18,18 +18,15 @@ reads a value back to the host and can be captured in a CUDA graph.
 from __future__ import annotations
 
 import contextlib
-import os
-import warnings
 import weakref
 
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mmgen.attention import CAUSAL_SDPA, SDPA_NAMES
-from mmgen.generation.decoder import StepDecoder, _forward_params, cache_argument
-from mmgen.generation.head import padded_logits
-from mmgen.modules import base_model
+from mmgen.attention import CAUSAL_SDPA, SDPA_NAMES, base_model
+from mmgen.generation.head import HeadPadding
+from mmgen.generation.step_decoder import StepDecoder, _forward_params, cache_argument
 
 try:
     from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
@@ -52,28 +49,19 @@ def parse_sdpa_backends(text: str) -> list[SDPBackend] | None:
     return backends if SDPBackend.MATH in backends else [*backends, SDPBackend.MATH]
 
 
-def _sdpa_setting() -> list[SDPBackend] | None:
-    """The backends named by ``MMGEN_DECODE_SDPA`` (default ``efficient,math``)."""
-    text = os.environ.get("MMGEN_DECODE_SDPA", "efficient,math")
-    try:
-        return parse_sdpa_backends(text)
-    except ValueError as err:
-        warnings.warn(f"MMGEN_DECODE_SDPA ignored: {err}", stacklevel=2)
-        return parse_sdpa_backends("efficient,math")
+DEFAULT_DECODE_SDPA = "efficient,math"
+"""Attention kernels tried, in this order, by the decoding steps on CUDA (``GenerationConfig.decode_sdpa``).
+With K queries per prompt against a short masked buffer, cuDNN (torch's first pick) is several times slower
+than the memory-efficient kernel. Graph capture records whichever kernel this selects."""
 
 
-# Attention kernels tried, in this order, by the decoding steps on CUDA (None: torch's choice). With
-# K queries per prompt against a short masked buffer, cuDNN (torch's first pick) is several times
-# slower than the memory-efficient kernel. Graph capture records whichever kernel this selects.
-DECODE_SDPA_BACKENDS: list[SDPBackend] | None = _sdpa_setting()
-
-
-def decode_attention(device: torch.device) -> contextlib.AbstractContextManager:
-    """The SDPA backend choice of a decoding step: :data:`DECODE_SDPA_BACKENDS` on CUDA, nothing else
-    on other devices (the CPU keeps its default kernel, the one the dynamic path uses)."""
-    if device.type != "cuda" or DECODE_SDPA_BACKENDS is None:
+def decode_attention(device: torch.device, backends: list[SDPBackend] | None) -> contextlib.AbstractContextManager:
+    """The SDPA backend choice of a decoding step: ``backends`` (from :func:`parse_sdpa_backends`; None: torch's
+    choice) on CUDA, nothing else on other devices (the CPU keeps its default kernel, the one the dynamic path
+    uses)."""
+    if device.type != "cuda" or backends is None:
         return contextlib.nullcontext()
-    return sdpa_kernel(DECODE_SDPA_BACKENDS, set_priority=True)
+    return sdpa_kernel(backends, set_priority=True)
 
 
 def static_cache_unsupported(decoder: nn.Module) -> str | None:
@@ -144,10 +132,21 @@ class StaticStepDecoder:
         persistent_logits: Write every step's logits into one preallocated tensor (what a CUDA
             graph needs); False points ``logits`` at the forward's output instead (one copy of
             ``B*K x V`` values less per step).
+        padding: The padded LM head's mode and copies (default: auto, copies kept by this object).
+        sdpa: Attention kernels of the steps on CUDA, e.g. ``"efficient,math"`` (``"default"``: torch's choice).
     """
 
-    def __init__(self, decoder: nn.Module, max_new_tokens: int, persistent_logits: bool = True) -> None:
+    def __init__(
+        self,
+        decoder: nn.Module,
+        max_new_tokens: int,
+        persistent_logits: bool = True,
+        padding: HeadPadding | None = None,
+        sdpa: str = DEFAULT_DECODE_SDPA,
+    ) -> None:
         self._decoder = weakref.ref(decoder)
+        self.padding = padding or HeadPadding()
+        self.sdpa_backends = parse_sdpa_backends(sdpa)
         params = _forward_params(decoder)
         self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         self._takes_cache_position = "cache_position" in params
@@ -175,7 +174,7 @@ class StaticStepDecoder:
         """Run the prompt ``(B, L0, D)`` with a dynamic cache; returns next-token logits ``(B, V)``."""
         if max_new_tokens != self.max_new_tokens:
             raise ValueError(f"buffers hold {self.max_new_tokens} new tokens, not {max_new_tokens}")
-        self._prompt = StepDecoder(self.decoder)
+        self._prompt = StepDecoder(self.decoder, padding=self.padding)
         return self._prompt.prefill(inputs_embeds, attention_mask, max_new_tokens, full_prefix=full_prefix)
 
     def _allocate(self, k: int, layers: list, logits: torch.Tensor) -> None:
@@ -261,7 +260,7 @@ class StaticStepDecoder:
             kwargs["cache_position"] = self.write_pos
         if self._keep_arg is not None:
             kwargs[self._keep_arg] = k
-        with decode_attention(self.logits.device), padded_logits(decoder):
+        with decode_attention(self.logits.device, self.sdpa_backends), self.padding(decoder):
             logits = decoder(**kwargs).logits  # (B, K, V), maybe a view of (B, K, V') (padded head)
         self._set_logits(logits.reshape(b * k, -1))
         self.t += 1

@@ -1,6 +1,6 @@
 """Model parts: encoder (timm), projector registry, decoder (transformers), CaptionModel."""
 
-from mmgen.models.captioner import CaptionModel, CaptionOutput, build_model
+from mmgen.models.caption_model import CaptionModel, CaptionOutput, build_model
 from mmgen.models.presets import tiny_model_config
 from mmgen.models.tokenizer import load_tokenizer, start_ids, train_caption_tokenizer
 

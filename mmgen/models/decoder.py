@@ -187,3 +187,11 @@ def _is_linear(module: nn.Module) -> bool:
     from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
 
     return isinstance(module, (nn.Linear, Conv1D))
+
+
+def checkpointing_enabled(model: nn.Module) -> bool:
+    """Whether activation checkpointing is on (by the name this transformers release uses)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False

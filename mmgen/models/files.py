@@ -7,6 +7,7 @@ A model directory (``CaptionModel.save_pretrained``, a checkpoint, ``best/``, ``
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -127,3 +128,46 @@ def load_saved_tokenizer(model_dir: Path):
         return AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise CheckpointError(f"{tok_dir}: the tokenizer cannot be loaded ({one_line(e)})") from e
+
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Copy the tensors of a saved model into ``model`` where names and shapes match.
+
+    Used to start stage 2 from stage 1 (LoRA adapters are new; everything else carries over).
+    Returns the names of ``model``'s tensors that were not found in the file.
+    """
+    file = Path(path) / WEIGHTS_NAME
+    if not file.exists():
+        raise MissingCheckpointFileError(f"train.init_from: no {WEIGHTS_NAME} in {path}")
+    saved = load_tensors(file)
+    own = model.state_dict()
+
+    # peft wraps the decoder: base weights live under '.base_model.model.' and '.base_layer.'
+    def plain(name: str) -> str:
+        return name.replace("base_model.model.", "").replace(".base_layer.", ".")
+
+    by_plain = {plain(k): v for k, v in saved.items()}
+    missing = []
+    loaded: set[int] = set()  # storages written, so tied weights (GPT-2's wte / lm_head) count as loaded
+    with torch.no_grad():
+        for name, tensor in own.items():
+            src = saved.get(name, by_plain.get(plain(name)))
+            if src is not None and src.shape == tensor.shape:
+                tensor.copy_(src)
+                loaded.add(tensor.data_ptr())
+            else:
+                missing.append(name)
+    return [name for name in missing if own[name].data_ptr() not in loaded]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

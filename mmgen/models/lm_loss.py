@@ -1,6 +1,6 @@
 """The LM head's cross-entropy without the whole ``(tokens, vocabulary)`` logits tensor (``train.loss_impl``).
 
-The plain path (:func:`mmgen.models.captioner.caption_loss`) computes the logits of every text position, then
+The plain path (:func:`caption_loss`) computes the logits of every text position, then
 the mean cross-entropy over the labelled ones; with GPT-2's 50,257 tokens that is the largest activation of a
 training step (and its fp32 copy and gradient). The implementations here take the decoder's final hidden
 states and the head's weight instead, and compute the same mean over the positions whose label is not -100:
@@ -22,6 +22,7 @@ import importlib.util
 import inspect
 
 import torch
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 FUSED = ("chunked", "liger", "cce")
@@ -146,3 +147,10 @@ def linear_cross_entropy(
             raise ValueError("train.loss_impl=cce: cut-cross-entropy takes no head bias; use liger or chunked")
         return cce(hidden.to(dtype), weight.to(dtype), labels, ignore_index=IGNORE_INDEX, reduction="mean").float()
     raise ValueError(f"train.loss_impl={impl!r}: expected one of {', '.join(FUSED)}")
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]`` over the labelled positions."""
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+    )

@@ -33,10 +33,8 @@ import numpy as np
 import torch
 
 from mmgen.config import Config, GenerationConfig
-from mmgen.data.transforms import normalize_on_device
 from mmgen.evaluation.cider import CiderD
 from mmgen.evaluation.ptb import ptb_tokenize
-from mmgen.generation import prompt_embeds, search
 from mmgen.generation.captions import decode_sequences
 from mmgen.training import distributed as D
 from mmgen.training.logs import plot_curves
@@ -290,20 +288,17 @@ class ScstTrainer(Trainer):
         model, dev, sc = self.model, self.device, self.cfg.scst
         k, tok = sc.num_samples, model.tokenizer
         features = batch.get("features")
-        pixels = None
+        pixels = None  # uint8 from the loader: the model normalises them
         if features is not None:
             features = features.to(dev, non_blocking=True)
         else:
-            pixels = normalize_on_device(batch["pixel_values"].to(dev, non_blocking=True), *self._pixel_stats)
+            pixels = batch["pixel_values"].to(dev, non_blocking=True)
         with _eval_mode(model), _sampling_autocast(self.cfg, dev):
             if features is None and model.encoder.fully_frozen:
-                param = next(model.encoder.parameters())
-                features = model.encoder(pixels.to(param.dtype))  # (B, N, C): once, for both passes
-            prompt = prompt_embeds(model, None if features is not None else pixels, features)  # (B, N'+P, D)
-            special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-            special["full_prefix"] = model.full_prefix
-            sampled = search(model.decoder, prompt, self.sample_gen, **special)  # (B, K, L)
-            greedy = search(model.decoder, prompt, self.greedy_gen, **special) if sc.baseline == "greedy" else None
+                features = model.image_features(pixels)  # (B, N, C): once, for both passes
+            prompt = model.prompt_embeds(None if features is not None else pixels, features)  # (B, N'+P, D)
+            sampled = model.search(prompt, self.sample_gen)  # (B, K, L)
+            greedy = model.search(prompt, self.greedy_gen) if sc.baseline == "greedy" else None
         b = prompt.shape[0]
         tokens = sampled.sequences.reshape(b * k, -1).clone()  # (B*K, L); clone: out of inference mode
         lengths = sampled.lengths.reshape(b * k).clone()  # (B*K,)

@@ -20,7 +20,6 @@ import torch
 
 from mmgen.attention import sdpa_context
 from mmgen.config import Config, save_config
-from mmgen.data.transforms import normalize_on_device
 from mmgen.runtime import set_threads
 from mmgen.training import distributed as D
 from mmgen.training.checkpoint import refuse_non_finite_weights
@@ -83,11 +82,14 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False):
-        from mmgen.training import data as tdata
+        from mmgen.training import run_data as tdata
         from mmgen.training.rundir import claim_run_dir, finished_run
 
         if cfg.train.objective != "xe" and type(self) is Trainer:
-            raise ValueError(f"train.objective={cfg.train.objective}: build the trainer with build_trainer(cfg)")
+            raise ValueError(
+                f"train.objective={cfg.train.objective}: build the trainer with "
+                "mmgen.training.objectives.build_trainer(cfg)"
+            )
         if resume is not None and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue a run, or start over in its place")
         set_threads(cfg.train.threads)  # before any work; None leaves torch's setting
@@ -111,7 +113,7 @@ class Trainer:
             raise
 
     def _build(self, cfg: Config, resume: str | Path | None) -> None:
-        from mmgen.training import data as tdata
+        from mmgen.training import run_data as tdata
         from mmgen.training.checkpoint import latest_checkpoint, load_latest_checkpoint
 
         seed_everything(cfg.train.seed)
@@ -126,7 +128,7 @@ class Trainer:
         self.model = CaptionModel(cfg.model, tokenizer).to(self.device)
         self.model.generation_config = cfg.eval.generation
         if cfg.train.init_from and not resume:
-            from mmgen.models.captioner import load_matching_weights
+            from mmgen.models.files import load_matching_weights
 
             missing = load_matching_weights(self.model, cfg.train.init_from)
             if self.dist.is_main:
@@ -167,8 +169,6 @@ class Trainer:
         self._warm_at: float | None = None  # train.schedule=time: the clock when warmup ended
         self.clock = time.perf_counter  # seconds; what train.max_time and train.schedule=time follow
         self._bad = torch.zeros(3, dtype=torch.long, device=self.device)  # skipped since read, run, longest run
-        mean, std = self.model.data_config["mean"], self.model.data_config["std"]
-        self._pixel_stats = (tuple(mean), tuple(std))
 
     # -- one optimizer step ---------------------------------------------------------------------
     def _grad_sync(self, last: bool):
@@ -191,9 +191,8 @@ class Trainer:
         inputs = {k: b[k].to(dev, non_blocking=True) for k in ("input_ids", "labels")}
         if "features" in b:
             inputs["features"] = b["features"].to(dev, non_blocking=True)
-        else:  # uint8 from the loader (4x less to copy), normalised here
-            pixels = b["pixel_values"].to(dev, non_blocking=True)
-            inputs["pixel_values"] = normalize_on_device(pixels, *self._pixel_stats)
+        else:  # uint8 from the loader (4x less to copy), normalised by the model
+            inputs["pixel_values"] = b["pixel_values"].to(dev, non_blocking=True)
         return inputs
 
     def _micro_losses(self, batches: list[dict]) -> tuple[torch.Tensor, int]:
@@ -304,7 +303,7 @@ class Trainer:
     def _fit(self) -> dict:
         from tqdm import tqdm
 
-        from mmgen.training import data as tdata
+        from mmgen.training import run_data as tdata
 
         cfg, st = self.cfg, self.state
         start = self.clock()
@@ -406,8 +405,8 @@ class Trainer:
     # -- evaluation / saving ----------------------------------------------------------------------
     def evaluate(self) -> dict:
         """Caption the validation split (rank 0), score it, keep ``best/`` by ``eval.metric``."""
-        from mmgen.training import data as tdata
         from mmgen.training.checkpoint import save_best
+        from mmgen.training.validation import evaluate
 
         scores: dict = {}
         self._evaluated_at = self.state.step
@@ -417,7 +416,7 @@ class Trainer:
         model = self.unsharded()  # the model itself, or (FSDP) rank 0's full copy; collective
         if self.dist.is_main:
             model.eval()
-            scores = tdata.evaluate(self, model)
+            scores = evaluate(self, model)
             model.train()
             metric = self.cfg.eval.metric
             value = scores.get(metric)
@@ -484,8 +483,8 @@ class Trainer:
         copy on rank 0 that holds the current weights (the other ranks get the sharded model back)."""
         if not self.sharded:
             return self.model
+        from mmgen.attention import base_model
         from mmgen.models import CaptionModel
-        from mmgen.modules import base_model
 
         state = D.full_model_state(self.wrapped)  # on rank 0's CPU
         if not self.dist.is_main:
@@ -496,12 +495,3 @@ class Trainer:
             self._twin.generation_config = self.cfg.eval.generation
         self._twin.load_state_dict(state)
         return self._twin.to(self.device)
-
-
-def build_trainer(cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> Trainer:
-    """The trainer of ``cfg.train.objective``: :class:`Trainer` (cross-entropy) or SCST's subclass."""
-    if cfg.train.objective == "scst":
-        from mmgen.training.scst import ScstTrainer
-
-        return ScstTrainer(cfg, resume=resume, overwrite=overwrite)
-    return Trainer(cfg, resume=resume, overwrite=overwrite)

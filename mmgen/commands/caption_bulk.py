@@ -17,7 +17,7 @@ from mmgen.commands import FAILED, UsageError
 def _records(args: argparse.Namespace):
     """The records of ``--data`` (a stream for HF sources) or the image files named on the command line."""
     if not args.data:
-        from mmgen.commands.caption import expand_arguments
+        from mmgen.commands.caption_options import expand_arguments
 
         return expand_arguments(args.images)
     from mmgen.data.formats import DataFormatError
@@ -77,7 +77,7 @@ def run_bulk(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mmgen.bulk import ResumeError, caption_to_file, check_settings, finish
-    from mmgen.commands.caption import _tty, generation_overrides, load_captioner
+    from mmgen.commands.caption_options import generation_overrides, load_captioner, stderr_is_tty
     from mmgen.training.distributed import all_reduce_sum, barrier, cleanup_distributed, init_distributed
 
     out = Path(args.out)
@@ -93,7 +93,7 @@ def run_bulk(args: argparse.Namespace) -> int:
         barrier()
         total = len(records) if hasattr(records, "__len__") else None
         share = None if total is None else len(range(state.rank, total, state.world_size))
-        quiet = args.quiet or not _tty() or not state.is_main
+        quiet = args.quiet or not stderr_is_tty() or not state.is_main
         bar = tqdm(total=share, desc="caption", unit="img", file=sys.stderr, disable=quiet)
         try:
             summary = caption_to_file(

@@ -17,9 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from mmgen.commands import FAILED, UsageError, add_threads_option, apply_threads, positive_int
+from mmgen.commands import (
+    FAILED,
+    UsageError,
+    add_threads_option,
+    apply_threads,
+    positive_int,
+    split_generation_overrides,
+)
+from mmgen.commands.caption_options import expand_arguments, generation_overrides, load_captioner, stderr_is_tty
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="caption images with a saved model",
         description="Caption image files; a directory stands for the image files directly inside it (sorted).",
     )
-    p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and/or directories")
+    p.add_argument(
+        "images",
+        nargs="*",
+        metavar="IMAGE_OR_DIR",
+        help="image files and/or directories; generation.KEY=VALUE arguments among them override the model's "
+        "generation settings (e.g. generation.num_beams=5), as in mmgen train",
+    )
     p.add_argument("--model", required=True, metavar="DIR", help="saved model directory (config.json, ...)")
     p.add_argument("--data", nargs="+", metavar="SOURCE", help="caption a dataset (COCO, JSONL/CSV, HF); needs --out")
     p.add_argument("--images-dir", default=None, metavar="DIR", help="images of a COCO/table --data source")
@@ -51,57 +64,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def expand_arguments(arguments: list[str]) -> list[Path]:
-    """The image files the arguments name (directories: the image files directly inside, sorted).
-
-    Raises:
-        UsageError: one line per argument that is missing or a directory without image files.
-    """
-    from mmgen.captioner import IMAGE_EXTENSIONS, list_images
-
-    problems = []
-    for arg in map(Path, arguments):
-        if not arg.exists():
-            problems.append(f"{arg}: no such file or directory")
-        elif arg.is_dir() and not list_images([arg]):
-            folders = any(f.is_dir() for f in arg.iterdir())
-            hint = "; subdirectories are not searched, name them" if folders else ""
-            kinds = ", ".join(IMAGE_EXTENSIONS)
-            problems.append(f"{arg}: a directory with no image files ({kinds}) directly inside it{hint}")
-    if problems:
-        raise UsageError("\n".join(problems))
-    return list_images(arguments)
-
-
-def generation_overrides(args: argparse.Namespace) -> dict:
-    """The ``GenerationConfig`` overrides the options ask for (one caption per image)."""
-    overrides = {"num_return_sequences": 1}  # one caption per image is printed
-    if args.beams is not None:
-        overrides["num_beams"] = args.beams
-    if args.max_new_tokens is not None:
-        overrides["max_new_tokens"] = args.max_new_tokens
-    if args.bad_words:
-        overrides["bad_words"] = tuple(w.strip() for w in args.bad_words.split(",") if w.strip())
-    return overrides
-
-
-def load_captioner(args: argparse.Namespace, device: str | None = None):
-    """The Captioner the options name, or a :class:`UsageError` saying why the model cannot be loaded."""
-    from mmgen.captioner import Captioner
-
-    if args.quantize and (args.device or "cpu") != "cpu":
-        raise UsageError(f"--quantize {args.quantize} runs on the CPU only; drop --device {args.device}")
-    if args.quantize and args.dtype not in (None, "float32"):
-        raise UsageError(f"--quantize {args.quantize} starts from float32 weights; drop --dtype {args.dtype}")
-    try:
-        dtype = args.dtype or ("float32" if args.quantize else None)  # int8 starts from fp32 whatever was saved
-        return Captioner.from_pretrained(args.model, device=device or args.device, dtype=dtype, quantize=args.quantize)
-    except (FileNotFoundError, OSError) as e:
-        raise UsageError(f"cannot load the model: {e}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
+    args.images, args.overrides = split_generation_overrides(args.images)
+    if args.data:  # --data takes every argument after it
+        args.data, more = split_generation_overrides(args.data)
+        args.overrides += more
     if args.data and args.images:
         raise UsageError("give image files or --data, not both")
     if not args.data and not args.images:
@@ -109,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data and not args.out:
         raise UsageError("--data needs --out FILE (bulk captioning writes a JSON Lines file)")
     if args.out:
-        from mmgen.commands.bulk import run_bulk
+        from mmgen.commands.caption_bulk import run_bulk
 
         return run_bulk(args)
     from tqdm import tqdm
@@ -120,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     captioner.resolve_generation(**overrides)  # invalid settings fail before any image is read
 
     failed = 0
-    bar = tqdm(total=len(paths), desc="caption", unit="img", file=sys.stderr, disable=args.quiet or not _tty())
+    bar = tqdm(total=len(paths), desc="caption", unit="img", file=sys.stderr, disable=args.quiet or not stderr_is_tty())
     images = [str(p) for p in paths]
     results = captioner.iter_captions(images, args.batch_size, skip_errors=True, prompt=args.prompt, **overrides)
     for r in results:
@@ -137,7 +105,3 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"mmgen caption: {failed} of {len(paths)} images could not be captioned", file=sys.stderr)
     return FAILED if failed else 0
-
-
-def _tty() -> bool:
-    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()

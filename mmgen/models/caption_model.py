@@ -13,20 +13,29 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from mmgen.attention import CAUSAL_SDPA, PREFIX, UNPADDED
+from mmgen.attention import CAUSAL_SDPA, PREFIX, UNPADDED, base_model
 from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
+from mmgen.data.transforms import normalize_on_device
 from mmgen.errors import CheckpointError, MissingCheckpointFileError
-from mmgen.models.decoder import build_decoder
+from mmgen.generation.graphs import DecodeCache
+from mmgen.models.decoder import build_decoder, checkpointing_enabled
 from mmgen.models.encoder import Encoder
-from mmgen.models.files import TOKENIZER_DIR, load_saved_tokenizer, load_tensors, load_weights, one_line, read_json
-from mmgen.models.lm_loss import IGNORE_INDEX, linear_cross_entropy
+from mmgen.models.files import (
+    TOKENIZER_DIR,
+    WEIGHTS_NAME,
+    atomic_write_text,
+    jsonable,
+    load_saved_tokenizer,
+    load_weights,
+    one_line,
+    read_json,
+)
+from mmgen.models.lm_loss import IGNORE_INDEX, caption_loss, linear_cross_entropy
 from mmgen.models.projector import build_projector
 from mmgen.models.tokenizer import ensure_special_tokens, load_tokenizer, start_ids
-from mmgen.modules import base_model
 
 CONFIG_NAME = "config.json"
 DECODER_CONFIG_NAME = "decoder_config.json"
-WEIGHTS_NAME = "model.safetensors"
 _LOGIT_SHAPING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 """transformers config fields of decoders whose logits are more than ``lm_head(hidden)`` (Gemma-2's soft cap,
 Cohere's scale, Granite's divisor): a fused loss would compute other numbers, so it refuses them."""
@@ -90,6 +99,7 @@ class CaptionModel(nn.Module):
                 f"{base_model(self.decoder).config._attn_implementation!r}: set model.decoder.attn_implementation: sdpa"
             )
         self.generation_config = GenerationConfig()
+        self.decode_cache = DecodeCache()  # static-cache sessions and padded LM heads kept between searches
 
     def _check_positions(self) -> None:
         """Fail at build time when image prefix + BOS/prompt + caption exceed the decoder's positions."""
@@ -127,14 +137,27 @@ class CaptionModel(nn.Module):
         return self.decoder.get_input_embeddings().embedding_dim
 
     # -- building blocks --------------------------------------------------------------------------
+    def normalize_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` as the encoder takes them, on its device and in its dtype: uint8 in 0..255 is
+        normalised with the encoder's data config (mean, std); float images are taken as normalised already.
+        The one place images are normalised (the loaders hand over uint8, 4x less to copy)."""
+        param = next(self.encoder.parameters())
+        mean, std = self.data_config["mean"], self.data_config["std"]
+        return normalize_on_device(pixel_values.to(param.device), mean, std, dtype=param.dtype)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens (B, N, C) of uint8 or normalised float images (see :meth:`normalize_pixels`)."""
+        pixels = self.normalize_pixels(pixel_values)
+        if self.encoder.fully_frozen:
+            with torch.no_grad():
+                return self.encoder(pixels)  # (B, N, C)
+        return self.encoder(pixels)  # (B, N, C)
+
     def encode_images(self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None):
-        """Image prefix embeddings (B, N', D). ``features`` (B, N, C) skips the encoder (feature cache)."""
+        """Image prefix embeddings (B, N', D) of uint8 or normalised float images; ``features`` (B, N, C) skips
+        the encoder (feature cache)."""
         if features is None:
-            if self.encoder.fully_frozen:
-                with torch.no_grad():
-                    features = self.encoder(pixel_values)  # (B, N, C)
-            else:
-                features = self.encoder(pixel_values)  # (B, N, C)
+            features = self.image_features(pixel_values)  # (B, N, C)
         return self.projector(features.to(self.projector_dtype))  # (B, N', D)
 
     @property
@@ -148,6 +171,67 @@ class CaptionModel(nn.Module):
     def start_embeds(self, batch: int) -> torch.Tensor:
         """Embeddings of BOS + prompt, (B, P, D): what follows the image prefix at generation."""
         return self.embed_tokens(self.start_ids).unsqueeze(0).expand(batch, -1, -1)
+
+    # -- generation ---------------------------------------------------------------------------------
+    def prompt_embeds(
+        self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None, prompt: str | None = None
+    ) -> torch.Tensor:
+        """The decoder's prompt for each image, ``(B, N' + P, D)``: image prefix, then BOS and the text prompt.
+
+        Args:
+            pixel_values: Images ``(B, 3, H, W)``, uint8 or normalised float (see :meth:`normalize_pixels`).
+            features: Encoder tokens ``(B, N, C)`` instead of images (frozen-encoder feature cache).
+            prompt: Text after BOS in place of the model's own ``prompt`` (``""``: none); None keeps it.
+        """
+        prefix = self.encode_images(pixel_values, features)  # (B, N', D)
+        if prompt is None:
+            start = self.start_embeds(prefix.shape[0])  # (B, P, D)
+        else:
+            ids = torch.tensor(start_ids(self.tokenizer, prompt), device=self.start_ids.device)  # (P,)
+            start = self.embed_tokens(ids).unsqueeze(0).expand(prefix.shape[0], -1, -1)  # (B, P, D)
+        return torch.cat([prefix.to(start.dtype), start], dim=1)  # (B, N'+P, D)
+
+    def search(self, prompt_embeds: torch.Tensor, gen: GenerationConfig | None = None, **options):
+        """Token ids continuing ``prompt_embeds`` (:func:`mmgen.generation.search` with this model's decoder,
+        special tokens, prefix attention, banned words and :attr:`decode_cache`); ``options``: ``generator``,
+        ``static_cache``, ``cuda_graph``. Returns a :class:`~mmgen.generation.SearchOutput`."""
+        from mmgen.generation.captions import bad_words_ids
+        from mmgen.generation.search import search
+
+        gen, tok = gen or self.generation_config, self.tokenizer
+        banned = bad_words_ids(tok, gen.bad_words) if gen.bad_words else None
+        special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+        return search(
+            self.decoder, prompt_embeds, gen, **special, full_prefix=self.full_prefix, bad_words_ids=banned,
+            cache=self.decode_cache, **options,
+        )  # fmt: skip
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        gen: GenerationConfig | None = None,
+        *,
+        features: torch.Tensor | None = None,
+        prompt: str | None = None,
+        **options,
+    ):
+        """Captions of a batch of images: what the Captioner, evaluation and serving call.
+
+        Args:
+            pixel_values: Images ``(B, 3, H, W)``, uint8 or normalised float (see :meth:`normalize_pixels`).
+            gen: Generation settings (default: :attr:`generation_config`, the ones saved with the model).
+            features: Encoder tokens ``(B, N, C)`` in place of ``pixel_values``.
+            prompt: Text the captions continue in place of the model's own prompt (not repeated in them).
+            **options: ``generator``, ``static_cache``, ``cuda_graph`` (see :func:`mmgen.generation.search`).
+
+        Returns:
+            :class:`~mmgen.generation.GeneratedCaptions`: texts and scores per image, best first.
+        """
+        from mmgen.generation.captions import captions_of
+
+        out = self.search(self.prompt_embeds(pixel_values, features, prompt), gen, **options)
+        return captions_of(self.tokenizer, out)
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(
@@ -227,7 +311,7 @@ class CaptionModel(nn.Module):
         (consecutive rows of ``input_ids``), which then run after it like decoding steps: the same
         attention as K separate ``[prefix ; caption]`` sequences, with the prefix computed once.
         """
-        from mmgen.generation.decoder import cache_argument, returned_cache
+        from mmgen.generation.step_decoder import cache_argument, returned_cache
 
         b, n = prefix.shape[:2]
         rows, t = input_ids.shape
@@ -237,7 +321,7 @@ class CaptionModel(nn.Module):
         extra = {PREFIX: self.full_prefix} if self.full_prefix else {}
         tokens = self.embed_tokens(input_ids)  # (B*K, T, D)
         mask = None if attention_mask is None else F.pad(attention_mask, (n, 0), value=1)  # (B*K, N'+T)
-        if _checkpointing(base_model(self.decoder)) or _sharded(self):
+        if checkpointing_enabled(base_model(self.decoder)) or _sharded(self):
             # a checkpointed decoder cannot keep a cache, and FSDP frees the parameters that the second call's
             # backward would need: the K copies of the prefix run with their captions instead (same result)
             embeds = torch.cat([prefix.to(tokens.dtype).repeat_interleave(k, dim=0), tokens], dim=1)
@@ -340,10 +424,10 @@ class CaptionModel(nn.Module):
         meta = {
             "model": to_dict(self.config),
             "generation": to_dict(generation or self.generation_config),
-            "data_config": _jsonable(self.data_config),
+            "data_config": jsonable(self.data_config),
         }
-        _atomic_write_text(path / CONFIG_NAME, json.dumps(meta, indent=2))
-        _atomic_write_text(path / DECODER_CONFIG_NAME, base_model(self.decoder).config.to_json_string())
+        atomic_write_text(path / CONFIG_NAME, json.dumps(meta, indent=2))
+        atomic_write_text(path / DECODER_CONFIG_NAME, base_model(self.decoder).config.to_json_string())
         tmp = path / (WEIGHTS_NAME + ".tmp")
         save_model(self, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, path / WEIGHTS_NAME)
@@ -394,14 +478,6 @@ class CaptionModel(nn.Module):
         return model
 
 
-def _checkpointing(model: nn.Module) -> bool:
-    """Whether activation checkpointing is on (by the name this transformers release uses)."""
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        if hasattr(type(model), name):
-            return bool(getattr(model, name))
-    return False
-
-
 def _sharded(model: nn.Module) -> bool:
     """Whether ``model`` was wrapped by FSDP2's ``fully_shard``."""
     try:
@@ -409,43 +485,6 @@ def _sharded(model: nn.Module) -> bool:
     except ImportError:
         return False
     return isinstance(model, FSDPModule)
-
-
-def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]`` over the labelled positions."""
-    return F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
-    )
-
-
-def load_matching_weights(model: CaptionModel, path: str | os.PathLike) -> list[str]:
-    """Copy the tensors of a saved model into ``model`` where names and shapes match.
-
-    Used to start stage 2 from stage 1 (LoRA adapters are new; everything else carries over).
-    Returns the names of ``model``'s tensors that were not found in the file.
-    """
-    file = Path(path) / WEIGHTS_NAME
-    if not file.exists():
-        raise MissingCheckpointFileError(f"train.init_from: no {WEIGHTS_NAME} in {path}")
-    saved = load_tensors(file)
-    own = model.state_dict()
-
-    # peft wraps the decoder: base weights live under '.base_model.model.' and '.base_layer.'
-    def plain(name: str) -> str:
-        return name.replace("base_model.model.", "").replace(".base_layer.", ".")
-
-    by_plain = {plain(k): v for k, v in saved.items()}
-    missing = []
-    loaded: set[int] = set()  # storages written, so tied weights (GPT-2's wte / lm_head) count as loaded
-    with torch.no_grad():
-        for name, tensor in own.items():
-            src = saved.get(name, by_plain.get(plain(name)))
-            if src is not None and src.shape == tensor.shape:
-                tensor.copy_(src)
-                loaded.add(tensor.data_ptr())
-            else:
-                missing.append(name)
-    return [name for name in missing if own[name].data_ptr() not in loaded]
 
 
 def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> CaptionModel:
@@ -457,13 +496,3 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase | None =
             )
         tokenizer = load_tokenizer(config.tokenizer, config.decoder.name)
     return CaptionModel(config, tokenizer)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _jsonable(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -4,7 +4,7 @@ pycocoevalcap lower-cases and tokenises every caption with Stanford's PTBTokeniz
 3.4.1) and then drops punctuation tokens. Two interchangeable backends give the same strings:
 
 - ``"java"`` runs that jar with pycocoevalcap's command line (needs ``java`` and pycocoevalcap);
-- ``"python"`` is a pure-Python port of the same lexer (:mod:`mmgen.evaluation._ptb_lexer`), for
+- ``"python"`` is a pure-Python port of the same lexer (:mod:`mmgen.evaluation.ptb.lexer`), for
   machines without Java. It reproduces the jar's quirks: brackets become ``-lrb-`` and survive the
   punctuation filter (whose list is upper-case), ``can't`` becomes ``ca n't``, ``1 1/2`` is one token
   with a non-breaking space inside, and so on.
@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Sequence
 
 from mmgen.evaluation._java import java_tools_available, require_java_tools
-from mmgen.evaluation._ptb_lexer import tokenize_lines
+from mmgen.evaluation.ptb.lexer import tokenize_lines
 
 __all__ = ["PUNCTUATIONS", "ptb_tokenize", "resolve_backend"]
 

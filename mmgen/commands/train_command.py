@@ -24,6 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="start over in train.out_dir although an earlier run left files there (deletes its checkpoints, best/, "
         "final/, tokenizer/, metrics and curves; keeps data/ and features/)",
     )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (YAML, every key with its help and default) and exit without training",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     add_threads_option(p)  # the same as the override train.threads=N (saved with the run's config)
     p.set_defaults(func=run)
@@ -34,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from mmgen.errors import RunDirError
     from mmgen.training.checkpoint import NonFiniteWeightsError
     from mmgen.training.distributed import cleanup_distributed
-    from mmgen.training.trainer import NonFiniteLossError, build_trainer
+    from mmgen.training.objectives import NonFiniteLossError, build_trainer
 
     if args.resume is not None and args.overwrite:
         raise SystemExit("mmgen train: --resume continues a run, --overwrite starts over: use one of them")
@@ -45,10 +50,17 @@ def run(args: argparse.Namespace) -> int:
         if not saved.exists():
             raise SystemExit(f"mmgen train: {args.resume} has no config.yaml; is it a run directory?")
         cfg = load_config(saved, args.overrides)
+    elif args.print_config:
+        cfg = load_config(args.config, args.overrides)  # defaults alone when there is no --config
     else:
         if args.config is None:
             raise SystemExit("mmgen train: --config is required (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides, check_paths=True)  # missing paths fail before any work
+    if args.print_config:
+        from mmgen.config import describe_config
+
+        print(describe_config(cfg))
+        return 0
     try:
         trainer = build_trainer(cfg, resume=args.resume, overwrite=args.overwrite)
         if trainer.finished:  # said so; nothing was written

@@ -15,9 +15,8 @@ import inspect
 import torch
 from torch import nn
 
-from mmgen.attention import CAUSAL_SDPA, PREFIX
-from mmgen.generation.head import padded_logits
-from mmgen.modules import base_model
+from mmgen.attention import CAUSAL_SDPA, PREFIX, base_model
+from mmgen.generation.head import HeadPadding
 
 
 def _forward_params(decoder: nn.Module) -> set[str]:
@@ -43,11 +42,13 @@ class StepDecoder:
     Args:
         decoder: Any transformers causal LM (possibly peft-wrapped) that accepts ``inputs_embeds``.
         use_cache: Keep ``past_key_values`` between steps (otherwise recompute everything).
+        padding: The padded LM head's mode and copies (default: auto, copies kept by this object).
     """
 
-    def __init__(self, decoder: nn.Module, use_cache: bool = True) -> None:
+    def __init__(self, decoder: nn.Module, use_cache: bool = True, padding: HeadPadding | None = None) -> None:
         self.decoder = decoder
         self.use_cache = use_cache
+        self.padding = padding or HeadPadding()
         params = _forward_params(decoder)
         self._takes_positions = "position_ids" in params
         self._takes_cache_position = "cache_position" in params  # transformers 4.x
@@ -89,7 +90,7 @@ class StepDecoder:
             kwargs[self._keep_arg] = 1
         if self._full_prefix and past < self._full_prefix:  # later positions are causal anyway
             kwargs[PREFIX] = self._full_prefix
-        with padded_logits(self.decoder, refresh=refresh):  # an aligned LM-head matmul (same logits)
+        with self.padding(self.decoder, refresh=refresh):  # an aligned LM-head matmul (same logits)
             out = self.decoder(**kwargs)
         if self.use_cache:
             self.cache = returned_cache(out)

@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mmgen.evaluation import _ptb_tables as _tables
+from mmgen.evaluation.ptb import tables as _tables
 
 # --------------------------------------------------------------------------------------------------
 # Character classes (contents of [...], without the brackets)

@@ -1,8 +1,8 @@
 """Check and time the fast decoding path against the dynamic one and transformers' generate.
 
-    python -m mmgen.generation.selfcheck                   # GPT-2 124M (random weights) on CUDA
-    python -m mmgen.generation.selfcheck --decoder DIR     # a local causal LM instead
-    python -m mmgen.generation.selfcheck --device cpu --tiny
+    python scripts/decode_selfcheck.py                     # GPT-2 124M (random weights) on CUDA
+    python scripts/decode_selfcheck.py --decoder DIR       # a local causal LM instead
+    python scripts/decode_selfcheck.py --device cpu --tiny
 
 For greedy and each beam width it reports, as JSON: the share of sequences identical between the
 fast path (static cache, CUDA graphs on CUDA), the dynamic path and ``generate`` (compared in
@@ -17,14 +17,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
-from mmgen.config import GenerationConfig
-from mmgen.generation.graphs import release_static_buffers
-from mmgen.generation.search import search
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's mmgen, run from anywhere
+
+from mmgen.config import GenerationConfig  # noqa: E402
+from mmgen.generation import DecodeCache  # noqa: E402
+from mmgen.generation import search as _search  # noqa: E402
+
+CACHE = DecodeCache()  # this script's static-cache sessions: the fast path reuses them across calls
+
+
+def search(*args, **kwargs):
+    """:func:`mmgen.generation.search` keeping its buffers in this script's cache."""
+    return _search(*args, cache=CACHE, **kwargs)
 
 
 def _decoder(args: argparse.Namespace) -> tuple[torch.nn.Module, int, int]:
@@ -108,7 +119,7 @@ def _agreement(model, embeds, gen, eos, pad) -> dict:
 def _speed(model, embeds, gen, eos, pad, repeats: int, with_generate: bool) -> dict:
     """Images per second of each path."""
     device, b = embeds.device, embeds.shape[0]
-    release_static_buffers(model)
+    CACHE.clear()
     start = time.perf_counter()
     search(model, embeds, gen, eos, pad, static_cache=True)
     if device.type == "cuda":
@@ -191,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.inference_mode():
         for name, gen in gens.items():
             runs.append({"mode": name, **_agreement(model, embeds[: args.check_batch], gen, eos, pad)})
-        release_static_buffers(model)
+        CACHE.clear()
         model.to(dtype)
         timed = embeds.to(dtype)
         full = {name: dataclasses.replace(gen, min_new_tokens=gen.max_new_tokens) for name, gen in gens.items()}
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
             speed = _end_to_end(args, model, gen, eos, pad, device, dtype)
             report["end_to_end"] = {"mode": f"beam{gen.num_beams}", **speed}
     report["runs"] = runs
-    release_static_buffers(model)
+    CACHE.clear()
     print(json.dumps(report, indent=1))
     return report
 

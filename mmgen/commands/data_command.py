@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from mmgen.commands import add_threads_option, apply_threads
 
@@ -107,7 +109,6 @@ def _add_features(p: argparse.ArgumentParser) -> None:
 
 
 def _run_features(args: argparse.Namespace) -> int:
-    from mmgen.data.features import build_feature_cache_cli
     from mmgen.training.distributed import cleanup_distributed
 
     apply_threads(args)
@@ -120,6 +121,50 @@ def _run_features(args: argparse.Namespace) -> int:
         f"{len(cache.failed)} failed)"
     )
     return 0
+
+
+def build_feature_cache_cli(
+    config_path: str | Path | None,
+    overrides: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    dtype: Any = None,
+    shard_bytes: int | None = None,
+    device: str | None = None,
+) -> Any:
+    """Build (or check) the feature cache a training run of a config would use, without training.
+
+    The encoder is created as the trainer creates it (``torch.manual_seed(train.seed)`` first, so a
+    random-init encoder gets the same weights), hence ``mmgen train`` reuses the cache.
+
+    Args:
+        config_path: A training config (YAML/JSON).
+        overrides: Dotted overrides (``data.train=...``).
+        out_dir: The cache directory (default ``train.feature_cache_dir``, else ``<train.out_dir>/features``).
+        dtype: Storage dtype (name or torch dtype) (default: bfloat16 on CUDA, float32 on CPU).
+        shard_bytes: Feature bytes per shard (default: the store's).
+        device: 'cpu', 'cuda', ... (default: CUDA when available).
+
+    Returns:
+        The opened cache.
+    """
+    import torch
+
+    from mmgen.config import load_config
+    from mmgen.data.features import ensure_feature_cache
+    from mmgen.models.encoder import Encoder
+    from mmgen.training import distributed as D
+    from mmgen.training import run_data as tdata
+
+    cfg = load_config(config_path, overrides)
+    dist = D.init_distributed(device)
+    run_dir = Path(cfg.train.out_dir)
+    data = tdata.prepare(cfg, run_dir, dist)
+    torch.manual_seed(cfg.train.seed)
+    encoder = Encoder(cfg.model.encoder).to(dist.device)
+    cache_dir = Path(out_dir or cfg.train.feature_cache_dir or run_dir / "features")
+    sizes = {} if shard_bytes is None else {"shard_bytes": shard_bytes}
+    return ensure_feature_cache(encoder, data.train_records, cache_dir, cfg, dist, dtype=dtype, **sizes)
 
 
 ACTIONS: dict[str, tuple[str, Callable, Callable]] = {

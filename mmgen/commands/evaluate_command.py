@@ -10,7 +10,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmgen.commands import FAILED, UsageError, add_threads_option, apply_threads, non_negative_int, positive_int
+from mmgen.commands import (
+    FAILED,
+    UsageError,
+    add_generation_overrides,
+    add_threads_option,
+    apply_threads,
+    generation_changes,
+    non_negative_int,
+    positive_int,
+    split_generation_overrides,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes")
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default: ./eval)")
     add_threads_option(p)
+    add_generation_overrides(p)
     p.set_defaults(func=run)
 
 
@@ -71,7 +82,7 @@ def load_inputs(args: argparse.Namespace, device: str):
         model = CaptionModel.from_pretrained(args.model, device=device)
     except (FileNotFoundError, OSError) as e:
         raise UsageError(f"cannot load the model: {e}") from None
-    changes = {k: v for k, v in (("num_beams", args.beams), ("max_new_tokens", args.max_new_tokens)) if v is not None}
+    changes = generation_changes(args, {"beams": "num_beams", "max_new_tokens": "max_new_tokens"})
     gen = dataclasses.replace(model.generation_config, **changes)
     try:
         records = load_records(args.data if len(args.data) > 1 else args.data[0], images=args.images, split=args.split)
@@ -88,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from mmgen.evaluation.evaluate import evaluate_model, write_evaluation
     from mmgen.evaluation.scenes import format_scene_accuracy, load_scenes, scene_accuracy
 
+    args.data, more = split_generation_overrides(args.data)  # --data takes every argument after it
+    args.overrides = [*args.overrides, *more]
     check_arguments(args)
     apply_threads(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,12 +1,14 @@
-"""Data plumbing of a training run: records, tokenizer, loaders, bad-image accounting, evaluation."""
+"""The data of a training run: records, tokenizer, feature cache, loaders, bad-image accounting.
+
+Validation (the in-loop caption scores and loss) is :mod:`mmgen.training.validation`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,20 @@ from mmgen.training import distributed as D
 
 @dataclass
 class RunData:
+    """The records of a run and what is built from them once (the training dataset and its loader)."""
+
     train_records: Any
     val_records: Any
     tracker: Any = None
-    extra: dict = field(default_factory=dict)
+    """The bad-image tracker (:class:`~mmgen.data.images.BadImageTracker`)."""
     streaming: bool = False
     """``train_records`` is this rank's part of a stream (an iterable of unknown length), not a sequence."""
+    val_scenes: Any = None
+    """The scenes of synthetic validation data (attribute accuracies at evaluation), else None."""
+    dataset: Any = None
+    """The training dataset, built at the first epoch."""
+    loader: Any = None
+    """The training loader of a map-style dataset, built once (persistent workers; the sampler carries the epoch)."""
 
 
 def resolve_data_source(cfg: Config, log: Callable[[str], None] | None = print) -> Config:
@@ -80,7 +90,7 @@ def prepare(cfg: Config, run_dir: Path, dist: D.DistState) -> RunData:
     train_records = load_records(train, train_images, dc.train_split, dc.restval, **cols, **part)
     if streaming and hasattr(train_records, "shuffled"):  # a new order every epoch, drawn from the seed
         train_records = train_records.shuffled(cfg.train.seed)
-    val_records, extra = None, {}
+    val_records, val_scenes = None, None
     if val is not None:
         val_records = load_records(val, val_images, dc.val_split, False, **cols)
         if not streaming:
@@ -92,9 +102,10 @@ def prepare(cfg: Config, run_dir: Path, dist: D.DistState) -> RunData:
         if isinstance(val, str):
             from mmgen.evaluation.scenes import load_scenes
 
-            extra["val_scenes"] = load_scenes(val)  # synthetic scenes: attribute accuracies at evaluation
+            val_scenes = load_scenes(val)  # synthetic scenes: attribute accuracies at evaluation
     # the tracker's epoch size is set from this rank's share of the training items by train_loader
-    return RunData(train_records, val_records, BadImageTracker(dc.max_bad_fraction), extra, streaming)
+    tracker = BadImageTracker(dc.max_bad_fraction)
+    return RunData(train_records, val_records, tracker, streaming=streaming, val_scenes=val_scenes)
 
 
 def check_overlap(cfg: Config, train_records: Any, val_records: Any, sources: tuple[Any, Any]) -> None:
@@ -182,8 +193,8 @@ def _train_dataset(trainer) -> Any:
     from mmgen.data.datasets import CaptionTrainDataset
     from mmgen.data.transforms import build_transform
 
-    if "dataset" not in trainer.data.extra:
-        # uint8 images: 4x less to move between processes and to the device, normalised there by the trainer
+    if trainer.data.dataset is None:
+        # uint8 images: 4x less to move between processes and to the device, normalised there by the model
         transform = build_transform(trainer.model.data_config, train=True, augment=cfg.data.augment, uint8=True)
         ds = CaptionTrainDataset(
             trainer.data.train_records,
@@ -200,8 +211,8 @@ def _train_dataset(trainer) -> Any:
             ds.preloaded = preload_images(
                 trainer.data.train_records, transform, cfg.data.num_workers, cfg.data.max_pixels, log=log
             )
-        trainer.data.extra["dataset"] = ds
-    return trainer.data.extra["dataset"]
+        trainer.data.dataset = ds
+    return trainer.data.dataset
 
 
 def _collator(trainer) -> Any:
@@ -239,7 +250,7 @@ def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
     steps = len(ds) // cfg.train.batch_size
     if steps == 0:
         raise ValueError(f"the training set has {len(ds)} items, fewer than train.batch_size={cfg.train.batch_size}")
-    loader = trainer.data.extra.get("loader")
+    loader = trainer.data.loader
     if loader is None:  # built once: persistent workers, the sampler carries the epoch to them
         sampler = EpochSampler(
             len(ds), seed=cfg.train.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size, drop_last=True
@@ -255,7 +266,7 @@ def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
             pin_memory=trainer.device.type == "cuda",
             persistent_workers=True,
         )
-        trainer.data.extra["loader"] = loader
+        trainer.data.loader = loader
     loader.sampler.set_epoch(epoch, start=start_step * per_step)
     if trainer.data.tracker is not None:
         trainer.data.tracker.epoch_size = steps * per_step  # this rank's items in the epoch
@@ -290,7 +301,7 @@ def stream_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
     from mmgen.data.transforms import build_transform
 
     cfg, dist, tracker = trainer.cfg, trainer.dist, trainer.data.tracker
-    ds = trainer.data.extra.get("dataset")
+    ds = trainer.data.dataset
     if ds is None:
         transform = build_transform(trainer.model.data_config, train=True, augment=cfg.data.augment, uint8=True)
         mode, seed = cfg.data.caption_sampling, cfg.train.seed
@@ -302,7 +313,7 @@ def stream_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
             max_pixels=cfg.data.max_pixels,
             captions_per_image=cfg.data.captions_per_image,
         )
-        trainer.data.extra["dataset"] = ds
+        trainer.data.dataset = ds
     ds.set_epoch(epoch)  # workers are started per epoch (not persistent), so they see it
     loader = make_loader(
         ds,
@@ -342,78 +353,3 @@ def end_epoch(trainer, epoch: int) -> None:
     message = tracker.end_epoch(epoch)
     if message and trainer.dist.is_main:
         print(message)
-
-
-def validation_loss(trainer, model) -> float:
-    """Teacher-forced cross-entropy per caption token over every (validation image, reference) pair.
-
-    The same loss as training (evaluation transform, no augmentation), so it sits next to the training
-    loss in ``metrics.jsonl``: the gap between the two is the overfitting. Undecodable images are left out
-    (:func:`evaluate` counts and names them).
-    """
-    import torch
-    from tqdm import tqdm
-
-    from mmgen.data.collate import CaptionCollator
-    from mmgen.data.datasets import CaptionTrainDataset, make_loader
-    from mmgen.data.transforms import build_transform, image_size
-
-    cfg = trainer.cfg
-    transform = build_transform(model.data_config, train=False, uint8=True)
-    ds = CaptionTrainDataset(trainer.data.val_records, transform, "all", max_pixels=cfg.data.max_pixels)
-    collate = CaptionCollator(
-        model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens, image_size=image_size(model.data_config)
-    )
-    total = torch.zeros((), dtype=torch.float64, device=trainer.device)
-    tokens = 0
-    with torch.no_grad():
-        loader = make_loader(ds, cfg.eval.batch_size, collate, num_workers=cfg.data.num_workers)
-        bar = tqdm(loader, desc="val loss", disable=not trainer.dist.is_main, dynamic_ncols=True, leave=False)
-        for b in bar:
-            n = int((b["labels"][:, 1:] != -100).sum())
-            if n == 0:
-                continue
-            with trainer.forward_context():
-                out = model(**trainer.batch_inputs(b))
-            total += out.loss.double() * n
-            tokens += n
-    return float(total / max(tokens, 1))
-
-
-def evaluate(trainer, model=None) -> dict:
-    """Caption the validation records with the in-loop generation settings and score them (``model``:
-    the trainer's model by default)."""
-    from mmgen.evaluation.evaluate import evaluate_model
-
-    cfg = trainer.cfg
-    model = trainer.model if model is None else model
-    result = evaluate_model(
-        model,
-        trainer.data.val_records,
-        cfg.eval.generation,
-        batch_size=cfg.eval.batch_size,
-        device=trainer.device,
-        num_workers=cfg.data.num_workers,
-        precision=cfg.train.precision,
-        progress="transient" if trainer.dist.is_main else False,  # the training bar would look frozen meanwhile
-    )
-    from mmgen.generation import release_static_buffers
-
-    release_static_buffers(model.decoder)  # decoding buffers are not needed while training
-    collapse = {f"collapse_{k}": v for k, v in result.collapse.items() if isinstance(v, (int, float))}
-    scores = {"loss": validation_loss(trainer, model), **result.scores, **collapse}
-    if result.failed:  # left out of the scores and of the loss: said, and counted in metrics.jsonl
-        scores["failed_images"] = float(len(result.failed))
-        named = "; ".join(f"{i}: {reason}" for i, reason in result.failed[:5])
-        warnings.warn(
-            f"{len(result.failed)} validation image(s) could not be decoded and are left out of the evaluation "
-            f"({named}{'; ...' if len(result.failed) > 5 else ''})",
-            stacklevel=2,
-        )
-    scenes = trainer.data.extra.get("val_scenes")
-    if scenes:
-        from mmgen.evaluation.scenes import scene_accuracy
-
-        acc = scene_accuracy(result.captions, scenes)
-        scores.update({f"scene_{k}": v for k, v in acc.items() if isinstance(v, float)})
-    return scores

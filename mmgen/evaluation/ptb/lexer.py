@@ -20,7 +20,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable
 
-from mmgen.evaluation._ptb_rules import SPACE, Rule, build_rules
+from mmgen.evaluation.ptb.rules import SPACE, Rule, build_rules
 
 # --------------------------------------------------------------------------------------------------
 # First-character dispatch: only rules that can start with the current character are tried.

@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmgen.commands import UsageError, add_threads_option, apply_threads, positive_int
+from mmgen.commands import (
+    UsageError,
+    add_generation_overrides,
+    add_threads_option,
+    apply_threads,
+    generation_changes,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="largest max_new_tokens a request may ask"
     )
     add_threads_option(p)
+    add_generation_overrides(p)  # the defaults of every request (which may change them within the limits)
     p.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="info logs every request"
     )
@@ -58,13 +66,15 @@ def run(args: argparse.Namespace) -> int:
     if args.max_wait_ms < 0:
         raise UsageError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
 
-    from mmgen.commands.caption import load_captioner
+    from mmgen.commands.caption_options import load_captioner
     from mmgen.serve import ServeSettings
     from mmgen.serve.app import create_app
     from mmgen.serve.server import serve
 
     apply_threads(args)
+    changes = generation_changes(args, {})  # misspelt keys fail before the model is loaded
     captioner = load_captioner(args)
+    captioner.generation = captioner.resolve_generation(**changes)
     settings = ServeSettings(
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,

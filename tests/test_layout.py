@@ -1,0 +1,137 @@
+"""The package layout: one home per concept, checked on the source with ``ast`` (nothing is imported).
+
+No two modules share a file name (a name says what the file holds, wherever it is), every ``mmgen``
+import names a module or a name that exists, and the module import graph has no cycles (imports inside
+functions count: a lazy import that closes a cycle is still two modules that need each other).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "mmgen"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _defined_names(path: Path) -> set[str]:
+    """The names a module defines or imports (and, when it has a module ``__getattr__``, the strings it
+    lists: names exported lazily, as ``mmgen.data`` does)."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    lazy = any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in tree.body)
+    for node in ast.walk(tree):
+        if lazy and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def _imports(modules: dict[str, Path]) -> tuple[dict[str, set[str]], list[str]]:
+    """Module -> the mmgen modules it imports (anywhere in the file); and the imports that name nothing."""
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    broken = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("mmgen")]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mmgen") and not node.level:
+                targets = []
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    if full in modules:
+                        targets.append(full)  # a submodule
+                    elif node.module in modules and alias.name in _defined_names(modules[node.module]):
+                        targets.append(node.module)
+                    else:
+                        broken.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import {alias.name}")
+            else:
+                continue
+            for target in targets:
+                if target not in modules:
+                    broken.append(f"{path.relative_to(ROOT)}:{node.lineno}: import {target}")
+                elif target != name:
+                    graph[name].add(target)
+    return graph, broken
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_two_modules_share_a_file_name():
+    names = Counter(path.name for path in PACKAGE.rglob("*.py") if path.name != "__init__.py")
+    assert [name for name, n in names.items() if n > 1] == []
+
+
+def test_every_mmgen_import_names_something_that_exists():
+    _, broken = _imports(_modules())
+    assert broken == []
+
+
+def test_the_import_graph_has_no_cycles():
+    graph, _ = _imports(_modules())
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    """The check above can fail: a two-module and a three-module loop are found, a chain is not."""
+    graph = {"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"e"}, "e": {"c"}, "f": {"a"}}
+    assert sorted(_cycles(graph)) == [["a", "b"], ["c", "d", "e"]]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_modules_and_functions_stay_small():
+    """Modules under 500 lines, functions under 80 (the style guide's limits)."""
+    big = [
+        f"{p.relative_to(ROOT)}: {n}" for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) >= 500
+    ]
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 79:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert big == [] and long == []
