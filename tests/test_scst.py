@@ -26,7 +26,8 @@ TINY = [
     "model.encoder.img_size=32", "model.encoder.embed_dim=64", "model.encoder.num_heads=2",
     "model.decoder.config_overrides={n_layer: 2, n_embd: 64, n_head: 2, n_positions: 64, resid_pdrop: 0.0, "
     "embd_pdrop: 0.0, attn_pdrop: 0.0}",
-    "data.synth=null", "data.captions_per_image=1", "data.num_workers=0", "eval.every=0", "train.log_every=1", "train.tensorboard=false",
+    "data.synth=null", "data.captions_per_image=1", "data.num_workers=0", "eval.every=0", "train.log_every=1",
+    "train.tensorboard=false",
 ]  # fmt: skip
 
 
