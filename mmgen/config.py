@@ -352,6 +352,9 @@ class Config:
         "saved with the model that caption/evaluate/serve start from); move the section there",
     }
     """Keys of older configs that are refused with a pointer to where their settings now live."""
+    MOVED_DEFAULTS: ClassVar[dict[str, type]] = {"generation": GenerationConfig}
+    """Moved sections left out with a warning when they hold only defaults (what every run saved before the move
+    wrote), so older run directories still resume."""
 
     @collecting
     def __post_init__(self) -> None:

@@ -23,6 +23,7 @@ import re
 import textwrap
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -212,7 +213,12 @@ def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
         for k, v in d.items():
             key = f"{prefix}{k}"
             if k in moved:
-                _report(f"{key}: no longer a key here; its settings are {moved[k]}")
+                if _holds_defaults(getattr(cls, "MOVED_DEFAULTS", {}).get(k), v):  # a run saved before the move
+                    warnings.warn(
+                        f"{key}: left out (default settings, no longer a key here; see {moved[k]})", stacklevel=2
+                    )
+                else:
+                    _report(f"{key}: no longer a key here; its settings are {moved[k]}")
                 continue
             if k not in fields:
                 _report(_unknown_key(key, sorted(fields)))
@@ -230,6 +236,20 @@ def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
             _report(f"{prefix or 'config'}: {e}")
             obj = cls()
     return obj
+
+
+def _holds_defaults(cls: type | None, section: Any) -> bool:
+    """Whether ``section`` (a mapping) sets only fields of dataclass ``cls`` to their default values."""
+    if cls is None or not isinstance(section, dict):
+        return False
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    default = cls()
+    return all(k in fields and getattr(default, k) == _plain(v) for k, v in section.items())
+
+
+def _plain(value: Any) -> Any:
+    """YAML lists compare equal to the tuples a dataclass may hold."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")

@@ -163,6 +163,36 @@ def test_the_old_top_level_generation_section_is_refused_naming_where_it_went(tm
     assert load_config(None, ["eval.generation.num_beams=5"]).eval.generation.num_beams == 5
 
 
+OLD_RUN_GENERATION = """
+generation:
+  num_beams: 3
+  max_new_tokens: 20
+  min_new_tokens: 0
+  length_penalty: 1.0
+  early_stopping: true
+  no_repeat_ngram_size: 0
+  repetition_penalty: 1.0
+  do_sample: false
+  temperature: 1.0
+  top_k: 0
+  top_p: 1.0
+  num_return_sequences: 1
+  seed: null
+  bad_words: []
+"""  # what every run directory's config.yaml held before the section moved (all defaults, never read)
+
+
+def test_a_run_saved_before_the_move_still_loads_and_a_set_section_is_still_refused(tmp_path):
+    saved = (ROOT / "configs" / "tiny_cpu.yaml").read_text() + OLD_RUN_GENERATION
+    (tmp_path / "config.yaml").write_text(saved)
+    with pytest.warns(UserWarning, match=r"generation: left out \(default settings"):
+        cfg = load_config(tmp_path / "config.yaml")
+    assert cfg == load_config(ROOT / "configs" / "tiny_cpu.yaml")
+    (tmp_path / "config.yaml").write_text(saved.replace("  num_beams: 3\n  max_new", "  num_beams: 5\n  max_new"))
+    with pytest.raises(ConfigError, match=r"generation: no longer a key here; its settings are eval\.generation"):
+        load_config(tmp_path / "config.yaml")
+
+
 @pytest.mark.parametrize("name", ["tiny_cpu.yaml", "vit_b16_gpt2.yaml"])
 def test_print_config_lists_every_key_and_loads_back_to_the_same_config(name, capsys):
     import dataclasses
