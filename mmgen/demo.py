@@ -71,7 +71,7 @@ TINY_CPU = {
             "pretrained": False,
             "img_size": 64,
             "patch_size": 16,
-            "stem": "conv",
+            "stem": "hybrid",
             "embed_dim": 128,
             "depth": 3,
             "num_heads": 4,

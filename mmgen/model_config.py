@@ -38,7 +38,8 @@ class EncoderConfig:
     gradient_checkpointing: bool = False
     stem: str = "patch"
     """'patch' (the model's own patch embedding) | 'conv' (stride-2 3x3 convolutions down to the same patch
-    grid: learns small shapes much faster from scratch; random init only)."""
+    grid: learns small shapes much faster from scratch) | 'hybrid' (those convolutions plus the linear patch
+    projection, summed: colours reach the tokens from the first step). 'conv' and 'hybrid': random init only."""
     pos_embed: str = "learn"
     """'learn' (the model's learned position embeddings) | 'sincos' (fixed 2-D sin-cos: every token knows its
     row and column from the first step; random init only)."""
@@ -46,7 +47,7 @@ class EncoderConfig:
     @collecting
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.encoder.name", "must be a timm model name")
-        _choice(self.stem, "model.encoder.stem", ("patch", "conv"))
+        _choice(self.stem, "model.encoder.stem", ("patch", "conv", "hybrid"))
         _choice(self.pos_embed, "model.encoder.pos_embed", ("learn", "sincos"))
         for key in ("stem", "pos_embed"):
             _check(

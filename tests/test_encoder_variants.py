@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmgen.config import ConfigError, EncoderConfig
 from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
 from mmgen.models.encoder import Encoder
-from mmgen.models.stems import ConvStem, sincos_2d
+from mmgen.models.stems import ConvStem, HybridStem, sincos_2d
 
 
 def _cfg(**kw) -> EncoderConfig:
@@ -36,6 +37,21 @@ def test_conv_stem_keeps_the_patch_grid_and_is_convolutional():
         Encoder(_cfg(stem="conv", patch_size=6, img_size=36))
 
 
+def test_hybrid_stem_adds_the_linear_patch_projection_to_the_convolutions():
+    enc = Encoder(_cfg(stem="hybrid"))
+    stem = enc.model.patch_embed
+    assert isinstance(stem, HybridStem) and enc.grid_size == (4, 4)
+    linear = stem.proj.linear
+    assert linear.kernel_size == (8, 8) and linear.stride == (8, 8) and linear.out_channels == 64
+    n_conv = sum(p.numel() for p in Encoder(_cfg(stem="conv")).parameters())
+    assert sum(p.numel() for p in enc.parameters()) == n_conv + 8 * 8 * 3 * 64 + 64
+    x = torch.randn(2, 3, 32, 32)
+    want = (stem.proj.conv(x) + F.conv2d(x, linear.weight, linear.bias, stride=8)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(stem(x), want)  # (B, 16, C): the sum of the two paths, patch by patch
+    enc(x).sum().backward()
+    assert linear.weight.grad.abs().sum() > 0 and stem.proj.conv[0].weight.grad.abs().sum() > 0
+
+
 def test_sincos_positions_are_fixed_and_encode_row_and_column():
     table = sincos_2d((3, 4), 16)  # (12, 16)
     rows, cols = table[:, :8].reshape(3, 4, 8), table[:, 8:].reshape(3, 4, 8)
@@ -53,7 +69,7 @@ def test_sincos_positions_are_fixed_and_encode_row_and_column():
     assert all(p is not pos for g in model.param_groups(1e-3, 0.01) for p in g["params"])  # never trained
 
 
-@pytest.mark.parametrize("key, value", [("stem", "conv"), ("pos_embed", "sincos")])
+@pytest.mark.parametrize("key, value", [("stem", "conv"), ("stem", "hybrid"), ("pos_embed", "sincos")])
 def test_variants_refuse_pretrained_weights_and_unknown_values(key, value):
     with pytest.raises(ConfigError, match=f"model.encoder.{key}"):
         _cfg(pretrained=True, **{key: value})

@@ -321,7 +321,7 @@ class CaptionModel(nn.Module):
         extra = {PREFIX: self.full_prefix} if self.full_prefix else {}
         tokens = self.embed_tokens(input_ids)  # (B*K, T, D)
         mask = None if attention_mask is None else F.pad(attention_mask, (n, 0), value=1)  # (B*K, N'+T)
-        if checkpointing_enabled(base_model(self.decoder)) or _sharded(self):
+        if checkpointing_enabled(base_model(self.decoder)) or is_sharded(self):
             # a checkpointed decoder cannot keep a cache, and FSDP frees the parameters that the second call's
             # backward would need: the K copies of the prefix run with their captions instead (same result)
             embeds = torch.cat([prefix.to(tokens.dtype).repeat_interleave(k, dim=0), tokens], dim=1)
@@ -478,7 +478,7 @@ class CaptionModel(nn.Module):
         return model
 
 
-def _sharded(model: nn.Module) -> bool:
+def is_sharded(model: nn.Module) -> bool:
     """Whether ``model`` was wrapped by FSDP2's ``fully_shard``."""
     try:
         from torch.distributed.fsdp import FSDPModule

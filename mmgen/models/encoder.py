@@ -30,10 +30,10 @@ class Encoder(nn.Module):
             # timm reads .pth/.bin through its own loader (weights_only) when given a file overlay
             kwargs["pretrained_cfg_overlay"] = {"file": str(cfg.weights)}
             pretrained = True
-        if cfg.stem == "conv":
-            from mmgen.models.stems import ConvStem
+        if cfg.stem in ("conv", "hybrid"):
+            from mmgen.models.stems import ConvStem, HybridStem
 
-            kwargs["embed_layer"] = ConvStem
+            kwargs["embed_layer"] = ConvStem if cfg.stem == "conv" else HybridStem
         self.model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0, **kwargs)
         if cfg.weights and load_weights and str(cfg.weights).endswith(".safetensors"):
             self._load_safetensors(Path(cfg.weights))

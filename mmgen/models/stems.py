@@ -4,7 +4,8 @@ A ViT trained from scratch on little data learns two things slowly: what a small
 linear map of a flat 8x8 patch) and where a patch is (learned position embeddings start as noise).
 - :class:`ConvStem` replaces the patch embedding with a stack of stride-2 3x3 convolutions and a 1x1
   projection (Xiao et al., 2021, "Early convolutions help transformers see better"): the same patch grid
-  and token width, so every timm ViT and every projector work unchanged.
+  and token width, so every timm ViT and every projector work unchanged. :class:`HybridStem` adds the
+  linear patch projection beside it, so colours reach the tokens from the first step.
 - :func:`sincos_2d` gives fixed 2-D sin-cos position embeddings (MAE): a token's row and column are
   readable from the first step on.
 """
@@ -48,6 +49,32 @@ class ConvStem(PatchEmbed):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         self.proj = nn.Sequential(*layers)  # (B, 3, H, W) -> (B, C, H/p, W/p)
+
+
+class HybridStem(ConvStem):
+    """:class:`ConvStem` plus the plain linear patch projection of the raw pixels, summed.
+
+    The convolutions see texture and small shapes; the linear path hands every token its patch's colours
+    directly from the first step (through the ReLU-free path a colour is one linear read-out), which the deep
+    stack alone learns slowly. ``patch_size**2 * 3 * embed_dim`` more parameters.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        conv = self.proj
+        dim, p = conv[-1].out_channels, self.patch_size
+        self.proj = _Sum(conv, nn.Conv2d(conv[0].in_channels, dim, p, stride=p))
+
+
+class _Sum(nn.Module):
+    """``conv(x) + linear(x)``: the two paths of :class:`HybridStem`."""
+
+    def __init__(self, conv: nn.Module, linear: nn.Conv2d):
+        super().__init__()
+        self.conv, self.linear = conv, linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.linear(x)  # (B, C, H/p, W/p)
 
 
 def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mmgen.models.caption_model import is_sharded  # noqa: F401 (FSDP2 wrapping, re-exported)
+
 
 @dataclass
 class DistState:
@@ -123,13 +125,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 # -- FSDP: full (unsharded) states for saving, evaluating and resuming ---------------------------------
-def is_sharded(model: nn.Module) -> bool:
-    """Whether ``model`` was wrapped by FSDP2's ``fully_shard``."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return False
-    return isinstance(model, FSDPModule)
 
 
 def full_model_state(model: nn.Module) -> dict:
