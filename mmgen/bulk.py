@@ -115,6 +115,10 @@ def done_indices(out: Path, keep: Any = None) -> dict[int, str]:
     return done
 
 
+ADDED_SETTINGS = {"generation.padded_head": None, "generation.decode_sdpa": "efficient,math"}
+"""Settings recorded since they became generation options, with the value every earlier run used."""
+
+
 def check_settings(out: Path, settings: dict, overwrite: bool = False) -> None:
     """Record the run's settings in ``out.meta.json``, or check them against an earlier run's.
 
@@ -131,6 +135,7 @@ def check_settings(out: Path, settings: dict, overwrite: bool = False) -> None:
     has_results = out.exists() or bool(_parts(out))
     if meta.exists() and has_results:
         before = json.loads(meta.read_text(encoding="utf-8"))
+        before = {**ADDED_SETTINGS, **before}  # a run recorded before these were settings used their defaults
         diff = [f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items() if before.get(k) != v]
         if diff:
             raise ResumeError(

@@ -215,3 +215,18 @@ def test_parquet_shards_stream_and_split_between_ranks(coco, expected, tmp_path,
         assert summary.captioned == n // 2
     assert finish(split) == n
     assert [json.loads(line).get("caption") for line in split.read_text().splitlines()] == expected[:n]
+
+
+def test_a_run_recorded_before_the_decoding_settings_existed_resumes_with_their_defaults(tmp_path):
+    from mmgen.bulk import ADDED_SETTINGS, ResumeError, check_settings
+    from mmgen.config import GenerationConfig
+
+    default = GenerationConfig()
+    assert ADDED_SETTINGS == {f"generation.{k}": getattr(default, k) for k in ("padded_head", "decode_sdpa")}
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"index": 0, "image": "a.png", "caption": "x"}\n')
+    old = {"model": "m", "generation.num_beams": 3}  # what an earlier run recorded
+    out.with_name("results.jsonl.meta.json").write_text(json.dumps(old))
+    check_settings(out, {**old, **ADDED_SETTINGS})  # the same captions: resumes
+    with pytest.raises(ResumeError, match=r"generation.decode_sdpa: 'efficient,math' then, 'math' now"):
+        check_settings(out, {**old, **ADDED_SETTINGS, "generation.decode_sdpa": "math"})
