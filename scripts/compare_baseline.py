@@ -60,16 +60,17 @@ class Data:
 
 
 def _pixels(records, size: int) -> torch.Tensor:
-    """Decode every image once into a uint8 tensor (N, 3, size, size)."""
+    """Decode every image once (the project's safe decoder) into a uint8 tensor (N, 3, size, size)."""
     from PIL import Image
+
+    from mmgen.data.images import decode_image
 
     out = torch.empty((len(records), 3, size, size), dtype=torch.uint8)
     for i, r in enumerate(records):
-        with Image.open(r.image) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BICUBIC)
-            out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+        im = decode_image(r.image)
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BICUBIC)
+        out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
     return out
 
 
