@@ -74,3 +74,9 @@ def test_cuda_without_a_gpu_is_refused_before_any_work(compare, tmp_path):
     with pytest.raises(SystemExit, match="--device cuda, but torch sees no CUDA GPU"):
         compare.main(["--data-dir", str(tmp_path / "scenes"), "--device", "cuda", "--out", str(tmp_path / "o")])
     assert not (tmp_path / "scenes").exists()
+
+
+def test_a_batch_larger_than_the_training_set_is_refused(compare, tmp_path):
+    argv = ["--data-dir", str(tmp_path / "scenes"), "--n-train", "8", "--n-val", "2", "--eval-images", "2"]
+    with pytest.raises(SystemExit, match="--batch-size 16 is more than the 8 training images"):
+        compare.main([*argv, "--batch-size", "16", *TINY, "--out", str(tmp_path / "o")])
