@@ -302,7 +302,7 @@ def caption_to_file(
 
 def finish(out: str | os.PathLike, rank: int = 0, world_size: int = 1) -> int | None:
     """Wait for every rank, then merge on rank 0 (see :func:`merge_results`); returns the merged count there."""
-    from mmgen.training.distributed import barrier
+    from mmgen.distributed import barrier
 
     if world_size > 1:
         barrier()

@@ -98,7 +98,7 @@ class Captioner:
             quantize_int8(model)
         self.model = model.eval()
         self.generation = generation or model.generation_config
-        self.transform = build_transform(model.data_config)
+        self.transform = build_transform(model.data_config, uint8=True)  # the model normalises
 
     @classmethod
     def from_pretrained(
@@ -223,7 +223,7 @@ class Captioner:
             pixels = [p for _, p in pending if isinstance(p, torch.Tensor)]
             out = None
             if pixels:
-                out = self.model.generate(torch.stack(pixels), gen, generator=rng, prompt=prompt)
+                out = self.model.generate(self.batch_pixels(pixels), gen, generator=rng, prompt=prompt)
             done = 0
             for source, p in pending:
                 if isinstance(p, str):
@@ -249,17 +249,19 @@ class Captioner:
             yield from flush()
 
     def preprocess(self, image: Any, source: str | None = None) -> torch.Tensor:
-        """One image as the encoder's ``(3, H, W)`` input.
+        """One image as the encoder's ``(3, H, W)`` input, still in 0..255 (the model normalises it).
 
-        Paths and PIL images are decoded (RGB, EXIF orientation) and transformed with the model's
-        data config. A float tensor is taken as already preprocessed; a uint8 tensor ``(3, H, W)``
-        in 0..255 at the input size is normalised with the data config's mean and std.
+        Paths and PIL images are decoded (RGB, EXIF orientation) and resized / cropped with the model's
+        data config into a uint8 tensor. A uint8 tensor ``(3, H, W)`` at the input size is taken as it is
+        (the model normalises it with its data config's mean and std, see
+        :meth:`~mmgen.models.caption_model.CaptionModel.normalize_pixels`); a float tensor is taken as already
+        normalised.
 
         Raises:
             mmgen.data.BadImageError: the image cannot be decoded, or a tensor has the wrong shape.
         """
         from mmgen.data.images import BadImageError, decode_image
-        from mmgen.data.transforms import image_size, normalize_on_device
+        from mmgen.data.transforms import image_size
 
         source = source or "<image>"
         if not isinstance(image, torch.Tensor):
@@ -267,7 +269,11 @@ class Captioner:
         size = image_size(self.model.data_config)
         if image.ndim != 3 or image.shape[0] != 3 or tuple(image.shape[1:]) != size:
             raise BadImageError(source, f"tensor of shape {tuple(image.shape)}; expected (3, {size[0]}, {size[1]})")
-        if image.dtype == torch.uint8:
-            cfg = self.model.data_config
-            return normalize_on_device(image[None], cfg["mean"], cfg["std"])[0]
-        return image.float()
+        return image if image.dtype == torch.uint8 else image.float()
+
+    def batch_pixels(self, pixels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Stack :meth:`preprocess` outputs into one ``(B, 3, H, W)`` batch for the model: uint8 when every
+        image is (4x less to move to the device), else normalised float (the model's own normalisation)."""
+        if all(p.dtype == torch.uint8 for p in pixels) or all(p.is_floating_point() for p in pixels):
+            return torch.stack(list(pixels))
+        return torch.cat([self.model.normalize_pixels(p[None]) for p in pixels])

@@ -71,12 +71,27 @@ def test_paths_pil_and_tensors_give_the_same_captions(captioner, image_files):
     assert captioner.caption(str(image_files[1])) == by_path[1:2]  # a single image
 
 
-def test_uint8_tensor_is_normalised_like_the_float_transform(captioner, image_files):
+def test_the_model_normalises_uint8_images_like_the_float_transform(captioner, image_files):
     cfg = captioner.model.data_config
     raw = build_transform(cfg, uint8=True)(decode_image(image_files[0]))
     assert raw.dtype == torch.uint8
+    assert captioner.preprocess(raw) is raw  # kept in 0..255: the model is the one place that normalises
+    assert captioner.preprocess(image_files[0]).dtype == torch.uint8  # paths too (4x less to move)
     expected = build_transform(cfg)(decode_image(image_files[0]))
-    torch.testing.assert_close(captioner.preprocess(raw), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(captioner.model.normalize_pixels(raw[None])[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_batch_mixing_uint8_and_float_tensors_is_normalised_once(captioner, image_files):
+    cfg = captioner.model.data_config
+    raw = [build_transform(cfg, uint8=True)(decode_image(p)) for p in image_files[:3]]
+    floats = [build_transform(cfg)(decode_image(p)) for p in image_files[:3]]
+    by_path = captioner.caption(image_files[:3])
+    assert captioner.caption(raw) == by_path
+    mixed = [raw[0], floats[1], raw[2]]
+    batch = captioner.batch_pixels(mixed)
+    assert batch.is_floating_point()
+    torch.testing.assert_close(batch, torch.stack(floats), atol=1e-5, rtol=1e-5)  # not normalised twice
+    assert captioner.caption(mixed) == by_path
 
 
 def hf_captions(model: CaptionModel, pixels: torch.Tensor, gen: GenerationConfig):

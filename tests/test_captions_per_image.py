@@ -15,7 +15,6 @@ from mmgen.data.collate import CaptionCollator
 from mmgen.data.datasets import CaptionTrainDataset
 from mmgen.data.formats import Record
 from mmgen.data.synthetic import make_scenes
-from mmgen.training import run_data as tdata
 from mmgen.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +69,7 @@ class _Tok:
 def test_a_training_step_equals_the_loss_of_each_pair_with_its_own_image(tmp_path, scenes):
     cfg = _cfg(tmp_path, scenes, "data.captions_per_image=3", "train.batch_size=8", "train.max_steps=4")
     trainer = Trainer(cfg)
-    (batch,) = next(iter(tdata.train_loader(trainer, 0, 0)))
+    (batch,) = next(iter(trainer.batches.epoch(0, 0)))
     b = len(batch["image_ids"])
     assert b == 8 and batch["input_ids"].shape[0] == 24
     refs = {r.image_id: set(r.captions) for r in trainer.data.train_records}
@@ -97,7 +96,7 @@ def test_frozen_encoder_features_carry_k_references(tmp_path, scenes):
         "model.encoder.freeze=all", "train.feature_cache=true",
     )  # fmt: skip
     trainer = Trainer(cfg)
-    (batch,) = next(iter(tdata.train_loader(trainer, 0, 0)))
+    (batch,) = next(iter(trainer.batches.epoch(0, 0)))
     assert batch["features"].shape[0] == 8 and batch["input_ids"].shape[0] == 16
     assert Counter(len(set(batch["captions"][2 * i : 2 * i + 2])) for i in range(8)) == Counter({2: 8})
     trainer.fit()

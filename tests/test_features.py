@@ -25,8 +25,8 @@ from mmgen.data.features import INDEX_NAME, FeatureCache, ensure_feature_cache
 from mmgen.data.formats import Record
 from mmgen.data.images import TooManyBadImagesError
 from mmgen.data.transforms import build_transform
+from mmgen.distributed import DistState
 from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
-from mmgen.training.distributed import DistState
 
 WORDS = ["red", "blue", "green", "circle", "square", "star", "small", "large"]
 SINGLE = DistState()

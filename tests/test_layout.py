@@ -135,3 +135,23 @@ def test_modules_and_functions_stay_small():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 79:
                 long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert big == [] and long == []
+
+
+# the library layers: a package may import the ones below it, never the ones above (the applications)
+LOWER = ("mmgen.data", "mmgen.models", "mmgen.generation", "mmgen.evaluation")
+UPPER = ("mmgen.training", "mmgen.commands", "mmgen.serve", "mmgen.cli", "mmgen.demo", "mmgen.bulk")
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    def under(name: str, prefixes: tuple[str, ...]) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() if under(a, LOWER) for b in targets if under(b, UPPER))
+
+
+def test_data_models_generation_and_evaluation_never_import_training_commands_or_serving():
+    graph, _ = _imports(_modules())
+    assert _upward(graph) == []
+    assert _upward({"mmgen.data.features": {"mmgen.training.trainer"}}) == [
+        "mmgen.data.features -> mmgen.training.trainer"
+    ]

@@ -108,7 +108,7 @@ def test_train_threads_is_the_config_key_and_the_trainer_applies_it(monkeypatch,
         seen.append(torch.get_num_threads())
         raise RuntimeError("stopped by the test")
 
-    monkeypatch.setattr("mmgen.training.distributed.init_distributed", first_work)
+    monkeypatch.setattr("mmgen.distributed.init_distributed", first_work)
     torch.set_num_threads(2)
     with pytest.raises(RuntimeError, match="stopped by the test"):
         Trainer(Config.from_dict({"train": {"threads": 1}}))

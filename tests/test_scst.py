@@ -252,10 +252,9 @@ def test_scst_raises_the_reward_of_a_tiny_captioner(tmp_path, xe_run):
 def test_greedy_baseline_is_the_reward_of_the_greedy_caption(tmp_path, xe_run):
     from mmgen.config import GenerationConfig
     from mmgen.generation import generate_captions
-    from mmgen.training import run_data as tdata
 
     trainer = build_trainer(_scst_cfg(tmp_path / "scst", xe_run, "scst.baseline=greedy", "scst.num_samples=3"))
-    batch = next(iter(tdata.train_loader(trainer, 0, 0)))[0]
+    batch = next(iter(trainer.batches.epoch(0, 0)))[0]
     torch.manual_seed(0)
     roll = trainer.rollout(batch)
     b = len(batch["image_ids"])
@@ -301,7 +300,7 @@ def test_scst_preset_parses():
 
 
 def test_fsdp_refuses_scst(tmp_path, xe_run, monkeypatch):
-    from mmgen.training import distributed
+    from mmgen import distributed
 
     monkeypatch.setattr(distributed, "is_sharded", lambda model: True)  # as if fully_shard had wrapped it
     with pytest.raises(ValueError, match="train.distributed=fsdp trains train.objective=xe only"):

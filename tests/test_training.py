@@ -153,14 +153,13 @@ def test_preloaded_images_give_the_same_run(tmp_path, scenes):
 
 
 def test_padding_to_the_maximum_length_gives_one_shape_and_the_same_losses(tmp_path, scenes):
-    from mmgen.training import run_data as tdata
 
     common = ("train.max_steps=3", "train.batch_size=16", "train.save_every=1000")
     a = _cfg(tmp_path / "a", scenes, *common)
     b = _cfg(tmp_path / "b", scenes, *common, "data.pad_to_max_length=true")
     trainer = Trainer(b)
     full = trainer.model.start_ids.numel() + b.model.max_caption_tokens
-    shapes = {g[0]["input_ids"].shape[1] for g in tdata.train_loader(trainer, 0, 0)}
+    shapes = {g[0]["input_ids"].shape[1] for g in trainer.batches.epoch(0, 0)}
     assert shapes == {full}
     Trainer(a).fit()
     trainer.fit()
@@ -171,13 +170,12 @@ def test_padding_to_the_maximum_length_gives_one_shape_and_the_same_losses(tmp_p
 
 
 def test_padding_to_the_maximum_length_covers_cached_feature_batches(tmp_path, scenes):
-    from mmgen.training import run_data as tdata
 
     extra = ("train.batch_size=16", "data.pad_to_max_length=true", "train.feature_cache=true")
     extra += ("model.encoder.freeze=all",)
     trainer = Trainer(_cfg(tmp_path, scenes, *extra))
     full = trainer.model.start_ids.numel() + trainer.cfg.model.max_caption_tokens
-    batches = [g[0] for g in tdata.train_loader(trainer, 0, 0)]
+    batches = [g[0] for g in trainer.batches.epoch(0, 0)]
     assert all("features" in b for b in batches)
     assert {b["input_ids"].shape[1] for b in batches} == {full}
 
@@ -343,8 +341,8 @@ def test_eval_metric_loss_keeps_the_lowest_validation_loss(tmp_path, scenes):
 
 
 def _prepare(tmp_path, *overrides):
+    from mmgen.distributed import DistState
     from mmgen.training import run_data as tdata
-    from mmgen.training.distributed import DistState
 
     cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", [*TINY, f"train.out_dir={tmp_path / 'run'}", *overrides])
     return tdata.prepare(cfg, tmp_path / "run", DistState())
@@ -483,7 +481,7 @@ def test_streaming_trains_from_a_stream_across_epochs_and_resumes_exactly(tmp_pa
     assert trainer.data.streaming and isinstance(trainer.data.train_records, StreamingRecords)
     assert not hasattr(trainer.data.train_records, "__len__")  # nothing can ask a stream for its length
     trainer.fit()
-    assert isinstance(trainer.data.dataset, IterableDataset)
+    assert isinstance(trainer.batches.dataset, IterableDataset)
     rows = [json.loads(line) for line in (Path(full.train.out_dir) / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["epoch"]) for r in rows] == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 1), (6, 1)]
     reference = _losses(full.train.out_dir)

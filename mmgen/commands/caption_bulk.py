@@ -55,7 +55,7 @@ def _on_rank0(state, fn) -> None:
     """Run ``fn`` on rank 0; every rank raises a UsageError when it failed there (the message on rank 0)."""
     import torch
 
-    from mmgen.training.distributed import broadcast
+    from mmgen.distributed import broadcast
 
     error = None
     if state.is_main:
@@ -78,7 +78,7 @@ def run_bulk(args: argparse.Namespace) -> int:
 
     from mmgen.bulk import ResumeError, caption_to_file, check_settings, finish
     from mmgen.commands.caption_options import generation_overrides, load_captioner, stderr_is_tty
-    from mmgen.training.distributed import all_reduce_sum, barrier, cleanup_distributed, init_distributed
+    from mmgen.distributed import all_reduce_sum, barrier, cleanup_distributed, init_distributed
 
     out = Path(args.out)
     if not out.parent.is_dir():

@@ -109,7 +109,7 @@ def _add_features(p: argparse.ArgumentParser) -> None:
 
 
 def _run_features(args: argparse.Namespace) -> int:
-    from mmgen.training.distributed import cleanup_distributed
+    from mmgen.distributed import cleanup_distributed
 
     apply_threads(args)
     try:
@@ -150,10 +150,10 @@ def build_feature_cache_cli(
     """
     import torch
 
+    from mmgen import distributed as D
     from mmgen.config import load_config
     from mmgen.data.features import ensure_feature_cache
     from mmgen.models.encoder import Encoder
-    from mmgen.training import distributed as D
     from mmgen.training import run_data as tdata
 
     cfg = load_config(config_path, overrides)

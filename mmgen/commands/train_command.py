@@ -36,9 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmgen.config import load_config
+    from mmgen.distributed import cleanup_distributed
     from mmgen.errors import RunDirError
     from mmgen.training.checkpoint import NonFiniteWeightsError
-    from mmgen.training.distributed import cleanup_distributed
     from mmgen.training.objectives import NonFiniteLossError, build_trainer
 
     if args.resume is not None and args.overwrite:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mmgen import distributed as D
 from mmgen.config import Config
 from mmgen.data.collate import caption_fields, split_bad
 from mmgen.data.datasets import CaptionTrainDataset, caption_counts
@@ -50,8 +51,7 @@ from mmgen.data.feature_store import (
 from mmgen.data.formats import Record
 from mmgen.data.images import TooManyBadImagesError
 from mmgen.data.transforms import build_transform, resolve_data_config
-from mmgen.training import distributed as D
-from mmgen.training.distributed import DistState
+from mmgen.distributed import DistState
 
 __all__ = [
     "DEFAULT_SHARD_BYTES",

@@ -206,7 +206,7 @@ def load_checkpoint(
             was written, or it cannot be parsed), or what it holds does not fit the objects given (a
             ``ValueError``); the message names the file.
     """
-    from mmgen.training.distributed import is_sharded, load_full_states
+    from mmgen.distributed import is_sharded, load_full_states
 
     ckpt = Path(ckpt_dir)
     _verify(ckpt)
@@ -343,7 +343,7 @@ def refuse_non_finite_weights(model: nn.Module, step: int, destination: Path, do
     Raises:
         NonFiniteWeightsError: Naming the step, the tensors (this rank's) and ``destination``.
     """
-    from mmgen.training.distributed import all_reduce_sum
+    from mmgen.distributed import all_reduce_sum
 
     bad = non_finite_tensors(model)  # FSDP: this rank's shards
     device = next(model.parameters()).device

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmgen import distributed as D
 from mmgen.config import Config
-from mmgen.training import distributed as D
 
 
 @dataclass
 class RunData:
-    """The records of a run and what is built from them once (the training dataset and its loader)."""
+    """The records of a run (the batches built from them: :class:`TrainBatches`)."""
 
     train_records: Any
     val_records: Any
@@ -28,10 +28,6 @@ class RunData:
     """``train_records`` is this rank's part of a stream (an iterable of unknown length), not a sequence."""
     val_scenes: Any = None
     """The scenes of synthetic validation data (attribute accuracies at evaluation), else None."""
-    dataset: Any = None
-    """The training dataset, built at the first epoch."""
-    loader: Any = None
-    """The training loader of a map-style dataset, built once (persistent workers; the sampler carries the epoch)."""
 
 
 def resolve_data_source(cfg: Config, log: Callable[[str], None] | None = print) -> Config:
@@ -184,172 +180,180 @@ def feature_cache(cfg: Config, model, data: RunData, run_dir: Path, dist: D.Dist
     return ensure_feature_cache(model, data.train_records, cache_dir, cfg, dist)
 
 
-def _train_dataset(trainer) -> Any:
-    cfg = trainer.cfg
-    if trainer.features is not None:
-        return trainer.features.train_dataset(
-            trainer.data.train_records, cfg.data.caption_sampling, cfg.train.seed, cfg.data.captions_per_image
-        )
-    from mmgen.data.datasets import CaptionTrainDataset
-    from mmgen.data.transforms import build_transform
+class TrainBatches:
+    """The micro-batches of a run's optimizer steps, epoch by epoch: the training dataset, collator and loader,
+    built once from what they need (named here, not read off a trainer).
 
-    if trainer.data.dataset is None:
-        # uint8 images: 4x less to move between processes and to the device, normalised there by the model
-        transform = build_transform(trainer.model.data_config, train=True, augment=cfg.data.augment, uint8=True)
-        ds = CaptionTrainDataset(
-            trainer.data.train_records,
+    Args:
+        cfg: The run's config (``data.*``, ``train.seed`` / ``batch_size`` / ``grad_accum`` / ``compile``).
+        data: The run's records and bad-image tracker (:func:`prepare`).
+        model: The :class:`~mmgen.models.CaptionModel` (its data config, tokenizer and start tokens).
+        features: The frozen-encoder feature cache, or None to decode images.
+        dist: This process's rank and world size.
+        micro_batch: Items per rank per accumulation micro-batch.
+    """
+
+    def __init__(self, cfg: Config, data: RunData, model, features, dist: D.DistState, micro_batch: int) -> None:
+        self.cfg, self.data, self.model, self.features = cfg, data, model, features
+        self.dist, self.micro_batch = dist, micro_batch
+        self.dataset: Any = None
+        """The training dataset, built at the first epoch."""
+        self.loader: Any = None
+        """The loader of a map-style dataset, built once (persistent workers; the sampler carries the epoch)."""
+
+    def epoch(self, epoch: int, start_step: int) -> Iterator[list[dict]]:
+        """Yield the micro-batches of each optimizer step of ``epoch`` from step ``start_step`` on.
+
+        Every rank takes an interleaved share of one permutation per (seed, epoch); the union over ranks
+        and accumulation micro-batches of step s is items [s*B, (s+1)*B) of the permutation, whatever the
+        world size, so 1 and N processes see the same global batches. A stream (``data.streaming``) is
+        read by :meth:`stream_epoch` instead.
+        """
+        from mmgen.data.datasets import EpochSampler, make_loader
+
+        if self.data.streaming:
+            yield from self.stream_epoch(epoch, start_step)
+            return
+        cfg, dist, tracker = self.cfg, self.dist, self.data.tracker
+        ds = self._dataset()
+        accum = cfg.train.grad_accum
+        per_step = self.micro_batch * accum  # items per rank per optimizer step
+        steps = len(ds) // cfg.train.batch_size
+        if steps == 0:
+            raise ValueError(
+                f"the training set has {len(ds)} items, fewer than train.batch_size={cfg.train.batch_size}"
+            )
+        if self.loader is None:  # built once: persistent workers, the sampler carries the epoch to them
+            sampler = EpochSampler(
+                len(ds), seed=cfg.train.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size, drop_last=True
+            )
+            self.loader = make_loader(
+                ds,
+                self.micro_batch,
+                self._collator(),
+                sampler=sampler,
+                num_workers=cfg.data.num_workers,
+                seed=cfg.train.seed,
+                drop_last=True,
+                pin_memory=dist.device.type == "cuda",
+                persistent_workers=True,
+            )
+        self.loader.sampler.set_epoch(epoch, start=start_step * per_step)
+        if tracker is not None:
+            tracker.epoch_size = steps * per_step  # this rank's items in the epoch
+        group: list[dict] = []
+        step = start_step
+        for batch in self.loader:
+            if tracker is not None and "bad" in batch:
+                tracker.update(batch)
+            group.append(batch)
+            if len(group) == accum:
+                if step >= steps:
+                    return
+                yield [b for b in group if b["image_ids"]]  # every image bad: an empty step
+                group = []
+                step += 1
+
+    def stream_epoch(self, epoch: int, start_step: int) -> Iterator[list[dict]]:
+        """The optimizer steps of one pass over this rank's part of a training stream.
+
+        The epoch ends when the stream does (its length is never asked for); with several ranks, as soon as
+        one rank's part has no full step left, so that every rank takes the same number of steps. Items are
+        a function of (seed, epoch, image_id) and the stream's order (reshuffled per epoch from the seed), so
+        resuming mid-epoch reads and drops the ``start_step`` steps the interrupted run had consumed: the
+        same batches follow, at the cost of decoding the skipped ones again.
+        """
+        import itertools
+
+        import torch
+
+        from mmgen.data.datasets import make_loader
+
+        cfg, dist, tracker = self.cfg, self.dist, self.data.tracker
+        ds = self._dataset()
+        ds.set_epoch(epoch)  # workers are started per epoch (not persistent), so they see it
+        loader = make_loader(
+            ds,
+            self.micro_batch,
+            self._collator(),
+            num_workers=cfg.data.num_workers,
+            seed=cfg.train.seed + epoch,
+            drop_last=True,
+            pin_memory=dist.device.type == "cuda",
+        )
+        if tracker is not None:
+            tracker.epoch_size = None  # unknown: the bad-image fraction is checked at the end of the epoch
+        batches, step = iter(loader), 0
+        while True:
+            group = list(itertools.islice(batches, cfg.train.grad_accum))
+            short = float(len(group) < cfg.train.grad_accum)
+            if D.all_reduce_sum(torch.tensor([short])).item() > 0:  # some rank's part has ended
+                break
+            if step >= start_step:
+                for b in group:
+                    if tracker is not None and "bad" in b:
+                        tracker.update(b)
+                yield [b for b in group if b["image_ids"]]  # every image bad: an empty step
+            step += 1
+        if step == 0:
+            raise ValueError(
+                f"the training stream {cfg.data.train} (split {cfg.data.train_split!r}) holds less than one optimizer "
+                f"step (train.batch_size={cfg.train.batch_size}) on rank {dist.rank}"
+            )
+
+    def end_epoch(self, epoch: int) -> None:
+        """Print the bad-image summary of the epoch (raises once too many images failed)."""
+        tracker = self.data.tracker
+        if tracker is None:
+            return
+        message = tracker.end_epoch(epoch)
+        if message and self.dist.is_main:
+            print(message)
+
+    def _dataset(self) -> Any:
+        """The training dataset (built once): cached features, a stream, or decoded images (uint8: 4x less to move
+        between processes and to the device, normalised there by the model)."""
+        cfg, data = self.cfg, self.data
+        if self.features is not None:
+            return self.features.train_dataset(
+                data.train_records, cfg.data.caption_sampling, cfg.train.seed, cfg.data.captions_per_image
+            )
+        if self.dataset is not None:
+            return self.dataset
+        from mmgen.data.datasets import CaptionTrainDataset, StreamingCaptionDataset
+        from mmgen.data.transforms import build_transform
+
+        transform = build_transform(self.model.data_config, train=True, augment=cfg.data.augment, uint8=True)
+        kind = StreamingCaptionDataset if data.streaming else CaptionTrainDataset
+        ds = kind(
+            data.train_records,
             transform,
             cfg.data.caption_sampling,
             seed=cfg.train.seed,
             max_pixels=cfg.data.max_pixels,
             captions_per_image=cfg.data.captions_per_image,
         )
-        if cfg.data.preload:
+        if cfg.data.preload and not data.streaming:
             from mmgen.data.preload import preload_images
 
-            log = print if trainer.dist.is_main else None
+            log = print if self.dist.is_main else None
             ds.preloaded = preload_images(
-                trainer.data.train_records, transform, cfg.data.num_workers, cfg.data.max_pixels, log=log
+                data.train_records, transform, cfg.data.num_workers, cfg.data.max_pixels, log=log
             )
-        trainer.data.dataset = ds
-    return trainer.data.dataset
+        self.dataset = ds
+        return ds
 
+    def _collator(self) -> Any:
+        """The training collator: tokenised captions with images (or cached features)."""
+        from mmgen.data.collate import CaptionCollator
+        from mmgen.data.transforms import image_size
 
-def _collator(trainer) -> Any:
-    """The training collator: tokenised captions with images (or cached features)."""
-    from mmgen.data.collate import CaptionCollator
-    from mmgen.data.transforms import image_size
-
-    cfg = trainer.cfg
-    fixed = cfg.data.pad_to_max_length if cfg.data.pad_to_max_length is not None else cfg.train.compile
-    pad = trainer.model.start_ids.numel() + cfg.model.max_caption_tokens if fixed else None  # one shape
-    tok, prompt, max_tokens = trainer.model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens
-    if trainer.features is not None:
-        return trainer.features.collator(tok, prompt, max_tokens, pad_to_multiple_of=pad)
-    size = image_size(trainer.model.data_config)
-    return CaptionCollator(tok, prompt, max_tokens, pad_to_multiple_of=pad, image_size=size)
-
-
-def train_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
-    """Yield the micro-batches of each optimizer step of ``epoch`` from step ``start_step`` on.
-
-    Every rank takes an interleaved share of one permutation per (seed, epoch); the union over ranks
-    and accumulation micro-batches of step s is items [s*B, (s+1)*B) of the permutation, whatever the
-    world size, so 1 and N processes see the same global batches. A stream (``data.streaming``) is
-    read by :func:`stream_loader` instead.
-    """
-    from mmgen.data.datasets import EpochSampler, make_loader
-
-    if trainer.data.streaming:
-        yield from stream_loader(trainer, epoch, start_step)
-        return
-    cfg, dist = trainer.cfg, trainer.dist
-    ds = _train_dataset(trainer)
-    accum, micro = cfg.train.grad_accum, trainer.micro_batch
-    per_step = micro * accum  # items per rank per optimizer step
-    steps = len(ds) // cfg.train.batch_size
-    if steps == 0:
-        raise ValueError(f"the training set has {len(ds)} items, fewer than train.batch_size={cfg.train.batch_size}")
-    loader = trainer.data.loader
-    if loader is None:  # built once: persistent workers, the sampler carries the epoch to them
-        sampler = EpochSampler(
-            len(ds), seed=cfg.train.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size, drop_last=True
+        cfg, model = self.cfg, self.model
+        fixed = cfg.data.pad_to_max_length if cfg.data.pad_to_max_length is not None else cfg.train.compile
+        pad = model.start_ids.numel() + cfg.model.max_caption_tokens if fixed else None  # one shape
+        tok, prompt, max_tokens = model.tokenizer, cfg.model.prompt, cfg.model.max_caption_tokens
+        if self.features is not None:
+            return self.features.collator(tok, prompt, max_tokens, pad_to_multiple_of=pad)
+        return CaptionCollator(
+            tok, prompt, max_tokens, pad_to_multiple_of=pad, image_size=image_size(model.data_config)
         )
-        loader = make_loader(
-            ds,
-            micro,
-            _collator(trainer),
-            sampler=sampler,
-            num_workers=cfg.data.num_workers,
-            seed=cfg.train.seed,
-            drop_last=True,
-            pin_memory=trainer.device.type == "cuda",
-            persistent_workers=True,
-        )
-        trainer.data.loader = loader
-    loader.sampler.set_epoch(epoch, start=start_step * per_step)
-    if trainer.data.tracker is not None:
-        trainer.data.tracker.epoch_size = steps * per_step  # this rank's items in the epoch
-    group: list[dict] = []
-    step = start_step
-    for batch in loader:
-        if trainer.data.tracker is not None and "bad" in batch:
-            trainer.data.tracker.update(batch)
-        group.append(batch)
-        if len(group) == accum:
-            if step >= steps:
-                return
-            yield [b for b in group if b["image_ids"]]  # every image bad: an empty step
-            group = []
-            step += 1
-
-
-def stream_loader(trainer, epoch: int, start_step: int) -> Iterator[list[dict]]:
-    """The optimizer steps of one pass over this rank's part of a training stream.
-
-    The epoch ends when the stream does (its length is never asked for); with several ranks, as soon as
-    one rank's part has no full step left, so that every rank takes the same number of steps. Items are
-    a function of (seed, epoch, image_id) and the stream's order (reshuffled per epoch from the seed), so
-    resuming mid-epoch reads and drops the ``start_step`` steps the interrupted run had consumed: the
-    same batches follow, at the cost of decoding the skipped ones again.
-    """
-    import itertools
-
-    import torch
-
-    from mmgen.data.datasets import StreamingCaptionDataset, make_loader
-    from mmgen.data.transforms import build_transform
-
-    cfg, dist, tracker = trainer.cfg, trainer.dist, trainer.data.tracker
-    ds = trainer.data.dataset
-    if ds is None:
-        transform = build_transform(trainer.model.data_config, train=True, augment=cfg.data.augment, uint8=True)
-        mode, seed = cfg.data.caption_sampling, cfg.train.seed
-        ds = StreamingCaptionDataset(
-            trainer.data.train_records,
-            transform,
-            mode,
-            seed=seed,
-            max_pixels=cfg.data.max_pixels,
-            captions_per_image=cfg.data.captions_per_image,
-        )
-        trainer.data.dataset = ds
-    ds.set_epoch(epoch)  # workers are started per epoch (not persistent), so they see it
-    loader = make_loader(
-        ds,
-        trainer.micro_batch,
-        _collator(trainer),
-        num_workers=cfg.data.num_workers,
-        seed=cfg.train.seed + epoch,
-        drop_last=True,
-        pin_memory=trainer.device.type == "cuda",
-    )
-    if tracker is not None:
-        tracker.epoch_size = None  # unknown: the bad-image fraction is checked at the end of the epoch
-    batches, step = iter(loader), 0
-    while True:
-        group = list(itertools.islice(batches, cfg.train.grad_accum))
-        short = float(len(group) < cfg.train.grad_accum)
-        if D.all_reduce_sum(torch.tensor([short])).item() > 0:  # some rank's part has ended
-            break
-        if step >= start_step:
-            for b in group:
-                if tracker is not None and "bad" in b:
-                    tracker.update(b)
-            yield [b for b in group if b["image_ids"]]  # every image bad: an empty step
-        step += 1
-    if step == 0:
-        raise ValueError(
-            f"the training stream {cfg.data.train} (split {cfg.data.train_split!r}) holds less than one optimizer "
-            f"step (train.batch_size={cfg.train.batch_size}) on rank {dist.rank}"
-        )
-
-
-def end_epoch(trainer, epoch: int) -> None:
-    """Print the bad-image summary of the epoch (raises once too many images failed)."""
-    tracker = trainer.data.tracker
-    if tracker is None:
-        return
-    message = tracker.end_epoch(epoch)
-    if message and trainer.dist.is_main:
-        print(message)

@@ -116,7 +116,7 @@ def claim_run_dir(run_dir: Path, cfg: Config, is_main: bool, resume: bool, overw
     Raises:
         RunDirError: On every rank when rank 0 could not use the directory (rank 0's names the reason).
     """
-    from mmgen.training import distributed as D
+    from mmgen import distributed as D
 
     error, lock = None, RunLock(run_dir / LOCK_NAME, None)
     if is_main:

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmgen import distributed as D
 from mmgen.config import Config, GenerationConfig
 from mmgen.evaluation.cider import CiderD
 from mmgen.evaluation.ptb import ptb_tokenize
 from mmgen.generation.captions import decode_sequences
-from mmgen.training import distributed as D
 from mmgen.training.logs import plot_curves
 from mmgen.training.trainer import Trainer, autocast_context
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmgen import distributed as D
 from mmgen.attention import sdpa_context
 from mmgen.config import Config, save_config
 from mmgen.runtime import set_threads
-from mmgen.training import distributed as D
 from mmgen.training.checkpoint import refuse_non_finite_weights
 from mmgen.training.levers import check_levers
 from mmgen.training.logs import RunLogger
@@ -164,6 +164,7 @@ class Trainer:
                 f"world size x grad_accum = {world * accum}"
             )
         self.micro_batch = cfg.train.batch_size // (world * accum)
+        self.batches = tdata.TrainBatches(cfg, self.data, self.model, self.features, self.dist, self.micro_batch)
         # fused AdamW can skip a step on the device (its found_inf input): no host sync per step
         self.device_skip = bool(self.optimizer.defaults.get("fused"))
         self._warm_at: float | None = None  # train.schedule=time: the clock when warmup ended
@@ -303,8 +304,6 @@ class Trainer:
     def _fit(self) -> dict:
         from tqdm import tqdm
 
-        from mmgen.training import run_data as tdata
-
         cfg, st = self.cfg, self.state
         start = self.clock()
         bar = tqdm(
@@ -315,8 +314,7 @@ class Trainer:
         stop = st.step >= cfg.train.max_steps
         self.model.train()
         while not stop:
-            loader = tdata.train_loader(self, st.epoch, st.batch_in_epoch)
-            for batches in loader:
+            for batches in self.batches.epoch(st.epoch, st.batch_in_epoch):
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 loss, images, _ = self._optimizer_step(batches)
                 st.step += 1
@@ -358,7 +356,7 @@ class Trainer:
             else:
                 st.epoch += 1
                 st.batch_in_epoch = 0
-                tdata.end_epoch(self, st.epoch - 1)
+                self.batches.end_epoch(st.epoch - 1)
         bar.close()
         if self._evaluated_at != st.step:  # the same decision on every rank (evaluate holds collectives)
             last_scores = self.evaluate()
