@@ -233,6 +233,10 @@ class TrainConfig:
     'chunked' (PyTorch, a chunk of positions at a time: the same loss without the (tokens, vocabulary) logits);
     'liger' / 'cce' (liger-kernel's / cut-cross-entropy's fused CUDA kernels: pip install liger-kernel or
     cut-cross-entropy); 'auto' (liger, else cce, where installed on a GPU; else plain). Cross-entropy only."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the caption cross-entropy (as ``F.cross_entropy``'s): the target of each token puts
+    ``1 - eps`` on the reference token and ``eps`` spread evenly over the vocabulary. 0 (default): none. With
+    every ``loss_impl`` but 'cce'; not with ``objective: scst``. Validation loss stays the plain cross-entropy."""
     fp8: bool = False
     """Float8 training of the linear layers (torchao's ``convert_to_float8_training``; pip install torchao) on a
     CUDA GPU of compute capability >= 8.9: every ``nn.Linear`` with both sides divisible by 16 except the LM head
@@ -273,6 +277,13 @@ class TrainConfig:
         _choice(self.schedule, "train.schedule", ("steps", "time"))
         _choice(self.compile_mode, "train.compile_mode", ("default", "max-autotune-no-cudagraphs", "reduce-overhead"))
         _choice(self.loss_impl, "train.loss_impl", ("plain", "auto", "chunked", "liger", "cce"))
+        smoothing_ok = isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1
+        _check(smoothing_ok, "train.label_smoothing", f"must be a number in [0, 1), got {self.label_smoothing!r}")
+        _check(
+            not (self.loss_impl == "cce" and smoothing_ok and self.label_smoothing > 0),
+            "train.label_smoothing",
+            "cut-cross-entropy (train.loss_impl=cce) has no label smoothing: use liger, chunked or plain",
+        )
         _check(self.schedule == "steps" or self.max_time is not None, "train.schedule", "'time' needs train.max_time")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
@@ -380,6 +391,11 @@ class Config:
                 self.train.loss_impl in ("plain", "auto"),
                 "train.loss_impl",
                 "scst weighs the log-probabilities of sampled captions, not a cross-entropy: leave it at plain",
+            )
+            _check(
+                self.train.label_smoothing == 0,
+                "train.label_smoothing",
+                "scst weighs the log-probabilities of sampled captions, not a cross-entropy: leave it at 0",
             )
 
     def check_paths(self) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -233,13 +234,22 @@ def loss_of(arm: Arm, pixels: torch.Tensor, captions: list[str], tokenizer) -> t
         k: v.to(pixels.device)
         for k, v in tokenize_captions(tokenizer, captions, cfg.model.prompt, cfg.model.max_caption_tokens).items()
     }
+    smoothing = cfg.train.label_smoothing  # train.label_smoothing: the same loss for every arm
     if arm.kind == "mmgen":  # K captions per image: the decoder shares one pass over each image prefix
-        return arm.model(pixel_values=pixels, input_ids=t["input_ids"], labels=t["labels"]).loss
+        return arm.model(
+            pixel_values=pixels, input_ids=t["input_ids"], labels=t["labels"], label_smoothing=smoothing
+        ).loss
     k = len(captions) // pixels.shape[0]
     pixels = pixels.repeat_interleave(k, dim=0)  # a stock encoder-decoder sees each pair as its own image
     # BOS c1 .. cn EOS pad: the decoder reads BOS .. cn and predicts c1 .. EOS (labels -100 on padding)
-    out = arm.model(pixel_values=pixels, decoder_input_ids=t["input_ids"][:, :-1], labels=t["labels"][:, 1:])
-    return out.loss
+    labels = t["labels"][:, 1:]
+    out = arm.model(pixel_values=pixels, decoder_input_ids=t["input_ids"][:, :-1], labels=labels)
+    if not smoothing:
+        return out.loss
+    logits = out.logits.float()  # (B*K, T-1, V): transformers' loss has no smoothing argument
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, label_smoothing=smoothing
+    )
 
 
 def train_step(arm: Arm, data: Data, idx: list[int], captions: list[str], progress: float, mean, std) -> None:

@@ -90,10 +90,10 @@ def _batch(tokenizer, rows: int, t: int = 9, seed: int = 0):
     return ids, labels
 
 
-def _loss_and_grads(model, impl, **inputs):
+def _loss_and_grads(model, impl, label_smoothing=0.0, **inputs):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(7)  # the same dropout masks in both runs
-    out = model(**inputs, loss_impl=impl)
+    out = model(**inputs, loss_impl=impl, label_smoothing=label_smoothing)
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out, grads
@@ -210,3 +210,79 @@ def test_cuda_fused_losses_equal_the_plain_path_in_bf16(tokenizer, impl):
     for name in ref:
         scale = ref[name].abs().max().clamp_min(1e-6)
         assert (got[name] - ref[name]).abs().max() / scale < 5e-2, name  # bf16 logits either way
+
+
+# -- train.label_smoothing ---------------------------------------------------------------------------------------
+
+
+def _smoothed_reference(hidden, weight, bias, labels, eps):
+    """Label smoothing written out: the cross-entropy against the target distribution (1 - eps) one-hot + eps / V,
+    averaged over the labelled rows (no F.cross_entropy smoothing involved)."""
+    logits = (hidden @ weight.t() + (0 if bias is None else bias)).float()
+    keep = labels != -100
+    v = logits.shape[-1]
+    target = torch.full_like(logits, eps / v)
+    target[keep] += (1 - eps) * F.one_hot(labels[keep], v).float()
+    rows = -(target * logits.log_softmax(-1)).sum(-1)
+    return rows[keep].mean()
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_chunked_label_smoothing_equals_the_smoothed_target_distribution_and_its_gradients(chunk, with_bias):
+    gen = torch.Generator().manual_seed(5)
+    n, d, v, eps = 29, 16, 40, 0.1
+    hidden = torch.randn(n, d, generator=gen, requires_grad=True)
+    weight = torch.randn(v, d, generator=gen, requires_grad=True)
+    bias = torch.randn(v, generator=gen, requires_grad=True) if with_bias else None
+    labels = torch.randint(0, v, (n,), generator=gen)
+    labels[::4] = -100
+    ref = _smoothed_reference(hidden, weight, bias, labels, eps)
+    got = linear_cross_entropy(hidden, weight, bias, labels, "chunked", chunk=chunk, label_smoothing=eps)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    for g, r in zip(_grads(got, hidden, weight, bias), _grads(ref, hidden, weight, bias)):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    plain = linear_cross_entropy(hidden, weight, bias, labels, "chunked", chunk=chunk)
+    assert abs(got.item() - plain.item()) > 1e-2  # smoothing changes the loss: the test above can tell them apart
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_caption_model_label_smoothing_plain_and_chunked_agree_with_the_written_out_loss(tokenizer, k):
+    model = CaptionModel(tiny_model_config(), tokenizer).train()
+    ids, labels = _batch(tokenizer, 3 * k, seed=6)
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    inputs = {"pixel_values": pixels, "input_ids": ids, "labels": labels}
+    plain, ref = _loss_and_grads(model, "plain", label_smoothing=0.2, **inputs)
+    fused, got = _loss_and_grads(model, "chunked", label_smoothing=0.2, **inputs)
+    unsmoothed, _ = _loss_and_grads(model, "plain", **inputs)
+    logits = unsmoothed.logits[:, :-1].reshape(-1, unsmoothed.logits.shape[-1])
+    written = _smoothed_reference(logits, torch.eye(logits.shape[-1]), None, labels[:, 1:].reshape(-1), 0.2)
+    torch.testing.assert_close(plain.loss, written, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-6, atol=1e-6)
+    assert got.keys() == ref.keys() and ref
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert plain.loss.item() != pytest.approx(unsmoothed.loss.item())
+
+
+def test_label_smoothing_config_refusals_and_resolution():
+    from mmgen.config import Config, DataConfig, TrainConfig
+    from mmgen.training.levers import check_levers
+
+    for bad in (-0.1, 1.0, "0.1"):
+        with pytest.raises(ConfigError, match="train.label_smoothing: must be a number in"):
+            TrainConfig(label_smoothing=bad)
+    with pytest.raises(ConfigError, match="train.label_smoothing: cut-cross-entropy"):
+        TrainConfig(loss_impl="cce", label_smoothing=0.1)
+    with pytest.raises(ConfigError, match="train.label_smoothing: scst"):
+        Config(data=DataConfig(), train=TrainConfig(objective="scst", label_smoothing=0.1))
+    levers = check_levers(TrainConfig(label_smoothing=0.1), torch.device("cpu"))
+    assert levers.forward_kwargs == {"label_smoothing": 0.1}
+    assert check_levers(TrainConfig(), torch.device("cpu")).forward_kwargs == {}  # the plain call is unchanged
+
+
+def test_auto_never_picks_cce_with_label_smoothing(monkeypatch):
+    monkeypatch.setattr("mmgen.models.lm_loss.importable", lambda impl: impl == "cce")  # only cce installed
+    cuda = torch.device("cuda")
+    assert resolve_loss_impl("auto", cuda) == "cce"
+    assert resolve_loss_impl("auto", cuda, smoothing=True) == "plain"

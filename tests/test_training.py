@@ -153,7 +153,6 @@ def test_preloaded_images_give_the_same_run(tmp_path, scenes):
 
 
 def test_padding_to_the_maximum_length_gives_one_shape_and_the_same_losses(tmp_path, scenes):
-
     common = ("train.max_steps=3", "train.batch_size=16", "train.save_every=1000")
     a = _cfg(tmp_path / "a", scenes, *common)
     b = _cfg(tmp_path / "b", scenes, *common, "data.pad_to_max_length=true")
@@ -170,7 +169,6 @@ def test_padding_to_the_maximum_length_gives_one_shape_and_the_same_losses(tmp_p
 
 
 def test_padding_to_the_maximum_length_covers_cached_feature_batches(tmp_path, scenes):
-
     extra = ("train.batch_size=16", "data.pad_to_max_length=true", "train.feature_cache=true")
     extra += ("model.encoder.freeze=all",)
     trainer = Trainer(_cfg(tmp_path, scenes, *extra))
@@ -212,6 +210,20 @@ def test_time_schedule_ends_the_cosine_with_the_budget(tmp_path, scenes):
     lrs = [r["lr"] for r in rows if "lr" in r]
     assert 5 < len(lrs) < 100000 and lrs[-1] < 0.3 * base
     assert all(b <= a + 1e-12 for a, b in zip(lrs[2:], lrs[3:]))  # decays monotonically after warmup
+
+
+def test_label_smoothing_is_the_loss_the_run_trains_on(tmp_path, scenes):
+    cfg = _cfg(tmp_path, scenes, "train.max_steps=1", "train.batch_size=16", "train.label_smoothing=0.1")
+    trainer = Trainer(cfg)
+    assert trainer.levers.forward_kwargs == {"label_smoothing": 0.1}
+    (batch,) = next(iter(trainer.batches.epoch(0, 0)))
+    inputs = trainer.batch_inputs(batch)
+    with torch.no_grad():  # the initial weights: the first step's loss (no dropout in the preset)
+        smoothed = trainer.model(**inputs, label_smoothing=0.1).loss.item()
+        plain = trainer.model(**inputs).loss.item()
+    trainer.fit()
+    assert _losses(cfg.train.out_dir)[1] == pytest.approx(smoothed, rel=1e-5)
+    assert abs(smoothed - plain) > 1e-3
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, scenes):

@@ -242,6 +242,7 @@ class CaptionModel(nn.Module):
         labels: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
         loss_impl: str = "plain",
+        label_smoothing: float = 0.0,
     ) -> CaptionOutput:
         """Caption loss and logits.
 
@@ -255,6 +256,7 @@ class CaptionModel(nn.Module):
             loss_impl: With ``labels``: 'plain' (logits, then cross-entropy) or one of 'chunked', 'liger', 'cce'
                 (the LM head and the loss together from the final hidden states, see :mod:`mmgen.models.lm_loss`;
                 the same loss, and ``logits`` is None).
+            label_smoothing: Epsilon of the loss's label smoothing (``train.label_smoothing``; 0: none).
 
         Returns:
             ``CaptionOutput``; ``logits`` (B, T, V) cover the text positions only.
@@ -266,8 +268,9 @@ class CaptionModel(nn.Module):
         else:
             out = self._text_pass(prefix, input_ids, attention_mask, fused)  # (B, T, V or D)
         if fused:
-            return CaptionOutput(loss=self.head_loss(out, labels, loss_impl), logits=None)
-        return CaptionOutput(loss=None if labels is None else caption_loss(out, labels), logits=out)
+            return CaptionOutput(loss=self.head_loss(out, labels, loss_impl, label_smoothing), logits=None)
+        loss = None if labels is None else caption_loss(out, labels, label_smoothing)
+        return CaptionOutput(loss=loss, logits=out)
 
     def _decoder_call(self, hidden: bool, keep: int | None, **kwargs):
         """One decoder call; its output has ``logits`` of the last ``keep`` positions (all with None), or with
@@ -335,13 +338,15 @@ class CaptionModel(nn.Module):
         out = self._decoder_call(hidden, t, inputs_embeds=tokens, attention_mask=mask, use_cache=True, **{arg: cache})
         return self._text_positions(out, hidden, t)  # (B*K, T, V or D)
 
-    def head_loss(self, hidden: torch.Tensor, labels: torch.Tensor, impl: str) -> torch.Tensor:
+    def head_loss(
+        self, hidden: torch.Tensor, labels: torch.Tensor, impl: str, label_smoothing: float = 0.0
+    ) -> torch.Tensor:
         """The caption loss from the final hidden states (B, T, D) at the text positions: the LM head and the
         cross-entropy together (:func:`mmgen.models.lm_loss.linear_cross_entropy`), the same mean over the
         labelled positions as :func:`caption_loss` of the logits."""
         weight, bias = self.fused_head(impl)
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T): the target of position t
-        return linear_cross_entropy(hidden, weight, bias, targets, impl)
+        return linear_cross_entropy(hidden, weight, bias, targets, impl, label_smoothing=label_smoothing)
 
     def fused_head(self, impl: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The LM head's weight (V, D) and bias for a fused loss.

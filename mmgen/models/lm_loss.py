@@ -55,8 +55,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     the gradients are computed in forward (one chunk's logits at a time) and scaled in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk, dtype, need_hidden, need_weight, need_bias):
-        # hidden (N, D), weight (V, D), bias (V,) or None, labels (N,)
+    def forward(ctx, hidden, weight, bias, labels, chunk, dtype, need_hidden, need_weight, need_bias, smoothing):
+        # hidden (N, D), weight (V, D), bias (V,) or None, labels (N,); smoothing: the label smoothing epsilon
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
@@ -72,11 +72,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 logits = h @ w.t() if b is None else torch.addmm(b, h, w.t())  # (c, V)
                 logits = logits.float()
                 lse = torch.logsumexp(logits, dim=1)  # (c,)
-                total += ((lse - logits.gather(1, target).squeeze(1)) * ok).sum()
+                # (1 - eps) * (lse - z_target) + eps * (lse - mean z): cross-entropy against the smoothed target
+                row = lse - (1.0 - smoothing) * logits.gather(1, target).squeeze(1)
+                if smoothing:
+                    row = row - smoothing * logits.mean(1)
+                total += (row * ok).sum()
                 if not (need_hidden or need_weight or need_bias):
                     continue
                 g = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits (c, V)
-                g.scatter_add_(1, target, torch.full_like(lse, -1.0).unsqueeze(1))  # minus the one-hot target
+                if smoothing:
+                    g.sub_(smoothing / logits.shape[1])  # minus the smoothed target's uniform part
+                hit = torch.full_like(lse, smoothing - 1.0).unsqueeze(1)
+                g.scatter_add_(1, target, hit)  # minus its (1 - eps) on the target
                 g.mul_(ok.unsqueeze(1))  # ignored rows contribute nothing
                 gd = g.to(dtype)
                 if need_hidden:
@@ -98,7 +105,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         out_h = None if grad_h is None else (grad_h.float() * scale).to(dh)
         out_w = None if grad_w is None else (grad_w * scale).to(dw)
         out_b = None if grad_b is None else (grad_b * scale).to(db)
-        return out_h, out_w, out_b, None, None, None, None, None, None
+        return out_h, out_w, out_b, None, None, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -108,6 +115,7 @@ def linear_cross_entropy(
     labels: torch.Tensor,
     impl: str = "chunked",
     chunk: int | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits ``hidden @ weight.T + bias`` against ``labels``, over the positions
     whose label is not -100, without the full logits tensor.
@@ -119,6 +127,7 @@ def linear_cross_entropy(
         labels: Target ids (...), -100 where no loss is taken.
         impl: 'chunked' (PyTorch), 'liger' or 'cce' (their CUDA kernels; the package must be installed).
         chunk: Positions per chunk of 'chunked' (default :func:`chunk_rows` of the vocabulary).
+        label_smoothing: Epsilon of label smoothing, as ``F.cross_entropy``'s (not with 'cce').
 
     Returns:
         The fp32 scalar loss; the matmul runs in the dtype the plain head would use (autocast's, else the weight's).
@@ -131,13 +140,16 @@ def linear_cross_entropy(
         needs = (grad and hidden.requires_grad, grad and weight.requires_grad)
         need_bias = grad and bias is not None and bias.requires_grad
         rows = chunk or chunk_rows(weight.shape[0])
-        return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, labels, rows, dtype, *needs, need_bias)
+        eps = float(label_smoothing)
+        return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, labels, rows, dtype, *needs, need_bias, eps)
     if impl == "liger":
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy as liger
 
         b = None if bias is None else bias.to(dtype)
         # the weight's gradient accumulates over liger's chunks in fp32 where this release lets us say so
         accum = {"accum_dtype": torch.float32} if "accum_dtype" in inspect.signature(liger).parameters else {}
+        if label_smoothing:
+            accum["label_smoothing"] = float(label_smoothing)
         loss = liger(hidden.to(dtype), weight.to(dtype), labels, bias=b, ignore_index=IGNORE_INDEX, **accum)
         return loss.float()
     if impl == "cce":
@@ -145,12 +157,18 @@ def linear_cross_entropy(
 
         if bias is not None:
             raise ValueError("train.loss_impl=cce: cut-cross-entropy takes no head bias; use liger or chunked")
+        if label_smoothing:
+            raise ValueError("train.loss_impl=cce has no label smoothing; use liger or chunked")
         return cce(hidden.to(dtype), weight.to(dtype), labels, ignore_index=IGNORE_INDEX, reduction="mean").float()
     raise ValueError(f"train.loss_impl={impl!r}: expected one of {', '.join(FUSED)}")
 
 
-def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]`` over the labelled positions."""
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]`` over the labelled positions (against
+    targets smoothed by ``label_smoothing``: ``1 - eps`` on the label, ``eps`` spread evenly over the vocabulary)."""
     return F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        label_smoothing=float(label_smoothing),
     )

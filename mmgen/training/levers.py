@@ -31,11 +31,15 @@ class StepLevers:
     """The compiled step replays CUDA graphs (:func:`replays_graphs`): mark each micro-batch's start."""
     grads_to_none: bool
     """Whether ``zero_grad`` drops the gradients (false: kept buffers zeroed in place, :func:`keep_grad_buffers`)."""
+    label_smoothing: float = 0.0
 
     @property
     def forward_kwargs(self) -> dict:
-        """Keywords of the training forward (none for the plain loss, so its call is unchanged)."""
-        return {} if self.loss_impl == "plain" else {"loss_impl": self.loss_impl}
+        """Keywords of the training forward (none for the plain, unsmoothed loss, so its call is unchanged)."""
+        kwargs = {} if self.loss_impl == "plain" else {"loss_impl": self.loss_impl}
+        if self.label_smoothing:
+            kwargs["label_smoothing"] = self.label_smoothing
+        return kwargs
 
     def apply(self, model: nn.Module, log: Callable[[str], None] | None = None) -> None:
         """Prepare the model (before DDP / FSDP wraps it and the optimizer takes its parameters): check that the
@@ -61,17 +65,20 @@ def check_levers(tc: TrainConfig, device: torch.device) -> StepLevers:
     Raises:
         ConfigError: A lever cannot run here; the message names the key and the package or device it needs.
     """
-    impl = resolve_loss_impl(tc.loss_impl, device) if tc.objective == "xe" else "plain"  # scst: no cross-entropy
+    xe = tc.objective == "xe"  # scst: no cross-entropy
+    impl = resolve_loss_impl(tc.loss_impl, device, smoothing=tc.label_smoothing > 0) if xe else "plain"
     if tc.fp8:
         check_fp8(device)
     graphs = replays_graphs(tc)
     # CUDA graphs and accumulation: gradients accumulate into buffers of our own (see keep_grad_buffers)
-    return StepLevers(impl, tc.fp8, graphs, grads_to_none=not (graphs and tc.grad_accum > 1))
+    grads_to_none = not (graphs and tc.grad_accum > 1)
+    return StepLevers(impl, tc.fp8, graphs, grads_to_none, label_smoothing=float(tc.label_smoothing) if xe else 0.0)
 
 
-def resolve_loss_impl(name: str, device: torch.device) -> str:
+def resolve_loss_impl(name: str, device: torch.device, smoothing: bool = False) -> str:
     """The loss implementation ``train.loss_impl`` means on ``device``: 'auto' becomes liger or cce where installed
-    on a CUDA device, else plain; 'liger' and 'cce' must be installed and on CUDA (Triton kernels).
+    on a CUDA device (not cce with label ``smoothing``), else plain; 'liger' and 'cce' must be installed and on
+    CUDA (Triton kernels).
 
     Raises:
         ConfigError: 'liger' / 'cce' off CUDA or not installed.
@@ -80,7 +87,8 @@ def resolve_loss_impl(name: str, device: torch.device) -> str:
 
     cuda = device.type == "cuda"
     if name == "auto":
-        return next((impl for impl in PACKAGES if cuda and importable(impl)), "plain")
+        usable = [impl for impl in PACKAGES if not (smoothing and impl == "cce")]
+        return next((impl for impl in usable if cuda and importable(impl)), "plain")
     if name not in PACKAGES:
         return name
     package = PACKAGES[name][1]
