@@ -381,7 +381,8 @@ def run(args: argparse.Namespace) -> dict:
     cfg = load_config(args.config, args.set)
     data = prepare_data(args, cfg)
     arms = build_arms(args, data)
-    probe = arms[0].model.data_config
+    mmgen_arms = [a for a in arms if a.kind == "mmgen"]  # none: the baseline alone, normalised as mmgen would
+    probe = mmgen_arms[0].model.data_config if mmgen_arms else build_mmgen(cfg, data.tokenizer).data_config
     mean = torch.tensor(probe["mean"], device=args.device).view(1, 3, 1, 1)
     std = torch.tensor(probe["std"], device=args.device).view(1, 3, 1, 1)
     for a in arms:
@@ -482,6 +483,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("compare_baseline: --device cuda, but torch sees no CUDA GPU")
+    if args.no_default_arm and args.no_baseline and not args.arm:
+        raise SystemExit("compare_baseline: --no-default-arm and --no-baseline without an --arm leave nothing to run")
     result = run(args)
     result["beams"] = args.beams
     out = Path(args.out)

@@ -80,3 +80,16 @@ def test_a_batch_larger_than_the_training_set_is_refused(compare, tmp_path):
     argv = ["--data-dir", str(tmp_path / "scenes"), "--n-train", "8", "--n-val", "2", "--eval-images", "2"]
     with pytest.raises(SystemExit, match="--batch-size 16 is more than the 8 training images"):
         compare.main([*argv, "--batch-size", "16", *TINY, "--out", str(tmp_path / "o")])
+
+
+def test_the_baseline_alone_with_label_smoothing(compare, tmp_path):
+    argv = ["--data-dir", str(tmp_path / "scenes"), "--n-train", "16", "--n-val", "4", "--eval-images", "4"]
+    argv += ["--batch-size", "8", "--beams", "1", "--steps", "2", "--eval-every", "0", "--no-default-arm"]
+    plain = compare.main([*argv, *TINY, "--out", str(tmp_path / "a")])["arms"]
+    smoothed = compare.main([*argv, *TINY, "train.label_smoothing=0.3", "--out", str(tmp_path / "b")])["arms"]
+    assert set(plain) == set(smoothed) == {"VisionEncoderDecoder"}  # no mmgen arm: the baseline alone
+    a, b = plain["VisionEncoderDecoder"], smoothed["VisionEncoderDecoder"]
+    assert a["params"] == b["params"] and a["steps"] == b["steps"] == 2
+    assert abs(a["final"]["loss"] - b["final"]["loss"]) > 1e-3  # the smoothed loss is the one it trained on
+    with pytest.raises(SystemExit, match="leave nothing to run"):
+        compare.main([*argv, "--no-baseline", "--out", str(tmp_path / "c")])
