@@ -13,8 +13,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmgen.models.caption_model import is_sharded  # noqa: F401 (FSDP2 wrapping, re-exported)
-
 
 @dataclass
 class DistState:
@@ -30,6 +28,15 @@ class DistState:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` was wrapped by FSDP2's ``fully_shard``."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
 
 
 def init_distributed(device: str | None = None) -> DistState:

@@ -16,6 +16,7 @@ from transformers import AutoConfig, PreTrainedTokenizerBase
 from mmgen.attention import CAUSAL_SDPA, PREFIX, UNPADDED, base_model
 from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
 from mmgen.data.transforms import normalize_on_device
+from mmgen.distributed import is_sharded
 from mmgen.errors import CheckpointError, MissingCheckpointFileError
 from mmgen.generation.graphs import DecodeCache
 from mmgen.models.decoder import build_decoder, checkpointing_enabled
@@ -269,8 +270,7 @@ class CaptionModel(nn.Module):
             out = self._text_pass(prefix, input_ids, attention_mask, fused)  # (B, T, V or D)
         if fused:
             return CaptionOutput(loss=self.head_loss(out, labels, loss_impl, label_smoothing), logits=None)
-        loss = None if labels is None else caption_loss(out, labels, label_smoothing)
-        return CaptionOutput(loss=loss, logits=out)
+        return CaptionOutput(loss=None if labels is None else caption_loss(out, labels, label_smoothing), logits=out)
 
     def _decoder_call(self, hidden: bool, keep: int | None, **kwargs):
         """One decoder call; its output has ``logits`` of the last ``keep`` positions (all with None), or with
@@ -338,15 +338,13 @@ class CaptionModel(nn.Module):
         out = self._decoder_call(hidden, t, inputs_embeds=tokens, attention_mask=mask, use_cache=True, **{arg: cache})
         return self._text_positions(out, hidden, t)  # (B*K, T, V or D)
 
-    def head_loss(
-        self, hidden: torch.Tensor, labels: torch.Tensor, impl: str, label_smoothing: float = 0.0
-    ) -> torch.Tensor:
+    def head_loss(self, hidden: torch.Tensor, labels: torch.Tensor, impl: str, smoothing: float = 0.0) -> torch.Tensor:
         """The caption loss from the final hidden states (B, T, D) at the text positions: the LM head and the
         cross-entropy together (:func:`mmgen.models.lm_loss.linear_cross_entropy`), the same mean over the
         labelled positions as :func:`caption_loss` of the logits."""
         weight, bias = self.fused_head(impl)
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T): the target of position t
-        return linear_cross_entropy(hidden, weight, bias, targets, impl, label_smoothing=label_smoothing)
+        return linear_cross_entropy(hidden, weight, bias, targets, impl, label_smoothing=smoothing)
 
     def fused_head(self, impl: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The LM head's weight (V, D) and bias for a fused loss.
@@ -481,15 +479,6 @@ class CaptionModel(nn.Module):
         if device is not None:
             model.to(device)
         return model
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """Whether ``model`` was wrapped by FSDP2's ``fully_shard``."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return False
-    return isinstance(model, FSDPModule)
 
 
 def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> CaptionModel:
