@@ -17,6 +17,10 @@ own search; ``generate`` for the baseline), scored with pycocoevalcap's BLEU and
 tokenisation, plus the distinct-caption share and the scene attribute accuracies. Output: a table, a JSON
 file and learning curves (CIDEr against images seen and against training CPU-seconds) as a PNG.
 
+The scenes are synthesised into ``--data-dir`` once (``--data-seed``) and reused; a folder holding other scenes
+is refused, never rewritten. ``--seed`` sets the weights, batch order and caption sampling: repeat a comparison
+over seeds with ``--seed S --data-seed S --data-dir DIR-S`` (a folder per data seed).
+
   python scripts/compare_baseline.py --data-dir /tmp/hard --difficulty hard --n-train 10000 --n-val 500 \\
       --steps 1500 --threads 1 --out runs/compare_hard
   python scripts/compare_baseline.py ... --arm mmgen-pool=model.projector.kind=pool   # extra mmgen arms
@@ -75,15 +79,58 @@ def _pixels(records, size: int) -> torch.Tensor:
     return out
 
 
+def _scenes_mismatch(root: Path, want: dict) -> list[str]:
+    """What the scenes in ``root`` differ in from ``want`` (seed, image_size, difficulty, train / val counts)."""
+    out = []
+    for split in ("train", "val"):
+        info = json.loads((root / f"captions_{split}.json").read_text())
+        have = {**info["info"], split: len(info["images"])}
+        have.setdefault("difficulty", "simple")
+        out += [f"{k} {have.get(k)} (asked {v})" for k, v in want.items() if k in have and have[k] != v]
+    return sorted(set(out))
+
+
+def prepare_scenes(args: argparse.Namespace, size: int) -> Path:
+    """The scenes in ``--data-dir``: made once, reused while they match the arguments, never rewritten.
+
+    A new folder is synthesised beside it and renamed into place, so runs started together never read a
+    half-written image; a folder that holds other scenes (another ``--data-seed``, size, difficulty or count) is
+    refused rather than overwritten under a run that may be reading it.
+    """
+    import os
+    import shutil
+
+    from mmgen.data.synthetic import make_scenes_splits
+
+    root = Path(args.data_dir)
+    want = {"seed": args.data_seed, "image_size": size, "difficulty": args.difficulty}
+    want |= {"train": args.n_train, "val": args.n_val}
+    if not (root / "captions_val.json").is_file():
+        if root.exists() and any(root.iterdir()):
+            raise SystemExit(f"compare_baseline: --data-dir {root} is not empty and holds no scenes; use a new folder")
+        side = root.with_name(f".{root.name}.making-{os.getpid()}")
+        make_scenes_splits(side, args.n_train, args.n_val, seed=args.data_seed, image_size=size,
+                           difficulty=args.difficulty)  # fmt: skip
+        try:
+            os.replace(side, root)  # atomic; onto an empty folder too
+        except OSError:  # another run put its scenes there first: use those (checked below)
+            shutil.rmtree(side, ignore_errors=True)
+    differ = _scenes_mismatch(root, want)
+    if differ:
+        raise SystemExit(
+            f"compare_baseline: --data-dir {root} holds other scenes: {', '.join(differ)}; "
+            "use another --data-dir for these (scenes are never rewritten in place)"
+        )
+    return root
+
+
 def prepare_data(args: argparse.Namespace, cfg: Config) -> Data:
     from mmgen.data.sources import load_records
-    from mmgen.data.synthetic import make_scenes_splits
     from mmgen.evaluation.scenes import load_scenes
     from mmgen.models.tokenizer import ensure_special_tokens, train_caption_tokenizer
 
-    root = Path(args.data_dir)
     size = cfg.model.encoder.img_size or 64
-    make_scenes_splits(root, args.n_train, args.n_val, seed=args.seed, image_size=size, difficulty=args.difficulty)
+    root = prepare_scenes(args, size)
     train = load_records(str(root / "captions_train.json"))
     val = load_records(str(root / "captions_val.json"))[: args.eval_images]
     tc = cfg.model.tokenizer
@@ -464,7 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--difficulty", choices=("simple", "hard"), default="hard")
     p.add_argument("--n-train", type=int, default=10000)
     p.add_argument("--n-val", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="weights, batch order and caption sampling")
+    p.add_argument("--data-seed", type=int, default=0, help="the scenes synthesised into --data-dir")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=1500, help="equal images: steps of every arm")
     budget.add_argument("--cpu-seconds", type=float, default=None, help="equal training CPU-seconds per arm")

@@ -93,3 +93,23 @@ def test_the_baseline_alone_with_label_smoothing(compare, tmp_path):
     assert abs(a["final"]["loss"] - b["final"]["loss"]) > 1e-3  # the smoothed loss is the one it trained on
     with pytest.raises(SystemExit, match="leave nothing to run"):
         compare.main([*argv, "--no-baseline", "--out", str(tmp_path / "c")])
+
+
+def test_scenes_are_made_once_and_never_rewritten_under_another_run(compare, tmp_path):
+    data = tmp_path / "scenes"
+    argv = ["--data-dir", str(data), "--n-train", "16", "--n-val", "4", "--eval-images", "4", "--batch-size", "8"]
+    argv += ["--beams", "1", "--steps", "1", "--eval-every", "0", "--no-baseline", *TINY]
+    compare.main([*argv, "--out", str(tmp_path / "a")])
+    before = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
+    assert len(before) == 16 + 4 + 2 and not list(tmp_path.glob(".scenes.making-*"))  # renamed into place
+    compare.main([*argv, "--seed", "1", "--out", str(tmp_path / "b")])  # another init: the same scenes, reused
+    assert {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == before
+    with pytest.raises(SystemExit, match=r"holds other scenes: seed 0 \(asked 1\).*another --data-dir"):
+        compare.main([*argv, "--data-seed", "1", "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match=r"train 16 \(asked 24\)"):
+        compare.main([*argv, "--n-train", "24", "--out", str(tmp_path / "d")])
+    assert {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == before  # nothing rewritten
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not empty and holds no scenes"):
+        compare.main([*argv, "--data-dir", str(tmp_path / "other"), "--out", str(tmp_path / "e")])
