@@ -40,6 +40,9 @@ class EncoderConfig:
     """'patch' (the model's own patch embedding) | 'conv' (stride-2 3x3 convolutions down to the same patch
     grid: learns small shapes much faster from scratch) | 'hybrid' (those convolutions plus the linear patch
     projection, summed: colours reach the tokens from the first step). 'conv' and 'hybrid': random init only."""
+    stem_norm: str = "none"
+    """With stem 'conv' / 'hybrid': 'none' | 'group' (a GroupNorm after each stride-2 convolution, over groups
+    of 16 channels of one image: steadier training from scratch; no batch statistics)."""
     pos_embed: str = "learn"
     """'learn' (the model's learned position embeddings) | 'sincos' (fixed 2-D sin-cos: every token knows its
     row and column from the first step; random init only)."""
@@ -48,6 +51,12 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.encoder.name", "must be a timm model name")
         _choice(self.stem, "model.encoder.stem", ("patch", "conv", "hybrid"))
+        _choice(self.stem_norm, "model.encoder.stem_norm", ("none", "group"))
+        _check(
+            self.stem_norm == "none" or self.stem in ("conv", "hybrid"),
+            "model.encoder.stem_norm",
+            "normalises the convolutional stem: set model.encoder.stem to conv or hybrid",
+        )
         _choice(self.pos_embed, "model.encoder.pos_embed", ("learn", "sincos"))
         for key in ("stem", "pos_embed"):
             _check(

@@ -86,3 +86,34 @@ def test_a_saved_model_with_both_variants_loads_back(tmp_path):
     again = CaptionModel.from_pretrained(tmp_path)
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(again.encode_images(x), model.encode_images(x))
+
+
+@pytest.mark.parametrize("stem", ["conv", "hybrid"])
+def test_group_norm_stem_normalises_each_image_on_its_own(stem):
+    plain, normed = Encoder(_cfg(stem=stem)), Encoder(_cfg(stem=stem, stem_norm="group"))
+    norms = [m for m in normed.model.patch_embed.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert [n.num_channels for n in norms] == [16, 32, 64]  # one after each stride-2 conv (patch 8: 3 of them)
+    assert [n.num_groups for n in norms] == [1, 2, 4]  # groups of 16 channels
+    assert not [m for m in plain.model.patch_embed.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert normed.grid_size == plain.grid_size == (4, 4)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    normed.eval()
+    with torch.no_grad():
+        alone = normed.model.patch_embed(x[:1])
+        together = normed.model.patch_embed(x)
+        brighter = normed.model.patch_embed(torch.cat([x[:1], 5 * x[1:]]))
+    torch.testing.assert_close(together[:1], alone)  # no batch statistics: the other images change nothing
+    torch.testing.assert_close(brighter[:1], alone)
+    red = x[:1].clone()
+    red[:, 0, :8, :8] += 2.0  # one corner's colour
+    with torch.no_grad():
+        changed = (normed.model.patch_embed(red) - alone).abs().amax(dim=2)[0]  # (16,) per token
+    # the colour reaches its own token above all (the others move a little: the image's statistics changed)
+    assert changed.argmax() == 0 and changed[0] > 3 * changed[15]
+
+
+def test_stem_norm_needs_a_convolutional_stem():
+    with pytest.raises(ConfigError, match="model.encoder.stem_norm: normalises the convolutional stem"):
+        _cfg(stem_norm="group")
+    with pytest.raises(ConfigError, match="model.encoder.stem_norm"):
+        _cfg(stem="conv", stem_norm="batch")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import timm
@@ -33,7 +34,8 @@ class Encoder(nn.Module):
         if cfg.stem in ("conv", "hybrid"):
             from mmgen.models.stems import ConvStem, HybridStem
 
-            kwargs["embed_layer"] = ConvStem if cfg.stem == "conv" else HybridStem
+            stem = ConvStem if cfg.stem == "conv" else HybridStem
+            kwargs["embed_layer"] = functools.partial(stem, norm=cfg.stem_norm)
         self.model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0, **kwargs)
         if cfg.weights and load_weights and str(cfg.weights).endswith(".safetensors"):
             self._load_safetensors(Path(cfg.weights))

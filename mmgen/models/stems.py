@@ -23,13 +23,18 @@ class ConvStem(PatchEmbed):
     """A timm ``PatchEmbed`` whose projection is ``log2(patch)`` stride-2 3x3 convolutions, then a 1x1 one.
 
     Widths double at every stride up to ``embed_dim`` (for 128 and patch 8: 32, 64, 128); each conv is
-    followed by a GELU. There is no normalisation inside the stem: a norm over the channels of a pixel
-    would erase most of its colour (3 degrees of freedom, 2 of them taken by the mean and the scale), and
-    batch statistics would make one process and N processes train differently. He-normal initialisation
-    keeps the activations' scale through the stack. Accepted wherever timm takes ``embed_layer``.
+    followed by a GELU, and with ``norm="group"`` a GroupNorm before it (``model.encoder.stem_norm``). Never a
+    norm over the channels of one pixel (it would erase most of its colour: 3 degrees of freedom, 2 of them
+    taken by the mean and the scale) nor batch statistics (one process and N processes would train
+    differently): a GroupNorm normalises each group of 16 channels over the whole image, one image at a time,
+    so a pixel's colour against the rest of its image survives and the stem's scale no longer depends on the
+    seed. He-normal initialisation keeps the activations' scale through the stack without it. Accepted
+    wherever timm takes ``embed_layer`` (``functools.partial(ConvStem, norm="group")``).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, norm: str = "none", **kwargs):
+        if norm not in ("none", "group"):
+            raise ValueError(f"model.encoder.stem_norm must be 'none' or 'group', got {norm!r}")
         super().__init__(*args, **kwargs)
         p = self.patch_size[0]
         if self.patch_size[0] != self.patch_size[1] or p < 2 or p & (p - 1):
@@ -40,7 +45,10 @@ class ConvStem(PatchEmbed):
         widths = [max(dim >> (n - i), 8) for i in range(1, n + 1)]
         layers: list[nn.Module] = []
         for w in widths:
-            layers += [nn.Conv2d(in_chans, w, 3, stride=2, padding=1), nn.GELU()]
+            layers.append(nn.Conv2d(in_chans, w, 3, stride=2, padding=1))
+            if norm == "group":
+                layers.append(nn.GroupNorm(max(1, w // 16), w))  # groups of 16 channels, per image
+            layers.append(nn.GELU())
             in_chans = w
         layers.append(nn.Conv2d(in_chans, dim, 1, bias=conv.bias is not None))
         for m in layers:
@@ -59,8 +67,8 @@ class HybridStem(ConvStem):
     stack alone learns slowly. ``patch_size**2 * 3 * embed_dim`` more parameters.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, norm: str = "none", **kwargs):
+        super().__init__(*args, norm=norm, **kwargs)
         conv = self.proj
         dim, p = conv[-1].out_channels, self.patch_size
         self.proj = _Sum(conv, nn.Conv2d(conv[0].in_channels, dim, p, stride=p))
