@@ -27,8 +27,8 @@ class ConvStem(PatchEmbed):
     norm over the channels of one pixel (it would erase most of its colour: 3 degrees of freedom, 2 of them
     taken by the mean and the scale) nor batch statistics (one process and N processes would train
     differently): a GroupNorm normalises each group of 16 channels over the whole image, one image at a time,
-    so a pixel's colour against the rest of its image survives and the stem's scale no longer depends on the
-    seed. He-normal initialisation keeps the activations' scale through the stack without it. Accepted
+    so a pixel's colour against the rest of its image survives. He-normal initialisation keeps the
+    activations' scale through the stack without it. Accepted
     wherever timm takes ``embed_layer`` (``functools.partial(ConvStem, norm="group")``).
     """
 
