@@ -90,6 +90,7 @@ def test_a_saved_model_with_both_variants_loads_back(tmp_path):
 
 @pytest.mark.parametrize("stem", ["conv", "hybrid"])
 def test_group_norm_stem_normalises_each_image_on_its_own(stem):
+    torch.manual_seed(0)  # the stems' random init
     plain, normed = Encoder(_cfg(stem=stem)), Encoder(_cfg(stem=stem, stem_norm="group"))
     norms = [m for m in normed.model.patch_embed.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert [n.num_channels for n in norms] == [16, 32, 64]  # one after each stride-2 conv (patch 8: 3 of them)
@@ -108,8 +109,9 @@ def test_group_norm_stem_normalises_each_image_on_its_own(stem):
     red[:, 0, :8, :8] += 2.0  # one corner's colour
     with torch.no_grad():
         changed = (normed.model.patch_embed(red) - alone).abs().amax(dim=2)[0]  # (16,) per token
-    # the colour reaches its own token above all (the others move a little: the image's statistics changed)
-    assert changed.argmax() == 0 and changed[0] > 3 * changed[15]
+    # the colour reaches its own token much more than the far corner's (which moves a little: the image's
+    # statistics changed); neighbours share receptive field with it (5-17x over 15 random inits)
+    assert changed[0] > 3 * changed[15]
 
 
 def test_stem_norm_needs_a_convolutional_stem():
