@@ -104,6 +104,12 @@ class DataConfig:
         _check(not (self.preload and self.streaming), "data.preload", "needs an indexable dataset, not streaming")
 
 
+def sdpa_names(text: str) -> list[str]:
+    """A comma-separated list of attention kernel names as written (``generation.decode_sdpa``): ``" Efficient,
+    math"`` -> ``["efficient", "math"]`` (lower case, blanks dropped; checked by the caller)."""
+    return [name.strip().lower() for name in str(text).split(",") if name.strip()]
+
+
 @dataclass
 class GenerationConfig:
     num_beams: int = 3
@@ -145,7 +151,7 @@ class GenerationConfig:
 
     @collecting
     def __post_init__(self) -> None:
-        names = [n.strip().lower() for n in str(self.decode_sdpa).split(",") if n.strip()]
+        names = sdpa_names(self.decode_sdpa)
         _check(
             names in ([], ["default"]) or all(n in SDPA_BACKENDS for n in names),
             "generation.decode_sdpa",

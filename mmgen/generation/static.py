@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mmgen.attention import CAUSAL_SDPA, SDPA_NAMES, base_model
+from mmgen.config import GenerationConfig, sdpa_names
 from mmgen.generation.head import HeadPadding
 from mmgen.generation.step_decoder import StepDecoder, _forward_params, cache_argument
 
@@ -39,7 +40,7 @@ ATTENTION = ("sdpa", CAUSAL_SDPA, "eager")  # implementations that take a 4-D ma
 def parse_sdpa_backends(text: str) -> list[SDPBackend] | None:
     """``"efficient,math"`` -> ``[EFFICIENT_ATTENTION, MATH]``, in priority order; MATH is appended
     when missing (it runs everywhere). ``"default"`` or ``""``: None, torch's own choice."""
-    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    names = sdpa_names(text)
     if not names or names == ["default"]:
         return None
     unknown = [name for name in names if name not in SDPA_NAMES]
@@ -49,7 +50,7 @@ def parse_sdpa_backends(text: str) -> list[SDPBackend] | None:
     return backends if SDPBackend.MATH in backends else [*backends, SDPBackend.MATH]
 
 
-DEFAULT_DECODE_SDPA = "efficient,math"
+DEFAULT_DECODE_SDPA = GenerationConfig.decode_sdpa
 """Attention kernels tried, in this order, by the decoding steps on CUDA (``GenerationConfig.decode_sdpa``).
 With K queries per prompt against a short masked buffer, cuDNN (torch's first pick) is several times slower
 than the memory-efficient kernel. Graph capture records whichever kernel this selects."""
