@@ -24,21 +24,16 @@ GENERATION_OVERRIDE = re.compile(r"^generation\.[A-Za-z_][\w.]*=")
 """A ``generation.KEY=VALUE`` argument (the same dotted overrides as ``mmgen train``)."""
 
 
-def add_generation_overrides(parser: argparse.ArgumentParser, positional: bool = True) -> None:
-    """Add the ``generation.KEY=VALUE`` overrides of the model's saved generation settings.
-
-    Args:
-        parser: The subcommand's parser.
-        positional: Add them as positional arguments (False: the command takes them among its own
-            positional arguments and splits them off with :func:`split_generation_overrides`).
-    """
-    if positional:
-        parser.add_argument(
-            "overrides",
-            nargs="*",
-            metavar="generation.KEY=VALUE",
-            help="dotted overrides of the model's generation settings, e.g. generation.num_beams=5",
-        )
+def add_generation_overrides(parser: argparse.ArgumentParser) -> None:
+    """Add the ``generation.KEY=VALUE`` overrides of the model's saved generation settings as positional
+    arguments (``mmgen caption``, whose positional arguments are images, splits them off those with
+    :func:`split_generation_overrides` instead)."""
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="generation.KEY=VALUE",
+        help="dotted overrides of the model's generation settings, e.g. generation.num_beams=5",
+    )
 
 
 def split_generation_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
