@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from mmgen.data.scene_drawing import BACKGROUNDS, COLORS, RELATIONS, _article, _background, _polygon, _tone  # noqa: F401
+from mmgen.data.scene_drawing import BACKGROUNDS, COLORS, RELATIONS, _article, _background, _polygon
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
 SIZES = {"small": (0.08, 0.10), "large": (0.15, 0.18)}
