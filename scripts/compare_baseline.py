@@ -83,8 +83,12 @@ def _scenes_mismatch(root: Path, want: dict) -> list[str]:
     """What the scenes in ``root`` differ in from ``want`` (seed, image_size, difficulty, train / val counts)."""
     out = []
     for split in ("train", "val"):
-        info = json.loads((root / f"captions_{split}.json").read_text())
-        have = {**info["info"], split: len(info["images"])}
+        path = root / f"captions_{split}.json"
+        try:
+            info = json.loads(path.read_text())
+            have = {**info["info"], split: len(info["images"])}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"compare_baseline: cannot read the scenes of --data-dir {root}: {path}: {e!r}") from None
         have.setdefault("difficulty", "simple")
         out += [f"{k} {have.get(k)} (asked {v})" for k, v in want.items() if k in have and have[k] != v]
     return sorted(set(out))
@@ -290,10 +294,11 @@ def loss_of(arm: Arm, pixels: torch.Tensor, captions: list[str], tokenizer) -> t
     pixels = pixels.repeat_interleave(k, dim=0)  # a stock encoder-decoder sees each pair as its own image
     # BOS c1 .. cn EOS pad: the decoder reads BOS .. cn and predicts c1 .. EOS (labels -100 on padding)
     labels = t["labels"][:, 1:]
-    out = arm.model(pixel_values=pixels, decoder_input_ids=t["input_ids"][:, :-1], labels=labels)
+    # transformers' own loss has no smoothing argument: with smoothing it is not asked for, and computed here
+    out = arm.model(pixel_values=pixels, decoder_input_ids=t["input_ids"][:, :-1], labels=None if smoothing else labels)
     if not smoothing:
         return out.loss
-    logits = out.logits.float()  # (B*K, T-1, V): transformers' loss has no smoothing argument
+    logits = out.logits.float()  # (B*K, T-1, V)
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, label_smoothing=smoothing
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -109,6 +110,11 @@ def test_scenes_are_made_once_and_never_rewritten_under_another_run(compare, tmp
     with pytest.raises(SystemExit, match=r"train 16 \(asked 24\)"):
         compare.main([*argv, "--n-train", "24", "--out", str(tmp_path / "d")])
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == before  # nothing rewritten
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    (broken / "captions_train.json").write_text('{"info": ')  # a damaged scene folder
+    with pytest.raises(SystemExit, match=r"cannot read the scenes of --data-dir .*broken.*captions_train.json"):
+        compare.main([*argv, "--data-dir", str(broken), "--out", str(tmp_path / "f")])
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not empty and holds no scenes"):
