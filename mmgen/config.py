@@ -243,6 +243,12 @@ class TrainConfig:
     """Label smoothing of the caption cross-entropy (as ``F.cross_entropy``'s): the target of each token puts
     ``1 - eps`` on the reference token and ``eps`` spread evenly over the vocabulary. 0 (default): none. With
     every ``loss_impl`` but 'cce'; not with ``objective: scst``. Validation loss stays the plain cross-entropy."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the trained weights (``avg = d * avg + (1 - d) * w`` after every
+    optimizer step, ``d`` warming up as ``min(ema_decay, (1 + n) / (10 + n))``) and evaluate, keep as ``best/``
+    and write as ``final/`` the average instead of the last weights. 0 (default): none. Typical: 0.99-0.9999
+    (about ``1 / (1 - d)`` steps averaged). Checkpoints hold the trained weights and the average, so a resumed
+    run goes on with both. Not with ``distributed: fsdp``."""
     fp8: bool = False
     """Float8 training of the linear layers (torchao's ``convert_to_float8_training``; pip install torchao) on a
     CUDA GPU of compute capability >= 8.9: every ``nn.Linear`` with both sides divisible by 16 except the LM head
@@ -290,6 +296,8 @@ class TrainConfig:
             "train.label_smoothing",
             "cut-cross-entropy (train.loss_impl=cce) has no label smoothing: use liger, chunked or plain",
         )
+        ema_ok = isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1
+        _check(ema_ok, "train.ema_decay", f"must be a number in [0, 1) (0: no average), got {self.ema_decay!r}")
         _check(self.schedule == "steps" or self.max_time is not None, "train.schedule", "'time' needs train.max_time")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +120,49 @@ def test_scenes_are_made_once_and_never_rewritten_under_another_run(compare, tmp
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not empty and holds no scenes"):
         compare.main([*argv, "--data-dir", str(tmp_path / "other"), "--out", str(tmp_path / "e")])
+
+
+def test_with_a_weight_average_every_arm_evaluates_its_average(compare, tmp_path, monkeypatch):
+    seen = {}
+    real = compare.caption
+
+    def spy(arm, *args, **kwargs):
+        params = dict(arm.model.named_parameters())
+        avg = arm.average
+        seen[arm.name] = (
+            avg.updates,
+            all(torch.equal(params[n], a) for n, a in zip(avg.names, avg.averages)),
+            {n: p.detach().clone() for n, p in params.items()},
+        )
+        return real(arm, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "caption", spy)
+    argv = ["--data-dir", str(tmp_path / "scenes"), "--n-train", "16", "--n-val", "4", "--eval-images", "4"]
+    argv += ["--batch-size", "8", "--beams", "1", "--steps", "3", "--eval-every", "0", "--out", str(tmp_path / "o")]
+    torch.manual_seed(0)
+    compare.main([*argv, *TINY, "train.ema_decay=0.5"])
+    assert set(seen) == {"mmgen", "VisionEncoderDecoder"}
+    for name, (updates, holds_average, _) in seen.items():
+        assert updates == 3 and holds_average, name  # one update per step; captions come from the average
+    # the same run without an average: the same training, so its evaluated weights are the last ones, not those
+    first = {k: v[2] for k, v in seen.items()}
+    seen.clear()
+    monkeypatch.setattr(compare, "WeightAverage", _NoAverage)
+    compare.main([*argv, *TINY, "train.ema_decay=0.5"])
+    for name, (_, _, params) in seen.items():
+        assert any(not torch.equal(params[n], first[name][n]) for n in params), name
+
+
+class _NoAverage:
+    """Stands in for WeightAverage: updates nothing, applies nothing (the arm's last weights are evaluated)."""
+
+    def __init__(self, model, decay):
+        self.updates, self.names, self.averages = 0, [], []
+
+    def update(self, model):
+        self.updates += 1
+
+    def applied(self, model):
+        import contextlib
+
+        return contextlib.nullcontext()

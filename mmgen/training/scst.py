@@ -372,5 +372,6 @@ class ScstTrainer(Trainer):
 
     def save_final(self) -> None:
         if self.dist.is_main:
-            self.model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
+            with self.averaged(self.model):
+                self.model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
             plot_curves(self.run_dir, ("reward", "baseline"), "training CIDEr-D of samples")
