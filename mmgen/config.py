@@ -244,11 +244,9 @@ class TrainConfig:
     ``1 - eps`` on the reference token and ``eps`` spread evenly over the vocabulary. 0 (default): none. With
     every ``loss_impl`` but 'cce'; not with ``objective: scst``. Validation loss stays the plain cross-entropy."""
     ema_decay: float = 0.0
-    """Keep an exponential moving average of the trained weights (``avg = d * avg + (1 - d) * w`` after every
-    optimizer step, ``d`` warming up as ``min(ema_decay, (1 + n) / (10 + n))``) and evaluate, keep as ``best/``
-    and write as ``final/`` the average instead of the last weights. 0 (default): none. Typical: 0.99-0.9999
-    (about ``1 / (1 - d)`` steps averaged). Checkpoints hold the trained weights and the average, so a resumed
-    run goes on with both. Not with ``distributed: fsdp``."""
+    """A moving average of the trained weights (``avg = d * avg + (1 - d) * w`` after each optimizer step, ``d =
+    min(ema_decay, (1 + n) / (10 + n))``), evaluated, kept as ``best/`` and written as ``final/``; checkpoints
+    hold both. 0 (default): none; typical 0.99-0.9999. Not with ``distributed: fsdp``."""
     fp8: bool = False
     """Float8 training of the linear layers (torchao's ``convert_to_float8_training``; pip install torchao) on a
     CUDA GPU of compute capability >= 8.9: every ``nn.Linear`` with both sides divisible by 16 except the LM head

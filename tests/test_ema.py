@@ -11,8 +11,8 @@ from torch import nn
 from mmgen.config import ConfigError, load_config
 from mmgen.data.synthetic import make_scenes
 from mmgen.training.checkpoint import latest_checkpoint, read_training_state
-from mmgen.training.ema import WeightAverage
-from mmgen.training.trainer import AVERAGE_KEY, Trainer
+from mmgen.training.ema import AVERAGE_KEY, WeightAverage
+from mmgen.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -138,8 +138,10 @@ def test_resume_goes_on_with_the_average_bit_for_bit(tmp_path, scenes, monkeypat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # the same run resumed without its average (or a plain run with one) is refused, naming the checkpoint
-    with pytest.raises(ValueError, match="trained with one"):
-        Trainer(_cfg(Path(full.train.out_dir), scenes, "train.max_steps=9", "train.save_every=3"), resume=full.train.out_dir)
+    with pytest.raises(ValueError, match="trained with a weight average and is resumed without one"):
+        Trainer(
+            _cfg(Path(full.train.out_dir), scenes, "train.max_steps=9", "train.save_every=3"), resume=full.train.out_dir
+        )
 
 
 def test_ema_decay_out_of_range_names_the_key(tmp_path):

@@ -9,10 +9,12 @@ ViT and GPT-2 families hold no running statistics). The average is kept in fp32 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
+
+AVERAGE_KEY = "weight_average"  # the entry of a checkpoint's trainer state that holds the average
 
 
 class WeightAverage:
@@ -81,3 +83,37 @@ class WeightAverage:
         self.updates = int(state["updates"])
         for i, n in enumerate(self.names):
             self.averages[i].copy_(averages[n])
+
+
+def build_average(model: nn.Module, decay: float, sharded: bool = False) -> WeightAverage | None:
+    """The average ``train.ema_decay`` asks for (None for 0); refused for an FSDP-sharded model."""
+    if not decay:
+        return None
+    if sharded:
+        raise ValueError("train.ema_decay: no weight average under train.distributed=fsdp; use ddp")
+    return WeightAverage(model, decay)
+
+
+def average_state(average: WeightAverage | None) -> dict:
+    """What a checkpoint's trainer state holds of the average (nothing without one)."""
+    return {} if average is None else {AVERAGE_KEY: average.state_dict()}
+
+
+def restore_average(average: WeightAverage | None, state: dict, ckpt) -> None:
+    """Take the saved average out of a checkpoint's trainer ``state`` and load it into ``average``; a run saved
+    with an average and resumed without one (or the other way round) is refused, naming the checkpoint."""
+    saved = state.pop(AVERAGE_KEY, None)
+    if (saved is None) != (average is None):
+        had, asked = ("with", "without") if saved is not None else ("without", "with")
+        raise ValueError(
+            f"{ckpt}: the run was trained {had} a weight average and is resumed {asked} one: "
+            "resume with the run's own train.ema_decay"
+        )
+    if average is not None:
+        average.load_state_dict(saved)
+
+
+def averaged(average: WeightAverage | None, model: nn.Module) -> AbstractContextManager:
+    """``model`` holds the average inside the block (what is evaluated, kept as ``best/`` and written as
+    ``final/``); without an average, its own weights."""
+    return average.applied(model) if average is not None else nullcontext()

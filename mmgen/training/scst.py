@@ -37,6 +37,7 @@ from mmgen.config import Config, GenerationConfig
 from mmgen.evaluation.cider import CiderD
 from mmgen.evaluation.ptb import ptb_tokenize
 from mmgen.generation.captions import decode_sequences
+from mmgen.training.ema import averaged
 from mmgen.training.logs import plot_curves
 from mmgen.training.trainer import Trainer, autocast_context
 
@@ -372,6 +373,6 @@ class ScstTrainer(Trainer):
 
     def save_final(self) -> None:
         if self.dist.is_main:
-            with self.averaged(self.model):
+            with averaged(self.average, self.model):
                 self.model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
             plot_curves(self.run_dir, ("reward", "baseline"), "training CIDEr-D of samples")

@@ -23,13 +23,10 @@ from mmgen.attention import sdpa_context
 from mmgen.config import Config, save_config
 from mmgen.runtime import set_threads
 from mmgen.training.checkpoint import refuse_non_finite_weights
-from mmgen.training.ema import WeightAverage
+from mmgen.training.ema import average_state, averaged, build_average, restore_average
 from mmgen.training.levers import check_levers
 from mmgen.training.logs import RunLogger
 from mmgen.training.schedule import build_optimizer, build_scheduler
-
-
-AVERAGE_KEY = "weight_average"  # the checkpoint state's entry for train.ema_decay's average
 
 
 class NonFiniteLossError(RuntimeError):
@@ -148,9 +145,7 @@ class Trainer:
         self.sharded = D.is_sharded(self.wrapped)
         if self.sharded and cfg.train.objective != "xe":
             raise ValueError("train.distributed=fsdp trains train.objective=xe only; SCST samples with ddp")
-        if self.sharded and cfg.train.ema_decay:
-            raise ValueError("train.ema_decay: no weight average under train.distributed=fsdp; use ddp")
-        self.average = WeightAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        self.average = build_average(self.model, cfg.train.ema_decay, self.sharded)  # train.ema_decay
         self._evaluated_at = -1  # the step of the last evaluation
         self._twin: torch.nn.Module | None = None  # FSDP: rank 0's unsharded copy for saving and evaluating
         self.optimizer = build_optimizer(self.model, cfg.train, self.device)
@@ -158,14 +153,7 @@ class Trainer:
         found = load_latest_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler) if ckpt else None
         if found is not None:  # the newest checkpoint that loads (a damaged one is named and skipped)
             ckpt, state = found
-            saved_average = state.pop(AVERAGE_KEY, None)
-            if (saved_average is None) != (self.average is None):
-                raise ValueError(
-                    f"{ckpt}: train.ema_decay={cfg.train.ema_decay} but the run was "
-                    + ("trained without a weight average" if saved_average is None else "trained with one")
-                )
-            if self.average is not None:
-                self.average.load_state_dict(saved_average)
+            restore_average(self.average, state, ckpt)
             self.state = TrainState(**state)
             self.state.finished_max_steps = None  # a finished run continues when train.max_steps was raised
             if self.dist.is_main:
@@ -431,7 +419,7 @@ class Trainer:
         model = self.unsharded()  # the model itself, or (FSDP) rank 0's full copy; collective
         if self.dist.is_main:
             model.eval()
-            with self.averaged(model):
+            with averaged(self.average, model):
                 scores = evaluate(self, model)
             model.train()
             metric = self.cfg.eval.metric
@@ -443,13 +431,9 @@ class Trainer:
                 if better:
                     self.state.best = value
                     self.state.evals_without_improvement = 0
-                    with self.averaged(model):
-                        save_best(
-                            self.run_dir,
-                            model,
-                            {"step": self.state.step, **scores},
-                            generation=self.cfg.eval.generation,
-                        )
+                    with averaged(self.average, model):
+                        metrics = {"step": self.state.step, **scores}
+                        save_best(self.run_dir, model, metrics, generation=self.cfg.eval.generation)
                 else:
                     self.state.evals_without_improvement += 1
             entry = {"step": self.state.step, "eval": scores}
@@ -470,9 +454,7 @@ class Trainer:
 
         self._read_bad_steps()
         refuse_non_finite_weights(self.model, self.state.step, self.run_dir / f"checkpoints/step_{self.state.step:08d}")
-        state = self.state.__dict__.copy()
-        if self.average is not None:
-            state[AVERAGE_KEY] = self.average.state_dict()
+        state = {**self.state.__dict__, **average_state(self.average)}
         rng = gather_rng_states() if self.dist.distributed else None  # collective: every rank's RNG
         model = self.unsharded()  # collective under FSDP, like the optimizer state below
         optim = D.full_optimizer_state(self.wrapped, self.optimizer) if self.sharded else None
@@ -494,14 +476,9 @@ class Trainer:
     def save_final(self) -> None:
         model = self.unsharded()
         if self.dist.is_main:
-            with self.averaged(model):
+            with averaged(self.average, model):
                 model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
             self.logger.plot()
-
-    def averaged(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
-        """``model`` holds the weight average (``train.ema_decay``) inside the block: what is evaluated,
-        kept as ``best/`` and written as ``final/``; without an average, its own weights."""
-        return self.average.applied(model) if self.average is not None else contextlib.nullcontext()
 
     def unsharded(self) -> torch.nn.Module:
         """The model with whole tensors: itself, or under FSDP (a collective: every rank calls it) an unsharded
