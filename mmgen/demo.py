@@ -72,6 +72,7 @@ TINY_CPU = {
             "img_size": 64,
             "patch_size": 16,
             "stem": "hybrid",
+            "stem_norm": "group",
             "embed_dim": 128,
             "depth": 3,
             "num_heads": 4,
