@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quality per unit of compute on one GPU (issue 15), in about 7 minutes: configs/scenes_gpu.yaml's design, the
-# same with the options tiny_cpu.yaml takes (convolutional stem to 16-pixel patches, image tokens with full
-# attention, 3 captions per image) and a VisionEncoderDecoderModel of matched parameter count, trained side by
+# same with the options tiny_cpu.yaml takes (hybrid convolutional stem with GroupNorm to 16-pixel patches, image
+# tokens with full attention, 3 captions per image) and a VisionEncoderDecoderModel of matched parameter count, trained side by
 # side from scratch on the hard scenes for equal synchronised GPU-seconds each (bf16 autocast), then scored with
 # pycocoevalcap (beam 3, 1,000 held-out scenes).
 #
@@ -19,9 +19,9 @@ set -x
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH="${PYTHONPATH:-.}"
 N_TRAIN=${N_TRAIN:-40000}
 N_VAL=${N_VAL:-1000}
-NEW=model.encoder.stem=conv,model.encoder.patch_size=16,model.prefix_attention=full,data.captions_per_image=3
+NEW=model.encoder.stem=hybrid,model.encoder.stem_norm=group,model.encoder.patch_size=16,model.prefix_attention=full,data.captions_per_image=3
 nvidia-smi --query-gpu=name,memory.total --format=csv || true
 timeout 540 "${PYTHON:-python3}" scripts/compare_baseline.py --device "${DEVICE:-cuda}" --threads 8 \
   --config configs/scenes_gpu.yaml --data-dir "${DATA_DIR:-/tmp/mmgen_hard_scenes}" --difficulty hard \
   --n-train "$N_TRAIN" --n-val "$N_VAL" --eval-images "$N_VAL" --eval-batch 250 --batch-size "${BATCH:-512}" \
-  --cpu-seconds "${SECONDS_PER_ARM:-60}" --eval-every 0 --arm "conv16-full-k3=$NEW" --out "$OUT/hard"
+  --cpu-seconds "${SECONDS_PER_ARM:-60}" --eval-every 0 --arm "hybrid16-full-k3=$NEW" --out "$OUT/hard"
