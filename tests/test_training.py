@@ -59,8 +59,10 @@ def test_tiny_run_lowers_the_loss(tmp_path, scenes):
         assert (run / name).exists(), name
 
 
-def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, scenes, monkeypatch):
-    common = ("train.max_steps=10", "train.batch_size=16", "train.save_every=4", "train.keep_last=5")
+@pytest.mark.parametrize("extra", [(), ("train.ema_decay=0.8",)], ids=["plain", "weight-average"])
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, scenes, monkeypatch, extra):
+    # with train.ema_decay, final/ holds the average: equal bytes mean the average went on exactly too
+    common = ("train.max_steps=10", "train.batch_size=16", "train.save_every=4", "train.keep_last=5", *extra)
     full = _cfg(tmp_path / "a", scenes, *common)
     Trainer(full).fit()
     reference = _losses(full.train.out_dir)
