@@ -42,8 +42,8 @@ class EncoderConfig:
     projection, summed: colours reach the tokens from the first step). 'conv' and 'hybrid': random init only."""
     stem_norm: str = "none"
     """With stem 'conv' / 'hybrid': 'none' | 'group' (a GroupNorm after each stride-2 convolution, over groups
-    of 16 channels of one image: no batch statistics; on the scenes it moved single runs as much as the seed
-    does, see BENCHMARKS.md)."""
+    of 16 channels of one image: no batch statistics; without it some runs on the scenes never learnt the
+    textured backgrounds, see BENCHMARKS.md)."""
     pos_embed: str = "learn"
     """'learn' (the model's learned position embeddings) | 'sincos' (fixed 2-D sin-cos: every token knows its
     row and column from the first step; random init only)."""

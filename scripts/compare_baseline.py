@@ -31,7 +31,6 @@ over seeds with ``--seed S --data-seed S --data-dir DIR-S`` (a folder per data s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -49,7 +48,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from compare_report import plot, print_table  # noqa: E402
 
 from mmgen.config import Config, GenerationConfig, load_config  # noqa: E402
-from mmgen.training.ema import WeightAverage  # noqa: E402
+from mmgen.training.ema import WeightAverage, averaged, build_average  # noqa: E402
 from mmgen.training.schedule import time_lr_factor  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
@@ -280,7 +279,7 @@ class Arm:
                 (decay if p.ndim >= 2 else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
-        self.average = WeightAverage(self.model, tc.ema_decay) if tc.ema_decay else None
+        self.average = build_average(self.model, tc.ema_decay)
 
 
 def loss_of(arm: Arm, pixels: torch.Tensor, captions: list[str], tokenizer) -> torch.Tensor:
@@ -393,7 +392,7 @@ def evaluate(arm: Arm, data: Data, args: argparse.Namespace, mean, std) -> dict:
     from mmgen.evaluation.scenes import scene_accuracy
 
     t0 = time.perf_counter()
-    with arm.average.applied(arm.model) if arm.average is not None else contextlib.nullcontext():
+    with averaged(arm.average, arm.model):
         caps = dict(zip(data.val_ids, caption(arm, data, args.beams, args.eval_batch, mean, std)))
     row = {"step": arm.steps, "images": arm.images, "cpu_s": arm.cpu, "wall_s": arm.wall}
     row["loss"] = float(np.mean(arm.losses[-20:])) if arm.losses else None

@@ -28,8 +28,8 @@ class ConvStem(PatchEmbed):
     taken by the mean and the scale) nor batch statistics (one process and N processes would train
     differently): a GroupNorm normalises each group of 16 channels over the whole image, one image at a time,
     so a pixel's colour against the rest of its image survives. He-normal initialisation keeps the
-    activations' scale through the stack without it. Accepted
-    wherever timm takes ``embed_layer`` (``functools.partial(ConvStem, norm="group")``).
+    activations' scale through the stack without it. Accepted wherever timm takes ``embed_layer``
+    (``functools.partial(ConvStem, norm="group")``).
     """
 
     def __init__(self, *args, norm: str = "none", **kwargs):
