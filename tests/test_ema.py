@@ -11,7 +11,7 @@ from torch import nn
 from mmgen.config import ConfigError, load_config
 from mmgen.data.synthetic import make_scenes
 from mmgen.training.checkpoint import latest_checkpoint, read_training_state
-from mmgen.training.ema import AVERAGE_KEY, WeightAverage
+from mmgen.training.ema import AVERAGE_KEY, WeightAverage, build_average
 from mmgen.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +76,11 @@ def test_a_saved_average_loads_only_into_the_same_parameters():
         WeightAverage(b, 0.99).load_state_dict(avg.state_dict())
     with pytest.raises(ValueError, match="ema_decay"):
         WeightAverage(a, 1.0)
+    with pytest.raises(KeyError, match="the model has no parameter 'bias'"):  # applied to another model
+        avg.update(nn.Linear(2, 2, bias=False))
+    assert build_average(a, 0.0) is None and build_average(a, 0.9).decay == 0.9
+    with pytest.raises(ValueError, match="no weight average under train.distributed=fsdp"):
+        build_average(a, 0.9, sharded=True)
 
 
 @pytest.fixture(scope="module")
