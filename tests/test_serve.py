@@ -85,6 +85,26 @@ def test_multipart_and_json_answers_equal_the_captioner(client, captioner, optio
             assert got["scores"] == pytest.approx([s for _, s in expected], abs=1e-5)
 
 
+def test_resolved_settings_are_reused_until_the_defaults_change(captioner):
+    from mmgen.serve.app import ApiError, parse_options
+
+    settings, cache = ServeSettings(max_beams=4), {}
+    first, _ = parse_options({"beams": "2"}, captioner, settings, cache)
+    again, _ = parse_options({"beams": 2}, captioner, settings, cache)  # a form's text and JSON's number alike
+    assert again is first and first == captioner.resolve_generation(num_beams=2, num_return_sequences=1)
+    assert parse_options({}, captioner, settings, cache)[0].num_beams == captioner.generation.num_beams
+    saved = captioner.generation
+    try:  # new defaults (``mmgen serve --max-new-tokens``-like) are never answered from the old ones
+        captioner.generation = captioner.resolve_generation(max_new_tokens=5)
+        changed, _ = parse_options({"beams": 2}, captioner, settings, cache)
+        assert changed.max_new_tokens == 5 and changed.num_beams == 2
+    finally:
+        captioner.generation = saved
+    for _ in range(2):  # a refused combination is refused every time, not remembered as settings
+        with pytest.raises(ApiError, match="num_return_sequences"):
+            parse_options({"beams": 2, "num_return_sequences": 3}, captioner, settings, cache)
+
+
 def test_a_data_url_is_accepted(client, captioner):
     url = "data:image/png;base64," + base64.b64encode(IMAGES[0].read_bytes()).decode()
     answer = client.post("/v1/caption", json={"image": url, "beams": 1})

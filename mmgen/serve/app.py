@@ -145,8 +145,14 @@ def _as_int(options: dict, key: str, low: int, high: int) -> int | None:
     return number
 
 
-def parse_options(options: dict[str, Any], captioner, settings: ServeSettings) -> tuple[Any, str | None]:
-    """The generation settings and prompt a request asks for (422 naming the option when one is wrong)."""
+def parse_options(
+    options: dict[str, Any], captioner, settings: ServeSettings, cache: dict | None = None
+) -> tuple[Any, str | None]:
+    """The generation settings and prompt a request asks for (422 naming the option when one is wrong).
+
+    ``cache``: settings already resolved, by the captioner's defaults and the options asked (most requests ask
+    the same few), so that a request does not build and validate them again; up to 1024 entries are kept.
+    """
     from mmgen.config import ConfigError
 
     unknown = sorted(set(options) - set(OPTIONS))
@@ -170,10 +176,16 @@ def parse_options(options: dict[str, Any], captioner, settings: ServeSettings) -
     prompt = options.get("prompt")
     if prompt is not None and (not isinstance(prompt, str) or len(prompt) > 500):
         raise ApiError(422, "prompt: expected a string of at most 500 characters")
+    base, key = captioner.generation, tuple(sorted(overrides.items()))
+    if cache is not None and cache.get(key, (None,))[0] is base:  # resolved from these very defaults
+        return cache[key][1], prompt
     try:  # the limits bound what a request asks for; the model's own defaults stand as saved
-        return captioner.resolve_generation(**overrides), prompt
+        gen = captioner.resolve_generation(**overrides)
     except (ConfigError, ValueError) as e:
         raise ApiError(422, str(e)) from None
+    if cache is not None and (key in cache or len(cache) < 1024):
+        cache[key] = (base, gen)
+    return gen, prompt
 
 
 def _preprocess(captioner, data: bytes, name: str, max_pixels: int):
@@ -201,6 +213,7 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="mmgen captioning", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher, app.state.settings = batcher, settings
+    resolved: dict = {}  # generation settings by the options asked (see parse_options)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -238,7 +251,7 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
             data, name, options = _parse_json(body)
         else:
             raise ApiError(415, f"send multipart/form-data or application/json, not {kind or 'no content type'!r}")
-        gen, prompt = parse_options(options, captioner, settings)
+        gen, prompt = parse_options(options, captioner, settings, resolved)
         pixels = await run_in_threadpool(_preprocess, captioner, data, name, settings.max_pixels)
         try:
             future = batcher.submit(Job(pixels, gen, prompt))
