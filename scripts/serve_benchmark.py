@@ -4,7 +4,12 @@ Starts two servers of the same model as subprocesses (``--max-batch 1 --max-wait
 its own search; and the default dynamic batching), then sends the same requests to each, rounds
 interleaved so that a load change on a shared machine hits both alike. Reports per mode the median over
 rounds of requests/s, p50/p99 latency and the servers' CPU-seconds per 100 requests, and checks that
-every answer equals ``Captioner.caption`` of its image.
+every answer equals ``Captioner.caption`` of its image. Then, in this process, the search alone
+(``generate_captions`` on the preprocessed images) at batch 1 and at the mean batch the dynamic batching
+reached: CPU-ms per image, whose ratio bounds what batching can gain.
+
+``--no-search`` serves a constant caption instead of searching: what HTTP, multipart parsing, the image
+decoder and preprocessing cost per request on their own.
 
     python scripts/serve_benchmark.py --model assets/tiny-scenes-model --requests 200 --clients 16 --rounds 3
 """
@@ -30,9 +35,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
+def serve_without_search(argv: list[str]) -> int:
+    """``mmgen serve ARGV`` with every search replaced by a constant caption (``--no-search``)."""
+    import mmgen.generation
+    from mmgen.cli import main as cli
+    from mmgen.generation.captions import GeneratedCaptions
+
+    def constant(model, pixels, gen=None, **kwargs):
+        return GeneratedCaptions([["a caption"]] * len(pixels), [[0.0]] * len(pixels))
+
+    mmgen.generation.generate_captions = constant  # the batcher looks it up at every batch
+    return cli(["serve", *argv])
+
+
+def start_server(model: str, port: int, extra: list[str], search: bool = True) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "mmgen.cli", "serve", "--model", model, "--port", str(port), "--device", "cpu"]
+    entry = ["-m", "mmgen.cli", "serve"] if search else [__file__, "--serve-without-search"]
+    cmd = [sys.executable, *entry, "--model", model, "--port", str(port), "--device", "cpu"]
     proc = subprocess.Popen([*cmd, "--threads", "1", "--log-level", "warning", *extra], env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -45,37 +64,15 @@ def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
     raise RuntimeError(f"server on port {port} did not start")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "assets" / "tiny-scenes-model"))
-    p.add_argument("--requests", type=int, default=200)
-    p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--images", type=int, default=16, help="distinct rendered scenes sent round-robin")
-    p.add_argument("--beams", type=int, default=None, help="beams asked by every request (default: the model's)")
-    p.add_argument("--port", type=int, default=8730)
-    args = p.parse_args(argv)
-
-    import torch
-
-    from mmgen.captioner import Captioner
-    from mmgen.data.synthetic import make_scenes
+def run_rounds(args, images, expected, options, search: bool) -> dict[tuple[str, int], list]:
+    """Both servers, every case each round: (load report, server CPU-seconds, wrong answers) per case and round."""
     from mmgen.serve.loadtest import run_load
 
-    torch.set_num_threads(1)
-    tmp = Path(tempfile.mkdtemp(prefix="mmgen-serve-bench-"))
-    make_scenes(tmp, args.images, seed=5)
-    paths = sorted((tmp / "images" / "train").glob("*.png"))
-    images = [(p.name, p.read_bytes()) for p in paths]
-    captioner = Captioner.from_pretrained(args.model, device="cpu")
-    options = {} if args.beams is None else {"beams": args.beams}
-    settings = {} if args.beams is None else {"num_beams": args.beams}
-    expected = {p.name: captioner.caption(p, **settings)[0] for p in paths}
-    del captioner
-
     servers = {
-        "one request at a time": start_server(args.model, args.port, ["--max-batch", "1", "--max-wait-ms", "0"]),
-        "dynamic batching": start_server(args.model, args.port + 1, []),
+        "one request at a time": start_server(
+            args.model, args.port, ["--max-batch", "1", "--max-wait-ms", "0"], search
+        ),
+        "dynamic batching": start_server(args.model, args.port + 1, [], search),
     }
     ports = {"one request at a time": args.port, "dynamic batching": args.port + 1}
     cases = [(name, clients) for name in servers for clients in (1, args.clients)]
@@ -90,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 rep = run_load(f"http://127.0.0.1:{ports[name]}", images, args.requests, clients, options)
                 cpu = cpu_seconds(pid) - before
                 wrong = sum(
-                    s != 200 or a["caption"] != expected[images[i % len(images)][0]]
+                    s != 200 or (search and a["caption"] != expected[images[i % len(images)][0]])
                     for i, (s, a) in enumerate(zip(rep.statuses, rep.answers))
                 )
                 results[(name, clients)].append((rep, cpu, wrong))
@@ -99,22 +96,90 @@ def main(argv: list[str] | None = None) -> int:
         for proc in servers.values():
             proc.terminate()
             proc.wait(30)
+    return results
 
-    base = statistics.median(rep.throughput for rep, _, _ in results[("one request at a time", 1)])
+
+def print_table(results: dict[tuple[str, int], list]) -> None:
+    """Medians over rounds; the ratio to one request at a time, with 1 client and with as many clients."""
+
+    def median(runs, fn):
+        return statistics.median(fn(rep, cpu) for rep, cpu, _ in runs)
+
+    alone = {c: median(runs, lambda rep, _: rep.throughput) for (n, c), runs in results.items() if n.startswith("one")}
     head = "| server | clients | requests/s | p50 ms | p99 ms | mean batch | CPU-s / 100 req | vs one at a time |"
-    print("\n" + head)
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("\n" + head + " same clients |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for (name, clients), runs in results.items():
-        tput = statistics.median(rep.throughput for rep, _, _ in runs)
-        p50 = statistics.median(rep.percentile(50) for rep, _, _ in runs)
-        p99 = statistics.median(rep.percentile(99) for rep, _, _ in runs)
-        batch = statistics.median(rep.mean_batch for rep, _, _ in runs)
-        cpu = statistics.median(100 * c / rep.requests for rep, c, _ in runs)
-        cells = [name, clients, f"{tput:.1f}", f"{p50:.0f}", f"{p99:.0f}", f"{batch:.1f}", f"{cpu:.2f}"]
-        print("| " + " | ".join(map(str, cells)) + f" | {tput / base:.2f}× |")
+        tput = median(runs, lambda rep, _: rep.throughput)
+        cells = [name, clients, f"{tput:.1f}", f"{median(runs, lambda rep, _: rep.percentile(50)):.0f}"]
+        cells += [
+            f"{median(runs, lambda rep, _: rep.percentile(99)):.0f}",
+            f"{median(runs, lambda rep, _: rep.mean_batch):.1f}",
+        ]
+        cells += [f"{median(runs, lambda rep, cpu: 100 * cpu / rep.requests):.2f}", f"{tput / alone[1]:.2f}×"]
+        print("| " + " | ".join(map(str, cells)) + f" | {tput / alone[clients]:.2f}× |")
+
+
+def search_alone(captioner, paths, batch: int, settings: dict, rounds: int = 5) -> dict[int, float]:
+    """CPU-ms per image of the search alone (preprocessed images) at batch 1 and ``batch``, median of ``rounds``."""
+    import torch
+
+    from mmgen.generation import generate_captions
+
+    pixels = torch.stack([captioner.preprocess(p) for p in paths])
+    pixels = pixels.repeat(-(-batch // len(paths)), 1, 1, 1)[:batch] if batch > len(paths) else pixels
+    gen = captioner.resolve_generation(**settings)
+    times: dict[int, list[float]] = {1: [], batch: []}
+    for _ in range(rounds):  # interleaved; batch 1 goes over as many images as the batch holds
+        for size in times:
+            started = time.process_time()
+            for i in range(0, batch, size):
+                generate_captions(captioner.model, pixels[i : i + size], gen)
+            times[size].append(1000 * (time.process_time() - started) / batch)
+    return {size: statistics.median(t) for size, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["--serve-without-search"]:
+        return serve_without_search(sys.argv[2:])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ROOT / "assets" / "tiny-scenes-model"))
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--images", type=int, default=16, help="distinct rendered scenes sent round-robin")
+    p.add_argument("--beams", type=int, default=None, help="beams asked by every request (default: the model's)")
+    p.add_argument("--port", type=int, default=8730)
+    p.add_argument("--no-search", action="store_true", help="serve a constant caption: the cost of all but the search")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from mmgen.captioner import Captioner
+    from mmgen.data.synthetic import make_scenes
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="mmgen-serve-bench-"))
+    make_scenes(tmp, args.images, seed=5)
+    paths = sorted((tmp / "images" / "train").glob("*.png"))
+    images = [(p.name, p.read_bytes()) for p in paths]
+    captioner = Captioner.from_pretrained(args.model, device="cpu")
+    options = {} if args.beams is None else {"beams": args.beams}
+    settings = {} if args.beams is None else {"num_beams": args.beams}
+    expected = {p.name: captioner.caption(p, **settings)[0] for p in paths}
+
+    results = run_rounds(args, images, expected, options, search=not args.no_search)
+    print_table(results)
     wrong = sum(w for runs in results.values() for _, _, w in runs)
     total = sum(len(v) for v in results.values()) * args.requests
-    print(f"\nanswers different from Captioner.caption: {wrong} of {total}")
+    print(f"\nanswers {'failed' if args.no_search else 'different from Captioner.caption'}: {wrong} of {total}")
+    if not args.no_search:
+        batch = round(statistics.median(rep.mean_batch for rep, _, _ in results[("dynamic batching", args.clients)]))
+        cost = search_alone(captioner, paths, max(batch, 1), settings)
+        print(
+            f"search alone, CPU-ms per image: {cost[1]:.1f} at batch 1, {cost[max(batch, 1)]:.1f} at batch {batch}"
+            f" ({cost[1] / cost[max(batch, 1)]:.2f}×)"
+        )
     return 1 if wrong else 0
 
 
