@@ -9,7 +9,8 @@ every answer equals ``Captioner.caption`` of its image. Then, in this process, t
 reached: CPU-ms per image, whose ratio bounds what batching can gain.
 
 ``--no-search`` serves a constant caption instead of searching: what HTTP, multipart parsing, the image
-decoder and preprocessing cost per request on their own.
+decoder and preprocessing cost per request on their own; with ``--pure-python-http`` uvicorn parses HTTP with
+h11 on asyncio's own event loop, as it does when httptools and uvloop are not installed.
 
     python scripts/serve_benchmark.py --model assets/tiny-scenes-model --requests 200 --clients 16 --rounds 3
 """
@@ -35,8 +36,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve_without_search(argv: list[str]) -> int:
-    """``mmgen serve ARGV`` with every search replaced by a constant caption (``--no-search``)."""
+def serve_without_search(argv: list[str], pure_python: bool = False) -> int:
+    """``mmgen serve ARGV`` with every search replaced by a constant caption (``--no-search``); ``pure_python``:
+    uvicorn with h11 and the asyncio loop (``--pure-python-http``)."""
+    import uvicorn
+
     import mmgen.generation
     from mmgen.cli import main as cli
     from mmgen.generation.captions import GeneratedCaptions
@@ -45,12 +49,15 @@ def serve_without_search(argv: list[str]) -> int:
         return GeneratedCaptions([["a caption"]] * len(pixels), [[0.0]] * len(pixels))
 
     mmgen.generation.generate_captions = constant  # the batcher looks it up at every batch
+    if pure_python:
+        run = uvicorn.run
+        uvicorn.run = lambda app, **kwargs: run(app, **kwargs, http="h11", loop="asyncio")
     return cli(["serve", *argv])
 
 
-def start_server(model: str, port: int, extra: list[str], search: bool = True) -> subprocess.Popen:
+def start_server(model: str, port: int, extra: list[str], search: bool = True, pure: bool = False) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    entry = ["-m", "mmgen.cli", "serve"] if search else [__file__, "--serve-without-search"]
+    entry = ["-m", "mmgen.cli", "serve"] if search else [__file__, "--serve-pure" if pure else "--serve-without-search"]
     cmd = [sys.executable, *entry, "--model", model, "--port", str(port), "--device", "cpu"]
     proc = subprocess.Popen([*cmd, "--threads", "1", "--log-level", "warning", *extra], env=env)
     deadline = time.monotonic() + 120
@@ -70,9 +77,9 @@ def run_rounds(args, images, expected, options, search: bool) -> dict[tuple[str,
 
     servers = {
         "one request at a time": start_server(
-            args.model, args.port, ["--max-batch", "1", "--max-wait-ms", "0"], search
+            args.model, args.port, ["--max-batch", "1", "--max-wait-ms", "0"], search, args.pure_python_http
         ),
-        "dynamic batching": start_server(args.model, args.port + 1, [], search),
+        "dynamic batching": start_server(args.model, args.port + 1, [], search, args.pure_python_http),
     }
     ports = {"one request at a time": args.port, "dynamic batching": args.port + 1}
     cases = [(name, clients) for name in servers for clients in (1, args.clients)]
@@ -140,8 +147,8 @@ def search_alone(captioner, paths, batch: int, settings: dict, rounds: int = 5) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and sys.argv[1:2] == ["--serve-without-search"]:
-        return serve_without_search(sys.argv[2:])
+    if argv is None and sys.argv[1:2] in (["--serve-without-search"], ["--serve-pure"]):
+        return serve_without_search(sys.argv[2:], pure_python=sys.argv[1] == "--serve-pure")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "assets" / "tiny-scenes-model"))
     p.add_argument("--requests", type=int, default=200)
@@ -151,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beams", type=int, default=None, help="beams asked by every request (default: the model's)")
     p.add_argument("--port", type=int, default=8730)
     p.add_argument("--no-search", action="store_true", help="serve a constant caption: the cost of all but the search")
+    p.add_argument("--pure-python-http", action="store_true", help="with --no-search: uvicorn with h11 and asyncio")
     args = p.parse_args(argv)
+    if args.pure_python_http and not args.no_search:
+        p.error("--pure-python-http goes with --no-search")
 
     import torch
 
