@@ -418,24 +418,23 @@ class Trainer:
         refuse_non_finite_weights(self.model, self.state.step, self.run_dir / "best", "evaluating")
         model = self.unsharded()  # the model itself, or (FSDP) rank 0's full copy; collective
         if self.dist.is_main:
-            model.eval()
-            with averaged(self.average, model):
+            with averaged(self.average, model):  # what is evaluated and kept as best/ (train.ema_decay)
+                model.eval()
                 scores = evaluate(self, model)
-            model.train()
-            metric = self.cfg.eval.metric
-            value = scores.get(metric)
-            if value is not None:
-                better = self.state.best is None or (
-                    value < self.state.best if metric == "loss" else value > self.state.best
-                )
-                if better:
-                    self.state.best = value
-                    self.state.evals_without_improvement = 0
-                    with averaged(self.average, model):
+                model.train()
+                metric = self.cfg.eval.metric
+                value = scores.get(metric)
+                if value is not None:
+                    better = self.state.best is None or (
+                        value < self.state.best if metric == "loss" else value > self.state.best
+                    )
+                    if better:
+                        self.state.best = value
+                        self.state.evals_without_improvement = 0
                         metrics = {"step": self.state.step, **scores}
                         save_best(self.run_dir, model, metrics, generation=self.cfg.eval.generation)
-                else:
-                    self.state.evals_without_improvement += 1
+                    else:
+                        self.state.evals_without_improvement += 1
             entry = {"step": self.state.step, "eval": scores}
             self.state.history.append(entry)
             self.logger.log(entry)
