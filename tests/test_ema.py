@@ -41,17 +41,17 @@ def test_the_average_follows_the_warmed_up_recursion_in_float64():
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     assert avg.names == names and "1.weight" not in names
     expect = {n: p.detach().double().clone() for n, p in net.named_parameters() if p.requires_grad}
-    for n_update in range(1, 31):
+    for n_update in range(1, 101):
         with torch.no_grad():
             for p in net.parameters():
                 if p.requires_grad:
                     p.add_(torch.randn_like(p))
         avg.update(net)
-        d = min(0.9, (1 + n_update) / (10 + n_update))  # 0.18, 0.25, ... then 0.9 from the 72nd update on
+        d = min(0.9, (1 + n_update) / (10 + n_update))  # 0.18, 0.25, ... then 0.9 from the 80th update on
         for n, p in net.named_parameters():
             if p.requires_grad:
                 expect[n] = d * expect[n] + (1 - d) * p.detach().double()
-    assert avg.updates == 30
+    assert avg.updates == 100 and avg.rate() == 0.9  # past the warm-up: the decay asked for
     for n, a in zip(avg.names, avg.averages):
         torch.testing.assert_close(a.double(), expect[n], rtol=1e-5, atol=1e-6)
     own = {n: p.detach().clone() for n, p in net.named_parameters()}
