@@ -71,9 +71,11 @@ def start_server(model: str, port: int, extra: list[str], search: bool = True, p
     raise RuntimeError(f"server on port {port} did not start")
 
 
-def run_rounds(args, images, expected, options, search: bool) -> dict[tuple[str, int], list]:
+def run_rounds(args, images, expected, options) -> dict[tuple[str, int], list]:
     """Both servers, every case each round: (load report, server CPU-seconds, wrong answers) per case and round."""
     from mmgen.serve.loadtest import run_load
+
+    search = not args.no_search
 
     servers = {
         "one request at a time": start_server(
@@ -173,22 +175,23 @@ def main(argv: list[str] | None = None) -> int:
     make_scenes(tmp, args.images, seed=5)
     paths = sorted((tmp / "images" / "train").glob("*.png"))
     images = [(p.name, p.read_bytes()) for p in paths]
-    captioner = Captioner.from_pretrained(args.model, device="cpu")
     options = {} if args.beams is None else {"beams": args.beams}
     settings = {} if args.beams is None else {"num_beams": args.beams}
-    expected = {p.name: captioner.caption(p, **settings)[0] for p in paths}
+    captioner = None if args.no_search else Captioner.from_pretrained(args.model, device="cpu")
+    expected = {p.name: captioner.caption(p, **settings)[0] for p in paths} if captioner else {}
 
-    results = run_rounds(args, images, expected, options, search=not args.no_search)
+    results = run_rounds(args, images, expected, options)
     print_table(results)
     wrong = sum(w for runs in results.values() for _, _, w in runs)
     total = sum(len(v) for v in results.values()) * args.requests
     print(f"\nanswers {'failed' if args.no_search else 'different from Captioner.caption'}: {wrong} of {total}")
-    if not args.no_search:
-        batch = round(statistics.median(rep.mean_batch for rep, _, _ in results[("dynamic batching", args.clients)]))
-        cost = search_alone(captioner, paths, max(batch, 1), settings)
+    if captioner is not None:
+        reached = statistics.median(rep.mean_batch for rep, _, _ in results[("dynamic batching", args.clients)])
+        batch = max(1, round(reached))
+        cost = search_alone(captioner, paths, batch, settings)
         print(
-            f"search alone, CPU-ms per image: {cost[1]:.1f} at batch 1, {cost[max(batch, 1)]:.1f} at batch {batch}"
-            f" ({cost[1] / cost[max(batch, 1)]:.2f}×)"
+            f"search alone, CPU-ms per image: {cost[1]:.1f} at batch 1, {cost[batch]:.1f} at batch {batch}"
+            f" ({cost[1] / cost[batch]:.2f}×)"
         )
     return 1 if wrong else 0
 
