@@ -1,8 +1,9 @@
 """The package layout: one home per concept, checked on the source with ``ast`` (nothing is imported).
 
 No two modules share a file name (a name says what the file holds, wherever it is), every ``mmgen``
-import names a module or a name that exists, and the module import graph has no cycles (imports inside
-functions count: a lazy import that closes a cycle is still two modules that need each other).
+import names a module or a name that exists, the module import graph has no cycles (imports inside
+functions count: a lazy import that closes a cycle is still two modules that need each other), and no
+module takes another module's private name (``_name``): what two modules share is public in one of them.
 """
 
 from __future__ import annotations
@@ -122,6 +123,42 @@ def test_the_cycle_finder_finds_a_cycle():
     graph = {"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"e"}, "e": {"c"}, "f": {"a"}}
     assert sorted(_cycles(graph)) == [["a", "b"], ["c", "d", "e"]]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def _private_imports(name: str, tree: ast.AST, modules: dict[str, Path]) -> list[str]:
+    """Another module's private names that a module takes: ``from mmgen.x import _y``, or ``m._y`` of a module
+    ``m`` imported from mmgen (``from mmgen import x``, ``import mmgen.x as m``)."""
+    found, aliases = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("mmgen"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                if full in modules:
+                    aliases[alias.asname or alias.name] = full
+                elif alias.name.startswith("_") and not alias.name.startswith("__") and node.module != name:
+                    found.append(f"{name}:{node.lineno}: {full}")
+        elif isinstance(node, ast.Import):
+            aliases.update({a.asname: a.name for a in node.names if a.asname and a.name.startswith("mmgen")})
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            private = node.attr.startswith("_") and not node.attr.startswith("__")
+            if private and aliases[node.value.id] != name:
+                found.append(f"{name}:{node.lineno}: {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_module_takes_another_modules_private_name():
+    modules = _modules()
+    found = [f for name, path in modules.items() for f in _private_imports(name, ast.parse(path.read_text()), modules)]
+    assert found == []
+
+
+def test_the_private_name_check_finds_private_names():
+    """The check above can fail: a private name imported from a module, or read from an imported module."""
+    modules = {"mmgen.a": Path("a.py"), "mmgen.b": Path("b.py")}
+    code = "from mmgen.a import _x, y\nfrom mmgen import a\nimport mmgen.b as b\na._z()\nb.w, a.__name__\n"
+    assert _private_imports("mmgen.c", ast.parse(code), modules) == ["mmgen.c:1: mmgen.a._x", "mmgen.c:4: mmgen.a._z"]
+    assert _private_imports("mmgen.a", ast.parse("from mmgen.a import _x\n"), modules) == []
 
 
 def test_modules_and_functions_stay_small():

@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Fail with one line per missing path named on the command line (UsageError), before any loading."""
-    from mmgen.configio import looks_like_local_path, path_exists
+    from mmgen.config import looks_like_local_path, path_exists
 
     problems = []
     if not args.model.is_dir():

@@ -48,14 +48,14 @@ DEFAULT_SHARD_BYTES = 1 << 30
 """Features per shard (1 GiB)."""
 
 _SHARD_RE = re.compile(r"features-\d{5}\.safetensors")
-# storage dtype -> (safetensors code, numpy dtype of the raw elements); bf16 is read as int16 and viewed
-_DTYPES = {
+STORAGE_DTYPES = {
     torch.float32: ("F32", np.float32),
     torch.float16: ("F16", np.float16),
     torch.bfloat16: ("BF16", np.int16),
 }
-_CODES = {code: (dt, np_dt) for dt, (code, np_dt) in _DTYPES.items()}
-_CODES["I64"] = (torch.int64, np.int64)
+"""Feature storage dtype -> (safetensors code, numpy dtype of the raw elements); bf16 is read as int16 and viewed."""
+DTYPE_CODES = {code: (dt, np_dt) for dt, (code, np_dt) in STORAGE_DTYPES.items()}
+DTYPE_CODES["I64"] = (torch.int64, np.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def write_shard(path: Path, chunks: Sequence[torch.Tensor], indices: Sequence[in
     n = shape[0]
     header = {
         "__metadata__": {"format": "pt"},
-        "features": {"dtype": _DTYPES[dtype][0], "shape": shape, "data_offsets": [0, nbytes]},
+        "features": {"dtype": STORAGE_DTYPES[dtype][0], "shape": shape, "data_offsets": [0, nbytes]},
         "indices": {"dtype": "I64", "shape": [n], "data_offsets": [nbytes, nbytes + 8 * n]},
     }
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -117,7 +117,7 @@ def memmap_tensor(path: str | Path, name: str) -> tuple[np.memmap, torch.dtype]:
     """
     header, start = read_header(path)
     info = header[name]
-    dtype, np_dtype = _CODES[info["dtype"]]
+    dtype, np_dtype = DTYPE_CODES[info["dtype"]]
     shape = tuple(info["shape"])
     begin, end = info["data_offsets"]
     if end - begin != math.prod(shape) * np.dtype(np_dtype).itemsize:
@@ -356,14 +356,14 @@ def build_feature_cache(
         writer = _ShardWriter(tmp, shard_bytes)
         failed = _encode_all(encoder, loader, writer, dtype, autocast)
         if writer.rows == 0:
-            raise RuntimeError(f"feature cache: none of the {len(records)} images decoded: {_listing(failed)}")
+            raise RuntimeError(f"feature cache: none of the {len(records)} images decoded: {failed_listing(failed)}")
         n_tokens, dim = writer.shape
         index = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "fingerprint": fingerprint[0],
             "inputs": fingerprint[1],
-            "dtype": _DTYPES[dtype][0],
+            "dtype": STORAGE_DTYPES[dtype][0],
             "num_tokens": n_tokens,
             "dim": dim,
             "num_records": len(records),
@@ -379,7 +379,8 @@ def build_feature_cache(
         raise
 
 
-def _listing(failed: Sequence[dict], limit: int = 20) -> str:
+def failed_listing(failed: Sequence[dict], limit: int = 20) -> str:
+    """The images that failed to decode (``{"source", "reason"}`` each), the first ``limit`` named, for a message."""
     shown = "; ".join(f"{f['source']}: {f['reason']}" for f in failed[:limit])
     return shown + (f"; ... and {len(failed) - limit} more" if len(failed) > limit else "")
 

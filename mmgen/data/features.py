@@ -31,15 +31,15 @@ from mmgen.config import Config
 from mmgen.data.collate import caption_fields, split_bad
 from mmgen.data.datasets import CaptionTrainDataset, caption_counts
 from mmgen.data.feature_store import (
-    _CODES,
-    _DTYPES,
     DEFAULT_SHARD_BYTES,
+    DTYPE_CODES,
     FORMAT,
     FORMAT_VERSION,
     INDEX_NAME,
-    _listing,
+    STORAGE_DTYPES,
     build_feature_cache,
     cache_fingerprint,
+    failed_listing,
     load_index,
     memmap_tensor,
     read_header,
@@ -105,7 +105,7 @@ class FeatureCache:
                 f"(fingerprint {index['fingerprint'][:12]}, expected {fingerprint[:12]})"
             )
         self.index = index
-        self.dtype = _CODES[index["dtype"]][0]
+        self.dtype = DTYPE_CODES[index["dtype"]][0]
         self.built = False
         self._files = [self.path / s["file"] for s in index["shards"]]
         self._starts = [0]  # first global row of each shard
@@ -279,7 +279,7 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> tor
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."), None)
-    if dtype not in _DTYPES:
+    if dtype not in STORAGE_DTYPES:
         raise ValueError(f"feature cache dtype must be one of float32, bfloat16, float16; got {dtype!r}")
     return dtype
 
@@ -290,7 +290,7 @@ def _check_failures(cache: FeatureCache, cfg: Config, dist: DistState) -> None:
         return
     message = (
         f"feature cache {cache.path}: {len(failed)} of {cache.num_records} images could not be decoded "
-        f"and are left out of training: {_listing(failed)}"
+        f"and are left out of training: {failed_listing(failed)}"
     )
     if len(failed) > cfg.data.max_bad_fraction * cache.num_records:
         raise TooManyBadImagesError(f"{message} (more than data.max_bad_fraction={cfg.data.max_bad_fraction})")

@@ -23,22 +23,24 @@ RELATIONS = {
 }
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """The indefinite article of a word ('an' before a vowel)."""
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _tone(rng: np.random.Generator, lo: float, hi: float) -> tuple[int, int, int]:
+def tone(rng: np.random.Generator, lo: float, hi: float) -> tuple[int, int, int]:
+    """A random grey between ``lo`` and ``hi`` with a slight random tint, as an RGB triple."""
     base = rng.uniform(lo, hi)
     return tuple(int(np.clip(base + d, 0, 255)) for d in rng.uniform(-8, 8, size=3))
 
 
-def _background(rng: np.random.Generator, kind: str, size: int) -> Image.Image:
+def background(rng: np.random.Generator, kind: str, size: int) -> Image.Image:
     """A (size x size) neutral-toned texture; neutral so that it never looks like an object colour.
 
     Patterns are built from 1-D coordinate arrays broadcast to 2-D and composited by PIL, which is
     several times faster than full-size numpy arithmetic.
     """
-    light, dark = _tone(rng, 195, 245), _tone(rng, 110, 165)
+    light, dark = tone(rng, 195, 245), tone(rng, 110, 165)
     c = np.arange(size, dtype=np.float32) + 0.5  # pixel centres, (S,)
     period = rng.uniform(0.12, 0.22) * size
     im = Image.new("RGB", (size, size), light)
@@ -70,7 +72,8 @@ def _background(rng: np.random.Generator, kind: str, size: int) -> Image.Image:
     return im
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+def polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """The corners of an upright square, triangle, diamond or star of 'radius' ``r`` centred on ``(cx, cy)``."""
     if shape == "square":
         h = 0.9 * r
         return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]

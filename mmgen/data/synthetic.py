@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from mmgen.data.scene_drawing import BACKGROUNDS, COLORS, RELATIONS, _article, _background, _polygon
+from mmgen.data.scene_drawing import BACKGROUNDS, COLORS, RELATIONS, article, background, polygon
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
 SIZES = {"small": (0.08, 0.10), "large": (0.15, 0.18)}
@@ -95,7 +95,7 @@ def scene_captions(scene: dict) -> list[str]:
         s, c, sh = o["size"], o["color"], o["shape"]
         return [
             f"a {s} {c} {sh} on a {bg} background",
-            f"{_article(c)} {c} {sh} that is {s} on a {bg} background",
+            f"{article(c)} {c} {sh} that is {s} on a {bg} background",
             f"there is a {s} {c} {sh} on a {bg} background",
             f"a {bg} background with a {s} {c} {sh}",
             f"a picture of a {s} {c} {sh} in front of a {bg} background",
@@ -122,7 +122,7 @@ def draw_scene(
     """Render a scene (from :func:`sample_scene`) as an RGB image of ``image_size`` pixels a side."""
     rng = rng if rng is not None else np.random.default_rng(0)
     s = image_size * supersample  # drawn larger, then box-filtered down: smooth edges
-    im = _background(rng, scene["background"], s)
+    im = background(rng, scene["background"], s)
     draw = ImageDraw.Draw(im)
     for o in scene["objects"]:
         fill = np.clip(np.array(COLORS[o["color"]]) + rng.integers(-15, 16, size=3), 0, 255)
@@ -133,7 +133,7 @@ def draw_scene(
         if o["shape"] == "circle":
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill_t, outline=edge, width=width)
         else:
-            draw.polygon(_polygon(o["shape"], cx, cy, r), fill=fill_t, outline=edge, width=width)
+            draw.polygon(polygon(o["shape"], cx, cy, r), fill=fill_t, outline=edge, width=width)
     return im.resize((image_size, image_size), Image.Resampling.BOX) if supersample > 1 else im
 
 

@@ -133,7 +133,7 @@ def noun_phrase(group: dict) -> str:
     """'a small red circle', 'an orange star', 'three large pink crosses'."""
     words = f"{group['size']} {group['color']} "
     if group["count"] == 1:
-        return f"{drawing._article(group['size'])} {words}{group['shape']}"
+        return f"{drawing.article(group['size'])} {words}{group['shape']}"
     return f"{NUMBERS[group['count']]} {words}{PLURALS[group['shape']]}"
 
 
@@ -202,7 +202,7 @@ def _outline(shape: str, r: float) -> list[tuple[float, float]]:
         w, h = 0.36 * r, 1.05 * r
         arm = [(-w, -h), (w, -h), (w, -w)]  # one arm; the cross is four of them, a quarter turn apart
         return [p for k in range(4) for p in [_quarter_turns(x, y, k) for x, y in arm]]
-    return drawing._polygon(shape, 0.0, 0.0, r)  # triangle, diamond, star
+    return drawing.polygon(shape, 0.0, 0.0, r)  # triangle, diamond, star
 
 
 def _quarter_turns(x: float, y: float, k: int) -> tuple[float, float]:
@@ -213,7 +213,7 @@ def _quarter_turns(x: float, y: float, k: int) -> tuple[float, float]:
 
 def _noisy(rng: np.random.Generator, size: int) -> Image.Image:
     """A speckled neutral texture: block noise between two grey tones."""
-    light, dark = np.array(drawing._tone(rng, 190, 240)), np.array(drawing._tone(rng, 115, 165))
+    light, dark = np.array(drawing.tone(rng, 190, 240)), np.array(drawing.tone(rng, 115, 165))
     block = max(1, size // 32)
     t = rng.random((-(-size // block), -(-size // block)))  # (S/b, S/b) in [0, 1)
     t = np.kron(t, np.ones((block, block)))[:size, :size, None]  # (S, S, 1)
@@ -227,7 +227,7 @@ def draw_hard_scene(
     rng = rng if rng is not None else np.random.default_rng(0)
     s = image_size * supersample
     bg = scene["background"]
-    im = _noisy(rng, s) if bg == "noisy" else drawing._background(rng, bg, s)
+    im = _noisy(rng, s) if bg == "noisy" else drawing.background(rng, bg, s)
     draw = ImageDraw.Draw(im)
     width = max(1, supersample)
     for o in scene["objects"]:

@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from mmgen.attention import CAUSAL_SDPA, SDPA_NAMES, base_model
 from mmgen.config import GenerationConfig, sdpa_names
 from mmgen.generation.head import HeadPadding
-from mmgen.generation.step_decoder import StepDecoder, _forward_params, cache_argument
+from mmgen.generation.step_decoder import StepDecoder, cache_argument, forward_params
 
 try:
     from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
@@ -148,7 +148,7 @@ class StaticStepDecoder:
         self._decoder = weakref.ref(decoder)
         self.padding = padding or HeadPadding()
         self.sdpa_backends = parse_sdpa_backends(sdpa)
-        params = _forward_params(decoder)
+        params = forward_params(decoder)
         self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         self._takes_cache_position = "cache_position" in params
         self._cache_arg = cache_argument(params)

@@ -19,7 +19,7 @@ from mmgen.attention import CAUSAL_SDPA, PREFIX, base_model
 from mmgen.generation.head import HeadPadding
 
 
-def _forward_params(decoder: nn.Module) -> set[str]:
+def forward_params(decoder: nn.Module) -> set[str]:
     """Names accepted by the causal LM's ``forward`` (looking through a peft wrapper)."""
     return set(inspect.signature(base_model(decoder).forward).parameters)
 
@@ -49,7 +49,7 @@ class StepDecoder:
         self.decoder = decoder
         self.use_cache = use_cache
         self.padding = padding or HeadPadding()
-        params = _forward_params(decoder)
+        params = forward_params(decoder)
         self._takes_positions = "position_ids" in params
         self._takes_cache_position = "cache_position" in params  # transformers 4.x
         self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)

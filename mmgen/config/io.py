@@ -1,9 +1,11 @@
 """Typed dataclasses from YAML/JSON files, nested dicts and dotted overrides (schema-free).
 
-The generic half of :mod:`mmgen.config`: converting a nested dataclass to and from plain dicts,
-coercing and checking YAML values against the field types, applying ``a.b.c=value`` overrides
-with suggestions for misspelt keys, and reading and atomically writing config files. Every error
-is a :class:`ConfigError` that names the dotted key.
+The machinery under every section of :mod:`mmgen.config`: the checks a section's ``__post_init__``
+makes (:func:`check`, :func:`choice`, collected by :func:`collecting` so that every bad value is
+reported at once), converting a nested dataclass to and from plain dicts, coercing YAML values to
+the field types (:func:`coerce`), applying ``a.b.c=value`` overrides with suggestions for misspelt
+keys, and reading and atomically writing config files. Every error is a :class:`ConfigError` that
+names the dotted key.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def collect_errors() -> Iterator[list[str]]:
 
 
 def collecting(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
-    """Decorator for ``__post_init__``: every failing ``_check`` of it is reported, not only the first."""
+    """Decorator for ``__post_init__``: every failing :func:`check` of it is reported, not only the first."""
 
     @functools.wraps(post_init)
     def wrapper(self: Any) -> None:
@@ -85,7 +87,7 @@ def collecting(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
     return wrapper
 
 
-def _report(error: str | ConfigError) -> None:
+def report(error: str | ConfigError) -> None:
     """Record an error in the active :func:`collect_errors` block, or raise it when there is none."""
     errors = _COLLECTED.get()
     if errors is None:
@@ -93,13 +95,15 @@ def _report(error: str | ConfigError) -> None:
     errors.extend(error.errors if isinstance(error, ConfigError) else [error])
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
+def check(cond: bool, key: str, msg: str) -> None:
+    """Report ``key: msg`` (see :func:`report`) unless ``cond`` holds."""
     if not cond:
-        _report(f"{key}: {msg}")
+        report(f"{key}: {msg}")
 
 
-def _choice(value: Any, key: str, choices: tuple) -> None:
-    _check(value in choices, key, f"got {value!r}, expected one of {', '.join(map(repr, choices))}")
+def choice(value: Any, key: str, choices: tuple) -> None:
+    """Report ``key`` unless ``value`` is one of ``choices`` (the message lists them)."""
+    check(value in choices, key, f"got {value!r}, expected one of {', '.join(map(repr, choices))}")
 
 
 _DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".tar", ".txt")
@@ -157,7 +161,7 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert a YAML value to the field type ``tp``; errors name ``key``."""
     if value is None:
         return None
@@ -188,7 +192,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         args = typing.get_args(tp)
         inner = args[0] if args else Any
-        out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        out = [coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
@@ -218,22 +222,22 @@ def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
                         f"{key}: left out (default settings, no longer a key here; see {moved[k]})", stacklevel=2
                     )
                 else:
-                    _report(f"{key}: no longer a key here; its settings are {moved[k]}")
+                    report(f"{key}: no longer a key here; its settings are {moved[k]}")
                 continue
             if k not in fields:
-                _report(_unknown_key(key, sorted(fields)))
+                report(_unknown_key(key, sorted(fields)))
                 continue
             tp = _strip_optional(hints[k])
             try:
                 kwargs[k] = (
-                    from_dict(tp, v, prefix=f"{key}.") if dataclasses.is_dataclass(tp) else _coerce(v, hints[k], key)
+                    from_dict(tp, v, prefix=f"{key}.") if dataclasses.is_dataclass(tp) else coerce(v, hints[k], key)
                 )
             except ConfigError as e:  # a wrong type: reported, the field keeps its default
-                _report(e)
+                report(e)
         try:
             obj = cls(**kwargs)
         except TypeError as e:  # a value of the wrong kind reached a check (e.g. null for a number)
-            _report(f"{prefix or 'config'}: {e}")
+            report(f"{prefix or 'config'}: {e}")
             obj = cls()
     return obj
 
@@ -271,13 +275,13 @@ def apply_overrides(d: dict, overrides: list[str] | None, cls: type) -> dict:
     with collect_errors():
         for item in overrides or []:
             if "=" not in item:
-                _report(f"override '{item}' must look like key.sub=value")
+                report(f"override '{item}' must look like key.sub=value")
                 continue
             key, text = item.split("=", 1)
             try:
                 _apply_override(d, key.strip().split("."), text, cls)
             except ConfigError as e:
-                _report(e)
+                report(e)
     return d
 
 

@@ -1,18 +1,14 @@
-"""Typed configuration of the model: encoder, projector, decoder (with LoRA), tokenizer.
+"""The ``model`` section: encoder, projector, decoder (with LoRA), tokenizer.
 
-The ``model`` section of :class:`mmgen.config.Config` (and the ``config.json`` of a saved model); validated
-in ``__post_init__`` like every section, each error naming its dotted key. Imported from :mod:`mmgen.config`.
+The ``model`` section of :class:`mmgen.config.Config` (and of the ``config.json`` of a saved model); validated
+in ``__post_init__`` like every section, each error naming its dotted key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmgen.configio import _check, _choice, collecting
-
-# --------------------------------------------------------------------------------------------
-# model
-# --------------------------------------------------------------------------------------------
+from mmgen.config.io import check, choice, collecting
 
 
 @dataclass
@@ -50,29 +46,29 @@ class EncoderConfig:
 
     @collecting
     def __post_init__(self) -> None:
-        _check(bool(self.name), "model.encoder.name", "must be a timm model name")
-        _choice(self.stem, "model.encoder.stem", ("patch", "conv", "hybrid"))
-        _choice(self.stem_norm, "model.encoder.stem_norm", ("none", "group"))
-        _check(
+        check(bool(self.name), "model.encoder.name", "must be a timm model name")
+        choice(self.stem, "model.encoder.stem", ("patch", "conv", "hybrid"))
+        choice(self.stem_norm, "model.encoder.stem_norm", ("none", "group"))
+        check(
             self.stem_norm == "none" or self.stem in ("conv", "hybrid"),
             "model.encoder.stem_norm",
             "normalises the convolutional stem: set model.encoder.stem to conv or hybrid",
         )
-        _choice(self.pos_embed, "model.encoder.pos_embed", ("learn", "sincos"))
+        choice(self.pos_embed, "model.encoder.pos_embed", ("learn", "sincos"))
         for key in ("stem", "pos_embed"):
-            _check(
+            check(
                 getattr(self, key) == ("patch" if key == "stem" else "learn") or not (self.pretrained or self.weights),
                 f"model.encoder.{key}",
                 "replaces pretrained weights: use it with random init (pretrained: false, no weights)",
             )
-        _choice(self.freeze, "model.encoder.freeze", ("none", "all", "last_k"))
-        _check(self.unfrozen_blocks >= 0, "model.encoder.unfrozen_blocks", "must be >= 0")
+        choice(self.freeze, "model.encoder.freeze", ("none", "all", "last_k"))
+        check(self.unfrozen_blocks >= 0, "model.encoder.unfrozen_blocks", "must be >= 0")
         for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
             v = getattr(self, k)
-            _check(
+            check(
                 v is None or (isinstance(v, int) and v > 0), f"model.encoder.{k}", f"must be a positive int, got {v!r}"
             )
-        _check(
+        check(
             not (self.pretrained and self.weights),
             "model.encoder.weights",
             "set either pretrained: true or a local weights file, not both",
@@ -85,7 +81,6 @@ class EncoderConfig:
 
 
 PROJECTOR_KINDS = ("linear", "mlp", "pool", "pixel_shuffle", "mapper")
-SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")  # mmgen.attention.SDPA_NAMES
 
 
 @dataclass
@@ -105,12 +100,12 @@ class ProjectorConfig:
 
     @collecting
     def __post_init__(self) -> None:
-        _choice(self.kind, "model.projector.kind", PROJECTOR_KINDS)
-        _check(self.factor >= 1, "model.projector.factor", "must be >= 1")
-        _check(self.num_queries >= 1, "model.projector.num_queries", "must be >= 1")
-        _check(self.mapper_layers >= 1, "model.projector.mapper_layers", "must be >= 1")
-        _check(self.mapper_heads >= 1, "model.projector.mapper_heads", "must be >= 1")
-        _check(0.0 <= self.dropout < 1.0, "model.projector.dropout", "must be in [0, 1)")
+        choice(self.kind, "model.projector.kind", PROJECTOR_KINDS)
+        check(self.factor >= 1, "model.projector.factor", "must be >= 1")
+        check(self.num_queries >= 1, "model.projector.num_queries", "must be >= 1")
+        check(self.mapper_layers >= 1, "model.projector.mapper_layers", "must be >= 1")
+        check(self.mapper_heads >= 1, "model.projector.mapper_heads", "must be >= 1")
+        check(0.0 <= self.dropout < 1.0, "model.projector.dropout", "must be in [0, 1)")
 
 
 @dataclass
@@ -123,8 +118,8 @@ class LoraConfig:
 
     @collecting
     def __post_init__(self) -> None:
-        _check(self.rank >= 1, "model.decoder.lora.rank", "must be >= 1")
-        _check(self.alpha > 0, "model.decoder.lora.alpha", "must be > 0")
+        check(self.rank >= 1, "model.decoder.lora.rank", "must be >= 1")
+        check(self.alpha > 0, "model.decoder.lora.alpha", "must be > 0")
 
 
 @dataclass
@@ -146,9 +141,9 @@ class DecoderConfig:
 
     @collecting
     def __post_init__(self) -> None:
-        _check(bool(self.name), "model.decoder.name", "must be a hub name or a local directory")
-        _choice(self.mode, "model.decoder.mode", ("full", "frozen", "lora"))
-        _check(isinstance(self.config_overrides, dict), "model.decoder.config_overrides", "must be a mapping")
+        check(bool(self.name), "model.decoder.name", "must be a hub name or a local directory")
+        choice(self.mode, "model.decoder.mode", ("full", "frozen", "lora"))
+        check(isinstance(self.config_overrides, dict), "model.decoder.config_overrides", "must be a mapping")
 
 
 @dataclass
@@ -164,9 +159,9 @@ class TokenizerConfig:
 
     @collecting
     def __post_init__(self) -> None:
-        _choice(self.kind, "model.tokenizer.kind", ("decoder", "wordlevel", "bpe", "path"))
-        _check(self.vocab_size >= 8, "model.tokenizer.vocab_size", "must be >= 8")
-        _check(self.kind != "path" or bool(self.name), "model.tokenizer.name", "kind 'path' needs a directory")
+        choice(self.kind, "model.tokenizer.kind", ("decoder", "wordlevel", "bpe", "path"))
+        check(self.vocab_size >= 8, "model.tokenizer.vocab_size", "must be >= 8")
+        check(self.kind != "path" or bool(self.name), "model.tokenizer.name", "kind 'path' needs a directory")
 
 
 @dataclass
@@ -185,9 +180,9 @@ class ModelConfig:
 
     @collecting
     def __post_init__(self) -> None:
-        _check(self.max_caption_tokens >= 2, "model.max_caption_tokens", "must be >= 2")
-        _choice(self.prefix_attention, "model.prefix_attention", ("causal", "full"))
-        _check(
+        check(self.max_caption_tokens >= 2, "model.max_caption_tokens", "must be >= 2")
+        choice(self.prefix_attention, "model.prefix_attention", ("causal", "full"))
+        check(
             self.prefix_attention == "causal" or self.decoder.attn_implementation in ("sdpa", None),
             "model.prefix_attention",
             "'full' needs model.decoder.attn_implementation: sdpa (mmgen's prefix-LM attention builds on it)",

@@ -1,10 +1,8 @@
-"""Typed configuration: nested dataclasses, YAML load/save, dotted overrides, validation.
+"""The sections of a training run beside the model: ``data``, ``train``, ``eval`` (with its generation settings)
+and ``scst``, and :class:`Config`, the whole run, with :func:`load_config`.
 
-A run is described by one :class:`Config` holding :class:`ModelConfig` (encoder / projector /
-decoder), :class:`DataConfig`, :class:`TrainConfig`, :class:`GenerationConfig`,
-:class:`EvalConfig` and :class:`ScstConfig`. Every field is validated in ``__post_init__`` so
-that a bad value fails before any model is built, with an error naming the dotted key. The
-schema-free machinery (dicts, overrides, files) is in :mod:`mmgen.configio`.
+Every field is validated in ``__post_init__`` so that a bad value fails before any model is built, with an
+error naming the dotted key; :meth:`Config.check_paths` checks the local paths a new run names.
 """
 
 from __future__ import annotations
@@ -15,33 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mmgen import configio
-from mmgen.configio import (  # noqa: F401 (re-exported)
-    ConfigError,
-    _check,
-    _choice,
+from mmgen.config import io
+from mmgen.config.generation import SDPA_BACKENDS, GenerationConfig
+from mmgen.config.io import (
+    check,
+    choice,
     collecting,
-    describe_config,
     from_dict,
     looks_like_local_path,
     path_exists,
     save_config,
     to_dict,
 )
-from mmgen.model_config import (  # noqa: F401 (the model section, re-exported)
-    PROJECTOR_KINDS,
-    SDPA_BACKENDS,
-    DecoderConfig,
-    EncoderConfig,
-    LoraConfig,
-    ModelConfig,
-    ProjectorConfig,
-    TokenizerConfig,
-)
-
-# --------------------------------------------------------------------------------------------
-# data / generation / eval / train
-# --------------------------------------------------------------------------------------------
+from mmgen.config.model import ModelConfig
 
 
 @dataclass
@@ -90,97 +74,18 @@ class DataConfig:
 
     @collecting
     def __post_init__(self) -> None:
-        _choice(self.caption_sampling, "data.caption_sampling", ("random", "all"))
-        _check(self.captions_per_image >= 1, "data.captions_per_image", "must be >= 1")
-        _check(
+        choice(self.caption_sampling, "data.caption_sampling", ("random", "all"))
+        check(self.captions_per_image >= 1, "data.captions_per_image", "must be >= 1")
+        check(
             self.captions_per_image == 1 or self.caption_sampling == "random",
             "data.captions_per_image",
             "draws references per image: it needs data.caption_sampling: random",
         )
-        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        _check(self.max_pixels > 0, "data.max_pixels", "must be > 0")
-        _check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
-        _check(not (self.preload and self.augment), "data.preload", "stores fixed images: set data.augment=false")
-        _check(not (self.preload and self.streaming), "data.preload", "needs an indexable dataset, not streaming")
-
-
-def sdpa_names(text: str) -> list[str]:
-    """A comma-separated list of attention kernel names as written (``generation.decode_sdpa``): ``" Efficient,
-    math"`` -> ``["efficient", "math"]`` (lower case, blanks dropped; checked by the caller)."""
-    return [name.strip().lower() for name in str(text).split(",") if name.strip()]
-
-
-@dataclass
-class GenerationConfig:
-    num_beams: int = 3
-    """Beam width (1: greedy, or plain sampling with ``do_sample``)."""
-    max_new_tokens: int = 20
-    """Longest caption, in tokens after the prompt."""
-    min_new_tokens: int = 0
-    """EOS is banned before this many tokens."""
-    length_penalty: float = 1.0
-    """Beam scores are log-probabilities divided by length ** length_penalty (transformers' rule)."""
-    early_stopping: bool = True
-    """Beam search: an image is done with num_beams finished captions (true), when no running beam can beat the
-    worst at its current length (false), or judged at max_new_tokens ('never')."""
-    no_repeat_ngram_size: int = 0
-    """No n-gram of this size is generated twice in a caption (0: off)."""
-    repetition_penalty: float = 1.0
-    """Logits of already generated tokens are divided (positive) or multiplied (negative) by this (1: off)."""
-    do_sample: bool = False
-    """Draw tokens at random (temperature, top_k, top_p) instead of taking the best."""
-    temperature: float = 1.0
-    top_k: int = 0
-    """Sample among the k most likely tokens (0: all)."""
-    top_p: float = 1.0
-    """Sample among the most likely tokens whose probabilities sum to top_p (1: all)."""
-    num_return_sequences: int = 1
-    """Captions returned per image, best first (at most num_beams for beam search)."""
-    seed: int | None = None
-    """Seed of the sampling generator (null: torch's global one)."""
-    bad_words: tuple[str, ...] = ()
-    """Words or phrases never to be generated, by any search: each is tokenised as written and with a
-    leading space; a phrase's last token is banned after the rest of it. Words the tokenizer cannot
-    spell (unknown to a word-level vocabulary) can never be generated and are ignored."""
-    padded_head: bool | None = None
-    """Decode through a copy of the LM head padded to a multiple of 64 rows (same logits, an aligned
-    matmul): true, false, or null (auto: on CUDA, and on the CPU when the vocabulary is not a multiple of 64)."""
-    decode_sdpa: str = "efficient,math"
-    """Attention kernels of the static-cache decoding steps on CUDA, in priority order (flash, efficient,
-    cudnn, math; math is always appended), or ``default`` for torch's own choice."""
-
-    @collecting
-    def __post_init__(self) -> None:
-        names = sdpa_names(self.decode_sdpa)
-        _check(
-            names in ([], ["default"]) or all(n in SDPA_BACKENDS for n in names),
-            "generation.decode_sdpa",
-            f"unknown attention kernel in {self.decode_sdpa!r}: use flash, efficient, cudnn, math or default",
-        )
-        if isinstance(self.bad_words, list):  # a list from Python code; YAML gives a tuple already
-            self.bad_words = tuple(self.bad_words)
-        _check(
-            isinstance(self.bad_words, tuple) and all(isinstance(w, str) and w.strip() for w in self.bad_words),
-            "generation.bad_words",
-            f"must be a list of non-empty strings, got {self.bad_words!r}",
-        )
-        _check(self.num_beams >= 1, "generation.num_beams", "must be >= 1")
-        _check(self.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1")
-        _check(
-            0 <= self.min_new_tokens <= self.max_new_tokens,
-            "generation.min_new_tokens",
-            "must be in [0, max_new_tokens]",
-        )
-        _check(self.no_repeat_ngram_size >= 0, "generation.no_repeat_ngram_size", "must be >= 0")
-        _check(self.repetition_penalty > 0, "generation.repetition_penalty", "must be > 0")
-        _check(self.temperature > 0, "generation.temperature", "must be > 0")
-        _check(self.top_k >= 0, "generation.top_k", "must be >= 0")
-        _check(0 < self.top_p <= 1, "generation.top_p", "must be in (0, 1]")
-        _check(
-            1 <= self.num_return_sequences <= max(self.num_beams, 1 if not self.do_sample else 10**6),
-            "generation.num_return_sequences",
-            "must be between 1 and num_beams",
-        )
+        check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        check(self.max_pixels > 0, "data.max_pixels", "must be > 0")
+        check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
+        check(not (self.preload and self.augment), "data.preload", "stores fixed images: set data.augment=false")
+        check(not (self.preload and self.streaming), "data.preload", "needs an indexable dataset, not streaming")
 
 
 @dataclass
@@ -198,9 +103,9 @@ class EvalConfig:
 
     @collecting
     def __post_init__(self) -> None:
-        _check(self.every >= 0, "eval.every", "must be >= 0")
-        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
-        _choice(self.metric, "eval.metric", ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "loss"))
+        check(self.every >= 0, "eval.every", "must be >= 0")
+        check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        choice(self.metric, "eval.metric", ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "loss"))
 
 
 @dataclass
@@ -283,43 +188,43 @@ class TrainConfig:
     @collecting
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives a list
-        _choice(self.objective, "train.objective", ("xe", "scst"))
-        _choice(self.schedule, "train.schedule", ("steps", "time"))
-        _choice(self.compile_mode, "train.compile_mode", ("default", "max-autotune-no-cudagraphs", "reduce-overhead"))
-        _choice(self.loss_impl, "train.loss_impl", ("plain", "auto", "chunked", "liger", "cce"))
+        choice(self.objective, "train.objective", ("xe", "scst"))
+        choice(self.schedule, "train.schedule", ("steps", "time"))
+        choice(self.compile_mode, "train.compile_mode", ("default", "max-autotune-no-cudagraphs", "reduce-overhead"))
+        choice(self.loss_impl, "train.loss_impl", ("plain", "auto", "chunked", "liger", "cce"))
         smoothing_ok = isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1
-        _check(smoothing_ok, "train.label_smoothing", f"must be a number in [0, 1), got {self.label_smoothing!r}")
-        _check(
+        check(smoothing_ok, "train.label_smoothing", f"must be a number in [0, 1), got {self.label_smoothing!r}")
+        check(
             not (self.loss_impl == "cce" and smoothing_ok and self.label_smoothing > 0),
             "train.label_smoothing",
             "cut-cross-entropy (train.loss_impl=cce) has no label smoothing: use liger, chunked or plain",
         )
         ema_ok = isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1
-        _check(ema_ok, "train.ema_decay", f"must be a number in [0, 1) (0: no average), got {self.ema_decay!r}")
-        _check(self.schedule == "steps" or self.max_time is not None, "train.schedule", "'time' needs train.max_time")
-        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
-        _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        check(ema_ok, "train.ema_decay", f"must be a number in [0, 1) (0: no average), got {self.ema_decay!r}")
+        check(self.schedule == "steps" or self.max_time is not None, "train.schedule", "'time' needs train.max_time")
+        check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         threads_ok = self.threads is None or (type(self.threads) is int and self.threads >= 1)
-        _check(threads_ok, "train.threads", f"must be null or an integer >= 1, got {self.threads!r}")
-        _check(
+        check(threads_ok, "train.threads", f"must be null or an integer >= 1, got {self.threads!r}")
+        check(
             self.grad_accum < 1 or self.batch_size % self.grad_accum == 0,
             "train.batch_size",
             "must be divisible by train.grad_accum",
         )
-        _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
-        _check(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a finite number > 0, got {self.lr}")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-        _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
-        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
-        _choice(self.precision, "train.precision", ("auto", "fp32", "bf16"))
-        _choice(self.distributed, "train.distributed", ("ddp", "fsdp"))
-        _check(self.save_every >= 1, "train.save_every", "must be >= 1")
-        _check(self.keep_last >= 1, "train.keep_last", "must be >= 1")
-        _check(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
-        _check(len(self.betas) == 2, "train.betas", "must be two numbers")
+        check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
+        check(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a finite number > 0, got {self.lr}")
+        check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+        check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+        choice(self.precision, "train.precision", ("auto", "fp32", "bf16"))
+        choice(self.distributed, "train.distributed", ("ddp", "fsdp"))
+        check(self.save_every >= 1, "train.save_every", "must be >= 1")
+        check(self.keep_last >= 1, "train.keep_last", "must be >= 1")
+        check(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+        check(len(self.betas) == 2, "train.betas", "must be two numbers")
         for name in self.sdpa_backends:
-            _choice(name, "train.sdpa_backends", SDPA_BACKENDS)
-        _check(len(self.sdpa_backends) > 0, "train.sdpa_backends", "must name at least one backend")
+            choice(name, "train.sdpa_backends", SDPA_BACKENDS)
+        check(len(self.sdpa_backends) > 0, "train.sdpa_backends", "must name at least one backend")
         if 1 <= self.max_steps <= self.warmup_steps:
             warnings.warn(
                 f"train.max_steps ({self.max_steps}) <= train.warmup_steps ({self.warmup_steps}): the learning rate "
@@ -349,17 +254,17 @@ class ScstConfig:
 
     @collecting
     def __post_init__(self) -> None:
-        _check(self.num_samples >= 1, "scst.num_samples", "must be >= 1")
-        _choice(self.baseline, "scst.baseline", ("mean", "greedy"))
-        _check(
+        check(self.num_samples >= 1, "scst.num_samples", "must be >= 1")
+        choice(self.baseline, "scst.baseline", ("mean", "greedy"))
+        check(
             self.baseline != "mean" or self.num_samples >= 2,
             "scst.num_samples",
             "the 'mean' baseline needs at least 2 samples per image",
         )
-        _check(self.temperature > 0, "scst.temperature", "must be > 0")
-        _check(self.max_new_tokens is None or self.max_new_tokens >= 1, "scst.max_new_tokens", "must be >= 1")
-        _choice(self.logprob_reduction, "scst.logprob_reduction", ("sum", "mean"))
-        _choice(self.reference_tokenizer, "scst.reference_tokenizer", ("auto", "java", "python"))
+        check(self.temperature > 0, "scst.temperature", "must be > 0")
+        check(self.max_new_tokens is None or self.max_new_tokens >= 1, "scst.max_new_tokens", "must be >= 1")
+        choice(self.logprob_reduction, "scst.logprob_reduction", ("sum", "mean"))
+        choice(self.reference_tokenizer, "scst.reference_tokenizer", ("auto", "java", "python"))
 
 
 @dataclass
@@ -382,29 +287,29 @@ class Config:
     @collecting
     def __post_init__(self) -> None:
         if self.train.feature_cache:
-            _check(
+            check(
                 self.model.encoder.freeze == "all",
                 "train.feature_cache",
                 "needs a frozen encoder (model.encoder.freeze: all)",
             )
-            _check(not self.data.streaming, "train.feature_cache", "needs an indexable dataset, not data.streaming")
+            check(not self.data.streaming, "train.feature_cache", "needs an indexable dataset, not data.streaming")
         if self.train.objective == "scst":
-            _check(
+            check(
                 not self.data.streaming,
                 "train.objective",
                 "scst scores samples against every training reference: data.streaming must be false",
             )
-            _check(
+            check(
                 self.data.captions_per_image == 1,
                 "data.captions_per_image",
                 "scst samples its own captions per image: leave data.captions_per_image at 1",
             )
-            _check(
+            check(
                 self.train.loss_impl in ("plain", "auto"),
                 "train.loss_impl",
                 "scst weighs the log-probabilities of sampled captions, not a cross-entropy: leave it at plain",
             )
-            _check(
+            check(
                 self.train.label_smoothing == 0,
                 "train.label_smoothing",
                 "scst weighs the log-probabilities of sampled captions, not a cross-entropy: leave it at 0",
@@ -415,7 +320,7 @@ class Config:
 
         Always local (must exist when set): ``model.encoder.weights``, ``model.tokenizer.name`` with kind
         'path', ``train.init_from``, ``data.train_images`` and ``data.val_images``. Hub names or local
-        paths (checked when they look like paths, see :func:`~mmgen.configio.looks_like_local_path`):
+        paths (checked when they look like paths, see :func:`~mmgen.config.io.looks_like_local_path`):
         ``model.decoder.name``, ``model.tokenizer.name``, ``data.train`` and ``data.val`` (globs must match
         a file). Data paths are not checked with ``data.synth``, which writes them. Every missing path
         is reported (one ConfigError naming each key) when called inside a validation.
@@ -435,7 +340,7 @@ class Config:
                 continue
             if local or looks_like_local_path(value, data=key.startswith("data.")):
                 hub = "" if local else " (a hub name looks like 'gpt2' or 'namespace/name')"
-                _check(path_exists(value), key, f"{value}: no such file or directory{hub}")
+                check(path_exists(value), key, f"{value}: no such file or directory{hub}")
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -453,39 +358,9 @@ class Config:
         return load_config(path, overrides, cls, check_paths=check_paths)
 
 
-@dataclass
-class GenerationSection:
-    """The schema of the overrides of ``mmgen caption`` / ``evaluate`` / ``serve``: ``generation.KEY=VALUE``, the
-    ``generation`` section of a saved model's config.json (a training config holds it as ``eval.generation``)."""
-
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-
-
-def generation_overrides(overrides: list[str] | None) -> dict[str, Any]:
-    """``generation.KEY=VALUE`` items as typed :class:`GenerationConfig` values, by field name.
-
-    Misspelt keys and values of the wrong type are reported (one :class:`ConfigError`); the values are checked
-    together when applied to a model's settings (``dataclasses.replace`` runs the validation).
-    """
-    import typing
-
-    hints, out = typing.get_type_hints(GenerationConfig), {}
-    with configio.collect_errors():
-        section = configio.apply_overrides({}, overrides, GenerationSection).get("generation", {})
-        if not isinstance(section, dict):
-            configio._report("generation: give single settings, e.g. generation.num_beams=5")
-            section = {}
-        for key, value in section.items():
-            try:
-                out[key] = configio._coerce(value, hints[key], f"generation.{key}")
-            except ConfigError as e:
-                configio._report(e)
-    return out
-
-
 def apply_overrides(d: dict, overrides: list[str] | None, cls: type | None = None) -> dict:
     """Apply ``a.b.c=value`` overrides to a nested dict (a new dict); the schema defaults to :class:`Config`."""
-    return configio.apply_overrides(d, overrides, cls or Config)
+    return io.apply_overrides(d, overrides, cls or Config)
 
 
 def load_config(
@@ -496,4 +371,4 @@ def load_config(
     Every bad key or value is reported in one :class:`ConfigError` that names each dotted key. With
     ``check_paths`` (a run about to start), the paths it names must exist too (:meth:`Config.check_paths`).
     """
-    return configio.load_config(path, overrides, cls, check=cls.check_paths if check_paths else None)
+    return io.load_config(path, overrides, cls, check=cls.check_paths if check_paths else None)
