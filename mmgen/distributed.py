@@ -97,7 +97,7 @@ def wrap_model(model: nn.Module, state: DistState, mode: str = "ddp") -> nn.Modu
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        from mmgen.attention import base_model
+        from mmgen.transformers_glue import base_model
 
         dec = base_model(model.decoder)
         layers = _decoder_layers(dec)

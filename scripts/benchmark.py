@@ -92,7 +92,7 @@ def train_step_fn(kind, model, size: Size, b: int, device, compile_model: bool, 
     loss_fn = _loss_fn(kind, fwd, size, b, device, args.with_mask, lever.get("loss_impl", "plain"))
     graphs = compile_model and mode == "reduce-overhead"
 
-    from mmgen.attention import sdpa_context
+    from mmgen.transformers_glue import sdpa_context
 
     def step():
         if graphs:

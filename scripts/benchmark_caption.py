@@ -3,7 +3,7 @@
 For every search (greedy, beam K) and batch size, each case captions the same random images with
 ``new_tokens`` tokens forced (``min_new_tokens = max_new_tokens``), from pixels to caption texts:
 
-* ``mmgen KIND``: ``generate_captions`` of mmgen's model with the ``KIND`` projector (the KV cache
+* ``mmgen KIND``: ``generate`` of mmgen's model with the ``KIND`` projector (the KV cache
   ``static_cache="auto"`` chooses); ``mmgen KIND static`` / ``mmgen KIND dynamic`` (``--caches``): the
   same with ``static_cache=True`` / ``False``;
 * ``generate KIND``: transformers' ``generate`` on the same model (its decoder fed mmgen's prompt
@@ -36,9 +36,7 @@ def _texts(tokenizer, sequences: torch.Tensor) -> list[str]:
 
 
 def _mmgen_case(model, px: torch.Tensor, gen, static_cache: bool | str):
-    from mmgen.generation import generate_captions
-
-    return lambda: generate_captions(model, px, gen, static_cache=static_cache).best
+    return lambda: model.generate(px, gen, static_cache=static_cache).best
 
 
 def _generate_kwargs(gen) -> dict:
@@ -49,14 +47,12 @@ def _generate_kwargs(gen) -> dict:
 
 def _generate_case(model, px: torch.Tensor, gen):
     """transformers' ``generate`` on mmgen's decoder, fed mmgen's prompt embeddings."""
-    from mmgen.generation.captions import prompt_embeds
-
     tok = model.tokenizer
     kwargs = {**_generate_kwargs(gen), "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
 
     @torch.inference_mode()
     def run() -> list[str]:
-        embeds = prompt_embeds(model, px)  # (B, N' + 1, D)
+        embeds = model.prompt_embeds(px)  # (B, N' + 1, D)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         return _texts(tok, model.decoder.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs))
 

@@ -134,7 +134,7 @@ def prepare_scenes(args: argparse.Namespace, size: int) -> Path:
 def prepare_data(args: argparse.Namespace, cfg: Config) -> Data:
     from mmgen.data.sources import load_records
     from mmgen.evaluation.scenes import load_scenes
-    from mmgen.models.tokenizer import ensure_special_tokens, train_caption_tokenizer
+    from mmgen.tokenizer import ensure_special_tokens, train_caption_tokenizer
 
     size = cfg.model.encoder.img_size or 64
     root = prepare_scenes(args, size)
@@ -342,8 +342,6 @@ def train_step(arm: Arm, data: Data, idx: list[int], captions: list[str], progre
 
 @torch.inference_mode()
 def caption(arm: Arm, data: Data, beams: int, batch: int, mean, std) -> list[str]:
-    from mmgen.generation import generate_captions
-
     arm.model.eval()
     max_new = arm.cfg.model.max_caption_tokens
     out: list[str] = []
@@ -351,7 +349,7 @@ def caption(arm: Arm, data: Data, beams: int, batch: int, mean, std) -> list[str
         px = data.val_pixels[s : s + batch].to(mean.device)
         if arm.kind == "mmgen":
             gen = GenerationConfig(num_beams=beams, max_new_tokens=max_new)
-            out += generate_captions(arm.model, px, gen).best
+            out += arm.model.generate(px, gen).best
         else:
             tok = data.tokenizer
             ids = arm.model.generate(

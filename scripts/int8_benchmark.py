@@ -36,7 +36,8 @@ def random_model(width: int, depth: int, captions: list[str], out: Path) -> str:
     """Save a random-init model of the given width and depth; returns its directory."""
     import torch
 
-    from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+    from mmgen.models import CaptionModel, tiny_model_config
+    from mmgen.tokenizer import train_caption_tokenizer
 
     torch.manual_seed(0)
     cfg = tiny_model_config(image_size=64, width=width, depth=depth)

@@ -5,7 +5,7 @@ its own search; and the default dynamic batching), then sends the same requests 
 interleaved so that a load change on a shared machine hits both alike. Reports per mode the median over
 rounds of requests/s, p50/p99 latency and the servers' CPU-seconds per 100 requests, and checks that
 every answer equals ``Captioner.caption`` of its image. Then, in this process, the search alone
-(``generate_captions`` on the preprocessed images) at batch 1 and at the mean batch the dynamic batching
+(the model's ``generate`` on the preprocessed images) at batch 1 and at the mean batch the dynamic batching
 reached: CPU-ms per image, whose ratio bounds what batching can gain.
 
 ``--no-search`` serves a constant caption instead of searching: what HTTP, multipart parsing, the image
@@ -39,20 +39,18 @@ def cpu_seconds(pid: int) -> float:
 def serve_without_search(argv: list[str], pure_python: bool = False) -> int:
     """``mmgen serve ARGV`` with every search replaced by a constant caption (``--no-search``); ``pure_python``:
     uvicorn with h11 and the asyncio loop (``--pure-python-http``)."""
-    import uvicorn
+    from mmgen.cli import build_parser
+    from mmgen.commands.serve_command import build_app
+    from mmgen.generation import GeneratedCaptions
+    from mmgen.serve.server import serve
 
-    import mmgen.generation
-    from mmgen.cli import main as cli
-    from mmgen.generation.captions import GeneratedCaptions
-
-    def constant(model, pixels, gen=None, **kwargs):
+    def constant(pixels, gen=None, **kwargs):
         return GeneratedCaptions([["a caption"]] * len(pixels), [[0.0]] * len(pixels))
 
-    mmgen.generation.generate_captions = constant  # the batcher looks it up at every batch
-    if pure_python:
-        run = uvicorn.run
-        uvicorn.run = lambda app, **kwargs: run(app, **kwargs, http="h11", loop="asyncio")
-    return cli(["serve", *argv])
+    args = build_parser().parse_args(["serve", *argv])
+    app = build_app(args, generate=constant)  # the batcher calls this in place of the model's search
+    serve(app, args.host, args.port, args.log_level, **({"http": "h11", "loop": "asyncio"} if pure_python else {}))
+    return 0
 
 
 def start_server(model: str, port: int, extra: list[str], search: bool = True, pure: bool = False) -> subprocess.Popen:
@@ -133,8 +131,6 @@ def search_alone(captioner, paths, batch: int, settings: dict, rounds: int = 5) 
     """CPU-ms per image of the search alone (preprocessed images) at batch 1 and ``batch``, median of ``rounds``."""
     import torch
 
-    from mmgen.generation import generate_captions
-
     pixels = torch.stack([captioner.preprocess(p) for p in paths])
     pixels = pixels.repeat(-(-batch // len(paths)), 1, 1, 1)[:batch] if batch > len(paths) else pixels
     gen = captioner.resolve_generation(**settings)
@@ -143,7 +139,7 @@ def search_alone(captioner, paths, batch: int, settings: dict, rounds: int = 5) 
         for size in times:
             started = time.process_time()
             for i in range(0, batch, size):
-                generate_captions(captioner.model, pixels[i : i + size], gen)
+                captioner.model.generate(pixels[i : i + size], gen)
             times[size].append(1000 * (time.process_time() - started) / batch)
     return {size: statistics.median(t) for size, t in times.items()}
 

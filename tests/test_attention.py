@@ -4,8 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mmgen.attention import CAUSAL_SDPA, UNPADDED, base_model
-from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models import CaptionModel, tiny_model_config
+from mmgen.tokenizer import train_caption_tokenizer
+from mmgen.transformers_glue import CAUSAL_SDPA, UNPADDED, base_model
 
 CAPTIONS = ["a red circle above a blue square", "a small green star", "a large yellow diamond on a dotted background"]
 

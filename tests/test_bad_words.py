@@ -12,9 +12,9 @@ from test_generation import EOS, PAD, hf_generate, prompts, tiny_decoder
 from mmgen.captioner import Captioner
 from mmgen.config import ConfigError, GenerationConfig
 from mmgen.generation import search
-from mmgen.generation.captions import bad_words_ids, prompt_embeds
+from mmgen.generation.captions import bad_words_ids
 from mmgen.generation.processors import BadWords
-from mmgen.models.tokenizer import decode_captions, start_ids
+from mmgen.tokenizer import decode_captions, start_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "assets" / "tiny-scenes-model"
@@ -203,7 +203,7 @@ def test_an_explicit_empty_prompt_replaces_the_models_own(scenes):
     try:
         own = scenes.caption(IMAGES, num_beams=1)
         none = scenes.caption(IMAGES, num_beams=1, prompt="")
-        embeds = prompt_embeds(model, torch.stack([scenes.preprocess(str(p)) for p in IMAGES]), prompt="")
+        embeds = model.prompt_embeds(torch.stack([scenes.preprocess(str(p)) for p in IMAGES]), prompt="")
         assert embeds.shape[1] == model.num_prefix_tokens + 1  # image prefix + BOS only
     finally:
         model.config.prompt, model.start_ids = saved

@@ -13,7 +13,8 @@ from PIL import Image
 from mmgen.captioner import Captioner
 from mmgen.cli import main
 from mmgen.config import GenerationConfig
-from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models import CaptionModel, tiny_model_config
+from mmgen.tokenizer import train_caption_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from mmgen.captioner import Captioner, list_images
 from mmgen.config import ConfigError, GenerationConfig
 from mmgen.data.images import BadImageError, decode_image
 from mmgen.data.transforms import build_transform
-from mmgen.generation import generate_captions, prompt_embeds
 from mmgen.generation.search import search
-from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models import CaptionModel, tiny_model_config
+from mmgen.tokenizer import train_caption_tokenizer
 
 CAPTIONS = [
     "a red circle above a blue square",
@@ -126,17 +126,17 @@ def test_equals_transformers_generate(captioner, image_files, beams):
     pixels = torch.stack([transform(decode_image(p)) for p in image_files])
     ref, _ = hf_captions(captioner.model, pixels, gen)
     assert captioner.caption(image_files, num_beams=beams, max_new_tokens=10) == ref
-    assert generate_captions(captioner.model, pixels, gen).best == ref
+    assert captioner.model.generate(pixels, gen).best == ref
 
 
-def test_generate_captions_runs_the_encoder_without_autograd(captioner, image_files):
+def test_generate_runs_the_encoder_without_autograd(captioner, image_files):
     """The image prefix too is computed in inference mode: no graph is kept for a forward nobody backpropagates."""
     transform = build_transform(captioner.model.data_config)
     pixels = torch.stack([transform(decode_image(p)) for p in image_files])
     seen = []
     hook = captioner.model.encoder.register_forward_hook(lambda *_: seen.append(torch.is_inference_mode_enabled()))
     try:
-        generate_captions(captioner.model, pixels, GenerationConfig(num_beams=1, max_new_tokens=3))
+        captioner.model.generate(pixels, GenerationConfig(num_beams=1, max_new_tokens=3))
     finally:
         hook.remove()
     assert seen == [True]
@@ -200,7 +200,7 @@ def test_several_samples_come_best_first_despite_the_saved_beams(tmp_path, image
     gen = GenerationConfig(num_beams=1, max_new_tokens=8, **kw)
     out = search(
         captioner.model.decoder,
-        prompt_embeds(captioner.model, pixels),
+        captioner.model.prompt_embeds(pixels),
         gen,
         eos_token_id=captioner.model.tokenizer.eos_token_id,
         pad_token_id=captioner.model.tokenizer.pad_token_id,

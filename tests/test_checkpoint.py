@@ -17,7 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models import CaptionModel, tiny_model_config
+from mmgen.tokenizer import train_caption_tokenizer
 from mmgen.training import checkpoint as ck
 from mmgen.training.checkpoint import latest_checkpoint, load_checkpoint, save_best, save_checkpoint
 

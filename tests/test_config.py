@@ -72,8 +72,8 @@ def test_every_shipped_config_parses(path):
 
 
 def test_config_names_the_same_attention_kernels_as_mmgen_attention():
-    from mmgen.attention import SDPA_NAMES
     from mmgen.config import SDPA_BACKENDS
+    from mmgen.transformers_glue import SDPA_NAMES
 
     assert tuple(SDPA_NAMES) == SDPA_BACKENDS  # config.py stays free of torch, so it keeps its own copy
 

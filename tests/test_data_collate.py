@@ -7,7 +7,7 @@ import torch
 
 from mmgen.data.collate import IGNORE_INDEX, CaptionCollator, normalize_caption, tokenize_captions
 from mmgen.data.images import BadItem
-from mmgen.models.tokenizer import train_caption_tokenizer
+from mmgen.tokenizer import train_caption_tokenizer
 
 CAPTIONS = ["a red circle on a striped background", "a dog", "two large blue squares to the left of a small star"]
 

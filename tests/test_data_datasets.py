@@ -17,8 +17,9 @@ from mmgen.data.datasets import (
     make_loader,
 )
 from mmgen.data.formats import Record
-from mmgen.data.transforms import build_transform, normalize_on_device
-from mmgen.models.tokenizer import train_caption_tokenizer
+from mmgen.data.transforms import build_transform
+from mmgen.models.encoder import normalize_on_device
+from mmgen.tokenizer import train_caption_tokenizer
 
 CFG = {
     "input_size": (3, 16, 16),

@@ -15,7 +15,7 @@ from mmgen.data.datasets import CaptionEvalDataset, CaptionTrainDataset
 from mmgen.data.formats import Record
 from mmgen.data.images import BadImageError, BadImageTracker, TooManyBadImagesError, decode_image
 from mmgen.data.transforms import build_transform
-from mmgen.models.tokenizer import train_caption_tokenizer
+from mmgen.tokenizer import train_caption_tokenizer
 
 CFG = {
     "input_size": (3, 16, 16),

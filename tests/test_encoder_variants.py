@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from mmgen.config import ConfigError, EncoderConfig
-from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models import CaptionModel, tiny_model_config
 from mmgen.models.encoder import Encoder
 from mmgen.models.stems import ConvStem, HybridStem, sincos_2d
+from mmgen.tokenizer import train_caption_tokenizer
 
 
 def _cfg(**kw) -> EncoderConfig:

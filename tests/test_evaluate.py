@@ -8,7 +8,8 @@ import pytest
 from mmgen.cli import main
 from mmgen.data.synthetic import make_scenes
 from mmgen.evaluation.scenes import load_scenes, scene_accuracy
-from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models import CaptionModel, tiny_model_config
+from mmgen.tokenizer import train_caption_tokenizer
 
 
 class _Text(HTMLParser):

@@ -26,7 +26,8 @@ from mmgen.data.formats import Record
 from mmgen.data.images import TooManyBadImagesError
 from mmgen.data.transforms import build_transform
 from mmgen.distributed import DistState
-from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models import CaptionModel, tiny_model_config
+from mmgen.tokenizer import train_caption_tokenizer
 
 WORDS = ["red", "blue", "green", "circle", "square", "star", "small", "large"]
 SINGLE = DistState()

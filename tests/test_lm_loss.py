@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmgen.attention import base_model
 from mmgen.config import ConfigError
-from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models import CaptionModel, tiny_model_config
 from mmgen.models.lm_loss import chunk_rows, importable, linear_cross_entropy
+from mmgen.tokenizer import train_caption_tokenizer
 from mmgen.training.levers import resolve_loss_impl
+from mmgen.transformers_glue import base_model
 
 CAPTIONS = ["a red circle to the left of a blue square", "two yellow stars above a purple circle"]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

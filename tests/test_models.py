@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from mmgen.config import DecoderConfig, EncoderConfig, load_config
-from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models import CaptionModel, tiny_model_config
 from mmgen.models.decoder import build_decoder
 from mmgen.models.encoder import Encoder
+from mmgen.tokenizer import train_caption_tokenizer
 
 CAPTIONS = [
     "a red circle to the left of a blue square",

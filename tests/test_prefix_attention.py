@@ -7,10 +7,11 @@ import pytest
 import torch
 from test_generation import EOS, PAD, prompts, tiny_decoder
 
-from mmgen.attention import register_causal_sdpa
 from mmgen.config import ConfigError, DecoderConfig, GenerationConfig, ModelConfig
 from mmgen.generation import search
-from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models import CaptionModel, tiny_model_config
+from mmgen.tokenizer import train_caption_tokenizer
+from mmgen.transformers_glue import register_causal_sdpa
 
 
 def prefix_mask(length: int, prefix: int) -> torch.Tensor:

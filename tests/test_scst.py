@@ -10,7 +10,8 @@ import torch
 
 from mmgen.config import load_config
 from mmgen.data.synthetic import sample_scene, scene_captions
-from mmgen.models import CaptionModel, tiny_model_config, train_caption_tokenizer
+from mmgen.models import CaptionModel, tiny_model_config
+from mmgen.tokenizer import train_caption_tokenizer
 from mmgen.training.objectives import TRAINERS, build_trainer
 from mmgen.training.scst import (
     CiderReward,
@@ -251,7 +252,6 @@ def test_scst_raises_the_reward_of_a_tiny_captioner(tmp_path, xe_run):
 
 def test_greedy_baseline_is_the_reward_of_the_greedy_caption(tmp_path, xe_run):
     from mmgen.config import GenerationConfig
-    from mmgen.generation import generate_captions
 
     trainer = build_trainer(_scst_cfg(tmp_path / "scst", xe_run, "scst.baseline=greedy", "scst.num_samples=3"))
     batch = next(iter(trainer.batches.epoch(0, 0)))[0]
@@ -259,9 +259,7 @@ def test_greedy_baseline_is_the_reward_of_the_greedy_caption(tmp_path, xe_run):
     roll = trainer.rollout(batch)
     b = len(batch["image_ids"])
     assert roll.tokens.shape[0] == b * 3 and roll.rewards.shape == roll.baselines.shape == (b, 3)
-    greedy = generate_captions(
-        trainer.model.eval(), batch["pixel_values"], GenerationConfig(num_beams=1, max_new_tokens=12)
-    )
+    greedy = trainer.model.eval().generate(batch["pixel_values"], GenerationConfig(num_beams=1, max_new_tokens=12))
     expected = trainer.reward(batch["image_ids"], greedy.best)  # (B,)
     np.testing.assert_allclose(roll.baselines.numpy(), np.repeat(expected[:, None], 3, 1), rtol=1e-6)
     torch.testing.assert_close(roll.advantages, roll.rewards - roll.baselines)

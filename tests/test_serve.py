@@ -20,7 +20,6 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
-import mmgen.generation  # noqa: E402
 from mmgen.captioner import Captioner  # noqa: E402
 from mmgen.cli import main  # noqa: E402
 from mmgen.generation.captions import GeneratedCaptions  # noqa: E402
@@ -155,18 +154,18 @@ def test_health_schema_and_page(client):
 
 
 @pytest.fixture
-def held_search(monkeypatch):
-    """generate_captions replaced by one that waits for ``release`` and records batch sizes (and settings)."""
+def held_search():
+    """A search to hand the batcher in place of the model's: it waits for ``release`` and records batch sizes (and
+    settings)."""
     release, calls = threading.Event(), []
 
-    def fake(model, pixels, gen, prompt=None, **_):
+    def fake(pixels, gen, prompt=None, **_):
         calls.append((pixels.shape[0], gen.num_beams, prompt))
         release.wait(30)
         n = pixels.shape[0]
         return GeneratedCaptions([[f"c{i}"] for i in range(n)], [[0.0] for _ in range(n)])
 
-    monkeypatch.setattr(mmgen.generation, "generate_captions", fake)
-    yield release, calls
+    yield release, calls, fake
     release.set()
 
 
@@ -178,8 +177,8 @@ def _wait(condition, seconds=10.0):
 
 
 def test_batcher_gathers_jobs_with_the_same_settings(captioner, held_search):
-    release, calls = held_search
-    batcher = Batcher(captioner.model, max_batch=4, max_wait=0.0, max_queue=8).start()
+    release, calls, search = held_search
+    batcher = Batcher(search, max_batch=4, max_wait=0.0, max_queue=8).start()
     try:
         pixels = torch.zeros(3, 64, 64)
         greedy, beam = captioner.resolve_generation(num_beams=1), captioner.resolve_generation(num_beams=3)
@@ -201,9 +200,9 @@ def test_batcher_gathers_jobs_with_the_same_settings(captioner, held_search):
 
 
 def test_a_lone_request_does_not_wait_for_company(captioner, held_search):
-    release, calls = held_search
+    release, calls, search = held_search
     release.set()
-    batcher = Batcher(captioner.model, max_batch=4, max_wait=600.0, max_queue=8).start()
+    batcher = Batcher(search, max_batch=4, max_wait=600.0, max_queue=8).start()
     try:  # one client at a time: the 10-minute window is not waited for
         for _ in range(2):
             assert batcher.submit(Job(torch.zeros(3, 64, 64), captioner.generation, None)).result(60).batch_size == 1
@@ -212,8 +211,8 @@ def test_a_lone_request_does_not_wait_for_company(captioner, held_search):
 
 
 def test_a_full_queue_answers_429_and_the_server_recovers(captioner, held_search):
-    release, calls = held_search
-    app = create_app(captioner, ServeSettings(max_queue=2, max_wait_ms=0))
+    release, calls, search = held_search
+    app = create_app(captioner, ServeSettings(max_queue=2, max_wait_ms=0), generate=search)
     body, kind = multipart(IMAGES[0].read_bytes(), "a.png")
     statuses = []
 
@@ -280,7 +279,9 @@ def test_the_serve_command_builds_the_app_from_its_options(monkeypatch, capsys):
 
     made = {}
     real = mmgen.serve.app.create_app
-    monkeypatch.setattr(mmgen.serve.app, "create_app", lambda c, s: made.setdefault("captioner", c) and real(c, s))
+    monkeypatch.setattr(
+        mmgen.serve.app, "create_app", lambda c, s, **kw: made.setdefault("captioner", c) and real(c, s, **kw)
+    )
     argv = ["serve", "--model", str(MODEL), "--device", "cpu", "generation.num_beams=1", "generation.max_new_tokens=7"]
     assert main(argv) == 0 and capsys.readouterr()
     gen = made["captioner"].generation  # the default settings of every request

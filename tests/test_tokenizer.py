@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, GPT2Tokenizer
 
 from mmgen.generation.captions import decode_sequences
-from mmgen.models import train_caption_tokenizer
+from mmgen.tokenizer import train_caption_tokenizer
 
 CAPTIONS = [
     "a red square , a blue circle .",

@@ -260,7 +260,8 @@ def test_non_finite_loss_is_skipped_then_stops_the_run(tmp_path, scenes, monkeyp
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_preset_builds(path):
-    from mmgen.models import CaptionModel, train_caption_tokenizer
+    from mmgen.models import CaptionModel
+    from mmgen.tokenizer import train_caption_tokenizer
 
     cfg = load_config(path, ["model.encoder.pretrained=false", "model.decoder.pretrained=false"])
     tok = train_caption_tokenizer(["a red circle left of a blue square"], "wordlevel", 50)

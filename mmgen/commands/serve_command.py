@@ -58,6 +58,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    app = build_app(args)
+    from mmgen.serve.server import serve
+
+    serve(app, args.host, args.port, args.log_level)
+    return 0
+
+
+def build_app(args: argparse.Namespace, generate=None):
+    """The app ``mmgen serve`` runs for these arguments (``generate``: see :func:`mmgen.serve.app.create_app`)."""
     from mmgen.serve import missing_packages
 
     missing = missing_packages()
@@ -69,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
     from mmgen.commands.caption_options import load_captioner
     from mmgen.serve import ServeSettings
     from mmgen.serve.app import create_app
-    from mmgen.serve.server import serve
 
     apply_threads(args)
     changes = generation_changes(args, {})  # misspelt keys fail before the model is loaded
@@ -86,5 +94,4 @@ def run(args: argparse.Namespace) -> int:
         model_name=str(args.model),
     )
     print(f"mmgen serve: {args.model} on {captioner.device}, http://{args.host}:{args.port}/", file=sys.stderr)
-    serve(create_app(captioner, settings), args.host, args.port, args.log_level)
-    return 0
+    return create_app(captioner, settings, generate=generate)

@@ -14,7 +14,7 @@ _EXPORTS = {
     "sources": ("load_records", "load_split", "detect_format"),
     "hf": ("hf_records", "load_hf_datasets", "HFRecords", "StreamingRecords", "split_by_node", "require_datasets"),
     "images": ("decode_image", "to_rgb", "BadImageError", "BadItem", "BadImageTracker", "TooManyBadImagesError"),
-    "transforms": ("build_transform", "resolve_data_config", "normalize_on_device", "image_size"),
+    "transforms": ("build_transform", "resolve_data_config", "image_size"),
     "collate": ("CaptionCollator", "EvalCollator", "tokenize_captions", "normalize_caption", "IGNORE_INDEX"),
     "datasets": (
         "CaptionTrainDataset",

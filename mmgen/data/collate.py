@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mmgen.data.images import BadItem
-from mmgen.models.tokenizer import start_ids
+from mmgen.tokenizer import start_ids
 
 IGNORE_INDEX = -100
 _SPACES = re.compile(r"\s+")
@@ -49,7 +49,7 @@ def tokenize_captions(
         raise ValueError(f"max_caption_tokens must be >= 1, got {max_caption_tokens}")
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if eos is None or pad is None:
-        raise ValueError("the tokenizer needs EOS and PAD tokens (see mmgen.models.tokenizer.ensure_special_tokens)")
+        raise ValueError("the tokenizer needs EOS and PAD tokens (see mmgen.tokenizer.ensure_special_tokens)")
     prefix = start_ids(tokenizer, prompt)
     texts = [normalize_caption(c) for c in captions]
     # after a prompt the caption is a continuation: a leading space keeps "of" + "a dog" two words for

@@ -3,13 +3,13 @@
 ``timm.data.resolve_model_data_config(model)`` gives ``input_size``, ``interpolation``, ``mean``,
 ``std``, ``crop_pct`` and ``crop_mode``; :func:`build_transform` turns them into a PIL -> tensor
 transform with ``timm.data.create_transform``. With ``uint8=True`` the transform stops before
-normalisation and returns uint8 tensors (4x less to copy to the GPU); :func:`normalize_on_device`
-then finishes the job on the device.
+normalisation and returns uint8 tensors (4x less to copy to the GPU); the model finishes the job on the
+device (:func:`mmgen.models.encoder.normalize_on_device`, the one place images are normalised).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -56,7 +56,7 @@ def build_transform(
         augment: Light augmentation: random resized crop over ``scale`` of the area and brightness /
             contrast / saturation jitter. No horizontal flip and no hue change, since captions say
             "left of" and name colours.
-        uint8: Return uint8 tensors in 0..255 without normalisation (see :func:`normalize_on_device`).
+        uint8: Return uint8 tensors in 0..255 without normalisation (the model normalises them on the device).
         scale: Area range of the random resized crop.
         color_jitter: Strength of the brightness / contrast / saturation jitter.
 
@@ -88,24 +88,3 @@ def build_transform(
             **kw,
         )
     return create_transform(is_training=False, **kw)
-
-
-def normalize_on_device(
-    pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Normalise uint8 images (already on the target device) like the float transform would.
-
-    Args:
-        pixels: (B, 3, H, W) uint8 in 0..255 (float input is taken as already normalised and returned as is).
-        mean: Per-channel mean in 0..1 units (the timm data config's ``mean``).
-        std: Per-channel std in 0..1 units.
-        dtype: Output dtype.
-
-    Returns:
-        (B, 3, H, W) ``(pixels / 255 - mean) / std`` in ``dtype``.
-    """
-    if pixels.is_floating_point():
-        return pixels.to(dtype)
-    m = torch.tensor(mean, device=pixels.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-    s = torch.tensor(std, device=pixels.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-    return ((pixels.float() - m) / s).to(dtype)  # (B, 3, H, W)

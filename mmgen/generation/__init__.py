@@ -1,6 +1,6 @@
 """Caption generation: greedy, sampling and beam search over a causal LM with a KV cache."""
 
-from mmgen.generation.captions import GeneratedCaptions, generate_captions, prompt_embeds
+from mmgen.generation.captions import GeneratedCaptions
 from mmgen.generation.graphs import DecodeCache
 from mmgen.generation.outputs import SearchOutput
 from mmgen.generation.search import search
@@ -9,7 +9,5 @@ __all__ = [
     "DecodeCache",
     "GeneratedCaptions",
     "SearchOutput",
-    "generate_captions",
-    "prompt_embeds",
     "search",
 ]

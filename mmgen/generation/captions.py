@@ -1,4 +1,6 @@
-"""Captions from a :class:`~mmgen.models.CaptionModel`: image prefix + BOS/prompt -> search -> text."""
+"""The text side of a search: banned words as token ids going in, the sequences coming out as captions with
+their scores (:meth:`mmgen.models.CaptionModel.generate` puts image prefix + BOS/prompt -> search -> text
+together)."""
 
 from __future__ import annotations
 
@@ -6,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mmgen.config import GenerationConfig
 from mmgen.generation.outputs import SearchOutput
+from mmgen.tokenizer import decode_captions
 
 
 @dataclass
@@ -28,22 +30,9 @@ class GeneratedCaptions:
         return [options[0] for options in self.texts]
 
 
-def prompt_embeds(
-    model,
-    pixel_values: torch.Tensor | None = None,
-    features: torch.Tensor | None = None,
-    prompt: str | None = None,
-):
-    """``model.prompt_embeds(...)``: the decoder's prompt for each image, ``(B, N' + P, D)`` (see
-    :meth:`~mmgen.models.CaptionModel.prompt_embeds`)."""
-    return model.prompt_embeds(pixel_values, features, prompt)
-
-
 def decode_sequences(tokenizer, sequences: torch.Tensor, lengths: torch.Tensor) -> list[str]:
     """Caption texts of ``(N, L)`` generated ids cut at ``(N,)`` lengths: special tokens skipped, stripped,
-    the spacing of the training captions kept (see :func:`~mmgen.models.tokenizer.decode_captions`)."""
-    from mmgen.models.tokenizer import decode_captions
-
+    the spacing of the training captions kept (see :func:`~mmgen.tokenizer.decode_captions`)."""
     seqs, lens = sequences.tolist(), lengths.tolist()
     return decode_captions(tokenizer, [s[:n] for s, n in zip(seqs, lens)])
 
@@ -73,34 +62,3 @@ def captions_of(tokenizer, out: SearchOutput) -> GeneratedCaptions:
         result.texts.append([t for t, _ in pairs])
         result.scores.append([s for _, s in pairs])
     return result
-
-
-def generate_captions(
-    model,
-    pixel_values: torch.Tensor | None = None,
-    gen: GenerationConfig | None = None,
-    *,
-    features: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    static_cache: bool | str = "auto",
-    cuda_graph: bool | str = "auto",
-    prompt: str | None = None,
-) -> GeneratedCaptions:
-    """Caption a batch of images: ``model.generate(...)`` (see :meth:`~mmgen.models.CaptionModel.generate`).
-
-    Args:
-        model: A ``CaptionModel``.
-        pixel_values: ``(B, 3, H, W)`` images, uint8 or normalised with the model's data config.
-        gen: Generation settings (default: the ones saved with the model).
-        features: Encoder tokens ``(B, N, C)`` in place of ``pixel_values``.
-        generator: Random source for sampling (default: seeded with ``gen.seed`` when set).
-        static_cache: Preallocated keys and values (see :func:`~mmgen.generation.search`).
-        cuda_graph: Replay decoding steps from CUDA graphs (see :func:`~mmgen.generation.search`).
-        prompt: Text the captions continue (e.g. ``"a photo of"``) in place of the model's own
-            ``model.prompt``; None keeps the model's. The captions returned do not repeat it.
-
-    Returns:
-        Decoded captions (special tokens skipped, whitespace stripped) and their scores, best first.
-    """
-    options = {"generator": generator, "static_cache": static_cache, "cuda_graph": cuda_graph}
-    return model.generate(pixel_values, gen, features=features, prompt=prompt, **options)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmgen.attention import base_model
+from mmgen.transformers_glue import base_model
 
 PAD_TO = 64  # rows of the padded weight: a multiple of this
 # head -> {(dtype, device, shape): [padded weight (V', D), (data_ptr, version) it was copied from]}

@@ -143,7 +143,7 @@ def search(
             prefix LM, ``model.prefix_attention: full``); needs mmgen's attention (``mmgen_sdpa``).
         bad_words_ids: Token sequences never to be generated, by every search (transformers'
             ``bad_words_ids``: a sequence's last token is banned after the rest of it). ``gen.bad_words``
-            (text) is not read here: :func:`~mmgen.generation.generate_captions` turns it into these.
+            (text) is not read here: :meth:`~mmgen.models.CaptionModel.search` turns it into these.
         cache: Where static-cache sessions (CUDA graphs) and padded LM heads are kept between calls
             (``CaptionModel.decode_cache``); None: nothing is kept after this call.
 

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mmgen.attention import CAUSAL_SDPA, SDPA_NAMES, base_model
 from mmgen.config import GenerationConfig, sdpa_names
 from mmgen.generation.head import HeadPadding
-from mmgen.generation.step_decoder import StepDecoder, cache_argument, forward_params
+from mmgen.generation.step_decoder import StepDecoder
+from mmgen.transformers_glue import CAUSAL_SDPA, SDPA_NAMES, base_model, cache_argument, forward_params
 
 try:
     from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer

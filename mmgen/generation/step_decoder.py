@@ -10,30 +10,11 @@ interface over preallocated buffers.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
-from mmgen.attention import CAUSAL_SDPA, PREFIX, base_model
 from mmgen.generation.head import HeadPadding
-
-
-def forward_params(decoder: nn.Module) -> set[str]:
-    """Names accepted by the causal LM's ``forward`` (looking through a peft wrapper)."""
-    return set(inspect.signature(base_model(decoder).forward).parameters)
-
-
-def cache_argument(params: set[str]) -> str:
-    """The name under which ``forward`` takes the KV cache: ``cache`` from transformers 5.24 on (which
-    deprecates ``past_key_values``, to be removed in 5.40), ``past_key_values`` before."""
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def returned_cache(out):
-    """The KV cache of a forward's output, whichever name this transformers release gives it."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
+from mmgen.transformers_glue import CAUSAL_SDPA, PREFIX, base_model, cache_argument, forward_params, returned_cache
 
 
 class StepDecoder:

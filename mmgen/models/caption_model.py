@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -13,14 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from mmgen.attention import CAUSAL_SDPA, PREFIX, UNPADDED, base_model
 from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
-from mmgen.data.transforms import normalize_on_device
 from mmgen.distributed import is_sharded
 from mmgen.errors import CheckpointError, MissingCheckpointFileError
-from mmgen.generation.graphs import DecodeCache
+from mmgen.generation import DecodeCache, search
+from mmgen.generation.captions import GeneratedCaptions, bad_words_ids, captions_of
 from mmgen.models.decoder import build_decoder, checkpointing_enabled
-from mmgen.models.encoder import Encoder
+from mmgen.models.encoder import Encoder, normalize_on_device
 from mmgen.models.files import (
     TOKENIZER_DIR,
     WEIGHTS_NAME,
@@ -33,7 +31,16 @@ from mmgen.models.files import (
 )
 from mmgen.models.lm_loss import IGNORE_INDEX, caption_loss, linear_cross_entropy
 from mmgen.models.projector import build_projector
-from mmgen.models.tokenizer import ensure_special_tokens, load_tokenizer, start_ids
+from mmgen.tokenizer import ensure_special_tokens, load_tokenizer, start_ids
+from mmgen.transformers_glue import (
+    CAUSAL_SDPA,
+    PREFIX,
+    UNPADDED,
+    base_model,
+    cache_argument,
+    forward_params,
+    returned_cache,
+)
 
 CONFIG_NAME = "config.json"
 DECODER_CONFIG_NAME = "decoder_config.json"
@@ -91,8 +98,7 @@ class CaptionModel(nn.Module):
         self.projector = build_projector(config.projector, self.encoder.embed_dim, d_lm, grid)
         self.register_buffer("start_ids", torch.tensor(start_ids(tokenizer, config.prompt)), persistent=False)
         self._check_positions()
-        fwd = inspect.signature(base_model(self.decoder).forward).parameters
-        self._logits_to_keep = "logits_to_keep" in fwd
+        self._logits_to_keep = "logits_to_keep" in forward_params(self.decoder)
         self._causal_sdpa = base_model(self.decoder).config._attn_implementation == CAUSAL_SDPA
         if config.prefix_attention == "full" and not self._causal_sdpa:
             raise ValueError(
@@ -196,9 +202,6 @@ class CaptionModel(nn.Module):
         """Token ids continuing ``prompt_embeds`` (:func:`mmgen.generation.search` with this model's decoder,
         special tokens, prefix attention, banned words and :attr:`decode_cache`); ``options``: ``generator``,
         ``static_cache``, ``cuda_graph``. Returns a :class:`~mmgen.generation.SearchOutput`."""
-        from mmgen.generation.captions import bad_words_ids
-        from mmgen.generation.search import search
-
         gen, tok = gen or self.generation_config, self.tokenizer
         banned = bad_words_ids(tok, gen.bad_words) if gen.bad_words else None
         special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
@@ -216,7 +219,7 @@ class CaptionModel(nn.Module):
         features: torch.Tensor | None = None,
         prompt: str | None = None,
         **options,
-    ):
+    ) -> GeneratedCaptions:
         """Captions of a batch of images: what the Captioner, evaluation and serving call.
 
         Args:
@@ -229,8 +232,6 @@ class CaptionModel(nn.Module):
         Returns:
             :class:`~mmgen.generation.GeneratedCaptions`: texts and scores per image, best first.
         """
-        from mmgen.generation.captions import captions_of
-
         out = self.search(self.prompt_embeds(pixel_values, features, prompt), gen, **options)
         return captions_of(self.tokenizer, out)
 
@@ -298,7 +299,7 @@ class CaptionModel(nn.Module):
         if attention_mask is not None:
             mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)  # (B, N'+T)
         elif self._causal_sdpa:
-            kwargs[UNPADDED] = True  # is_causal SDPA even under torch.compile (see mmgen.attention)
+            kwargs[UNPADDED] = True  # is_causal SDPA even under torch.compile (see mmgen.transformers_glue)
         if self.full_prefix:
             kwargs[PREFIX] = self.full_prefix  # the image tokens see each other both ways
         out = self._decoder_call(hidden, t, inputs_embeds=embeds, attention_mask=mask, use_cache=False, **kwargs)
@@ -314,8 +315,6 @@ class CaptionModel(nn.Module):
         (consecutive rows of ``input_ids``), which then run after it like decoding steps: the same
         attention as K separate ``[prefix ; caption]`` sequences, with the prefix computed once.
         """
-        from mmgen.generation.step_decoder import cache_argument, returned_cache
-
         b, n = prefix.shape[:2]
         rows, t = input_ids.shape
         if rows % b:
@@ -334,7 +333,7 @@ class CaptionModel(nn.Module):
         cache = returned_cache(first)
         cache.reorder_cache(torch.arange(b, device=prefix.device).repeat_interleave(k))  # (B*K) rows
         called = base_model(self.decoder).base_model if hidden else base_model(self.decoder)
-        arg = cache_argument(set(inspect.signature(called.forward).parameters))
+        arg = cache_argument(forward_params(called))
         out = self._decoder_call(hidden, t, inputs_embeds=tokens, attention_mask=mask, use_cache=True, **{arg: cache})
         return self._text_positions(out, hidden, t)  # (B*K, T, V or D)
 

@@ -10,8 +10,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from mmgen.attention import register_causal_sdpa
 from mmgen.config import DecoderConfig
+from mmgen.transformers_glue import register_causal_sdpa
 
 
 def decoder_config(
@@ -70,7 +70,7 @@ def build_decoder(
         for k, v in special_ids.items():
             setattr(model.generation_config, k, v)
     if cfg.attn_implementation in ("sdpa", None) and model.config._attn_implementation == "sdpa":
-        model.set_attn_implementation(register_causal_sdpa())  # 'sdpa' that can skip the mask (mmgen.attention)
+        model.set_attn_implementation(register_causal_sdpa())  # 'sdpa' that can skip the mask (mmgen.transformers_glue)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
         model.config.use_cache = False

@@ -1,8 +1,10 @@
-"""Image encoder: any timm model, returning patch tokens from ``forward_features``."""
+"""Image encoder: any timm model, returning patch tokens from ``forward_features``; and the normalisation of
+its input images (:func:`normalize_on_device`)."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import timm
@@ -186,3 +188,24 @@ def _meta_token_layout(name: str, kwargs: dict) -> tuple[int, tuple[int, int]] |
     except Exception:  # noqa: BLE001 - an op without a meta kernel, or an unknown name: the real build decides
         return None
     return token_layout(model, name, shape)
+
+
+def normalize_on_device(
+    pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Normalise uint8 images (already on the target device) like the float transform would.
+
+    Args:
+        pixels: (B, 3, H, W) uint8 in 0..255 (float input is taken as already normalised and returned as is).
+        mean: Per-channel mean in 0..1 units (the timm data config's ``mean``).
+        std: Per-channel std in 0..1 units.
+        dtype: Output dtype.
+
+    Returns:
+        (B, 3, H, W) ``(pixels / 255 - mean) / std`` in ``dtype``.
+    """
+    if pixels.is_floating_point():
+        return pixels.to(dtype)
+    m = torch.tensor(mean, device=pixels.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    s = torch.tensor(std, device=pixels.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    return ((pixels.float() - m) / s).to(dtype)  # (B, 3, H, W)

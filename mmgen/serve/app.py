@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from mmgen.serve import ServeSettings
-from mmgen.serve.batcher import Batcher, Job, QueueFull
+from mmgen.serve.batcher import Batcher, Generate, Job, QueueFull
 from mmgen.serve.page import PAGE
 
 
@@ -198,10 +198,15 @@ def _preprocess(captioner, data: bytes, name: str, max_pixels: int):
         raise ApiError(413 if e.reason.startswith("too many pixels") else 422, str(e)) from None
 
 
-def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
-    """The ASGI app serving ``captioner``; its batching worker runs while the app's lifespan does."""
+def create_app(captioner, settings: ServeSettings | None = None, generate: Generate | None = None) -> FastAPI:
+    """The ASGI app serving ``captioner``; its batching worker runs while the app's lifespan does.
+
+    ``generate``: what captions a batch (default: the captioner's model, ``captioner.model.generate``); a
+    stand-in measures or tests everything around the search.
+    """
     settings = settings or ServeSettings()
-    batcher = Batcher(captioner.model, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue)
+    generate = generate or captioner.model.generate
+    batcher = Batcher(generate, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

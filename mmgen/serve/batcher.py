@@ -3,7 +3,7 @@
 A request is one preprocessed image plus the settings that shape its search (generation settings and
 prompt). The worker takes the oldest queued request and, for at most ``max_wait`` seconds after that
 request arrived, gathers the queued requests with the same settings, up to ``max_batch`` images; then
-it captions them in one :func:`~mmgen.generation.generate_captions` call. Requests queued while a
+it captions them in one call of the model's ``generate``. Requests queued while a
 batch runs have already waited, so the next batch leaves at once. Requests with other settings wait
 for a later batch (oldest first). A lone request while the last batch was a single one too (one client at
 a time) leaves at once: waiting could gather nothing and would only add latency. The queue is bounded:
@@ -17,13 +17,20 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from mmgen.config import GenerationConfig
+
+if TYPE_CHECKING:
+    from mmgen.generation import GeneratedCaptions
+
+Generate = Callable[..., "GeneratedCaptions"]
+"""``generate(pixels, gen, prompt=...)``: the captions of a batch of images (``CaptionModel.generate``)."""
 
 
 class QueueFull(RuntimeError):
@@ -60,18 +67,19 @@ class Batcher:
     """Gathers :class:`Job` s into batches and captions them on a worker thread.
 
     Args:
-        model: A ``CaptionModel`` (used by the worker thread only).
+        generate: Captions a batch: ``generate(pixels (B, 3, H, W), gen, prompt=...)``, a model's
+            :meth:`~mmgen.models.CaptionModel.generate` (called by the worker thread only).
         max_batch: Most images per search.
         max_wait: Longest a request waits for others to join its batch, in seconds.
         max_queue: Most requests waiting (not counting the batch being captioned).
     """
 
-    def __init__(self, model, max_batch: int = 32, max_wait: float = 0.005, max_queue: int = 256) -> None:
+    def __init__(self, generate: Generate, max_batch: int = 32, max_wait: float = 0.005, max_queue: int = 256) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait < 0:
             raise ValueError(
                 f"need max_batch >= 1, max_queue >= 1, max_wait >= 0; got {max_batch}, {max_queue}, {max_wait}"
             )
-        self.model = model
+        self.generate = generate
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -140,8 +148,6 @@ class Batcher:
             return batch
 
     def _run(self) -> None:
-        from mmgen.generation import generate_captions
-
         while (batch := self._next_batch()) is not None:
             batch = [j for j in batch if j.future.set_running_or_notify_cancel()]  # skip cancelled requests
             if not batch:
@@ -149,7 +155,7 @@ class Batcher:
             started = time.monotonic()
             try:
                 pixels = torch.stack([j.pixels for j in batch])  # (B, 3, H, W)
-                out = generate_captions(self.model, pixels, batch[0].gen, prompt=batch[0].prompt)
+                out = self.generate(pixels, batch[0].gen, prompt=batch[0].prompt)
             except Exception as e:  # noqa: BLE001 - the requests get the error; the worker keeps serving
                 for j in batch:
                     j.future.set_exception(e)

@@ -8,12 +8,13 @@ import time
 import uvicorn
 
 
-def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **options) -> None:
     """Serve ``app`` until interrupted (Ctrl-C finishes the queued requests, then stops).
 
-    ``log_level`` "info" logs every request; "warning" only problems.
+    ``log_level`` "info" logs every request; "warning" only problems. ``options``: further ``uvicorn.run``
+    settings (``http="h11", loop="asyncio"``: the pure-Python parser and event loop).
     """
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10, **options)
 
 
 class BackgroundServer:

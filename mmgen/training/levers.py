@@ -130,7 +130,7 @@ def fp8_module_filter(model: nn.Module) -> Callable[[nn.Module, str], bool]:
     model's parts keep their precision (the head's 50,257-wide output is also not a multiple of 16). Subclasses
     (MultiheadAttention's output projection, already quantised layers) are left alone.
     """
-    from mmgen.attention import base_model
+    from mmgen.transformers_glue import base_model
 
     keep_precision = {id(base_model(model.decoder).get_output_embeddings())}
     keep_precision |= {id(m) for m in model.projector.modules()}

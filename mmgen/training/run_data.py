@@ -144,7 +144,7 @@ def prepare_tokenizer(cfg: Config, train_records: Any, run_dir: Path, dist: D.Di
     """The decoder's tokenizer, or one trained on the training captions (saved in ``run_dir/tokenizer``)."""
     from transformers import AutoTokenizer
 
-    from mmgen.models.tokenizer import ensure_special_tokens, load_tokenizer, train_caption_tokenizer
+    from mmgen.tokenizer import ensure_special_tokens, load_tokenizer, train_caption_tokenizer
 
     tc = cfg.model.tokenizer
     if tc.kind in ("decoder", "path"):

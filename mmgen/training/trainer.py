@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from mmgen import distributed as D
-from mmgen.attention import sdpa_context
 from mmgen.config import Config, save_config
 from mmgen.runtime import set_threads
 from mmgen.training.checkpoint import refuse_non_finite_weights
@@ -27,6 +26,7 @@ from mmgen.training.ema import average_state, averaged, build_average, restore_a
 from mmgen.training.levers import check_levers
 from mmgen.training.logs import RunLogger
 from mmgen.training.schedule import build_optimizer, build_scheduler
+from mmgen.transformers_glue import sdpa_context
 
 
 class NonFiniteLossError(RuntimeError):
@@ -484,8 +484,8 @@ class Trainer:
         copy on rank 0 that holds the current weights (the other ranks get the sharded model back)."""
         if not self.sharded:
             return self.model
-        from mmgen.attention import base_model
         from mmgen.models import CaptionModel
+        from mmgen.transformers_glue import base_model
 
         state = D.full_model_state(self.wrapped)  # on rank 0's CPU
         if not self.dist.is_main:

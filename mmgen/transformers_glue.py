@@ -1,5 +1,8 @@
-"""How mmgen reaches into a transformers decoder: SDPA backends chosen by name, the decoder's causal SDPA
-implementation, and the base model under a peft wrapper (:func:`base_model`; torch only, a light import).
+"""How mmgen reaches into a transformers causal LM, in one place: the base model under a peft wrapper
+(:func:`base_model`), the arguments its ``forward`` takes and the name of its KV cache there and in its output
+(:func:`forward_params`, :func:`cache_argument`, :func:`returned_cache`: they differ between transformers
+releases), SDPA kernels chosen by name (:func:`sdpa_context`), and mmgen's own attention implementation
+(:func:`register_causal_sdpa`). Torch only at import: a light import.
 
 transformers materialises a ``(B, 1, L, L)`` causal mask whenever it cannot prove, at trace time, that
 the plain causal mask suffices; under ``torch.compile`` it never can, because the position ids might
@@ -12,6 +15,7 @@ keyword it is exactly 'sdpa', so generation, padded batches and ``generate`` are
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -36,6 +40,23 @@ both directions; every later position stays causal (a prefix LM)."""
 def base_model(decoder: nn.Module) -> nn.Module:
     """The underlying transformers model (unwraps a peft wrapper)."""
     return decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
+
+
+def forward_params(decoder: nn.Module) -> set[str]:
+    """Names accepted by the causal LM's ``forward`` (looking through a peft wrapper)."""
+    return set(inspect.signature(base_model(decoder).forward).parameters)
+
+
+def cache_argument(params: set[str]) -> str:
+    """The name under which ``forward`` takes the KV cache: ``cache`` from transformers 5.24 on (which
+    deprecates ``past_key_values``, to be removed in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache of a forward's output, whichever name this transformers release gives it."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 def sdpa_context(names: Sequence[str], set_priority: bool = False):
