@@ -107,7 +107,7 @@ def prepare_scenes(args: argparse.Namespace, size: int) -> Path:
     import os
     import shutil
 
-    from mmgen.data.synthetic import make_scenes_splits
+    from mmgen.scenes.writer import make_scenes_splits
 
     root = Path(args.data_dir)
     want = {"seed": args.data_seed, "image_size": size, "difficulty": args.difficulty}
@@ -133,7 +133,7 @@ def prepare_scenes(args: argparse.Namespace, size: int) -> Path:
 
 def prepare_data(args: argparse.Namespace, cfg: Config) -> Data:
     from mmgen.data.sources import load_records
-    from mmgen.evaluation.scenes import load_scenes
+    from mmgen.scenes.accuracy import load_scenes
     from mmgen.tokenizer import ensure_special_tokens, train_caption_tokenizer
 
     size = cfg.model.encoder.img_size or 64
@@ -387,7 +387,7 @@ def coco_scores(refs: dict, cands: dict) -> dict:
 
 def evaluate(arm: Arm, data: Data, args: argparse.Namespace, mean, std) -> dict:
     from mmgen.evaluation.collapse import collapse_stats
-    from mmgen.evaluation.scenes import scene_accuracy
+    from mmgen.scenes.accuracy import scene_accuracy
 
     t0 = time.perf_counter()
     with averaged(arm.average, arm.model):

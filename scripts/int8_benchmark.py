@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mmgen.captioner import Captioner
-    from mmgen.data.synthetic import make_scenes
     from mmgen.evaluation.metrics import score_captions
+    from mmgen.scenes.writer import make_scenes
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="mmgen-int8-bench-"))

@@ -210,7 +210,7 @@ def touch_counts() -> dict[str, dict]:
 
 CAPTION = """
 import contextlib, io, sys
-from mmgen.cli import main
+from ENTRY import main
 with contextlib.redirect_stdout(io.StringIO()):
     code = main(["caption", "assets/images", "--model", "assets/tiny-scenes-model", "--quiet", "--threads", "1"])
 names = sorted(n for n, m in sys.modules.items() if n.split(".")[0] == "mmgen" and getattr(m, "__file__", None))
@@ -220,7 +220,7 @@ print(code, *names)
 
 def caption_files() -> list[str]:
     entry = "mmgen.commands.cli" if (PACKAGE / "commands" / "cli.py").exists() else "mmgen.cli"
-    script = CAPTION.replace("mmgen.cli", entry)
+    script = CAPTION.replace("ENTRY", entry)
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     code, *names = run.stdout.split()
     if code != "0":

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def render_images(out: Path, n: int = 4, seed: int = 2024, size: int = 64) -> list[Path]:
     """Scenes the model never saw in training (their own seed), copied as assets/images/scene_K.png."""
-    from mmgen.data.synthetic import make_scenes
+    from mmgen.scenes.writer import make_scenes
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     demo_dir = args.from_demo
     if demo_dir is None:
-        from mmgen.demo import run_demo
+        from mmgen.commands.demo_command import run_demo
 
         demo_dir = Path(tempfile.mkdtemp(prefix="mmgen-assets-"))
         run_demo(demo_dir, budget=args.budget)

@@ -39,7 +39,7 @@ def cpu_seconds(pid: int) -> float:
 def serve_without_search(argv: list[str], pure_python: bool = False) -> int:
     """``mmgen serve ARGV`` with every search replaced by a constant caption (``--no-search``); ``pure_python``:
     uvicorn with h11 and the asyncio loop (``--pure-python-http``)."""
-    from mmgen.cli import build_parser
+    from mmgen.commands.cli import build_parser
     from mmgen.commands.serve_command import build_app
     from mmgen.generation import GeneratedCaptions
     from mmgen.serve.server import serve
@@ -55,7 +55,7 @@ def serve_without_search(argv: list[str], pure_python: bool = False) -> int:
 
 def start_server(model: str, port: int, extra: list[str], search: bool = True, pure: bool = False) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    entry = ["-m", "mmgen.cli", "serve"] if search else [__file__, "--serve-pure" if pure else "--serve-without-search"]
+    entry = ["-m", "mmgen", "serve"] if search else [__file__, "--serve-pure" if pure else "--serve-without-search"]
     cmd = [sys.executable, *entry, "--model", model, "--port", str(port), "--device", "cpu"]
     proc = subprocess.Popen([*cmd, "--threads", "1", "--log-level", "warning", *extra], env=env)
     deadline = time.monotonic() + 120
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mmgen.captioner import Captioner
-    from mmgen.data.synthetic import make_scenes
+    from mmgen.scenes.writer import make_scenes
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="mmgen-serve-bench-"))

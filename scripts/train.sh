@@ -11,4 +11,4 @@ exec torchrun \
   --nproc-per-node "$NPROC" \
   --master-addr "${MASTER_ADDR:-127.0.0.1}" \
   --master-port "${MASTER_PORT:-29500}" \
-  -m mmgen.cli train "$@"
+  -m mmgen train "$@"

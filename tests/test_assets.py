@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from mmgen.cli import main
+from mmgen.commands.cli import main
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 

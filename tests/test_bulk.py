@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mmgen.bulk import drop_partial_line, merge_results, read_results
 from mmgen.captioner import Captioner
-from mmgen.cli import main
-from mmgen.data.synthetic import make_scenes
+from mmgen.commands.caption.results_file import drop_partial_line, merge_results, read_results
+from mmgen.commands.cli import main
+from mmgen.scenes.writer import make_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "assets" / "tiny-scenes-model"
@@ -81,7 +81,7 @@ def test_sigkill_then_rerun_gives_each_image_exactly_once(coco, expected, tmp_pa
     source, _ = coco
     out = tmp_path / "results.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "mmgen.cli", *argv(source, out, "--batch-size", "1", "--device", "cpu")]
+    cmd = [sys.executable, "-m", "mmgen", *argv(source, out, "--batch-size", "1", "--device", "cpu")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -124,7 +124,7 @@ def test_torchrun_two_processes_equal_one(coco, expected, tmp_path):
     out = tmp_path / "results.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd = [*launcher, "-m", "mmgen.cli", *argv(source, out, "--batch-size", "16", "--device", "cpu")]
+    cmd = [*launcher, "-m", "mmgen", *argv(source, out, "--batch-size", "16", "--device", "cpu")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "could not be decoded" in done.stderr  # exit 1 on both ranks
     assert f'File "{ROOT / "mmgen"}' not in done.stderr, done.stderr  # torchrun reports the exit code, no crash
@@ -191,7 +191,8 @@ def test_low_level_file_helpers(tmp_path):
 def test_parquet_shards_stream_and_split_between_ranks(coco, expected, tmp_path, capsys):
     """A streamed HF source (2 parquet shards), captioned as rank 0 and rank 1 of 2, then merged."""
     datasets = pytest.importorskip("datasets")
-    from mmgen.bulk import caption_to_file, finish
+    from mmgen.commands.caption.bulk import caption_to_file
+    from mmgen.commands.caption.results_file import finish
     from mmgen.data.sources import load_records
 
     _, paths = coco
@@ -218,7 +219,7 @@ def test_parquet_shards_stream_and_split_between_ranks(coco, expected, tmp_path,
 
 
 def test_a_run_recorded_before_the_decoding_settings_existed_resumes_with_their_defaults(tmp_path):
-    from mmgen.bulk import ADDED_SETTINGS, ResumeError, check_settings
+    from mmgen.commands.caption.results_file import ADDED_SETTINGS, ResumeError, check_settings
     from mmgen.config import GenerationConfig
 
     default = GenerationConfig()

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from mmgen.captioner import Captioner
-from mmgen.cli import main
+from mmgen.commands.cli import main
 from mmgen.config import GenerationConfig
 from mmgen.models import CaptionModel, tiny_model_config
 from mmgen.tokenizer import train_caption_tokenizer

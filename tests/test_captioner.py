@@ -283,7 +283,7 @@ def test_a_model_directory_without_its_tokenizer_names_what_is_missing(saved_mod
 
 @pytest.mark.parametrize("command", ["caption", "evaluate"])
 def test_the_cli_prints_a_load_error_as_one_line(saved_model, tmp_path, image_files, capsys, command):
-    from mmgen.cli import main
+    from mmgen.commands.cli import main
 
     truncated = _damaged_copy(saved_model, tmp_path / "a", lambda d: _truncate(d / "model.safetensors"))
     no_tokenizer = _damaged_copy(saved_model, tmp_path / "b", lambda d: shutil.rmtree(d / "tokenizer"))

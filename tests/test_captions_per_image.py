@@ -14,7 +14,7 @@ from mmgen.config import ConfigError, load_config
 from mmgen.data.collate import CaptionCollator
 from mmgen.data.datasets import CaptionTrainDataset
 from mmgen.data.formats import Record
-from mmgen.data.synthetic import make_scenes
+from mmgen.scenes.writer import make_scenes
 from mmgen.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -136,7 +136,7 @@ def test_missing_paths_are_errors_naming_their_keys(tmp_path):
 
 
 def test_train_refuses_a_missing_decoder_directory_before_any_work(tmp_path, capsys):
-    from mmgen.cli import main
+    from mmgen.commands.cli import main
 
     argv = ["train", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), f"train.out_dir={tmp_path / 'run'}"]
     code = main([*argv, "model.decoder.name=/nonexistent/dir", "model.decoder.pretrained=false"])
@@ -199,7 +199,7 @@ def test_print_config_lists_every_key_and_loads_back_to_the_same_config(name, ca
 
     import yaml
 
-    from mmgen.cli import main
+    from mmgen.commands.cli import main
     from mmgen.config import from_dict
 
     overrides = ["eval.generation.num_beams=5", "train.lr=0.002", "eval.generation.bad_words=[red]"]

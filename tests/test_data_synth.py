@@ -10,18 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmgen.cli import main
+from mmgen.commands.cli import main
 from mmgen.data.sources import load_records
-from mmgen.data.synthetic import (
-    COLORS,
-    RELATIONS,
-    SHAPES,
-    draw_scene,
-    make_scenes,
-    make_scenes_splits,
-    sample_scene,
-    scene_captions,
-)
+from mmgen.scenes.simple import COLORS, RELATIONS, SHAPES, draw_scene, sample_scene, scene_captions
+from mmgen.scenes.writer import make_scenes, make_scenes_splits
 
 
 def _digest(root) -> dict[str, str]:

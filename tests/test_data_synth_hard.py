@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmgen.cli import main
-from mmgen.data.synthetic import make_scenes, make_scenes_splits
-from mmgen.data.synthetic_hard import (
-    COLORS,
-    GRID,
-    NUMBERS,
-    PLURALS,
-    POSITIONS,
-    SHAPES,
-    hard_scene_captions,
-    sample_hard_scene,
-)
-from mmgen.evaluation.scenes import parse_caption, scene_accuracy
+from mmgen.commands.cli import main
+from mmgen.scenes.accuracy import parse_caption, scene_accuracy
+from mmgen.scenes.hard import COLORS, GRID, NUMBERS, PLURALS, POSITIONS, SHAPES
+from mmgen.scenes.hard import sample_scene as sample_hard_scene
+from mmgen.scenes.hard import scene_captions as hard_scene_captions
+from mmgen.scenes.writer import make_scenes, make_scenes_splits
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
 """The demo end to end (small budget): the trained model must beat the most-frequent-caption baseline widely."""
 
 import json
+from importlib import resources
 from pathlib import Path
 
-import yaml
-
-from mmgen.cli import build_parser
-from mmgen.demo import TINY_CPU, run_demo
+from mmgen.commands.cli import build_parser
+from mmgen.commands.demo_command import demo_config, run_demo
+from mmgen.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,8 +35,18 @@ def test_demo_beats_the_baseline(tmp_path):
     assert {"scene_exact", "scene_color", "scene_shape_small", "scene_relation_stated"} <= set(last_eval)
 
 
-def test_tiny_cpu_yaml_is_the_demo_preset():
-    assert yaml.safe_load((ROOT / "configs" / "tiny_cpu.yaml").read_text()) == TINY_CPU
+def test_the_demo_trains_configs_tiny_cpu_yaml_shipped_as_package_data(tmp_path):
+    shipped = resources.files("mmgen.presets").joinpath("tiny_cpu.yaml")
+    assert shipped.read_bytes() == (ROOT / "configs" / "tiny_cpu.yaml").read_bytes()
+    assert sorted(p.name for p in resources.files("mmgen.presets").iterdir() if p.name.endswith(".yaml")) == sorted(
+        p.name for p in (ROOT / "configs").glob("*.yaml")
+    )
+    cfg = demo_config(tmp_path, n_train=10, n_val=2, steps=4, image_size=32)
+    preset = load_config(
+        ROOT / "configs" / "tiny_cpu.yaml", ["model.encoder.img_size=32", "model.encoder.patch_size=8"]
+    )
+    assert cfg.model == preset.model and cfg.eval.generation == preset.eval.generation
+    assert cfg.train.max_steps == 4 and cfg.data.synth == {"n_train": 10, "n_val": 2, "seed": 0, "image_size": 32}
 
 
 def test_help_lists_every_command(capsys):

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mmgen.config import ConfigError, load_config
-from mmgen.data.synthetic import make_scenes
+from mmgen.scenes.writer import make_scenes
 from mmgen.training.checkpoint import latest_checkpoint, read_training_state
 from mmgen.training.ema import AVERAGE_KEY, WeightAverage, build_average
 from mmgen.training.trainer import Trainer

@@ -5,10 +5,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from mmgen.cli import main
-from mmgen.data.synthetic import make_scenes
-from mmgen.evaluation.scenes import load_scenes, scene_accuracy
+from mmgen.commands.cli import main
 from mmgen.models import CaptionModel, tiny_model_config
+from mmgen.scenes.accuracy import load_scenes, scene_accuracy
+from mmgen.scenes.writer import make_scenes
 from mmgen.tokenizer import train_caption_tokenizer
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from mmgen.captioner import Captioner
-from mmgen.cli import main
+from mmgen.commands.cli import main
 from mmgen.quantize import _conv1d_to_linear, is_quantized, quantize_int8
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from mmgen.cli import main
 from mmgen.commands import UsageError
+from mmgen.commands.cli import main
 from mmgen.config import Config, ConfigError
 from mmgen.runtime import set_threads
 
@@ -70,7 +70,7 @@ def test_caption_evaluate_demo_and_features_apply_threads_before_the_work(
     commands = {
         "mmgen.captioner:Captioner.from_pretrained": ["caption", str(image), "--model", str(tmp_path)],
         "mmgen.commands.evaluate_command:load_inputs": ["evaluate", "--model", str(tmp_path), "--data", str(data)],
-        "mmgen.demo:run_demo": ["demo", "--out", str(tmp_path / "demo")],
+        "mmgen.commands.demo_command:run_demo": ["demo", "--out", str(tmp_path / "demo")],
         "mmgen.commands.data_command:build_feature_cache_cli": ["data", "features", "--config", str(data)],
     }
     for target, argv in commands.items():

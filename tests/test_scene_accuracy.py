@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from mmgen.data.synthetic import RELATIONS, make_scenes_splits, sample_scene, scene_captions
-from mmgen.evaluation.scenes import format_scene_accuracy, load_scenes, parse_caption, scene_accuracy
+from mmgen.scenes.accuracy import format_scene_accuracy, load_scenes, parse_caption, scene_accuracy
+from mmgen.scenes.simple import RELATIONS, sample_scene, scene_captions
+from mmgen.scenes.writer import make_scenes_splits
 
 
 @pytest.fixture(scope="module")

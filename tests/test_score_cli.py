@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mmgen import cli
+from mmgen.commands import cli
 from mmgen.evaluation import _java
 
 JAVA = _java.java_tools_available()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mmgen.config import load_config
-from mmgen.data.synthetic import sample_scene, scene_captions
 from mmgen.models import CaptionModel, tiny_model_config
+from mmgen.scenes.simple import sample_scene, scene_captions
 from mmgen.tokenizer import train_caption_tokenizer
 from mmgen.training.objectives import TRAINERS, build_trainer
 from mmgen.training.scst import (

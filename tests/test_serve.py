@@ -21,7 +21,7 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mmgen.captioner import Captioner  # noqa: E402
-from mmgen.cli import main  # noqa: E402
+from mmgen.commands.cli import main  # noqa: E402
 from mmgen.generation.captions import GeneratedCaptions  # noqa: E402
 from mmgen.serve import ServeSettings  # noqa: E402
 from mmgen.serve.app import create_app  # noqa: E402
@@ -242,7 +242,7 @@ def test_a_full_queue_answers_429_and_the_server_recovers(captioner, held_search
 
 def test_load_200_requests_from_16_clients_equal_the_captioner(captioner, tmp_path):
     """Every answer is Captioner.caption of its image; throughput and latency are reported, not asserted."""
-    from mmgen.data.synthetic import make_scenes
+    from mmgen.scenes.writer import make_scenes
 
     make_scenes(tmp_path, 12, seed=3)
     paths = IMAGES + sorted((tmp_path / "images" / "train").glob("*.png"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmgen.config import load_config
-from mmgen.data.synthetic import make_scenes
+from mmgen.scenes.writer import make_scenes
 from mmgen.training.trainer import NonFiniteLossError, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def _torchrun(scenes, out, port: int, *extra: str) -> subprocess.CompletedProces
     """``mmgen train`` on the tiny preset in 2 gloo processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
-    cmd += ["-m", "mmgen.cli", "train", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), *TINY]
+    cmd += ["-m", "mmgen", "train", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), *TINY]
     cmd += [f"data.train={scenes}", f"train.out_dir={out}", *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 
@@ -137,7 +137,7 @@ def test_two_process_fsdp_matches_one_process_saves_and_resumes(tmp_path, scenes
     (part / "metrics.jsonl").write_text("".join(r + "\n" for r in rows if json.loads(r).get("step", 0) <= 2))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29536"]
-    cmd += ["-m", "mmgen.cli", "train", "--resume", str(part), "train.max_steps=4"]
+    cmd += ["-m", "mmgen", "train", "--resume", str(part), "train.max_steps=4"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = _losses(part)
@@ -551,7 +551,7 @@ def _renamed_captions(scenes: Path, word: str) -> Path:
 def test_a_new_run_into_a_used_out_dir_is_refused_and_overwrite_starts_clean(tmp_path, scenes, capsys):
     from transformers import AutoTokenizer
 
-    from mmgen.cli import main
+    from mmgen.commands.cli import main
 
     first = _cfg(
         tmp_path, scenes, "train.max_steps=4", "train.batch_size=16", "train.save_every=2", "train.keep_last=5"
@@ -582,7 +582,7 @@ def test_a_new_run_into_a_used_out_dir_is_refused_and_overwrite_starts_clean(tmp
 
 
 def test_resuming_a_finished_run_writes_nothing_unless_max_steps_is_raised(tmp_path, scenes, capsys):
-    from mmgen.cli import main
+    from mmgen.commands.cli import main
     from mmgen.training.logs import plot_curves
 
     cfg = _cfg(

@@ -12,8 +12,8 @@ from test_training import _cfg, _losses
 from torch import nn
 
 from mmgen.config import ConfigError
-from mmgen.data.synthetic import make_scenes
 from mmgen.models import CaptionModel, tiny_model_config
+from mmgen.scenes.writer import make_scenes
 from mmgen.training import levers
 from mmgen.training.trainer import Trainer
 

@@ -1,4 +1,5 @@
-"""One module per ``mmgen`` subcommand (see ``mmgen.cli``), and what they share.
+"""The ``mmgen`` command line: one module (or package) per subcommand, listed in :mod:`mmgen.commands.cli`,
+and what they share (exit codes, options, the Captioner that ``--model`` names).
 
 Exit codes: 0 success; :data:`USAGE` (2) when the command line is wrong (a bad option value, a file or
 folder named on it that is missing or unusable), reported before any work in one line per problem;
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 USAGE = 2
 """Exit code of a usage error."""
@@ -17,7 +19,7 @@ FAILED = 1
 
 
 class UsageError(Exception):
-    """The command line is wrong; ``mmgen.cli.main`` prints each line of the message and exits with 2."""
+    """The command line is wrong; ``mmgen.commands.cli.main`` prints each line of the message and exits with 2."""
 
 
 GENERATION_OVERRIDE = re.compile(r"^generation\.[A-Za-z_][\w.]*=")
@@ -77,6 +79,26 @@ def apply_threads(args: argparse.Namespace) -> None:
     from mmgen.runtime import set_threads
 
     set_threads(getattr(args, "threads", None))
+
+
+def load_captioner(args: argparse.Namespace, device: str | None = None):
+    """The Captioner the options name, or a :class:`UsageError` saying why the model cannot be loaded."""
+    from mmgen.captioner import Captioner
+
+    if args.quantize and (args.device or "cpu") != "cpu":
+        raise UsageError(f"--quantize {args.quantize} runs on the CPU only; drop --device {args.device}")
+    if args.quantize and args.dtype not in (None, "float32"):
+        raise UsageError(f"--quantize {args.quantize} starts from float32 weights; drop --dtype {args.dtype}")
+    try:
+        dtype = args.dtype or ("float32" if args.quantize else None)  # int8 starts from fp32 whatever was saved
+        return Captioner.from_pretrained(args.model, device=device or args.device, dtype=dtype, quantize=args.quantize)
+    except (FileNotFoundError, OSError) as e:
+        raise UsageError(f"cannot load the model: {e}") from None
+
+
+def stderr_is_tty() -> bool:
+    """Whether stderr is a terminal (a progress bar goes there only then)."""
+    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
 
 def _int_at_least(text: str, low: int) -> int:

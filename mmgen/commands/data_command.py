@@ -1,7 +1,7 @@
 """``mmgen data ACTION``: dataset tools (``synth``, ``stats``, ``features``).
 
 Each action is a pair of functions in ``ACTIONS``: one adds its arguments to a sub-subparser, the
-other runs it and returns the exit code. The logic lives in :mod:`mmgen.data`.
+other runs it and returns the exit code. The logic lives in :mod:`mmgen.data` and :mod:`mmgen.scenes`.
 """
 
 from __future__ import annotations
@@ -23,18 +23,15 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=64, help="side length in pixels (default: 64)")
     p.add_argument("--split-val", type=int, default=0, metavar="K", help="the last K images form the val split")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default: png)")
-    p.add_argument(
-        "--difficulty",
-        choices=("simple", "hard"),
-        default="simple",
-        help="simple: one or two upright shapes; hard: up to four rotated shapes on a 3x3 grid with counts, "
-        "positions and relations (default: simple)",
-    )
+    from mmgen.scenes import GENERATORS
+
+    kinds = "; ".join(f"{name}: {what}" for name, (_, what) in GENERATORS.items())
+    p.add_argument("--difficulty", choices=tuple(GENERATORS), default="simple", help=f"{kinds} (default: simple)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from mmgen.data.synthetic import make_scenes
+    from mmgen.scenes.writer import make_scenes
 
     summary = make_scenes(
         args.out,

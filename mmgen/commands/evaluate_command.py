@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mmgen.evaluation.evaluate import evaluate_model, write_evaluation
-    from mmgen.evaluation.scenes import format_scene_accuracy, load_scenes, scene_accuracy
+    from mmgen.scenes.accuracy import format_scene_accuracy, load_scenes, scene_accuracy
 
     args.data, more = split_generation_overrides(args.data)  # --data takes every argument after it
     args.overrides = [*args.overrides, *more]

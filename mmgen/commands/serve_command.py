@@ -15,6 +15,7 @@ from mmgen.commands import (
     add_threads_option,
     apply_threads,
     generation_changes,
+    load_captioner,
     positive_int,
 )
 
@@ -75,7 +76,6 @@ def build_app(args: argparse.Namespace, generate=None):
     if args.max_wait_ms < 0:
         raise UsageError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
 
-    from mmgen.commands.caption_options import load_captioner
     from mmgen.serve import ServeSettings
     from mmgen.serve.app import create_app
 

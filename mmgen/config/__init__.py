@@ -41,6 +41,7 @@ from mmgen.config.run import (
     TrainConfig,
     apply_overrides,
     load_config,
+    load_preset,
 )
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "from_dict",
     "generation_overrides",
     "load_config",
+    "load_preset",
     "looks_like_local_path",
     "path_exists",
     "save_config",

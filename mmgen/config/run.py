@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -372,3 +373,15 @@ def load_config(
     ``check_paths`` (a run about to start), the paths it names must exist too (:meth:`Config.check_paths`).
     """
     return io.load_config(path, overrides, cls, check=cls.check_paths if check_paths else None)
+
+
+PRESETS = "mmgen.presets"
+"""The package of the YAML presets: the source tree's ``configs/`` folder, shipped as package data (pyproject.toml
+maps the one onto the other, in a wheel and in an editable install alike)."""
+
+
+def load_preset(name: str, overrides: list[str] | None = None) -> Config:
+    """A shipped preset (``configs/NAME.yaml``, e.g. ``tiny_cpu``) with dotted overrides, validated as
+    :func:`load_config` validates a file."""
+    with resources.as_file(resources.files(PRESETS).joinpath(f"{name}.yaml")) as path:
+        return load_config(path, overrides)

@@ -1,4 +1,5 @@
-"""Caption data: records from many formats, safe image decoding, transforms, batching, synthetic scenes.
+"""Caption data: records from many formats, safe image decoding, transforms, batching, the feature cache.
+(Synthetic scenes are a package of their own, :mod:`mmgen.scenes`.)
 
 Names are imported from their submodules on first use, so that ``mmgen data synth`` does not pay for
 torch/transformers imports it does not need.
@@ -24,7 +25,6 @@ _EXPORTS = {
         "ConcatRecords",
         "make_loader",
     ),
-    "synthetic": ("make_scenes", "make_scenes_splits", "sample_scene", "scene_captions", "draw_scene"),
     "stats": ("dataset_stats", "format_stats", "DatasetStats"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -68,7 +68,7 @@ def prepare(cfg: Config, run_dir: Path, dist: D.DistState) -> RunData:
     dc = cfg.data
     train, train_images, val, val_images = dc.train, dc.train_images, dc.val, dc.val_images
     if dc.synth:
-        from mmgen.data.synthetic import make_scenes_splits
+        from mmgen.scenes.writer import make_scenes_splits
 
         out = run_dir / "data"
         if dist.is_main:
@@ -96,7 +96,7 @@ def prepare(cfg: Config, run_dir: Path, dist: D.DistState) -> RunData:
         if cfg.eval.max_images is not None:
             val_records = [val_records[i] for i in range(min(cfg.eval.max_images, len(val_records)))]
         if isinstance(val, str):
-            from mmgen.evaluation.scenes import load_scenes
+            from mmgen.scenes.accuracy import load_scenes
 
             val_scenes = load_scenes(val)  # synthetic scenes: attribute accuracies at evaluation
     # the tracker's epoch size is set from this rank's share of the training items by train_loader

@@ -75,7 +75,7 @@ def evaluate(trainer, model=None) -> dict:
         )
     scenes = trainer.data.val_scenes
     if scenes:
-        from mmgen.evaluation.scenes import scene_accuracy
+        from mmgen.scenes.accuracy import scene_accuracy
 
         acc = scene_accuracy(result.captions, scenes)
         scores.update({f"scene_{k}": v for k, v in acc.items() if isinstance(v, float)})

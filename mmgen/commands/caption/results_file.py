@@ -1,7 +1,5 @@
-"""Bulk captioning into a JSON Lines file that survives kills and runs data-parallel under torchrun.
-
->>> from mmgen.bulk import caption_to_file
->>> caption_to_file(captioner, records, "results.jsonl")
+"""The results file of bulk captioning (``mmgen caption --out``): JSON Lines that survive kills, written by
+several ranks under torchrun and merged into one.
 
 Every image of the source has a position ``index`` (0, 1, ...). Results are appended as one line per
 image, ``{"index", "image", "image_id", "caption", "score"}`` (or ``"error"`` for an image that
@@ -21,33 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import torch
 
 
 class ResumeError(ValueError):
     """An existing output that this run cannot continue (other settings, other data, a damaged line)."""
-
-
-@dataclass
-class BulkSummary:
-    """What one process did.
-
-    Attributes:
-        captioned: Images captioned by this run (on this rank).
-        failed: Images of this run that could not be decoded (written with ``error``).
-        skipped: Images found done by an earlier run.
-        merged: Lines in the merged output (rank 0, after the merge; else None).
-    """
-
-    captioned: int = 0
-    failed: int = 0
-    skipped: int = 0
-    merged: int | None = None
 
 
 def part_path(out: Path, rank: int, world_size: int) -> Path:
@@ -182,122 +160,6 @@ def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\n"
-
-
-def _my_records(records: Sequence | Iterable, rank: int, world_size: int) -> Iterator[tuple[int, Any]]:
-    """``(index, record)`` of this rank's share: every ``world_size``-th from ``rank`` (a sequence is
-    indexed directly, a stream is read through)."""
-    if isinstance(records, Sequence):
-        for i in range(rank, len(records), world_size):
-            yield i, records[i]
-    else:
-        for i, rec in enumerate(records):
-            if i % world_size == rank:
-                yield i, rec
-
-
-def _describe(item: Any) -> tuple[Any, str, Any]:
-    """(image source, printable name, image_id) of a :class:`~mmgen.data.formats.Record` or a path."""
-    from mmgen.data.formats import Record
-    from mmgen.data.images import source_name
-
-    if isinstance(item, Record):
-        return item.image, source_name(item.image, item.image_id), item.image_id
-    return str(item), str(item), None
-
-
-def _caption_batch(captioner, batch: list[tuple[int, Any, str, Any]], gen, prompt, rng) -> list[dict]:
-    """Result lines of ``(index, image, name, image_id)`` items, in order; undecodable images get ``error``."""
-    from mmgen.data.images import BadImageError
-
-    rows, pixels = [], []
-    for i, image, name, image_id in batch:
-        row = {"index": i, "image": name, "image_id": image_id}
-        try:
-            pixels.append(captioner.preprocess(image, name))
-        except BadImageError as e:
-            row["error"] = e.reason
-        rows.append(row)
-    if pixels:
-        out = captioner.model.generate(torch.stack(pixels), gen, generator=rng, prompt=prompt)
-        ok = iter(zip(out.best, (s[0] for s in out.scores)))
-        for row in rows:
-            if "error" not in row:
-                row["caption"], row["score"] = next(ok)
-    return rows
-
-
-def caption_to_file(
-    captioner,
-    records: Sequence | Iterable,
-    out: str | os.PathLike,
-    *,
-    batch_size: int = 32,
-    rank: int = 0,
-    world_size: int = 1,
-    prompt: str | None = None,
-    progress: Any = None,
-    **generation: Any,
-) -> BulkSummary:
-    """Caption this rank's share of ``records`` into its results file, skipping what is already done.
-
-    Call :func:`finish` afterwards (on every rank) to merge the parts.
-
-    Args:
-        captioner: A :class:`~mmgen.Captioner`.
-        records: Records (:class:`~mmgen.data.formats.Record`) or image paths, a sequence or a stream,
-            in the same order at every rank and every rerun.
-        out: The results file (JSON Lines).
-        batch_size: Images per forward pass (and per flush to disk).
-        rank: This process's rank.
-        world_size: Number of processes.
-        prompt: Text the captions continue (see :meth:`~mmgen.Captioner.caption`).
-        progress: Called with the number of images handled (done or skipped) after each batch.
-        **generation: ``GenerationConfig`` overrides.
-
-    Raises:
-        ResumeError: an earlier result at an index names another image than the data now has there.
-    """
-    out = Path(out)
-    gen = captioner.resolve_generation(**generation)
-    rng = None
-    if gen.do_sample and gen.seed is not None:
-        rng = torch.Generator(device=captioner.device).manual_seed(gen.seed + rank)
-    mine = part_path(out, rank, world_size)
-    drop_partial_line(mine)
-    done = done_indices(out, keep=lambda i: i % world_size == rank)
-    summary = BulkSummary()
-    batch: list[tuple[int, Any, str, Any]] = []
-
-    def flush(f) -> None:
-        rows = _caption_batch(captioner, batch, gen, prompt, rng)
-        f.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
-        f.flush()  # a kill loses at most the next batch
-        summary.failed += sum("error" in r for r in rows)
-        summary.captioned += len(rows)
-        if progress is not None:
-            progress(len(rows))
-        batch.clear()
-
-    with open(mine, "a", encoding="utf-8") as f:
-        for i, item in _my_records(records, rank, world_size):
-            image, name, image_id = _describe(item)
-            if i in done:
-                if done[i] is not None and done[i] != name:
-                    raise ResumeError(
-                        f"{out}: index {i} was captioned as {done[i]!r} but the data now has {name!r} there: "
-                        "another data source or order; pass --overwrite to start again"
-                    )
-                summary.skipped += 1
-                if progress is not None:
-                    progress(1)
-                continue
-            batch.append((i, image, name, image_id))
-            if len(batch) == batch_size:
-                flush(f)
-        if batch:
-            flush(f)
-    return summary
 
 
 def finish(out: str | os.PathLike, rank: int = 0, world_size: int = 1) -> int | None:

@@ -1,4 +1,6 @@
-"""``mmgen caption IMAGE_OR_DIR... --model DIR``: caption image files with a saved model.
+"""``mmgen caption IMAGE_OR_DIR... --model DIR``: caption image files with a saved model (the home of the
+command: its options here and in :mod:`~mmgen.commands.caption.arguments`, bulk mode in
+:mod:`~mmgen.commands.caption.bulk` and :mod:`~mmgen.commands.caption.results_file`).
 
 Prints one ``path<TAB>caption`` line per image (or JSON lines with ``--json``), in input order, as
 batches finish, with a progress bar on stderr when stderr is a terminal. Exit codes: 2 when an
@@ -9,7 +11,7 @@ stderr with the reason; the others are still captioned); 0 otherwise.
 Bulk mode, ``--out results.jsonl`` (with image files or ``--data SOURCE``: COCO json, JSONL/CSV table,
 HF dataset folder, parquet/webdataset shards, hub name): results are appended to the file as they are
 made, a rerun after a kill captions only what is missing, and under ``torchrun`` every rank captions
-its share and rank 0 merges them into one file (see :mod:`mmgen.bulk`).
+its share and rank 0 merges them into one file (see :mod:`mmgen.commands.caption.results_file`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from mmgen.commands import (
     UsageError,
     add_threads_option,
     apply_threads,
+    load_captioner,
     positive_int,
     split_generation_overrides,
+    stderr_is_tty,
 )
-from mmgen.commands.caption_options import expand_arguments, generation_overrides, load_captioner, stderr_is_tty
+from mmgen.commands.caption.arguments import expand_arguments, generation_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data and not args.out:
         raise UsageError("--data needs --out FILE (bulk captioning writes a JSON Lines file)")
     if args.out:
-        from mmgen.commands.caption_bulk import run_bulk
+        from mmgen.commands.caption.bulk import run_bulk
 
         return run_bulk(args)
     from tqdm import tqdm

@@ -16,8 +16,8 @@ from collections.abc import Hashable, Mapping
 from itertools import permutations
 from pathlib import Path
 
-from mmgen.data import synthetic_hard as hard
-from mmgen.data.synthetic import RELATIONS
+from mmgen.scenes import hard
+from mmgen.scenes.drawing import RELATIONS
 
 # the vocabulary of both difficulties (the simple scenes' words are a subset of the hard ones')
 BACKGROUNDS, COLORS, SHAPES, SIZES = hard.BACKGROUNDS, hard.COLORS, hard.SHAPES, hard.SIZES

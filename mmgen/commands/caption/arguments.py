@@ -1,10 +1,9 @@
-"""What ``mmgen caption`` (both modes, :mod:`~mmgen.commands.caption_bulk` for ``--out``) and ``mmgen serve``
-share: the image files the arguments name, the generation settings the options ask for, the Captioner."""
+"""What the arguments of ``mmgen caption`` ask for, in both modes (:mod:`~mmgen.commands.caption.bulk` for
+``--out``): the image files they name and the generation settings."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from mmgen.commands import UsageError, generation_changes
@@ -39,23 +38,3 @@ def generation_overrides(args: argparse.Namespace) -> dict:
     if args.bad_words:
         overrides["bad_words"] = tuple(w.strip() for w in args.bad_words.split(",") if w.strip())
     return {**overrides, **generation_changes(args, {"beams": "num_beams", "max_new_tokens": "max_new_tokens"})}
-
-
-def load_captioner(args: argparse.Namespace, device: str | None = None):
-    """The Captioner the options name, or a :class:`UsageError` saying why the model cannot be loaded."""
-    from mmgen.captioner import Captioner
-
-    if args.quantize and (args.device or "cpu") != "cpu":
-        raise UsageError(f"--quantize {args.quantize} runs on the CPU only; drop --device {args.device}")
-    if args.quantize and args.dtype not in (None, "float32"):
-        raise UsageError(f"--quantize {args.quantize} starts from float32 weights; drop --dtype {args.dtype}")
-    try:
-        dtype = args.dtype or ("float32" if args.quantize else None)  # int8 starts from fp32 whatever was saved
-        return Captioner.from_pretrained(args.model, device=device or args.device, dtype=dtype, quantize=args.quantize)
-    except (FileNotFoundError, OSError) as e:
-        raise UsageError(f"cannot load the model: {e}") from None
-
-
-def stderr_is_tty() -> bool:
-    """Whether stderr is a terminal (a progress bar goes there only then)."""
-    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()

@@ -1,13 +1,13 @@
 """Hard synthetic scenes: up to four rotated objects anywhere on a 3x3 grid, counts, positions, relations.
 
-The simple scenes of :mod:`mmgen.data.synthetic` hold one or two upright objects; a captioner learns
+The simple scenes of :mod:`mmgen.scenes.simple` hold one or two upright objects; a captioner learns
 them from colour blobs and a rough left/right. These scenes need what real captioning needs: where an
 object is (one of nine grid cells: "in the top left"), how many identical objects there are ("three
 small pink crosses"), which of 8 shapes a small rotated object is, and how two objects relate
 (left / right / above / below). Vocabulary: 8 colours, 8 shapes, 3 sizes, 5 backgrounds, 9 positions,
 counts 1-4. Every image has five captions that truly describe it and carries its ``scene`` (with a
-``groups`` list: the truth that :mod:`mmgen.evaluation.scenes` checks captions against). Image ``k``
-depends only on ``(seed, k)``.
+``groups`` list: the truth that :mod:`mmgen.scenes.accuracy` checks captions against). A scene generator
+(see :mod:`mmgen.scenes`): :func:`sample_scene`, :func:`scene_captions`, :func:`draw_scene`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmgen.data import scene_drawing as drawing
+from mmgen.scenes import drawing
 
 COLORS = {
     **drawing.COLORS,
@@ -93,7 +93,7 @@ def _pair_cells(rng: np.random.Generator) -> tuple[tuple[int, int], tuple[int, i
     return (a, line), (b, line), "above" if a < b else "below"
 
 
-def sample_hard_scene(rng: np.random.Generator) -> dict:
+def sample_scene(rng: np.random.Generator) -> dict:
     """A random hard scene: background, groups of identical objects, their drawn instances, and (for one
     object) its position or (for two single objects in a row or column) their relation."""
     kind = _pick_kind(rng)
@@ -137,7 +137,7 @@ def noun_phrase(group: dict) -> str:
     return f"{NUMBERS[group['count']]} {words}{PLURALS[group['shape']]}"
 
 
-def hard_scene_captions(scene: dict) -> list[str]:
+def scene_captions(scene: dict) -> list[str]:
     """Five paraphrases that all describe the scene truly (counts, positions, relations included)."""
     bg, groups = scene["background"], scene["groups"]
     on = f"on a {bg} background"
@@ -220,10 +220,10 @@ def _noisy(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray((light * (1 - t) + dark * t).astype(np.uint8), mode="RGB")
 
 
-def draw_hard_scene(
+def draw_scene(
     scene: dict, image_size: int = 64, rng: np.random.Generator | None = None, supersample: int = 2
 ) -> Image.Image:
-    """Render a scene from :func:`sample_hard_scene` as an RGB image of ``image_size`` pixels a side."""
+    """Render a scene from :func:`sample_scene` as an RGB image of ``image_size`` pixels a side."""
     rng = rng if rng is not None else np.random.default_rng(0)
     s = image_size * supersample
     bg = scene["background"]

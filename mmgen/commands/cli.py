@@ -1,6 +1,6 @@
-"""The ``mmgen`` command line: parses arguments, then calls the library.
+"""The ``mmgen`` command line (``mmgen``, ``python -m mmgen``): parses arguments, then calls the library.
 
-Each subcommand lives in ``mmgen/commands/<name>_command.py`` with ``add_parser(subparsers)`` (which sets
+Each subcommand lives in a module of :mod:`mmgen.commands` with ``add_parser(subparsers)`` (which sets
 ``func``) and is listed in ``COMMANDS``. Modules are imported when the parser is built; heavy
 imports happen inside each command's ``run``.
 """
@@ -15,7 +15,7 @@ COMMANDS = {
     # name: module under mmgen.commands
     "score": "score_command",
     "data": "data_command",
-    "caption": "caption_command",
+    "caption": "caption",
     "train": "train_command",
     "evaluate": "evaluate_command",
     "demo": "demo_command",

@@ -1,5 +1,5 @@
-"""What the simple and the hard synthetic scenes share: colours, backgrounds, relations and the drawing
-primitives (:mod:`mmgen.data.synthetic`, :mod:`mmgen.data.synthetic_hard`)."""
+"""What the scene generators share: colours, backgrounds, relations and the drawing primitives
+(:mod:`mmgen.scenes.simple`, :mod:`mmgen.scenes.hard`)."""
 
 from __future__ import annotations
 
