@@ -13,7 +13,7 @@ from test_training import _cfg
 from mmgen.config import ConfigError, load_config
 from mmgen.data.collate import CaptionCollator
 from mmgen.data.datasets import CaptionTrainDataset
-from mmgen.data.formats import Record
+from mmgen.data.records import Record
 from mmgen.scenes.writer import make_scenes
 from mmgen.training.trainer import Trainer
 

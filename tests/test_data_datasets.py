@@ -16,7 +16,7 @@ from mmgen.data.datasets import (
     StreamingCaptionDataset,
     make_loader,
 )
-from mmgen.data.formats import Record
+from mmgen.data.records import Record
 from mmgen.data.transforms import build_transform
 from mmgen.models.encoder import normalize_on_device
 from mmgen.tokenizer import train_caption_tokenizer

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmgen.data.formats import DataFormatError, Record
+from mmgen.data.records import DataFormatError, Record
 from mmgen.data.sources import detect_format, load_records
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from mmgen.data.collate import EvalCollator
 from mmgen.data.datasets import CaptionTrainDataset, StreamingCaptionDataset
-from mmgen.data.formats import DataFormatError
 from mmgen.data.images import decode_image
+from mmgen.data.records import DataFormatError
 from mmgen.data.sources import detect_format, load_records
 from mmgen.data.transforms import build_transform
 
@@ -191,7 +191,7 @@ def test_split_column_of_streamed_shards_is_applied_as_rows_are_read(tmp_path):
 
 
 def test_rows_without_an_id_get_a_derived_id(tmp_path):
-    from mmgen.data.formats import DerivedId
+    from mmgen.data.records import DerivedId
 
     _dataset(3).remove_columns("image_id").save_to_disk(str(tmp_path / "d"))
     recs = load_records(tmp_path / "d")

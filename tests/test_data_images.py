@@ -12,8 +12,8 @@ from PIL import Image
 
 from mmgen.data.collate import CaptionCollator, EvalCollator
 from mmgen.data.datasets import CaptionEvalDataset, CaptionTrainDataset
-from mmgen.data.formats import Record
 from mmgen.data.images import BadImageError, BadImageTracker, TooManyBadImagesError, decode_image
+from mmgen.data.records import Record
 from mmgen.data.transforms import build_transform
 from mmgen.tokenizer import train_caption_tokenizer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from mmgen.commands.cli import main
-from mmgen.data.formats import Record
+from mmgen.data.records import Record
 from mmgen.data.stats import caption_words, dataset_stats, format_stats, stats_dict
 
 

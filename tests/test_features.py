@@ -22,8 +22,8 @@ from mmgen.config import Config, DataConfig, EvalConfig, load_config
 from mmgen.data.collate import CaptionCollator
 from mmgen.data.datasets import CaptionTrainDataset, EpochSampler, make_loader
 from mmgen.data.features import INDEX_NAME, FeatureCache, ensure_feature_cache
-from mmgen.data.formats import Record
 from mmgen.data.images import TooManyBadImagesError
+from mmgen.data.records import Record
 from mmgen.data.transforms import build_transform
 from mmgen.distributed import DistState
 from mmgen.models import CaptionModel, tiny_model_config

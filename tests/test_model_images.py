@@ -9,7 +9,7 @@ from PIL import Image
 
 from mmgen.captioner import Captioner
 from mmgen.config import GenerationConfig
-from mmgen.data.formats import Record
+from mmgen.data.records import Record
 from mmgen.evaluation.evaluate import evaluate_model
 from mmgen.models import CaptionModel, tiny_model_config
 from mmgen.tokenizer import train_caption_tokenizer

@@ -60,6 +60,20 @@ def test_projectors_shapes(tokenizer, projector, tokens):
     assert prefix.shape == (2, tokens, 64) and model.num_prefix_tokens == tokens
 
 
+def test_every_projector_kind_the_config_accepts_is_built():
+    from mmgen.config import PROJECTOR_KINDS
+    from mmgen.models.projector import PROJECTORS
+
+    assert tuple(PROJECTORS) == PROJECTOR_KINDS
+
+
+def test_grid_projectors_refuse_prefix_tokens(tokenizer):
+    cfg = tiny_model_config(projector="pool")
+    cfg.encoder.keep_prefix_tokens = True
+    with pytest.raises(ValueError, match="needs the patch grid: set model.encoder.keep_prefix_tokens: false"):
+        CaptionModel(cfg, tokenizer)
+
+
 def test_pool_projector_is_average_of_2x2_patches(tokenizer):
     model = CaptionModel(tiny_model_config(projector="pool"), tokenizer)
     feats = torch.randn(1, 16, 64)  # 4x4 grid

@@ -44,9 +44,20 @@ def split_generation_overrides(arguments: list[str]) -> tuple[list[str], list[st
     return [a for a in arguments if not GENERATION_OVERRIDE.match(a)], overrides
 
 
-def generation_changes(args: argparse.Namespace, flags: dict[str, str]) -> dict:
-    """The generation settings the command line changes: the older flags (``flags``: attribute -> field, when
-    given), then the dotted ``generation.KEY=VALUE`` overrides (``args.overrides``), which win."""
+GENERATION_FLAGS = {"beams": "num_beams", "max_new_tokens": "max_new_tokens"}
+"""The flags of ``mmgen caption`` and ``evaluate`` for generation settings (``--beams``, ``--max-new-tokens``):
+attribute -> the setting it changes. Every other setting is reached by ``generation.KEY=VALUE``."""
+
+
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--beams`` and ``--max-new-tokens`` (:data:`GENERATION_FLAGS`)."""
+    parser.add_argument("--beams", type=int, default=None, help="beam size (default: the model's saved setting)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="caption length limit in tokens")
+
+
+def generation_changes(args: argparse.Namespace, flags: dict[str, str] = GENERATION_FLAGS) -> dict:
+    """The generation settings the command line changes: the flags (``flags``: attribute -> field, when given),
+    then the dotted ``generation.KEY=VALUE`` overrides (``args.overrides``), which win."""
     from mmgen.config import generation_overrides
 
     changes = {field: getattr(args, attr) for attr, field in flags.items() if getattr(args, attr, None) is not None}

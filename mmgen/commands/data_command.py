@@ -71,7 +71,7 @@ def _add_stats(p: argparse.ArgumentParser) -> None:
 
 def _run_stats(args: argparse.Namespace) -> int:
     from mmgen.config import DataConfig
-    from mmgen.data.formats import DataFormatError
+    from mmgen.data.records import DataFormatError
     from mmgen.data.sources import load_records
     from mmgen.data.stats import dataset_stats, format_stats, stats_dict
 

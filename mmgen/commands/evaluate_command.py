@@ -13,6 +13,7 @@ from pathlib import Path
 from mmgen.commands import (
     FAILED,
     UsageError,
+    add_generation_flags,
     add_generation_overrides,
     add_threads_option,
     apply_threads,
@@ -38,8 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--images", help="images directory for COCO-style annotation files")
     p.add_argument("--split", help="split to evaluate (Karpathy / HF datasets), e.g. test")
-    p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's saved setting)")
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    add_generation_flags(p)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--tokenizer", choices=("auto", "java", "python"), default="auto", help="PTB tokenizer backend")
@@ -82,7 +82,7 @@ def load_inputs(args: argparse.Namespace, device: str):
         model = CaptionModel.from_pretrained(args.model, device=device)
     except (FileNotFoundError, OSError) as e:
         raise UsageError(f"cannot load the model: {e}") from None
-    changes = generation_changes(args, {"beams": "num_beams", "max_new_tokens": "max_new_tokens"})
+    changes = generation_changes(args)
     gen = dataclasses.replace(model.generation_config, **changes)
     try:
         records = load_records(args.data if len(args.data) > 1 else args.data[0], images=args.images, split=args.split)

@@ -80,7 +80,8 @@ def build_app(args: argparse.Namespace, generate=None):
     from mmgen.serve.app import create_app
 
     apply_threads(args)
-    changes = generation_changes(args, {})  # misspelt keys fail before the model is loaded
+    # generation.KEY=VALUE only (--max-new-tokens here is a limit); misspelt keys fail before the model is loaded
+    changes = generation_changes(args, {})
     captioner = load_captioner(args)
     captioner.generation = captioner.resolve_generation(**changes)
     settings = ServeSettings(

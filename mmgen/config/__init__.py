@@ -34,6 +34,7 @@ from mmgen.config.model import (
     TokenizerConfig,
 )
 from mmgen.config.run import (
+    OBJECTIVES,
     Config,
     DataConfig,
     EvalConfig,
@@ -45,6 +46,7 @@ from mmgen.config.run import (
 )
 
 __all__ = [
+    "OBJECTIVES",
     "PROJECTOR_KINDS",
     "SDPA_BACKENDS",
     "Config",

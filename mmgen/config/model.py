@@ -81,6 +81,8 @@ class EncoderConfig:
 
 
 PROJECTOR_KINDS = ("linear", "mlp", "pool", "pixel_shuffle", "mapper")
+"""The projectors ``model.projector.kind`` names: the keys of :data:`mmgen.models.projector.PROJECTORS` (a test
+holds the two equal; the config cannot import the models it configures)."""
 
 
 @dataclass

@@ -109,6 +109,11 @@ class EvalConfig:
         choice(self.metric, "eval.metric", ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "loss"))
 
 
+OBJECTIVES = ("xe", "scst")
+"""The training objectives ``train.objective`` names: the keys of :data:`mmgen.training.objectives.TRAINERS` (a test
+holds the two equal; the config cannot import the trainers it configures)."""
+
+
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/run"
@@ -189,7 +194,7 @@ class TrainConfig:
     @collecting
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives a list
-        choice(self.objective, "train.objective", ("xe", "scst"))
+        choice(self.objective, "train.objective", OBJECTIVES)
         choice(self.schedule, "train.schedule", ("steps", "time"))
         choice(self.compile_mode, "train.compile_mode", ("default", "max-autotune-no-cudagraphs", "reduce-overhead"))
         choice(self.loss_impl, "train.loss_impl", ("plain", "auto", "chunked", "liger", "cce"))

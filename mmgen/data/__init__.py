@@ -11,8 +11,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "formats": ("Record", "DataFormatError", "read_coco", "read_karpathy", "read_jsonl", "read_csv"),
-    "sources": ("load_records", "load_split", "detect_format"),
+    "records": ("Record", "DataFormatError", "DerivedId"),
+    "formats": ("FILE_FORMATS", "read_coco", "read_karpathy", "read_jsonl", "read_csv"),
+    "splits": ("split_names", "select_split"),
+    "sources": ("load_records", "load_split", "detect_format", "FORMATS"),
     "hf": ("hf_records", "load_hf_datasets", "HFRecords", "StreamingRecords", "split_by_node", "require_datasets"),
     "images": ("decode_image", "to_rgb", "BadImageError", "BadItem", "BadImageTracker", "TooManyBadImagesError"),
     "transforms": ("build_transform", "resolve_data_config", "image_size"),

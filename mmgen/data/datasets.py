@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from mmgen.data.formats import Record
 from mmgen.data.images import DEFAULT_MAX_PIXELS, BadImageError, BadItem, decode_image, source_name
+from mmgen.data.records import Record
 
 _MASK64 = (1 << 64) - 1
 

@@ -38,8 +38,8 @@ from torch.utils.data import DataLoader
 
 from mmgen.config import to_dict
 from mmgen.data.datasets import CaptionEvalDataset
-from mmgen.data.formats import Record
 from mmgen.data.images import BadItem
+from mmgen.data.records import Record
 
 INDEX_NAME = "index.json"
 FORMAT = "mmgen-features"

@@ -48,8 +48,8 @@ from mmgen.data.feature_store import (
     weights_hash,
     write_shard,
 )
-from mmgen.data.formats import Record
 from mmgen.data.images import TooManyBadImagesError
+from mmgen.data.records import Record
 from mmgen.data.transforms import build_transform, resolve_data_config
 from mmgen.distributed import DistState
 

@@ -1,9 +1,10 @@
-"""The :class:`Record` interface and the readers of caption files: COCO annotation files, Karpathy
-splits, JSONL and CSV tables.
+"""The caption file formats: COCO annotation files, Karpathy splits, JSONL and CSV tables. Each is a reader,
+an entry of :data:`FILE_FORMATS` (the one table of them) and a rule of :func:`sniff_json` (which tells them
+apart by content).
 
 :func:`mmgen.data.sources.load_records` is the entry point that detects the format and calls these
-readers (or :mod:`mmgen.data.hf`). Malformed input raises :class:`DataFormatError` naming the file
-and the line or key.
+readers (or :mod:`mmgen.data.hf`). Malformed input raises :class:`~mmgen.data.records.DataFormatError`
+naming the file and the line or key.
 """
 
 from __future__ import annotations
@@ -11,109 +12,17 @@ from __future__ import annotations
 import csv
 import json
 import os
-import warnings
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mmgen.data.records import DataFormatError, DerivedId, Record, warn_dropped
+from mmgen.data.splits import counted_as, filter_records
 
 IMAGE_COLUMNS = ("image", "file_name", "filename", "image_path", "path", "file", "img", "jpg", "png")
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text", "txt", "raw")
 ID_COLUMNS = ("image_id", "cocoid", "imgid", "id")
-SPLIT_ALIASES = {"val": ("validation", "valid", "dev"), "validation": ("val", "valid", "dev"), "test": ("testing",)}
-"""Other names of a split: asking for 'val' also finds 'validation'."""
-
-
-class DataFormatError(ValueError):
-    """Malformed dataset input; the message names the file and, where it applies, the line or key."""
-
-
-class DerivedId(str):
-    """An image_id made from the image's file name or row position because the data gives none.
-
-    It equals the plain string (results files and reports are unchanged); it only tells the train/val
-    overlap check (:func:`mmgen.data.sources.overlapping_images`) not to take it for an identity.
-    """
-
-    __slots__ = ()
-
-
-def split_names(split: str, restval: bool = True) -> set[str]:
-    """The split values that count as ``split``: itself, its aliases ('val' finds 'validation'), and
-    'restval' for 'train' when ``restval``."""
-    names = {split, *SPLIT_ALIASES.get(split, ())}
-    if split == "train" and restval:
-        names.add("restval")
-    return names
-
-
-def select_split(
-    splits: Sequence[Any], split: str | None, restval: bool, source: Any, name: Any = None
-) -> list[int] | None:
-    """Positions of the entries (records, rows) of ``split``, given each entry's split value.
-
-    Args:
-        splits: The split value of every entry (None: the entry has none).
-        split: The split to keep; None keeps everything.
-        restval: Count 'restval' as 'train'.
-        source: The file or dataset, for errors.
-        name: ``name(i)`` describes entry ``i`` in errors (default: its position).
-
-    Returns:
-        The positions to keep, or None to keep the whole source (no split asked for, or no entry has a split).
-
-    Raises:
-        DataFormatError: no entry is in ``split`` (naming the splits there are), or some entries have a
-            split and others none.
-    """
-    if split is None:
-        return None
-    have = Counter(splits)
-    unsplit = have.pop(None, 0)
-    if not have:  # no split information: the whole source
-        return None
-    if unsplit:
-        i = next(i for i, s in enumerate(splits) if s is None)
-        raise DataFormatError(
-            f"{source}: {unsplit} record(s) have no split while the others have one (e.g. "
-            f"{name(i) if name else f'record {i}'}); give every record a split (or none, to use the source whole)"
-        )
-    wanted = split_names(split, restval)
-    keep = [i for i, s in enumerate(splits) if s in wanted]
-    if not keep:
-        there = ", ".join(f"{k!r} ({n} records)" for k, n in sorted(have.items(), key=lambda kv: str(kv[0])))
-        raise DataFormatError(f"{source}: no record is in split {split!r}; the splits it has are {there}")
-    return keep
-
-
-def warn_dropped(path: Any, where: Sequence[str], what: str = "empty caption(s)") -> None:
-    """Say how many captions of a file were dropped (empty or whitespace only), naming a few places."""
-    if not where:
-        return
-    shown = ", ".join(where[:5]) + (", ..." if len(where) > 5 else "")
-    warnings.warn(f"{path}: dropped {len(where)} {what} ({shown})", stacklevel=3)
-
-
-@dataclass
-class Record:
-    """One image with its reference captions.
-
-    Attributes:
-        image: A path (str or Path), the encoded bytes, or a PIL image.
-        captions: Reference captions (at least one for training; may be empty for caption-only use).
-        image_id: The dataset's id for the image (COCO id, file stem, ...); unique within a dataset.
-        split: 'train' / 'val' / 'test' / 'restval' when the source says, else None.
-    """
-
-    image: Any
-    captions: list[str] = field(default_factory=list)
-    image_id: Any = None
-    split: str | None = None
-
-    def __repr__(self) -> str:
-        image = f"<{len(self.image)} bytes>" if isinstance(self.image, (bytes, bytearray)) else repr(self.image)
-        return f"Record(image={image}, captions={self.captions!r}, image_id={self.image_id!r}, split={self.split!r})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +113,8 @@ def read_karpathy(
         path: The json file.
         images: Root directory; an image lives at ``images/filepath/filename`` (``filepath`` only in the
             COCO file). Default: the json's directory.
-        split: Keep only this split ('train', 'val', 'test'); None keeps all.
+        split: Keep only this split ('train', 'val', 'test'; see :func:`mmgen.data.splits.filter_records`);
+            None keeps all.
         restval: Count 'restval' images as 'train' (the usual 113k-image COCO training set).
         data: The already parsed json.
 
@@ -219,11 +129,6 @@ def read_karpathy(
     for i, im in enumerate(_expect_list(data, "images", path)):
         if not isinstance(im, dict) or "filename" not in im or not isinstance(im.get("sentences"), list):
             raise DataFormatError(f"{path}: images[{i}] needs 'filename' and a 'sentences' list, got {_short(im)}")
-        s = im.get("split")
-        if s == "restval" and restval:
-            s = "train"
-        if split is not None and s != split:
-            continue
         caps = []
         for j, sent in enumerate(im["sentences"]):
             raw = sent.get("raw") if isinstance(sent, dict) else None
@@ -237,11 +142,10 @@ def read_karpathy(
             else:
                 blank.append(f"images[{i}].sentences[{j}]")
         image_id = im.get("cocoid", im.get("imgid", im["filename"]))
-        out.append(
-            Record(image=str(root / im.get("filepath", "") / im["filename"]), captions=caps, image_id=image_id, split=s)
-        )
+        image = str(root / im.get("filepath", "") / im["filename"])
+        out.append(Record(image=image, captions=caps, image_id=image_id, split=counted_as(im.get("split"), restval)))
     warn_dropped(path, blank)
-    return out
+    return out if split is None else filter_records(out, split, restval, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,3 +366,47 @@ def sniff_json(path: Path) -> tuple[str, Any]:
             f"(images[0] = {_short(first)})"
         )
     return "jsonl", None  # a single-line JSONL file or a list of row objects
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a reader may take beyond the file and its images folder (each reads what applies to it)."""
+
+    restval: bool = True
+    """Karpathy: 'restval' images count as 'train'."""
+    image_column: str | None = None
+    """Tables: the preferred image column (auto-detected otherwise)."""
+    caption_column: str | Sequence[str] | None = None
+    """Tables: the preferred caption column(s) (auto-detected otherwise)."""
+    keep_uncaptioned: bool = False
+    """COCO: also the images without a caption."""
+
+
+Reader = Callable[[Path, "str | Path | None", ReadOptions, Any], list[Record]]
+"""``reader(path, images, options, parsed)``: the records of a file (``parsed``: its json when detection read
+it already, else None). Split selection is the caller's (:mod:`mmgen.data.splits`)."""
+
+
+def _coco(path: Path, images: Any, options: ReadOptions, parsed: Any) -> list[Record]:
+    return read_coco(path, images, data=parsed, keep_uncaptioned=options.keep_uncaptioned)
+
+
+def _karpathy(path: Path, images: Any, options: ReadOptions, parsed: Any) -> list[Record]:
+    return read_karpathy(path, images, None, options.restval, data=parsed)
+
+
+def _jsonl(path: Path, images: Any, options: ReadOptions, parsed: Any) -> list[Record]:
+    return read_jsonl(path, images, options.image_column, options.caption_column)
+
+
+def _csv(path: Path, images: Any, options: ReadOptions, parsed: Any) -> list[Record]:
+    return read_csv(path, images, options.image_column, options.caption_column)
+
+
+FILE_FORMATS: dict[str, Reader] = {"coco": _coco, "karpathy": _karpathy, "jsonl": _jsonl, "csv": _csv}
+"""The caption file formats by name (what :func:`sniff_json` tells apart), each with its reader."""

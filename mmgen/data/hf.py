@@ -16,22 +16,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmgen.data.formats import (
-    CAPTION_COLUMNS,
-    ID_COLUMNS,
-    IMAGE_COLUMNS,
-    SPLIT_ALIASES,
-    DataFormatError,
-    DerivedId,
-    Record,
-    caption_list,
-    select_split,
-    split_names,
-    warn_dropped,
-)
-
-SPLIT_COLUMN = "split"
-"""A column of this name in a HF dataset is its per-row split ('train' / 'val' / 'test' / 'restval')."""
+from mmgen.data.formats import CAPTION_COLUMNS, ID_COLUMNS, IMAGE_COLUMNS, caption_list
+from mmgen.data.records import DataFormatError, DerivedId, Record, warn_dropped
+from mmgen.data.splits import SPLIT_COLUMN, in_split, keep_split_rows, named_split, split_names
 
 
 def require_datasets(feature: str) -> Any:
@@ -56,8 +43,12 @@ def _files(source: str) -> list[str]:
     return [source] if os.path.isfile(source) else []
 
 
+HF_FORMATS = ("hf_disk", "imagefolder", "parquet", "webdataset", "hub")
+"""The kinds of Hugging Face source (:func:`detect_hf_kind`), all read by :func:`hf_records`."""
+
+
 def detect_hf_kind(source: str | Path) -> str | None:
-    """'hf_disk' | 'imagefolder' | 'parquet' | 'webdataset' | 'hub', or None when not a HF source."""
+    """One of :data:`HF_FORMATS`, or None when not a HF source."""
     s = str(source)
     p = Path(s)
     if p.is_dir():
@@ -89,34 +80,6 @@ def detect_hf_kind(source: str | Path) -> str | None:
     return "hub"
 
 
-def _select_split(dd: Any, split: str | None, source: str, folder: bool = False) -> list[tuple[str | None, Any]]:
-    """``[(split_name, dataset)]`` from a DatasetDict: the requested split (or an alias), or all of them.
-
-    ``folder``: the DatasetDict comes from a local folder, where ``datasets`` names everything 'train'
-    when the files carry no split names; such a folder has no split information and is taken whole.
-    """
-    if split is None:
-        return list(dd.items())
-    for name in (split, *SPLIT_ALIASES.get(split, ())):
-        if name in dd:
-            return [(name, dd[name])]
-    if folder and list(dd.keys()) == ["train"]:
-        return [(None, dd["train"])]
-    raise DataFormatError(f"{source}: no split {split!r}; available splits are {list(dd.keys())}")
-
-
-def keep_split_rows(ds: Any, split: str | None, restval: bool = True, source: Any = "dataset") -> Any:
-    """The rows of a map-style dataset whose ``split`` column is ``split`` (a dataset without that column,
-    or ``split`` None: all of them). Raises :class:`DataFormatError` as
-    :func:`mmgen.data.formats.select_split` does (no row of the split, or rows without a split)."""
-    if split is None or SPLIT_COLUMN not in (ds.column_names or []):
-        return ds
-    keep = select_split(list(ds[SPLIT_COLUMN]), split, restval, source, name=lambda i: f"row {i}")
-    if keep is None or len(keep) == len(ds):
-        return ds
-    return ds.select(keep, keep_in_memory=True)  # never writes an index file into the user's dataset folder
-
-
 def load_hf_datasets(
     source: str | Path,
     kind: str | None = None,
@@ -130,7 +93,7 @@ def load_hf_datasets(
     Explicit shard files or globs are the requested split themselves (named ``split``, or 'train');
     folders and hub datasets carry their own split names, of which ``split`` picks one (None: all).
     A ``split`` column further selects the rows of ``split`` in map-style datasets (streams are filtered
-    as they are read, by :class:`StreamingRecords`).
+    as they are read, by :class:`StreamingRecords`); :mod:`mmgen.data.splits` decides both.
 
     Args:
         source: A save_to_disk folder, an image folder with metadata, shard files / a glob / a folder
@@ -153,21 +116,21 @@ def _load_parts(
     kind = kind or detect_hf_kind(s)
     if kind == "hf_disk":
         loaded = datasets.load_from_disk(s)
-        parts = _select_split(loaded, split, s) if isinstance(loaded, datasets.DatasetDict) else [(split, loaded)]
+        parts = named_split(loaded, split, s) if isinstance(loaded, datasets.DatasetDict) else [(split, loaded)]
         if streaming:  # several shards so that ranks and workers can split them; the split column read first
             parts = [(n, keep_split_rows(d, split, restval, s)) for n, d in parts]
             parts = [(n, d.to_iterable_dataset(num_shards=max(1, min(len(d), 16)))) for n, d in parts]
         return parts
     kw: dict[str, Any] = {"cache_dir": cache_dir, "streaming": streaming}
     if kind == "imagefolder":
-        return _select_split(datasets.load_dataset("imagefolder", data_dir=s, **kw), split, s, folder=True)
+        return named_split(datasets.load_dataset("imagefolder", data_dir=s, **kw), split, s, folder=True)
     if kind in ("parquet", "webdataset"):
         if os.path.isdir(s):
-            return _select_split(datasets.load_dataset(kind, data_dir=s, **kw), split, s, folder=True)
+            return named_split(datasets.load_dataset(kind, data_dir=s, **kw), split, s, folder=True)
         name = split or "train"
         return [(split, datasets.load_dataset(kind, data_files={name: _files(s)}, split=name, **kw))]
     if kind == "hub":
-        return _select_split(datasets.load_dataset(s, **kw), split, s)
+        return named_split(datasets.load_dataset(s, **kw), split, s)
     raise DataFormatError(f"{s}: not a Hugging Face dataset source (kind {kind!r})")
 
 
@@ -310,9 +273,7 @@ class StreamingRecords:
         # worker's shards, so no splitting here
         for split, ds, img, cap in self.parts:
             for i, row in enumerate(ds):
-                if self.wanted is not None and SPLIT_COLUMN in row and row[SPLIT_COLUMN] not in self.wanted:
-                    if row[SPLIT_COLUMN] in (None, ""):
-                        raise DataFormatError(f"{self.source}: row {i} has no split while others have one")
+                if not in_split(row, self.wanted, self.source, i):
                     continue
                 yield row_to_record(row, img, cap, split, f"{split or 'row'}/{i}")
 

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mmgen.data.formats import Record
 from mmgen.data.images import DEFAULT_MAX_PIXELS, BadItem
+from mmgen.data.records import Record
 
 
 class PreloadedImages:

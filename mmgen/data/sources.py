@@ -1,9 +1,10 @@
 """One entry point for caption data: :func:`load_records` detects the format of each source from its
 content (not its name) and returns records from the matching reader.
 
-Supported: COCO caption json + images directory, Karpathy split json, JSONL/CSV tables (see
-:mod:`mmgen.data.formats`), and Hugging Face sources -- save_to_disk folders, image folders with
-metadata, parquet/webdataset shards, hub names, streaming (see :mod:`mmgen.data.hf`).
+Supported: COCO caption json + images directory, Karpathy split json, JSONL/CSV tables (the table
+:data:`mmgen.data.formats.FILE_FORMATS`), and Hugging Face sources -- save_to_disk folders, image folders
+with metadata, parquet/webdataset shards, hub names, streaming (:data:`mmgen.data.hf.HF_FORMATS`). Which
+records a split holds is decided by :mod:`mmgen.data.splits`.
 """
 
 from __future__ import annotations
@@ -15,26 +16,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmgen.data.formats import (
-    DataFormatError,
-    DerivedId,
-    Record,
-    read_coco,
-    read_csv,
-    read_jsonl,
-    read_karpathy,
-    select_split,
-    sniff_json,
-)
+from mmgen.data.formats import FILE_FORMATS, ReadOptions, sniff_json
+from mmgen.data.hf import HF_FORMATS, detect_hf_kind, hf_records
+from mmgen.data.records import DataFormatError, DerivedId, Record
+from mmgen.data.splits import filter_records
 
-FILE_FORMATS = ("coco", "karpathy", "jsonl", "csv")
-HF_FORMATS = ("hf_disk", "imagefolder", "parquet", "webdataset", "hub")
+FORMATS = (*FILE_FORMATS, *HF_FORMATS)
+"""Every format :func:`load_records` reads, by name."""
 
 
 def _detect(source: str | Path) -> tuple[str, Any]:
     """(format, the parsed json for COCO/Karpathy files or None)."""
-    from mmgen.data.hf import detect_hf_kind
-
     kind = detect_hf_kind(source)  # binary shards, dataset folders, hub names; needs no `datasets`
     if kind is not None:
         return kind, None
@@ -48,20 +40,13 @@ def _detect(source: str | Path) -> tuple[str, Any]:
 
 
 def detect_format(source: str | Path) -> str:
-    """The format of a data source, from its content: one of FILE_FORMATS or HF_FORMATS.
+    """The format of a data source, from its content: one of :data:`FORMATS`.
 
     Raises:
         FileNotFoundError: a path-like source that does not exist.
         DataFormatError: a folder or file that holds no recognised dataset.
     """
     return _detect(source)[0]
-
-
-def _filter_split(records: list[Record], split: str | None, restval: bool, source: Any) -> list[Record]:
-    """The records of ``split`` (see :func:`mmgen.data.formats.select_split`); a source without any split
-    information is taken whole."""
-    keep = select_split([r.split for r in records], split, restval, source, name=lambda i: records[i].image)
-    return records if keep is None else [records[i] for i in keep]
 
 
 def _merge_duplicates(records: list[Record], sources: str) -> list[Record]:
@@ -82,8 +67,6 @@ def _merge_duplicates(records: list[Record], sources: str) -> list[Record]:
 
 def _expand_globs(sources: list, dirs: list) -> tuple[list, list]:
     """A glob over caption files (``captions_*2017.json``) becomes one source per file; shard globs stay."""
-    from mmgen.data.hf import detect_hf_kind
-
     out_s, out_d = [], []
     for s, d in zip(sources, dirs):
         if isinstance(s, str) and glob.has_magic(s) and detect_hf_kind(s) is None:
@@ -100,8 +83,6 @@ def _load_one(source: str | Path, images: str | Path | None, split: str | None, 
     fmt, data = (kw["format"], None) if kw.get("format") else _detect(source)
     cols = {"image_column": kw.get("image_column"), "caption_column": kw.get("caption_column")}
     if fmt in HF_FORMATS:
-        from mmgen.data.hf import hf_records
-
         return hf_records(
             source,
             fmt,
@@ -113,16 +94,11 @@ def _load_one(source: str | Path, images: str | Path | None, split: str | None, 
             world_size=kw.get("world_size", 1),
             **cols,
         )
-    path = Path(source)
-    if fmt == "coco":  # data: parsed once, during detection
-        return read_coco(path, images, data=data, keep_uncaptioned=kw.get("keep_uncaptioned", False))
-    if fmt == "karpathy":
-        return _filter_split(read_karpathy(path, images, None, restval, data=data), split, restval, path)
-    if fmt == "jsonl":
-        return _filter_split(read_jsonl(path, images, **cols), split, restval, path)
-    if fmt == "csv":
-        return _filter_split(read_csv(path, images, **cols), split, restval, path)
-    raise DataFormatError(f"{source}: unknown format {fmt!r}; expected one of {FILE_FORMATS + HF_FORMATS}")
+    if fmt not in FILE_FORMATS:
+        raise DataFormatError(f"{source}: unknown format {fmt!r}; expected one of {FORMATS}")
+    options = ReadOptions(restval=restval, keep_uncaptioned=kw.get("keep_uncaptioned", False), **cols)
+    records = FILE_FORMATS[fmt](Path(source), images, options, data)  # data: parsed once, during detection
+    return filter_records(records, split, restval, Path(source))
 
 
 def load_records(
@@ -160,7 +136,7 @@ def load_records(
         rank: With ``world_size > 1``, keep only this rank's part (HF ``split_dataset_by_node``;
             map-style data is usually split by a DistributedSampler instead).
         world_size: Number of ranks.
-        format: Skip detection (one of FILE_FORMATS + HF_FORMATS).
+        format: Skip detection (one of :data:`FORMATS`).
         keep_uncaptioned: COCO files: also return the images that have no caption (other formats always
             return them; training leaves them out).
 
@@ -235,8 +211,6 @@ def load_split(
 def is_stream(source: str | Path | Sequence[str | Path]) -> bool:
     """Whether ``load_records(source, streaming=True)`` streams: some source is a Hugging Face one (file
     formats are read whole)."""
-    from mmgen.data.hf import detect_hf_kind
-
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     sources, _ = _expand_globs(sources, [None] * len(sources))
     return any(detect_hf_kind(s) is not None for s in sources)
@@ -246,7 +220,7 @@ def identity_keys(records: Sequence[Record]) -> list[tuple[str | None, str | Non
     """``(image path, image_id)`` of every record, each None where there is none to compare by.
 
     Paths are absolute and normalised; ids are compared as text, and ids made up from a file name or a
-    row position (:class:`~mmgen.data.formats.DerivedId`) are left out. HF-backed sequences give their id
+    row position (:class:`~mmgen.data.records.DerivedId`) are left out. HF-backed sequences give their id
     column without reading any image.
     """
     if hasattr(records, "identity_keys"):  # HFRecords

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmgen.data.formats import Record
 from mmgen.data.images import DEFAULT_MAX_PIXELS, BadImageError, decode_image, source_name
+from mmgen.data.records import Record
 
 # Scripts written without spaces between words: each character (with its vowel signs and tone marks)
 # counts as a word there.

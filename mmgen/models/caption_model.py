@@ -89,12 +89,7 @@ class CaptionModel(nn.Module):
         self.encoder = Encoder(config.encoder, load_weights=load_weights)
         self.decoder = build_decoder(config.decoder, len(tokenizer), special, hf_config=decoder_hf_config)
         d_lm = self.decoder.get_input_embeddings().embedding_dim
-        grid = None if config.encoder.keep_prefix_tokens else self.encoder.grid_size
-        if config.projector.kind in ("pool", "pixel_shuffle") and grid is None:
-            raise ValueError(
-                f"model.projector.kind={config.projector.kind} needs the patch grid: "
-                "set model.encoder.keep_prefix_tokens: false"
-            )
+        grid = None if config.encoder.keep_prefix_tokens else self.encoder.grid_size  # patch tokens only
         self.projector = build_projector(config.projector, self.encoder.embed_dim, d_lm, grid)
         self.register_buffer("start_ids", torch.tensor(start_ids(tokenizer, config.prompt)), persistent=False)
         self._check_positions()

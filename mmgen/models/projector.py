@@ -1,6 +1,7 @@
 """Projectors: encoder tokens (B, N, C) -> decoder embeddings (B, N', D).
 
-A small registry (``PROJECTORS``) of real variants:
+A small registry (``PROJECTORS``, keyed by the kinds the config accepts:
+:data:`mmgen.config.PROJECTOR_KINDS`) of real variants:
 - ``linear``: one linear map.
 - ``mlp``: Linear -> GELU -> Linear (LLaVA-1.5).
 - ``pool``: 2-D average pooling over the patch grid (factor f: N' = N / f^2), then the mlp.
@@ -129,8 +130,11 @@ class MapperProjector(nn.Module):
 
 
 def _check_grid(grid: tuple[int, int] | None, cfg: ProjectorConfig) -> None:
+    """A projector that works on the patch grid needs one (only patch tokens), divisible by its factor."""
     if grid is None:
-        raise ValueError(f"model.projector.kind={cfg.kind} needs an encoder with a patch grid")
+        raise ValueError(
+            f"model.projector.kind={cfg.kind} needs the patch grid: set model.encoder.keep_prefix_tokens: false"
+        )
     if grid[0] % cfg.factor or grid[1] % cfg.factor:
         raise ValueError(f"model.projector.factor={cfg.factor} must divide the patch grid {grid[0]}x{grid[1]}")
 

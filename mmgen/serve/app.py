@@ -1,9 +1,10 @@
 """The HTTP API of ``mmgen serve`` (FastAPI): ``POST /v1/caption``, ``GET /health``, the upload page at ``/``.
 
 ``POST /v1/caption`` takes either a multipart form (field ``image``: the file; other fields: options)
-or a JSON object (``image``: base64 of the file, or a ``data:`` URL; other keys: options). Options:
-``beams``, ``max_new_tokens``, ``num_return_sequences``, ``prompt`` and ``bad_words`` (a list, or
-comma-separated in a form). The answer is ``{"caption", "captions", "scores", "batch_size",
+or a JSON object (``image``: base64 of the file, or a ``data:`` URL; other keys: options). Options
+(:data:`OPTIONS`, the one table they are read, checked and described from): ``beams``,
+``max_new_tokens``, ``num_return_sequences``, ``prompt`` and ``bad_words`` (a list, or comma-separated in
+a form). The answer is ``{"caption", "captions", "scores", "batch_size",
 "queued_ms"}``. Errors are ``{"error": message}`` with 400 (malformed request), 413 (body or image
 too large), 415 (another content type), 422 (an image that cannot be decoded, a bad option) or 429
 (the queue is full; ``Retry-After`` says when to try again). The interactive docs pages are left
@@ -17,6 +18,7 @@ import base64
 import binascii
 import json
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -37,15 +39,43 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
-OPTIONS = ("beams", "max_new_tokens", "num_return_sequences", "prompt", "bad_words")
+@dataclass(frozen=True)
+class Option:
+    """An option a request may set."""
 
-_OPTION_SCHEMA = {
-    "beams": {"type": "integer", "minimum": 1, "description": "beam size (1: greedy)"},
-    "max_new_tokens": {"type": "integer", "minimum": 1, "description": "caption length limit in tokens"},
-    "num_return_sequences": {"type": "integer", "minimum": 1, "description": "captions returned, best first"},
-    "prompt": {"type": "string", "description": "text the caption continues (default: the model's prompt)"},
-    "bad_words": {"type": "array", "items": {"type": "string"}, "description": "words never generated"},
+    schema: dict
+    """Its JSON schema: 'integer' (from ``minimum`` up to the limit), 'string' (up to ``maxLength``), or 'array' of
+    strings (comma-separated text in a form)."""
+    field: str | None = None
+    """The generation setting it sets (a ``GenerationConfig`` field); None: not a generation setting."""
+    limit: str | None = None
+    """The :class:`ServeSettings` attribute that bounds an integer from above."""
+
+
+OPTIONS = {
+    "beams": Option(
+        {"type": "integer", "minimum": 1, "description": "beam size (1: greedy)"}, field="num_beams", limit="max_beams"
+    ),
+    "max_new_tokens": Option(
+        {"type": "integer", "minimum": 1, "description": "caption length limit in tokens"},
+        field="max_new_tokens",
+        limit="max_new_tokens",
+    ),
+    "num_return_sequences": Option(
+        {"type": "integer", "minimum": 1, "description": "captions returned, best first"},
+        field="num_return_sequences",
+        limit="max_beams",
+    ),
+    "prompt": Option(
+        {"type": "string", "maxLength": 500, "description": "text the caption continues (default: the model's prompt)"}
+    ),
+    "bad_words": Option(
+        {"type": "array", "items": {"type": "string"}, "description": "words never generated"}, field="bad_words"
+    ),
 }
+"""The options of ``POST /v1/caption`` by name: their schema, parsing and checks all follow from this table."""
+_OPTION_SCHEMA = {name: option.schema for name, option in OPTIONS.items()}
+_LISTS = [name for name, option in OPTIONS.items() if option.schema["type"] == "array"]  # comma-separated in a form
 _REQUEST_SCHEMA = {
     "required": True,
     "content": {
@@ -55,7 +85,7 @@ _REQUEST_SCHEMA = {
                 "required": ["image"],
                 "properties": {
                     "image": {"type": "string", "format": "binary"},
-                    **{k: ({"type": "string"} if k == "bad_words" else v) for k, v in _OPTION_SCHEMA.items()},
+                    **{k: ({"type": "string"} if k in _LISTS else v) for k, v in _OPTION_SCHEMA.items()},
                 },
             }
         },
@@ -108,8 +138,9 @@ async def _parse_form(request: Request, body: bytes) -> tuple[bytes, str, dict]:
         raise ApiError(422, "the form needs a file field 'image'")
     data = await upload.read()
     options = {k: v for k, v in form.multi_items() if k != "image"}
-    if isinstance(options.get("bad_words"), str):
-        options["bad_words"] = [w.strip() for w in options["bad_words"].split(",") if w.strip()]
+    for name in _LISTS:
+        if isinstance(options.get(name), str):
+            options[name] = [w.strip() for w in options[name].split(",") if w.strip()]
     return data, upload.filename or "upload", options
 
 
@@ -130,10 +161,22 @@ def _parse_json(body: bytes) -> tuple[bytes, str, dict]:
     return data, "image", payload
 
 
-def _as_int(options: dict, key: str, low: int, high: int) -> int | None:
-    value = options.get(key)
-    if value is None:
-        return None
+def _checked(name: str, value: Any, option: Option, settings: ServeSettings) -> Any:
+    """An option's value as its setting takes it (a form's text read as an integer, a list as a tuple); 422
+    naming the option when it does not fit its schema."""
+    schema = option.schema
+    if schema["type"] == "integer":
+        return _as_int(name, value, schema["minimum"], getattr(settings, option.limit))
+    if schema["type"] == "string":
+        if not isinstance(value, str) or len(value) > schema["maxLength"]:
+            raise ApiError(422, f"{name}: expected a string of at most {schema['maxLength']} characters")
+        return value
+    if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+        raise ApiError(422, f"{name}: expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _as_int(key: str, value: Any, low: int, high: int) -> int:
     try:
         number = int(value) if not isinstance(value, bool) else None
     except (TypeError, ValueError):
@@ -158,24 +201,14 @@ def parse_options(
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ApiError(422, f"unknown option(s) {unknown}; valid: {list(OPTIONS)}")
-    overrides: dict[str, Any] = {"num_return_sequences": 1}
-    beams = _as_int(options, "beams", 1, settings.max_beams)
-    if beams is not None:
-        overrides["num_beams"] = beams
-    tokens = _as_int(options, "max_new_tokens", 1, settings.max_new_tokens)
-    if tokens is not None:
-        overrides["max_new_tokens"] = tokens
-    returned = _as_int(options, "num_return_sequences", 1, settings.max_beams)
-    if returned is not None:
-        overrides["num_return_sequences"] = returned
-    words = options.get("bad_words")
-    if words is not None:
-        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-            raise ApiError(422, f"bad_words: expected a list of strings, got {words!r}")
-        overrides["bad_words"] = tuple(words)
-    prompt = options.get("prompt")
-    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > 500):
-        raise ApiError(422, "prompt: expected a string of at most 500 characters")
+    overrides: dict[str, Any] = {"num_return_sequences": 1}  # one caption, unless asked for more
+    checked = {}  # the generation settings first, then the others
+    for name, option in sorted(OPTIONS.items(), key=lambda item: item[1].field is None):
+        if options.get(name) is not None:
+            checked[name] = _checked(name, options[name], option, settings)
+            if option.field is not None:
+                overrides[option.field] = checked[name]
+    prompt = checked.get("prompt")
     base, key = captioner.generation, tuple(sorted(overrides.items()))
     if cache is not None and cache.get(key, (None,))[0] is base:  # resolved from these very defaults
         return cache[key][1], prompt

@@ -1,8 +1,9 @@
-"""The training objectives, each with its trainer: ``train.objective`` picks one from :data:`TRAINERS`.
+"""The training objectives, each with its trainer: ``train.objective`` picks one from :data:`TRAINERS`, whose keys
+are the objectives the config accepts (:data:`mmgen.config.OBJECTIVES`).
 
 ``xe``: teacher-forced cross-entropy (:class:`~mmgen.training.trainer.Trainer`); ``scst``: self-critical
 sequence training with a CIDEr-D reward (:class:`~mmgen.training.scst.ScstTrainer`, the same loop with its
-own optimizer step). A new objective is one entry here.
+own optimizer step). A new objective is one entry here and its name in :data:`mmgen.config.OBJECTIVES`.
 """
 
 from __future__ import annotations

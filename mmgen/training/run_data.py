@@ -110,7 +110,7 @@ def check_overlap(cfg: Config, train_records: Any, val_records: Any, sources: tu
     Raises:
         DataFormatError: some images are in both, naming a few of them and the count.
     """
-    from mmgen.data.formats import DataFormatError
+    from mmgen.data.records import DataFormatError
     from mmgen.data.sources import overlapping_images
 
     dc = cfg.data

@@ -23,6 +23,7 @@ import sys
 from mmgen.commands import (
     FAILED,
     UsageError,
+    add_generation_flags,
     add_threads_option,
     apply_threads,
     load_captioner,
@@ -55,8 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=None, help="text the captions continue (default: the model's own prompt)")
     p.add_argument("--bad-words", default=None, metavar="W1,W2", help="comma-separated words never to generate")
     p.add_argument("--quantize", default=None, choices=("int8",), help="int8: dynamic int8 CPU inference")
-    p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's saved setting)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="caption length limit in tokens")
+    add_generation_flags(p)
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--json", action="store_true", help='print JSON lines {"image", "caption", "score"}')
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")

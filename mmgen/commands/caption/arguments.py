@@ -37,4 +37,4 @@ def generation_overrides(args: argparse.Namespace) -> dict:
     overrides = {"num_return_sequences": 1}  # one caption per image is printed
     if args.bad_words:
         overrides["bad_words"] = tuple(w.strip() for w in args.bad_words.split(",") if w.strip())
-    return {**overrides, **generation_changes(args, {"beams": "num_beams", "max_new_tokens": "max_new_tokens"})}
+    return {**overrides, **generation_changes(args)}

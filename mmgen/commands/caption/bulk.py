@@ -65,9 +65,9 @@ def _my_records(records: Sequence | Iterable, rank: int, world_size: int) -> Ite
 
 
 def _describe(item: Any) -> tuple[Any, str, Any]:
-    """(image source, printable name, image_id) of a :class:`~mmgen.data.formats.Record` or a path."""
-    from mmgen.data.formats import Record
+    """(image source, printable name, image_id) of a :class:`~mmgen.data.records.Record` or a path."""
     from mmgen.data.images import source_name
+    from mmgen.data.records import Record
 
     if isinstance(item, Record):
         return item.image, source_name(item.image, item.image_id), item.image_id
@@ -113,7 +113,7 @@ def caption_to_file(
 
     Args:
         captioner: A :class:`~mmgen.Captioner`.
-        records: Records (:class:`~mmgen.data.formats.Record`) or image paths, a sequence or a stream,
+        records: Records (:class:`~mmgen.data.records.Record`) or image paths, a sequence or a stream,
             in the same order at every rank and every rerun.
         out: The results file (JSON Lines).
         batch_size: Images per forward pass (and per flush to disk).
@@ -172,7 +172,7 @@ def _records(args: argparse.Namespace):
     """The records of ``--data`` (a stream for HF sources) or the image files named on the command line."""
     if not args.data:
         return expand_arguments(args.images)
-    from mmgen.data.formats import DataFormatError
+    from mmgen.data.records import DataFormatError
     from mmgen.data.sources import is_stream, load_records
 
     try:
