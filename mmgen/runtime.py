@@ -1,8 +1,27 @@
-"""Process-wide runtime settings: how many CPU threads torch uses."""
+"""How this process computes: how many CPU threads torch uses, and in which precision (the bf16 autocast of a run's
+``train.precision``, for training, evaluation and the feature cache alike)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+
+def bf16_autocast(precision: str, device: torch.device | str, cache: bool = True) -> contextlib.AbstractContextManager:
+    """The autocast of a precision setting (``train.precision``): bf16 on CUDA with 'auto', and anywhere with
+    'bf16'; nothing (fp32) with 'fp32', or with 'auto' off CUDA.
+
+    Args:
+        precision: 'auto', 'bf16' or 'fp32'.
+        device: Where the computation runs.
+        cache: Keep autocast's casts of the weights for the context's life; off where decoding steps replayed
+            from CUDA graphs outlive the context (they must cast the current weights, not read a freed copy).
+    """
+    device = torch.device(device)
+    if (precision == "auto" and device.type == "cuda") or precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, **({} if cache else {"cache_enabled": False}))
+    return contextlib.nullcontext()
 
 
 def set_threads(threads: int | None) -> bool:

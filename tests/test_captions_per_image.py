@@ -15,6 +15,7 @@ from mmgen.data.collate import CaptionCollator
 from mmgen.data.datasets import CaptionTrainDataset
 from mmgen.data.records import Record
 from mmgen.scenes.writer import make_scenes
+from mmgen.training.run_data import batch_inputs
 from mmgen.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def test_a_training_step_equals_the_loss_of_each_pair_with_its_own_image(tmp_pat
     for i, image_id in enumerate(batch["image_ids"]):
         mine = batch["captions"][3 * i : 3 * i + 3]
         assert len(set(mine)) == 3 and set(mine) <= refs[image_id]  # three different references of that image
-    inputs = trainer.batch_inputs(batch)
+    inputs = batch_inputs(batch, trainer.device)
     trainer.model.eval()  # no dropout: one network for both computations
     with torch.no_grad():
         shared = trainer.model(**inputs).loss

@@ -12,6 +12,7 @@ import torch
 
 from mmgen.config import load_config
 from mmgen.scenes.writer import make_scenes
+from mmgen.training.run_data import batch_inputs
 from mmgen.training.trainer import NonFiniteLossError, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,7 +220,7 @@ def test_label_smoothing_is_the_loss_the_run_trains_on(tmp_path, scenes):
     trainer = Trainer(cfg)
     assert trainer.levers.forward_kwargs == {"label_smoothing": 0.1}
     (batch,) = next(iter(trainer.batches.epoch(0, 0)))
-    inputs = trainer.batch_inputs(batch)
+    inputs = batch_inputs(batch, trainer.device)
     with torch.no_grad():  # the initial weights: the first step's loss (no dropout in the preset)
         smoothed = trainer.model(**inputs, label_smoothing=0.1).loss.item()
         plain = trainer.model(**inputs).loss.item()
@@ -305,7 +306,7 @@ def test_validation_loss_is_the_mean_token_loss_over_every_reference(tmp_path, s
     )
     trainer = Trainer(cfg)
     model = trainer.model.eval()
-    got = validation.validation_loss(trainer, model)
+    got = validation.validation_loss(model, trainer.data.val_records, cfg, trainer.device)
     want, tokens = _pairwise_loss(model, trainer.data.val_records, cfg.model.max_caption_tokens)
     assert len(trainer.data.val_records) == 5 and tokens > 5 * 5 * 5
     assert got == pytest.approx(want, rel=1e-5)
@@ -327,7 +328,7 @@ def test_undecodable_validation_images_are_named_counted_and_left_out(tmp_path, 
     trainer = Trainer(cfg)
     trainer.model.eval()
     with pytest.warns(UserWarning, match=r"1 validation image\(s\) could not be decoded") as caught:
-        scores = validation.evaluate(trainer)
+        scores = validation.evaluate(trainer.model, trainer.data.val_records, cfg, trainer.device)
     (message,) = [str(w.message) for w in caught if "could not be decoded" in str(w.message)]  # any other warnings
     assert str(broken["id"]) in message and broken["file_name"].split("/")[-1] in message
     assert scores["failed_images"] == 1.0

@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from mmgen.atomic_files import atomic_write_text
+
 
 class ConfigError(ValueError):
     """One or more configuration values or keys are invalid; each message names its dotted key.
@@ -343,9 +345,7 @@ def save_config(cfg: Any, path: str | Path) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     d = to_dict(cfg)
     text = yaml.safe_dump(d, sort_keys=False) if p.suffix in (".yaml", ".yml") else json.dumps(d, indent=2)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(p)
+    atomic_write_text(p, text)
 
 
 @functools.cache

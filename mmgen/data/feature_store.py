@@ -40,6 +40,7 @@ from mmgen.config import to_dict
 from mmgen.data.datasets import CaptionEvalDataset
 from mmgen.data.images import BadItem
 from mmgen.data.records import Record
+from mmgen.runtime import bf16_autocast
 
 INDEX_NAME = "index.json"
 FORMAT = "mmgen-features"
@@ -287,7 +288,7 @@ def _install(tmp: Path, cache_dir: Path) -> None:
 
 
 def _encode_all(
-    encoder: torch.nn.Module, loader: DataLoader, writer: _ShardWriter, dtype: torch.dtype, autocast: bool
+    encoder: torch.nn.Module, loader: DataLoader, writer: _ShardWriter, dtype: torch.dtype, precision: str
 ) -> list[dict]:
     """Run the encoder over the loader's batches (records in order) into ``writer``; returns the failures."""
     device = next(encoder.parameters()).device
@@ -295,7 +296,7 @@ def _encode_all(
     start, was_training = 0, encoder.training
     encoder.eval()
     try:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad(), bf16_autocast(precision, device):
             for items in loader:  # the loader keeps the record order, also with workers
                 good = [(start + k, it) for k, it in enumerate(items) if not isinstance(it, BadItem)]
                 failed += [
@@ -325,7 +326,7 @@ def build_feature_cache(
     num_workers: int = 0,
     max_pixels: int | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
-    autocast: bool = False,
+    precision: str = "fp32",
 ) -> None:
     """Encode every record's image and write the cache atomically (temporary directory, then rename).
 
@@ -340,7 +341,8 @@ def build_feature_cache(
         num_workers: DataLoader workers decoding images.
         max_pixels: Decompression-bomb limit.
         shard_bytes: Feature bytes per shard.
-        autocast: Run the encoder under bf16 autocast (CUDA).
+        precision: The run's ``train.precision``: the encoder runs under its autocast
+            (:func:`mmgen.runtime.bf16_autocast`), as in training.
     """
     cache_dir = Path(cache_dir)
     if cache_dir.exists() and not (cache_dir.is_dir() and _is_cache_dir(cache_dir)):
@@ -354,7 +356,7 @@ def build_feature_cache(
     start = time.time()
     try:
         writer = _ShardWriter(tmp, shard_bytes)
-        failed = _encode_all(encoder, loader, writer, dtype, autocast)
+        failed = _encode_all(encoder, loader, writer, dtype, precision)
         if writer.rows == 0:
             raise RuntimeError(f"feature cache: none of the {len(records)} images decoded: {failed_listing(failed)}")
         n_tokens, dim = writer.shape

@@ -348,7 +348,7 @@ def ensure_feature_cache(
                 batch_size=batch_size or cfg.eval.batch_size,
                 num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                 max_pixels=cfg.data.max_pixels, shard_bytes=shard_bytes,
-                autocast=device.type == "cuda" and cfg.train.precision != "fp32",
+                precision=cfg.train.precision,
             )  # fmt: skip
             built = True
         if cfg.data.augment:

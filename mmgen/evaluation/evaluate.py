@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from mmgen.config import GenerationConfig
+from mmgen.runtime import bf16_autocast
 
 
 @dataclass
@@ -72,10 +72,9 @@ def caption_records(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
-    bf16 = (precision == "auto" and device.type == "cuda") or precision == "bf16"
     # no autocast weight cache: decode steps replayed from CUDA graphs must not read cached casts that are
     # freed when the context exits
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False) if bf16 else contextlib.nullcontext()
+    ctx = bf16_autocast(precision, device, cache=False)
     candidates: dict[Any, str] = {}
     references: dict[Any, list[str]] = {}
     failed: list[tuple[Any, str]] = []

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
+from mmgen.atomic_files import atomic_path, atomic_write_text
 from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
 from mmgen.distributed import is_sharded
 from mmgen.errors import CheckpointError, MissingCheckpointFileError
@@ -22,7 +23,6 @@ from mmgen.models.encoder import Encoder, normalize_on_device
 from mmgen.models.files import (
     TOKENIZER_DIR,
     WEIGHTS_NAME,
-    atomic_write_text,
     jsonable,
     load_saved_tokenizer,
     load_weights,
@@ -425,9 +425,8 @@ class CaptionModel(nn.Module):
         }
         atomic_write_text(path / CONFIG_NAME, json.dumps(meta, indent=2))
         atomic_write_text(path / DECODER_CONFIG_NAME, base_model(self.decoder).config.to_json_string())
-        tmp = path / (WEIGHTS_NAME + ".tmp")
-        save_model(self, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path / WEIGHTS_NAME)
+        with atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_model(self, str(tmp), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
 
     @classmethod

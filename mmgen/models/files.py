@@ -163,11 +163,5 @@ def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> list[str
     return [name for name in missing if own[name].data_ptr() not in loaded]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def jsonable(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

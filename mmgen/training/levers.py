@@ -1,12 +1,14 @@
-"""Speed levers of the training step that depend on the device: ``train.loss_impl``, ``train.fp8`` and the CUDA
+"""How the training step computes on its device: under the precision's autocast and the allowed attention
+kernels (:func:`forward_context`), and with the speed levers ``train.loss_impl``, ``train.fp8`` and the CUDA
 graphs of ``train.compile_mode: reduce-overhead``.
 
-Each is checked against the device before any heavy work (:func:`check_levers`), so a run that asks for a
+Each lever is checked against the device before any heavy work (:func:`check_levers`), so a run that asks for a
 GPU-only lever on the wrong machine, or without its package, stops at once with a message that says what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,9 +17,20 @@ import torch
 from torch import nn
 
 from mmgen.config import ConfigError, TrainConfig
+from mmgen.runtime import bf16_autocast
+from mmgen.transformers_glue import sdpa_context
 
 FP8_CAPABILITY = (8, 9)
 """Compute capability of the first GPUs with float8 tensor cores (Ada; Hopper is 9.0)."""
+
+
+def forward_context(tc: TrainConfig, device: torch.device) -> contextlib.ExitStack:
+    """What every training forward runs under (the validation loss's too): the autocast of ``train.precision``
+    and the attention kernels of ``train.sdpa_backends``."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(bf16_autocast(tc.precision, device))
+    stack.enter_context(sdpa_context(tc.sdpa_backends))
+    return stack
 
 
 @dataclass

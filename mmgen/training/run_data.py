@@ -357,3 +357,14 @@ class TrainBatches:
         return CaptionCollator(
             tok, prompt, max_tokens, pad_to_multiple_of=pad, image_size=image_size(model.data_config)
         )
+
+
+def batch_inputs(batch: dict, device) -> dict:
+    """A loader batch as model inputs on ``device``: ids, labels, and cached features or pixels."""
+    # no attention mask: batches are right-padded, so causal attention never lets a real token see padding
+    inputs = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "labels")}
+    if "features" in batch:
+        inputs["features"] = batch["features"].to(device, non_blocking=True)
+    else:  # uint8 from the loader (4x less to copy), normalised by the model
+        inputs["pixel_values"] = batch["pixel_values"].to(device, non_blocking=True)
+    return inputs

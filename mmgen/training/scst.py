@@ -37,9 +37,10 @@ from mmgen.config import Config, GenerationConfig
 from mmgen.evaluation.cider import CiderD
 from mmgen.evaluation.ptb import ptb_tokenize
 from mmgen.generation.captions import decode_sequences
+from mmgen.runtime import bf16_autocast
 from mmgen.training.ema import averaged
 from mmgen.training.logs import plot_curves
-from mmgen.training.trainer import Trainer, autocast_context
+from mmgen.training.trainer import Trainer
 
 __all__ = [
     "CiderReward",
@@ -236,15 +237,6 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _sampling_autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    """The run's autocast without its weight-cast cache: a decoding step replayed from a CUDA graph in a
-    later step must cast the current weights, not read a cached copy freed when its context ended."""
-    ctx = autocast_context(cfg, device)
-    if isinstance(ctx, torch.autocast):
-        return torch.autocast(device.type, dtype=ctx.fast_dtype, cache_enabled=False)
-    return ctx
-
-
 class ScstTrainer(Trainer):
     """:class:`~mmgen.training.trainer.Trainer` whose optimizer step is a self-critical policy-gradient step.
 
@@ -294,7 +286,8 @@ class ScstTrainer(Trainer):
             features = features.to(dev, non_blocking=True)
         else:
             pixels = batch["pixel_values"].to(dev, non_blocking=True)
-        with _eval_mode(model), _sampling_autocast(self.cfg, dev):
+        # without autocast's weight-cast cache: decoding steps replayed from CUDA graphs outlive the context
+        with _eval_mode(model), bf16_autocast(self.cfg.train.precision, dev, cache=False):
             if features is None and model.encoder.fully_frozen:
                 features = model.image_features(pixels)  # (B, N, C): once, for both passes
             prompt = model.prompt_embeds(None if features is not None else pixels, features)  # (B, N'+P, D)
@@ -341,8 +334,7 @@ class ScstTrainer(Trainer):
             ctx = self._grad_sync(last=i == len(batches) - 1)
             roll = self.rollout(b)
             with ctx:
-                with self.forward_context():
-                    out = self.forward(**roll.inputs)
+                out = self.forward(roll.inputs)
                 losses, mask, entropy = rollout_losses(
                     out.logits, roll, self.model.start_ids.numel(), sc.temperature, sc.logprob_reduction
                 )

@@ -14,6 +14,7 @@ import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,10 +24,13 @@ from mmgen.config import Config, save_config
 from mmgen.runtime import set_threads
 from mmgen.training.checkpoint import refuse_non_finite_weights
 from mmgen.training.ema import average_state, averaged, build_average, restore_average
-from mmgen.training.levers import check_levers
+from mmgen.training.levers import check_levers, forward_context
 from mmgen.training.logs import RunLogger
+from mmgen.training.run_data import batch_inputs
 from mmgen.training.schedule import build_optimizer, build_scheduler
-from mmgen.transformers_glue import sdpa_context
+
+if TYPE_CHECKING:
+    from mmgen.models import CaptionOutput
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,14 +58,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def autocast_context(cfg: Config, device: torch.device):
-    """bf16 autocast on CUDA (precision auto/bf16) or when bf16 is asked for explicitly; fp32 otherwise."""
-    p = cfg.train.precision
-    if (p == "auto" and device.type == "cuda") or p == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class Trainer:
@@ -158,7 +154,10 @@ class Trainer:
             self.state.finished_max_steps = None  # a finished run continues when train.max_steps was raised
             if self.dist.is_main:
                 print(f"resumed from {ckpt} at step {self.state.step}")
-        self.forward = torch.compile(self.wrapped, mode=cfg.train.compile_mode) if cfg.train.compile else self.wrapped
+        # what a training forward calls (:meth:`forward`): the wrapped model, compiled with train.compile
+        self.step_module = (
+            torch.compile(self.wrapped, mode=cfg.train.compile_mode) if cfg.train.compile else self.wrapped
+        )
         self.logger = RunLogger(self.run_dir, cfg, self.dist.is_main)
         world, accum = self.dist.world_size, cfg.train.grad_accum
         if cfg.train.batch_size % (world * accum):
@@ -181,23 +180,11 @@ class Trainer:
             return contextlib.nullcontext()
         return self.wrapped.no_sync()
 
-    def forward_context(self) -> contextlib.ExitStack:
-        """What every training forward runs under: the precision's autocast and the allowed attention kernels."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(autocast_context(self.cfg, self.device))
-        stack.enter_context(sdpa_context(self.cfg.train.sdpa_backends))
-        return stack
-
-    def batch_inputs(self, b: dict) -> dict[str, torch.Tensor]:
-        """A loader batch as model inputs on the device: ids, labels, and cached features or pixels."""
-        dev = self.device
-        # no attention mask: batches are right-padded, so causal attention never lets a real token see padding
-        inputs = {k: b[k].to(dev, non_blocking=True) for k in ("input_ids", "labels")}
-        if "features" in b:
-            inputs["features"] = b["features"].to(dev, non_blocking=True)
-        else:  # uint8 from the loader (4x less to copy), normalised by the model
-            inputs["pixel_values"] = b["pixel_values"].to(dev, non_blocking=True)
-        return inputs
+    def forward(self, inputs: dict[str, torch.Tensor], **options) -> CaptionOutput:
+        """One training forward of a micro-batch: :attr:`step_module` (the wrapped model, compiled with
+        ``train.compile``) under the run's autocast and attention kernels (:func:`forward_context`)."""
+        with forward_context(self.cfg.train, self.device):
+            return self.step_module(**inputs, **options)
 
     def _micro_losses(self, batches: list[dict]) -> tuple[torch.Tensor, int]:
         """Forward/backward over the accumulation micro-batches; returns (summed loss, images)."""
@@ -209,12 +196,11 @@ class Trainer:
         images = 0
         for i, b in enumerate(batches):
             ctx = self._grad_sync(last=i == len(batches) - 1)
-            inputs = self.batch_inputs(b)
+            inputs = batch_inputs(b, dev)
             tok = int((b["labels"][:, 1:] != -100).sum())
             self.levers.step_begins()  # CUDA graphs: the previous micro-batch's outputs are done with
             with ctx:
-                with self.forward_context():
-                    out = self.forward(**inputs, **self.levers.forward_kwargs)
+                out = self.forward(inputs, **self.levers.forward_kwargs)
                 part = out.loss.float() * tok  # summed token loss of this micro-batch
                 (part * scale).backward()
             loss_sum += part.detach()
@@ -420,7 +406,8 @@ class Trainer:
         if self.dist.is_main:
             with averaged(self.average, model):  # what is evaluated and kept as best/ (train.ema_decay)
                 model.eval()
-                scores = evaluate(self, model)
+                data = self.data
+                scores = evaluate(model, data.val_records, self.cfg, self.device, data.val_scenes, self.dist.is_main)
                 model.train()
                 metric = self.cfg.eval.metric
                 value = scores.get(metric)

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mmgen.atomic_files import atomic_path, atomic_write_text
+
 
 class ResumeError(ValueError):
     """An existing output that this run cannot continue (other settings, other data, a damaged line)."""
@@ -123,9 +125,7 @@ def check_settings(out: Path, settings: dict, overwrite: bool = False) -> None:
         return
     if has_results and not meta.exists():
         raise ResumeError(f"{out} exists but was not written by a bulk run (no {meta.name}); pass --overwrite")
-    tmp = meta.with_name(meta.name + ".tmp")
-    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, meta)
+    atomic_write_text(meta, json.dumps(settings, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def merge_results(out: Path) -> int:
@@ -144,13 +144,11 @@ def merge_results(out: Path) -> int:
             last = i
             rows.setdefault(i, row)
     if parts or not in_order or (out.exists() and out.stat().st_size and not _ends_with_newline(out)):
-        tmp = out.with_name(out.name + ".merge.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(out, ".merge.tmp") as tmp, open(tmp, "w", encoding="utf-8") as f:
             for i in sorted(rows):
                 f.write(json.dumps(rows[i], ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, out)  # readers see the old or the new file, never half of one
         for p in parts:
             p.unlink()
     return len(rows)
