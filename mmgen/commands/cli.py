@@ -1,8 +1,9 @@
 """The ``mmgen`` command line (``mmgen``, ``python -m mmgen``): parses arguments, then calls the library.
 
 Each subcommand lives in a module of :mod:`mmgen.commands` with ``add_parser(subparsers)`` (which sets
-``func``) and is listed in ``COMMANDS``. Modules are imported when the parser is built; heavy
-imports happen inside each command's ``run``.
+``func``) and is listed in ``COMMANDS``. A command line that names its command first builds that command's
+parser alone (``mmgen caption ...`` imports no other command); otherwise (``mmgen --help``, a misspelt
+command) every command's. Heavy imports happen inside each command's ``run``.
 """
 
 from __future__ import annotations
@@ -30,15 +31,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of ``mmgen``; for ``argv`` that starts with a command name, of that command alone."""
     parser = _Parser(
         prog="mmgen",
         description="Train, run and evaluate image-captioning models (timm ViT -> projector -> causal LM).",
     )
     parser.add_argument("--version", action="version", version=f"mmgen {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMANDS.values():
-        importlib.import_module(f"mmgen.commands.{module}").add_parser(sub)
+    named = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, module in COMMANDS.items():
+        if named in (None, name):
+            importlib.import_module(f"mmgen.commands.{module}").add_parser(sub)
     return parser
 
 
@@ -50,7 +54,8 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``mmgen``; returns the exit code: 0 success, 2 a usage error, 1 a failure at run time."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a bad argument (one line already printed)
