@@ -1,8 +1,8 @@
 """Caption data: records from many formats, safe image decoding, transforms, batching, the feature cache.
 (Synthetic scenes are a package of their own, :mod:`mmgen.scenes`.)
 
-Names are imported from their submodules on first use, so that ``mmgen data synth`` does not pay for
-torch/transformers imports it does not need.
+Names are imported from their submodules on first use, so that a command reading records (``mmgen data
+stats``) does not pay for torch/transformers imports it does not need.
 """
 
 from __future__ import annotations
