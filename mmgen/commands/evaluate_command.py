@@ -84,6 +84,7 @@ def load_inputs(args: argparse.Namespace, device: str):
         raise UsageError(f"cannot load the model: {e}") from None
     changes = generation_changes(args)
     gen = dataclasses.replace(model.generation_config, **changes)
+    model.check_generation(gen)
     try:
         records = load_records(args.data if len(args.data) > 1 else args.data[0], images=args.images, split=args.split)
     except (FileNotFoundError, DataFormatError) as e:

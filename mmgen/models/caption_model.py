@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from mmgen.atomic_files import atomic_path, atomic_write_text
-from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
+from mmgen.config import ConfigError, GenerationConfig, ModelConfig, from_dict, to_dict
 from mmgen.distributed import is_sharded
 from mmgen.errors import CheckpointError, MissingCheckpointFileError
 from mmgen.generation import DecodeCache, search
@@ -21,6 +21,8 @@ from mmgen.generation.captions import GeneratedCaptions, bad_words_ids, captions
 from mmgen.models.decoder import build_decoder, checkpointing_enabled
 from mmgen.models.encoder import Encoder, normalize_on_device
 from mmgen.models.files import (
+    CONFIG_NAME,
+    DECODER_CONFIG_NAME,
     TOKENIZER_DIR,
     WEIGHTS_NAME,
     jsonable,
@@ -28,6 +30,7 @@ from mmgen.models.files import (
     load_weights,
     one_line,
     read_json,
+    require_finite_weights,
 )
 from mmgen.models.lm_loss import IGNORE_INDEX, caption_loss, linear_cross_entropy
 from mmgen.models.projector import build_projector
@@ -42,8 +45,6 @@ from mmgen.transformers_glue import (
     returned_cache,
 )
 
-CONFIG_NAME = "config.json"
-DECODER_CONFIG_NAME = "decoder_config.json"
 _LOGIT_SHAPING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 """transformers config fields of decoders whose logits are more than ``lm_head(hidden)`` (Gemma-2's soft cap,
 Cohere's scale, Granite's divisor): a fused loss would compute other numbers, so it refuses them."""
@@ -103,10 +104,15 @@ class CaptionModel(nn.Module):
         self.generation_config = GenerationConfig()
         self.decode_cache = DecodeCache()  # static-cache sessions and padded LM heads kept between searches
 
+    @property
+    def max_positions(self) -> int | None:
+        """The decoder's positions (``max_position_embeddings`` / ``n_positions``); None when it names none."""
+        hf = base_model(self.decoder).config
+        return getattr(hf, "max_position_embeddings", None) or getattr(hf, "n_positions", None)
+
     def _check_positions(self) -> None:
         """Fail at build time when image prefix + BOS/prompt + caption exceed the decoder's positions."""
-        hf = base_model(self.decoder).config
-        limit = getattr(hf, "max_position_embeddings", None) or getattr(hf, "n_positions", None)
+        limit = self.max_positions
         need = self.num_prefix_tokens + len(self.start_ids) + self.config.max_caption_tokens
         if limit is not None and need > limit:
             raise ValueError(
@@ -175,6 +181,35 @@ class CaptionModel(nn.Module):
         return self.embed_tokens(self.start_ids).unsqueeze(0).expand(batch, -1, -1)
 
     # -- generation ---------------------------------------------------------------------------------
+    def check_generation(
+        self, gen: GenerationConfig | None = None, prompt: str | None = None, key: str = "generation.max_new_tokens"
+    ) -> None:
+        """Refuse settings whose captions cannot fit the decoder's positions: image tokens, BOS and the prompt,
+        then ``max_new_tokens`` (the last token is never fed back, so one position less).
+
+        Args:
+            gen: The settings (default: :attr:`generation_config`).
+            prompt: The text prompt (None: the model's own).
+            key: How the message names the setting (``eval.generation.max_new_tokens`` in a training config).
+
+        Raises:
+            mmgen.config.ConfigError: Naming ``key``, the count of each part and the decoder's positions.
+        """
+        gen, limit = gen or self.generation_config, self.max_positions
+        if limit is None:
+            return
+        start = len(self.start_ids) if prompt is None else len(start_ids(self.tokenizer, prompt))
+        need = self.num_prefix_tokens + start + gen.max_new_tokens - 1
+        if need > limit:
+            said = "BOS and the model's prompt" if prompt is None else "BOS and the prompt"
+            room = limit - need + gen.max_new_tokens
+            fix = f"lower max_new_tokens to at most {room}" if room >= 1 else "the prompt alone is too long"
+            raise ConfigError(
+                f"{key}: {gen.max_new_tokens} new tokens after {self.num_prefix_tokens} image tokens and {start} "
+                f"token(s) of {said} need {need} decoder positions, but the decoder has {limit}: {fix}"
+                + ("" if prompt is None or room < 1 else ", or shorten the prompt")
+            )
+
     def prompt_embeds(
         self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None, prompt: str | None = None
     ) -> torch.Tensor:
@@ -227,6 +262,7 @@ class CaptionModel(nn.Module):
         Returns:
             :class:`~mmgen.generation.GeneratedCaptions`: texts and scores per image, best first.
         """
+        self.check_generation(gen, prompt)  # an index error deep in the decoder otherwise (a device assert on CUDA)
         out = self.search(self.prompt_embeds(pixel_values, features, prompt), gen, **options)
         return captions_of(self.tokenizer, out)
 
@@ -464,6 +500,7 @@ class CaptionModel(nn.Module):
         tokenizer = load_saved_tokenizer(path)
         model = cls(config, tokenizer, load_weights=False, decoder_hf_config=hf_cfg)
         load_weights(model, path / WEIGHTS_NAME)
+        require_finite_weights(model, path / WEIGHTS_NAME)  # NaN weights would caption "" for every image
         if generation is not None:
             model.generation_config = generation
         model.eval()

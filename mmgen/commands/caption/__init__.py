@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_arguments(args.images)
     overrides = generation_overrides(args)
     captioner = load_captioner(args)
-    captioner.resolve_generation(**overrides)  # invalid settings fail before any image is read
+    # invalid settings, and captions longer than the decoder's positions, fail before any image is read
+    captioner.model.check_generation(captioner.resolve_generation(**overrides), args.prompt)
 
     failed = 0
     bar = tqdm(total=len(paths), desc="caption", unit="img", file=sys.stderr, disable=args.quiet or not stderr_is_tty())
