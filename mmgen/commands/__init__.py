@@ -9,6 +9,7 @@ folder named on it that is missing or unusable), reported before any work in one
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 
@@ -72,6 +73,31 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_at_least(text, 0)
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0..65535 (0: any free port)."""
+    value = _int_at_least(text, 0)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {value}")
+    return value
+
+
+def number_in(low: float, high: float, low_open: bool = False):
+    """argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``); NaN and infinities
+    are refused."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+            bracket = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"must be a number in {bracket}{low:g}, {high:g}], got {text}")
+        return value
+
+    return parse
 
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
