@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mmgen.config import Config, load_config, to_dict
+from mmgen.config import Config, ConfigError, load_config, to_dict
 from mmgen.errors import RunDirError
 from mmgen.lock_files import LockFile
 from mmgen.training.atomic_dirs import remove_dir
@@ -161,3 +161,51 @@ def finished_run(run_dir: Path, cfg: Config) -> str | None:
             "nothing to do (raise train.max_steps to train further)"
         )
     return None
+
+
+RESUME_MAY_CHANGE = (
+    "model.encoder.gradient_checkpointing",
+    "model.decoder.gradient_checkpointing",
+    "model.decoder.attn_implementation",
+)
+"""The keys of the ``model`` section an override may change when a run is resumed: how the same weights compute."""
+
+
+def check_resume(run_dir: Path, cfg: Config) -> None:
+    """Refuse overrides a resumed run cannot honour, before anything is read or written: the run's model (the
+    checkpoints hold its weights; only :data:`RESUME_MAY_CHANGE` may change), its objective, and whether it keeps
+    a weight average (``train.ema_decay`` 0 or not: the checkpoints hold one or none).
+
+    Raises:
+        ConfigError: One line per key, naming the run's value and the new one.
+    """
+    saved = load_config(run_dir / "config.yaml")
+    before, now = _flat(to_dict(saved)), _flat(to_dict(cfg))
+    keys = [k for k in sorted(set(before) | set(now)) if k.startswith("model.") and k not in RESUME_MAY_CHANGE]
+    errors = [
+        f"{k}: {before.get(k)!r} in the run, {now.get(k)!r} now: a resumed run keeps its model (a new run "
+        f"starts from its weights with train.init_from={run_dir}/best)"
+        for k in keys
+        if before.get(k) != now.get(k)
+    ]
+    if saved.train.objective != cfg.train.objective:
+        errors.append(f"train.objective: {saved.train.objective!r} in the run, {cfg.train.objective!r} now")
+    if bool(saved.train.ema_decay) != bool(cfg.train.ema_decay):
+        had, asked = ("with", "without") if saved.train.ema_decay else ("without", "with")
+        errors.append(
+            f"train.ema_decay: the run was trained {had} a weight average and is resumed {asked} one "
+            f"({saved.train.ema_decay} in the run, {cfg.train.ema_decay} now): resume with the run's own decay"
+        )
+    if errors:
+        raise ConfigError.listing([f"--resume {run_dir}: {e}" for e in errors])
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A nested dict as ``{"a.b.c": value}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -80,7 +80,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False):
         from mmgen.training import run_data as tdata
-        from mmgen.training.rundir import claim_run_dir, finished_run
+        from mmgen.training.rundir import check_resume, claim_run_dir, finished_run
 
         if cfg.train.objective != "xe" and type(self) is Trainer:
             raise ValueError(
@@ -96,6 +96,8 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
         self.device = self.dist.device
+        if resume is not None:
+            check_resume(self.run_dir, cfg)  # overrides it cannot honour, before anything is read or written
         self.finished = finished_run(self.run_dir, cfg) if resume is not None else None
         if self.finished:
             if self.dist.is_main:
@@ -114,9 +116,8 @@ class Trainer:
         from mmgen.training.checkpoint import latest_checkpoint, load_latest_checkpoint
 
         seed_everything(cfg.train.seed)
-        if self.dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
-        D.barrier()
+        if not resume:  # a new run says what trains first; a resumed one once its checkpoint has loaded
+            self._save_config(cfg)
         self.data = tdata.prepare(cfg, self.run_dir, self.dist)
         tokenizer = tdata.prepare_tokenizer(cfg, self.data.train_records, self.run_dir, self.dist)
         from mmgen.models import CaptionModel
@@ -124,14 +125,20 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = CaptionModel(cfg.model, tokenizer).to(self.device)
         self.model.generation_config = cfg.eval.generation
-        if cfg.train.init_from and not resume:
+        self.model.check_generation(key="eval.generation.max_new_tokens")  # before a step is spent on it
+        self.state = TrainState()
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if resume and ckpt is None and self.dist.is_main:
+            print(
+                f"{self.run_dir}: no checkpoint yet (the run stopped before its first save, train.save_every="
+                f"{cfg.train.save_every}): training starts again from step 0"
+            )
+        if cfg.train.init_from and ckpt is None:
             from mmgen.models.files import load_matching_weights
 
             missing = load_matching_weights(self.model, cfg.train.init_from)
             if self.dist.is_main:
                 print(f"initialised from {cfg.train.init_from} ({len(missing)} tensors kept their new init)")
-        self.state = TrainState()
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
         if ckpt is None:
             seed_everything(cfg.train.seed + self.dist.rank)
         self.features = tdata.feature_cache(cfg, self.model, self.data, self.run_dir, self.dist)
@@ -154,11 +161,14 @@ class Trainer:
             self.state.finished_max_steps = None  # a finished run continues when train.max_steps was raised
             if self.dist.is_main:
                 print(f"resumed from {ckpt} at step {self.state.step}")
+        if resume:  # every check has passed: the overrides (e.g. a raised train.max_steps) become the run's
+            self._save_config(cfg)
         # what a training forward calls (:meth:`forward`): the wrapped model, compiled with train.compile
         self.step_module = (
             torch.compile(self.wrapped, mode=cfg.train.compile_mode) if cfg.train.compile else self.wrapped
         )
-        self.logger = RunLogger(self.run_dir, cfg, self.dist.is_main)
+        # a resumed run's records end at its checkpoint's step (what a killed run logged after it is redone)
+        self.logger = RunLogger(self.run_dir, cfg, self.dist.is_main, resumed_at=self.state.step if resume else None)
         world, accum = self.dist.world_size, cfg.train.grad_accum
         if cfg.train.batch_size % (world * accum):
             raise ValueError(
@@ -172,6 +182,12 @@ class Trainer:
         self._warm_at: float | None = None  # train.schedule=time: the clock when warmup ended
         self.clock = time.perf_counter  # seconds; what train.max_time and train.schedule=time follow
         self._bad = torch.zeros(3, dtype=torch.long, device=self.device)  # skipped since read, run, longest run
+
+    def _save_config(self, cfg: Config) -> None:
+        """Write the run's ``config.yaml`` (rank 0; every rank waits for it)."""
+        if self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        D.barrier()
 
     # -- one optimizer step ---------------------------------------------------------------------
     def _grad_sync(self, last: bool):
