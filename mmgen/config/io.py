@@ -148,7 +148,8 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+def unknown_key(key: str, valid: list[str]) -> ConfigError:
+    """The error for a misspelt ``key``: the closest valid keys, or all of them."""
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown key '{key}'{hint}")
@@ -227,7 +228,7 @@ def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
                     report(f"{key}: no longer a key here; its settings are {moved[k]}")
                 continue
             if k not in fields:
-                report(_unknown_key(key, sorted(fields)))
+                report(unknown_key(key, sorted(fields)))
                 continue
             tp = _strip_optional(hints[k])
             try:
@@ -298,7 +299,7 @@ def _apply_override(d: dict, parts: list[str], text: str, cls: type) -> None:
             if p in getattr(schema, "MOVED_KEYS", {}):
                 raise ConfigError(f"{dotted}: no longer a key here; its settings are {schema.MOVED_KEYS[p]}")
             if p not in fields:
-                raise _unknown_key(dotted, sorted(fields))
+                raise unknown_key(dotted, sorted(fields))
             tp = _strip_optional(typing.get_type_hints(schema)[p])
             schema = tp if dataclasses.is_dataclass(tp) else None
         if i == len(parts) - 1:
@@ -327,9 +328,11 @@ def load_config(
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
         try:
-            d = yaml.safe_load(p.read_text()) or {}
+            d = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from e
+            raise ConfigError(_yaml_error(p, e)) from None
         if not isinstance(d, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
     with collect_errors():
@@ -337,6 +340,15 @@ def load_config(
         if check is not None:
             check(cfg)
     return cfg
+
+
+def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """A YAML error in one line, naming the file, line and column."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else f"{path}"
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    return " ".join(f"{where}: invalid YAML: {problem}{f' ({context})' if context else ''}".split())
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
