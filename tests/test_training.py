@@ -731,3 +731,13 @@ def test_metrics_rows_are_strict_json_and_readers_skip_what_is_not(tmp_path, sce
     assert [r["step"] for r in rows] == [1, 2, 4]
     messages = sorted(str(w.message) for w in caught)
     assert "skipped 1 line(s) that are not JSON objects: [3]" in messages[0] and "torn last line (line 5" in messages[1]
+
+
+def test_synthetic_scenes_without_validation_images_train_without_validation(tmp_path):
+    overrides = [o for o in TINY if o != "data.synth=null"]
+    synth = "data.synth={n_train: 16, n_val: 0, image_size: 32}"
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", [*overrides, synth, "train.batch_size=8", "train.max_steps=2",
+                      f"train.out_dir={tmp_path / 'run'}"])  # fmt: skip
+    trainer = Trainer(cfg)
+    assert trainer.data.val_records is None and not (tmp_path / "run" / "data" / "captions_val.json").exists()
+    assert trainer.fit() == {} and (tmp_path / "run" / "final" / "model.safetensors").exists()

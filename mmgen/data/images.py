@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmgen.errors import RunFailed
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -45,7 +47,7 @@ class BadImageError(Exception):
         self.too_large = too_large
 
 
-class TooManyBadImagesError(RuntimeError):
+class TooManyBadImagesError(RunFailed):
     """More than the allowed fraction of a training epoch's images could not be decoded."""
 
 

@@ -33,6 +33,7 @@ from mmgen.models.files import (
     require_finite_weights,
 )
 from mmgen.models.lm_loss import IGNORE_INDEX, caption_loss, linear_cross_entropy
+from mmgen.models.positions import check_generation_length, check_training_length, max_positions
 from mmgen.models.projector import build_projector
 from mmgen.tokenizer import ensure_special_tokens, load_tokenizer, start_ids
 from mmgen.transformers_glue import (
@@ -97,8 +98,8 @@ class CaptionModel(nn.Module):
         self._logits_to_keep = "logits_to_keep" in forward_params(self.decoder)
         self._causal_sdpa = base_model(self.decoder).config._attn_implementation == CAUSAL_SDPA
         if config.prefix_attention == "full" and not self._causal_sdpa:
-            raise ValueError(
-                "model.prefix_attention=full needs mmgen's SDPA attention, but the decoder uses "
+            raise ConfigError(
+                "model.prefix_attention: full needs mmgen's SDPA attention, but the decoder uses "
                 f"{base_model(self.decoder).config._attn_implementation!r}: set model.decoder.attn_implementation: sdpa"
             )
         self.generation_config = GenerationConfig()
@@ -106,22 +107,13 @@ class CaptionModel(nn.Module):
 
     @property
     def max_positions(self) -> int | None:
-        """The decoder's positions (``max_position_embeddings`` / ``n_positions``); None when it names none."""
-        hf = base_model(self.decoder).config
-        return getattr(hf, "max_position_embeddings", None) or getattr(hf, "n_positions", None)
+        """The decoder's positions (:func:`mmgen.models.positions.max_positions`); None when it names none."""
+        return max_positions(base_model(self.decoder).config)
 
     def _check_positions(self) -> None:
         """Fail at build time when image prefix + BOS/prompt + caption exceed the decoder's positions."""
-        limit = self.max_positions
-        need = self.num_prefix_tokens + len(self.start_ids) + self.config.max_caption_tokens
-        if limit is not None and need > limit:
-            raise ValueError(
-                f"the decoder has {limit} positions but a caption needs {need} (image prefix "
-                f"{self.num_prefix_tokens} + BOS/prompt {len(self.start_ids)} + model.max_caption_tokens "
-                f"{self.config.max_caption_tokens}): raise model.decoder.config_overrides.n_positions (or "
-                "max_position_embeddings), use a token-reducing projector (model.projector.kind=pool), or lower "
-                "model.max_caption_tokens"
-            )
+        prefix, start = self.num_prefix_tokens, len(self.start_ids)
+        check_training_length(self.max_positions, prefix, start, self.config.max_caption_tokens)
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -184,31 +176,14 @@ class CaptionModel(nn.Module):
     def check_generation(
         self, gen: GenerationConfig | None = None, prompt: str | None = None, key: str = "generation.max_new_tokens"
     ) -> None:
-        """Refuse settings whose captions cannot fit the decoder's positions: image tokens, BOS and the prompt,
-        then ``max_new_tokens`` (the last token is never fed back, so one position less).
-
-        Args:
-            gen: The settings (default: :attr:`generation_config`).
-            prompt: The text prompt (None: the model's own).
-            key: How the message names the setting (``eval.generation.max_new_tokens`` in a training config).
-
-        Raises:
-            mmgen.config.ConfigError: Naming ``key``, the count of each part and the decoder's positions.
-        """
-        gen, limit = gen or self.generation_config, self.max_positions
-        if limit is None:
-            return
+        """Refuse settings ``gen`` (default: :attr:`generation_config`) whose captions after ``prompt`` (None: the
+        model's own) cannot fit the decoder's positions (:mod:`mmgen.models.positions`): a ``ConfigError`` naming
+        ``key`` (``eval.generation.max_new_tokens`` in a training config), each part's count and the positions."""
+        gen = gen or self.generation_config
         start = len(self.start_ids) if prompt is None else len(start_ids(self.tokenizer, prompt))
-        need = self.num_prefix_tokens + start + gen.max_new_tokens - 1
-        if need > limit:
-            said = "BOS and the model's prompt" if prompt is None else "BOS and the prompt"
-            room = limit - need + gen.max_new_tokens
-            fix = f"lower max_new_tokens to at most {room}" if room >= 1 else "the prompt alone is too long"
-            raise ConfigError(
-                f"{key}: {gen.max_new_tokens} new tokens after {self.num_prefix_tokens} image tokens and {start} "
-                f"token(s) of {said} need {need} decoder positions, but the decoder has {limit}: {fix}"
-                + ("" if prompt is None or room < 1 else ", or shorten the prompt")
-            )
+        check_generation_length(
+            self.max_positions, self.num_prefix_tokens, start, gen.max_new_tokens, prompt is not None, key
+        )
 
     def prompt_embeds(
         self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None, prompt: str | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -60,8 +61,8 @@ def _readable_safetensors(file: Path) -> None:
 
 
 def one_line(e: BaseException) -> str:
-    """An exception's message on one line (some libraries' messages span several)."""
-    return " ".join(str(e).split())
+    """An exception's message on one line (some libraries' messages span several, or hold terminal colours)."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
 
 
 def _corrupt(file: Path, e: Exception) -> CheckpointError:

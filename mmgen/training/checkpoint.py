@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import save_file, save_model
 from torch import nn
 
-from mmgen.errors import CheckpointError, MissingCheckpointFileError
+from mmgen.errors import CheckpointError, MissingCheckpointFileError, RunFailed
 from mmgen.models.files import load_tensors, load_weights, non_finite_tensors, one_line, read_json
 from mmgen.training.atomic_dirs import clean_work_dirs, commit_dir, fresh_work_dir, remove_dir
 from mmgen.training.rng import gather_rng_states as gather_rng_states  # re-exported: part of this API
@@ -64,7 +64,7 @@ FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"step_(\d+)")
 
 
-class NonFiniteWeightsError(RuntimeError):
+class NonFiniteWeightsError(RunFailed):
     """The model to be saved holds NaN or infinite weights (the run diverged); nothing was written."""
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mmgen.config import Config, ConfigError, load_config, to_dict
+from mmgen.config import Config, ConfigError, load_config, save_config, to_dict
 from mmgen.errors import RunDirError
 from mmgen.lock_files import LockFile
 from mmgen.training.atomic_dirs import remove_dir
@@ -161,6 +161,15 @@ def finished_run(run_dir: Path, cfg: Config) -> str | None:
             "nothing to do (raise train.max_steps to train further)"
         )
     return None
+
+
+def save_run_config(run_dir: Path, cfg: Config, is_main: bool) -> None:
+    """Write the run's ``config.yaml`` (rank 0; every rank waits for it)."""
+    from mmgen import distributed as D
+
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    D.barrier()
 
 
 RESUME_MAY_CHANGE = (

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from mmgen import distributed as D
-from mmgen.config import Config, save_config
+from mmgen.config import Config, ConfigError
+from mmgen.errors import RunFailed
+from mmgen.models.decoder import check_decoder_config
 from mmgen.runtime import set_threads
 from mmgen.training.checkpoint import refuse_non_finite_weights
 from mmgen.training.ema import average_state, averaged, build_average, restore_average
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from mmgen.models import CaptionOutput
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailed):
     """Raised after ``train.max_bad_steps`` consecutive steps with a NaN/inf loss."""
 
 
@@ -92,6 +94,7 @@ class Trainer:
         set_threads(cfg.train.threads)  # before any work; None leaves torch's setting
         self.dist = D.init_distributed()
         self.levers = check_levers(cfg.train, self.dist.device)  # GPU-only levers fail here, before any work
+        check_decoder_config(cfg.model.decoder)  # a misspelt config_overrides key too
         cfg = tdata.resolve_data_source(cfg, print if self.dist.is_main else None)  # config.yaml says what trains
         self.cfg = cfg
         self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
@@ -114,10 +117,11 @@ class Trainer:
     def _build(self, cfg: Config, resume: str | Path | None) -> None:
         from mmgen.training import run_data as tdata
         from mmgen.training.checkpoint import latest_checkpoint, load_latest_checkpoint
+        from mmgen.training.rundir import save_run_config
 
         seed_everything(cfg.train.seed)
         if not resume:  # a new run says what trains first; a resumed one once its checkpoint has loaded
-            self._save_config(cfg)
+            save_run_config(self.run_dir, cfg, self.dist.is_main)
         self.data = tdata.prepare(cfg, self.run_dir, self.dist)
         tokenizer = tdata.prepare_tokenizer(cfg, self.data.train_records, self.run_dir, self.dist)
         from mmgen.models import CaptionModel
@@ -147,7 +151,7 @@ class Trainer:
         self.wrapped = D.wrap_model(self.model, self.dist, cfg.train.distributed)
         self.sharded = D.is_sharded(self.wrapped)
         if self.sharded and cfg.train.objective != "xe":
-            raise ValueError("train.distributed=fsdp trains train.objective=xe only; SCST samples with ddp")
+            raise ConfigError("train.distributed: fsdp trains train.objective=xe only; SCST samples with ddp")
         self.average = build_average(self.model, cfg.train.ema_decay, self.sharded)  # train.ema_decay
         self._evaluated_at = -1  # the step of the last evaluation
         self._twin: torch.nn.Module | None = None  # FSDP: rank 0's unsharded copy for saving and evaluating
@@ -162,7 +166,7 @@ class Trainer:
             if self.dist.is_main:
                 print(f"resumed from {ckpt} at step {self.state.step}")
         if resume:  # every check has passed: the overrides (e.g. a raised train.max_steps) become the run's
-            self._save_config(cfg)
+            save_run_config(self.run_dir, cfg, self.dist.is_main)
         # what a training forward calls (:meth:`forward`): the wrapped model, compiled with train.compile
         self.step_module = (
             torch.compile(self.wrapped, mode=cfg.train.compile_mode) if cfg.train.compile else self.wrapped
@@ -171,8 +175,8 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, cfg, self.dist.is_main, resumed_at=self.state.step if resume else None)
         world, accum = self.dist.world_size, cfg.train.grad_accum
         if cfg.train.batch_size % (world * accum):
-            raise ValueError(
-                f"train.batch_size={cfg.train.batch_size} must be divisible by "
+            raise ConfigError(
+                f"train.batch_size: {cfg.train.batch_size} must be divisible by "
                 f"world size x grad_accum = {world * accum}"
             )
         self.micro_batch = cfg.train.batch_size // (world * accum)
@@ -182,12 +186,6 @@ class Trainer:
         self._warm_at: float | None = None  # train.schedule=time: the clock when warmup ended
         self.clock = time.perf_counter  # seconds; what train.max_time and train.schedule=time follow
         self._bad = torch.zeros(3, dtype=torch.long, device=self.device)  # skipped since read, run, longest run
-
-    def _save_config(self, cfg: Config) -> None:
-        """Write the run's ``config.yaml`` (rank 0; every rank waits for it)."""
-        if self.dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
-        D.barrier()
 
     # -- one optimizer step ---------------------------------------------------------------------
     def _grad_sync(self, last: bool):
