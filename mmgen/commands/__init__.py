@@ -100,6 +100,44 @@ def number_in(low: float, high: float, low_open: bool = False):
     return parse
 
 
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device``: checked when parsed (a device this machine does not have is a one-line usage error)."""
+    parser.add_argument(
+        "--device", type=device_name, default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)"
+    )
+
+
+def device_name(text: str) -> str:
+    """argparse type: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is available (torch.cuda.is_available() is false)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: the MPS backend (Apple GPU) is not available")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text}: mmgen runs on cpu, cuda or mps")
+    return text
+
+
+def add_strict_paths_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--strict-paths``: refuse image paths of a caption file that lead outside its images folder."""
+    parser.add_argument(
+        "--strict-paths",
+        action="store_true",
+        help="refuse image paths of a caption file that lead outside its images folder (absolute, or through ..); "
+        "by default COCO and Karpathy files read them from there, with a warning",
+    )
+
+
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--threads N``: the CPU threads torch computes with (see :func:`apply_threads`)."""
     parser.add_argument(

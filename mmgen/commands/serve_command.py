@@ -11,6 +11,7 @@ import sys
 
 from mmgen.commands import (
     UsageError,
+    add_device_option,
     add_generation_overrides,
     add_threads_option,
     apply_threads,
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="saved model directory")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=port_number, default=8000, help="port, 0..65535 (default: 8000)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    add_device_option(p)
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="weights dtype")
     p.add_argument("--quantize", default=None, choices=("int8",), help="int8: dynamic int8 CPU inference")
     p.add_argument("--max-batch", type=positive_int, default=d.max_batch, help=f"images per search ({d.max_batch})")
@@ -65,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="info logs every request"
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, positionals="overrides")
 
 
 def run(args: argparse.Namespace) -> int:

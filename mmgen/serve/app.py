@@ -315,19 +315,7 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
     async def health() -> JSONResponse:
         """Liveness and load: 'ok' while the captioning worker runs (else 'error', 503, and why), the model,
         queued requests, batches and images so far, failed batches and the last failure."""
-        worker = batcher.state
-        body = {
-            "status": "ok" if worker == "running" else "error",
-            "worker": worker,
-            "model": settings.model_name,
-            "queued": batcher.queued,
-            "max_queue": batcher.max_queue,
-            "batches": batcher.batches,
-            "images": batcher.images,
-            "failed_batches": batcher.failed_batches,
-            "last_error": batcher.last_error,
-        }
-        return JSONResponse(body, status_code=200 if worker == "running" else 503)
+        return _health(batcher, settings)
 
     responses = {
         200: {"content": {"application/json": {"schema": _RESPONSE_SCHEMA}}},
@@ -363,6 +351,22 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
         }
 
     return app
+
+
+def _health(batcher: Batcher, settings: ServeSettings) -> JSONResponse:
+    worker = batcher.state
+    body = {
+        "status": "ok" if worker == "running" else "error",
+        "worker": worker,
+        "model": settings.model_name,
+        "queued": batcher.queued,
+        "max_queue": batcher.max_queue,
+        "batches": batcher.batches,
+        "images": batcher.images,
+        "failed_batches": batcher.failed_batches,
+        "last_error": batcher.last_error,
+    }
+    return JSONResponse(body, status_code=200 if worker == "running" else 503)
 
 
 async def _answer(request: Request, future) -> Any:

@@ -148,7 +148,8 @@ def caption_to_file(
             progress(len(rows))
         batch.clear()
 
-    with open(mine, "a", encoding="utf-8") as f:
+    # a file name that is not UTF-8 is written as the JSON escape of its bytes (\udcXX), which reads back
+    with open(mine, "a", encoding="utf-8", errors="backslashreplace") as f:
         for i, item in _my_records(records, rank, world_size):
             image, name, image_id = _describe(item)
             if i in done:
@@ -183,6 +184,7 @@ def _records(args: argparse.Namespace):
             split=args.split,
             streaming=is_stream(args.data),
             keep_uncaptioned=True,  # every image is captioned, with or without references
+            strict_paths=args.strict_paths,
         )
     except (DataFormatError, FileNotFoundError) as e:
         raise UsageError(f"--data: {e}") from None

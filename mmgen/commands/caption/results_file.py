@@ -179,7 +179,7 @@ def merge_results(out: Path) -> tuple[int, int]:
             last = i
             rows.setdefault(i, row)
     if parts or not in_order or (out.exists() and out.stat().st_size and not _ends_with_newline(out)):
-        with atomic_path(out, ".merge.tmp") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(out, ".merge.tmp") as tmp, open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
             for i in sorted(rows):
                 f.write(json.dumps(rows[i], ensure_ascii=False) + "\n")
             f.flush()
