@@ -86,7 +86,7 @@ def cases(d: Path) -> list[tuple[list[str], int, str]]:
         (["train", "--config", str(d / "empty.yaml")], 2, "data.train: is not set"),
         (["train", "--config", TINY, "data.synth.n_trian=100"], 2, "unknown key 'data.synth.n_trian'; did you mean"),
         (["train", "--config", TINY, "data.synth={n_val: 3}"], 2, "data.synth.n_train: is required"),
-        (["train", "--config", TINY, "train.lr=.nan"], 2, "train.lr: must be a finite number > 0"),
+        (["train", "--config", TINY, "train.lr=.nan"], 2, "train.lr: expected a finite number, got nan"),
         (["train", "--config", TINY, "model.decoder.config_overrides.n_layr=2", f"train.out_dir={d / 't'}"], 2,
          "model.decoder.config_overrides.n_layr: not a field of GPT2Config; did you mean n_layer?"),
         (["train", "--config", TINY, "model.decoder.config_overrides.n_layer=two", f"train.out_dir={d / 't'}"], 2,

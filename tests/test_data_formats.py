@@ -305,7 +305,7 @@ def test_karpathy_file_without_the_requested_split_names_the_ones_it_has(tmp_pat
 def test_one_image_in_two_splits_of_a_table_is_refused_naming_both_rows(tmp_path):
     (tmp_path / "t.csv").write_text("image,caption,split\na.png,one,train\nb.png,two,val\na.png,three,val\n")
     with pytest.raises(
-        DataFormatError, match=r"t\.csv:4: image a\.png is in split 'val' here but in 'train' at .*t\.csv:2"
+        DataFormatError, match=r"t\.csv:4: image 'a\.png' is in split 'val' here but in 'train' at .*t\.csv:2"
     ):
         load_records(tmp_path / "t.csv")
 

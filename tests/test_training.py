@@ -673,7 +673,7 @@ def test_a_diverging_run_stops_before_saving_non_finite_weights(tmp_path, scenes
     from mmgen.training.checkpoint import NonFiniteWeightsError
 
     for bad in (".inf", ".nan", "-1"):
-        with pytest.raises(ConfigError, match="train.lr: must be a finite number > 0"):
+        with pytest.raises(ConfigError, match="train.lr: (must be|expected) a finite number"):
             _cfg(tmp_path, scenes, f"train.lr={bad}")
     cfg = _cfg(
         tmp_path, scenes, "train.max_steps=10", "train.batch_size=16", "train.save_every=3", "train.max_bad_steps=9"

@@ -115,13 +115,18 @@ def _failure(e: BaseException) -> int | None:
 
 
 def _message(e: BaseException) -> str:
+    """The text printed for ``e``: one line, but for the errors that list one problem a line."""
+    from mmgen.commands import UsageError
     from mmgen.config import ConfigError
 
     if isinstance(e, KeyboardInterrupt):
         return "interrupted"
     if isinstance(e, ConfigError):
         return f"config error: {e}"
-    return str(e) if not isinstance(e, OSError) else f"{e.strerror}: {e.filename}"
+    if isinstance(e, UsageError):
+        return str(e)
+    text = str(e) if not isinstance(e, OSError) else f"{e.strerror}: {e.filename}"
+    return text.replace("\r", "\\r").replace("\n", "\\n")  # a file name with a line break stays on the line
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import functools
 import glob
 import inspect
 import json
+import math
 import os
 import re
 import textwrap
@@ -182,10 +183,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if tp is float:  # NaN or an infinity never means what it says (a NaN budget never ends, a NaN rate diverges)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -215,7 +216,7 @@ def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     moved = getattr(cls, "MOVED_KEYS", {})
-    with collect_errors():
+    with collect_errors() as errors:
         kwargs = {}
         for k, v in d.items():
             key = f"{prefix}{k}"
@@ -237,11 +238,17 @@ def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
                 )
             except ConfigError as e:  # a wrong type: reported, the field keeps its default
                 report(e)
+        start = len(errors)
         try:
             obj = cls(**kwargs)
         except TypeError as e:  # a value of the wrong kind reached a check (e.g. null for a number)
             report(f"{prefix or 'config'}: {e}")
             obj = cls()
+        section = getattr(cls, "SECTION", None)  # a section that lives in several places names its keys by one
+        if section and prefix and prefix != f"{section}.":
+            errors[start:] = [
+                prefix + e[len(section) + 1 :] if e.startswith(f"{section}.") else e for e in errors[start:]
+            ]
     return obj
 
 
@@ -303,7 +310,11 @@ def _apply_override(d: dict, parts: list[str], text: str, cls: type) -> None:
             tp = _strip_optional(typing.get_type_hints(schema)[p])
             schema = tp if dataclasses.is_dataclass(tp) else None
         if i == len(parts) - 1:
-            node[p] = _parse_value(text)
+            try:
+                node[p] = _parse_value(text)
+            except yaml.YAMLError as e:  # unbalanced brackets, a control character, a python tag
+                problem = " ".join(str(getattr(e, "problem", None) or e).split())
+                raise ConfigError(f"{dotted}: {text!r} is not a YAML value ({problem})") from None
         else:
             if not isinstance(node.get(p), dict):
                 node[p] = {}

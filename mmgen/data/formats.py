@@ -265,7 +265,7 @@ def records_from_rows(
             by_image[full], first[full] = Record(image=full, captions=caps, image_id=image_id, split=split), where
         elif split is not None and rec.split is not None and split != rec.split:
             raise DataFormatError(
-                f"{where}: image {rel} is in split {split!r} here but in {rec.split!r} at {first[full]}; "
+                f"{where}: image {rel!r} is in split {split!r} here but in {rec.split!r} at {first[full]}; "
                 "an image belongs to one split"
             )
         else:

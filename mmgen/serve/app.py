@@ -76,7 +76,12 @@ OPTIONS = {
         {"type": "string", "maxLength": 500, "description": "text the caption continues (default: the model's prompt)"}
     ),
     "bad_words": Option(
-        {"type": "array", "items": {"type": "string"}, "description": "words never generated"}, field="bad_words"
+        {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "pattern": r"\S"},  # blank words are refused
+            "description": "words never generated",
+        },
+        field="bad_words",
     ),
 }
 """The options of ``POST /v1/caption`` by name: their schema, parsing and checks all follow from this table."""
@@ -99,7 +104,10 @@ _REQUEST_SCHEMA = {
             "schema": {
                 "type": "object",
                 "required": ["image"],
-                "properties": {"image": {"type": "string", "format": "byte"}, **_OPTION_SCHEMA},
+                "properties": {  # an option given as null takes its default
+                    "image": {"type": "string", "format": "byte", "minLength": 1},
+                    **{k: {**v, "type": [v["type"], "null"]} for k, v in _OPTION_SCHEMA.items()},
+                },
             }
         },
     },
