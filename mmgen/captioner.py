@@ -214,6 +214,7 @@ class Captioner:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         gen = self.resolve_generation(**generation)
+        self.model.check_generation(gen, prompt)  # captions that cannot fit the decoder fail before any image is read
         rng = None
         if gen.do_sample and gen.seed is not None:  # one stream for the whole call
             rng = torch.Generator(device=self.device).manual_seed(gen.seed)
@@ -255,21 +256,19 @@ class Captioner:
         data config into a uint8 tensor. A uint8 tensor ``(3, H, W)`` at the input size is taken as it is
         (the model normalises it with its data config's mean and std, see
         :meth:`~mmgen.models.caption_model.CaptionModel.normalize_pixels`); a float tensor is taken as already
-        normalised.
+        normalised (:func:`~mmgen.data.transforms.encoder_pixels` says which tensors are refused).
 
         Raises:
-            mmgen.data.BadImageError: the image cannot be decoded, or a tensor has the wrong shape.
+            mmgen.data.BadImageError: the image cannot be decoded, or a tensor is not an image of either kind
+                (wrong shape, NaN, integers outside 0..255, ...).
         """
-        from mmgen.data.images import BadImageError, decode_image
-        from mmgen.data.transforms import image_size
+        from mmgen.data.images import decode_image
+        from mmgen.data.transforms import encoder_pixels
 
         source = source or "<image>"
         if not isinstance(image, torch.Tensor):
             return self.transform(decode_image(image, name=source))
-        size = image_size(self.model.data_config)
-        if image.ndim != 3 or image.shape[0] != 3 or tuple(image.shape[1:]) != size:
-            raise BadImageError(source, f"tensor of shape {tuple(image.shape)}; expected (3, {size[0]}, {size[1]})")
-        return image if image.dtype == torch.uint8 else image.float()
+        return encoder_pixels(image, self.model.data_config, source)
 
     def batch_pixels(self, pixels: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stack :meth:`preprocess` outputs into one ``(B, 3, H, W)`` batch for the model: uint8 when every

@@ -27,3 +27,18 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip("shared data folder (../shared/data or $MMGEN_SHARED_DATA) is absent")
     return path
+
+
+def fuzz_settings(examples: int):
+    """Hypothesis settings of a fuzzing test: ``examples`` cases (times ``$MMGEN_FUZZ_SCALE``, 1 by default, for a
+    longer hunt outside CI), no per-example deadline (a loaded CI machine is slow), nothing kept between runs."""
+    from hypothesis import HealthCheck, settings
+
+    scale = int(os.environ.get("MMGEN_FUZZ_SCALE", "1"))
+    return settings(
+        max_examples=examples * scale,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+        print_blob=True,
+    )

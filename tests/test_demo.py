@@ -53,3 +53,19 @@ def test_help_lists_every_command(capsys):
     text = build_parser().format_help()
     for name in ("data", "train", "caption", "evaluate", "score", "demo"):
         assert name in text
+
+
+def test_the_demo_exit_code_says_whether_the_model_learnt_and_why_not(tmp_path, monkeypatch, capsys):
+    import mmgen.commands.demo_command as demo
+    from mmgen.commands.cli import main
+
+    def result(cider: float) -> demo.DemoResult:
+        return demo.DemoResult(tmp_path, tmp_path, {"CIDEr": cider}, {"CIDEr": 1.0}, "a caption", [])
+
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: result(2.6))  # what --budget small reaches
+    assert main(["demo", "--budget", "small", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: result(1.4))
+    assert main(["demo", "--budget", "small", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CIDEr is 1.4x the baseline's, below the 2x" in err and "train longer" in err

@@ -86,3 +86,10 @@ def test_thumbnails_use_evaluations_decoder_and_pixel_limit(tmp_path, monkeypatc
     assert len([attrs for tag, attrs in parser.tags if tag == "img"]) == 1  # only the small image
     assert decoded == [big, small]  # the rejected image is not even opened
     assert (120, 100) not in loaded  # the big image's pixels were never decoded
+
+
+def test_the_collapse_banner_needs_one_caption_said_at_least_twice(tmp_path):
+    cases = {("a dog", "a cat"): False, ("a dog", "a dog"): True, ("a dog", "a dog", "a cat"): True, ("x",): False}
+    for captions, collapsed in cases.items():
+        path = write_report(tmp_path / str(len(captions)), [], {}, collapse_stats(list(captions)))
+        assert ("Caption collapse" in path.read_text()) == collapsed, captions

@@ -13,8 +13,10 @@ from pathlib import Path
 from mmgen.commands import (
     FAILED,
     UsageError,
+    add_device_option,
     add_generation_flags,
     add_generation_overrides,
+    add_strict_paths_option,
     add_threads_option,
     apply_threads,
     generation_changes,
@@ -38,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--data", required=True, nargs="+", help="caption file(s) or dataset (COCO, Karpathy, JSONL, CSV, HF)"
     )
     p.add_argument("--images", help="images directory for COCO-style annotation files")
+    add_strict_paths_option(p)
     p.add_argument("--split", help="split to evaluate (Karpathy / HF datasets), e.g. test")
     add_generation_flags(p)
     p.add_argument("--batch-size", type=positive_int, default=32)
@@ -46,12 +49,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics", nargs="+", default=None, help="metrics (default: Bleu METEOR ROUGE_L CIDEr; METEOR needs Java)"
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    add_device_option(p)
     p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes")
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default: ./eval)")
     add_threads_option(p)
     add_generation_overrides(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, positionals="overrides")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -84,8 +87,10 @@ def load_inputs(args: argparse.Namespace, device: str):
         raise UsageError(f"cannot load the model: {e}") from None
     changes = generation_changes(args)
     gen = dataclasses.replace(model.generation_config, **changes)
+    model.check_generation(gen)
     try:
-        records = load_records(args.data if len(args.data) > 1 else args.data[0], images=args.images, split=args.split)
+        source = args.data if len(args.data) > 1 else args.data[0]
+        records = load_records(source, images=args.images, split=args.split, strict_paths=args.strict_paths)
     except (FileNotFoundError, DataFormatError) as e:
         raise UsageError(f"cannot read --data: {e}") from None
     if args.max_images is not None:

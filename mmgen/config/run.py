@@ -23,8 +23,10 @@ from mmgen.config.io import (
     from_dict,
     looks_like_local_path,
     path_exists,
+    report,
     save_config,
     to_dict,
+    unknown_key,
 )
 from mmgen.config.model import ModelConfig
 
@@ -55,7 +57,8 @@ class DataConfig:
     The decoder runs over the image prefix once and its K captions share it, so K captions cost much less
     than K images."""
     synth: dict | None = None
-    """Generate a synthetic scenes dataset before training: {n_train, n_val, seed, image_size}."""
+    """Generate a synthetic scenes dataset before training: {n_train, n_val, seed, image_size, image_format,
+    difficulty} (``mmgen data synth``'s options; n_train required, n_val 0: no validation)."""
     num_workers: int = 2
     max_pixels: int = 89_478_485
     """Decompression-bomb guard (PIL's default)."""
@@ -72,6 +75,9 @@ class DataConfig:
     """Stream a Hugging Face training source (each rank reads its own part); other sources are read whole."""
     image_column: str = "image"
     caption_column: str = "caption"
+    strict_paths: bool = False
+    """Refuse image paths of caption files that lead outside their images folder (absolute, or through ``..``);
+    by default COCO and Karpathy files read them from there, with a warning."""
 
     @collecting
     def __post_init__(self) -> None:
@@ -87,6 +93,38 @@ class DataConfig:
         check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
         check(not (self.preload and self.augment), "data.preload", "stores fixed images: set data.augment=false")
         check(not (self.preload and self.streaming), "data.preload", "needs an indexable dataset, not streaming")
+        if self.synth is not None:
+            check_synth(self.synth)
+
+
+SYNTH_KEYS = {"n_train": int, "n_val": int, "seed": int, "image_size": int, "image_format": str, "difficulty": str}
+"""The keys of ``data.synth`` (the arguments of :func:`mmgen.scenes.writer.make_scenes_splits`) and their types."""
+
+
+def check_synth(synth: Any) -> None:
+    """Report what is wrong with a ``data.synth`` mapping (each problem naming its ``data.synth.KEY``)."""
+    from mmgen.scenes import GENERATORS
+
+    if not isinstance(synth, dict):
+        report(f"data.synth: expected a mapping such as {{n_train: 1000, n_val: 100}} or null, got {synth!r}")
+        return
+    for key, value in synth.items():
+        kind = SYNTH_KEYS.get(key)
+        if kind is None:
+            report(unknown_key(f"data.synth.{key}", sorted(SYNTH_KEYS)))
+        elif isinstance(value, bool) or not isinstance(value, kind):
+            report(f"data.synth.{key}: expected {'an integer' if kind is int else 'a string'}, got {value!r}")
+    typed = {k: v for k, v in synth.items() if k in SYNTH_KEYS and type(v) is SYNTH_KEYS[k]}
+    check("n_train" in synth, "data.synth.n_train", "is required: the number of training scenes")
+    check(typed.get("n_train", 1) >= 1, "data.synth.n_train", f"must be >= 1, got {synth.get('n_train')!r}")
+    check(
+        typed.get("n_val", 0) >= 0, "data.synth.n_val", f"must be >= 0 (0: no validation), got {synth.get('n_val')!r}"
+    )
+    check(typed.get("image_size", 1) >= 1, "data.synth.image_size", f"must be >= 1, got {synth.get('image_size')!r}")
+    if "image_format" in typed:
+        choice(typed["image_format"], "data.synth.image_format", ("png", "jpg"))
+    if "difficulty" in typed:
+        choice(typed["difficulty"], "data.synth.difficulty", tuple(GENERATORS))
 
 
 @dataclass
@@ -341,6 +379,12 @@ class Config:
         if not dc.synth:
             named += [(f"data.{k}", getattr(dc, k), True) for k in ("train_images", "val_images")]
             named += [(f"data.{k}", getattr(dc, k), False) for k in ("train", "val")]
+            check(
+                dc.train is not None,
+                "data.train",
+                "is not set: name the training data (a COCO or Karpathy json, a JSONL/CSV table, a Hugging Face "
+                "dataset), or data.synth to generate scenes",
+            )
         for key, value, local in named:
             if value is None or not isinstance(value, str):
                 continue

@@ -113,8 +113,8 @@ def _summary(scores: Mapping[str, float], collapse: Mapping[str, Any] | None, co
         for name, value in collapse.items():
             out.append(f"<tr><td>{html.escape(name)}</td><td>{_fmt(value)}</td></tr>")
         out.append("</table>")
-        share = collapse.get("most_common_share", 0.0)
-        if isinstance(share, float) and share >= 0.5 and collapse.get("num_captions", 0) > 1:
+        share, n = collapse.get("most_common_share", 0.0), collapse.get("num_captions", 0)
+        if isinstance(share, float) and share >= 0.5 and round(share * n) > 1:  # one caption said at least twice
             out.append(f"<p class='warn'>Caption collapse: {share:.0%} of the captions are the same.</p>")
     return out
 
@@ -179,10 +179,11 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted(((e, *_thumbnail(e, thumb_size, max_pixels)) for e in map(_as_entry, entries)), key=_sort_key)
+    failed = [e.error is not None for e, _, _ in rows]  # images evaluation could not caption (as in scores.json)
     counts = {
-        "images": len(rows),
-        "failed images": sum(1 for e, thumb, _ in rows if thumb is None or e.error is not None),
-        "empty captions": sum(1 for e, _, _ in rows if not e.candidate.strip()),
+        "images": failed.count(False),
+        "failed images": failed.count(True),
+        "empty captions": sum(1 for (e, _, _), bad in zip(rows, failed) if not bad and not e.candidate.strip()),
     }
     parts = [
         "<!DOCTYPE html>",

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from mmgen.atomic_files import atomic_path, atomic_write_text
-from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
+from mmgen.config import ConfigError, GenerationConfig, ModelConfig, from_dict, to_dict
 from mmgen.distributed import is_sharded
 from mmgen.errors import CheckpointError, MissingCheckpointFileError
 from mmgen.generation import DecodeCache, search
@@ -21,6 +21,8 @@ from mmgen.generation.captions import GeneratedCaptions, bad_words_ids, captions
 from mmgen.models.decoder import build_decoder, checkpointing_enabled
 from mmgen.models.encoder import Encoder, normalize_on_device
 from mmgen.models.files import (
+    CONFIG_NAME,
+    DECODER_CONFIG_NAME,
     TOKENIZER_DIR,
     WEIGHTS_NAME,
     jsonable,
@@ -28,8 +30,10 @@ from mmgen.models.files import (
     load_weights,
     one_line,
     read_json,
+    require_finite_weights,
 )
 from mmgen.models.lm_loss import IGNORE_INDEX, caption_loss, linear_cross_entropy
+from mmgen.models.positions import check_generation_length, check_training_length, max_positions
 from mmgen.models.projector import build_projector
 from mmgen.tokenizer import ensure_special_tokens, load_tokenizer, start_ids
 from mmgen.transformers_glue import (
@@ -42,8 +46,6 @@ from mmgen.transformers_glue import (
     returned_cache,
 )
 
-CONFIG_NAME = "config.json"
-DECODER_CONFIG_NAME = "decoder_config.json"
 _LOGIT_SHAPING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 """transformers config fields of decoders whose logits are more than ``lm_head(hidden)`` (Gemma-2's soft cap,
 Cohere's scale, Granite's divisor): a fused loss would compute other numbers, so it refuses them."""
@@ -96,26 +98,22 @@ class CaptionModel(nn.Module):
         self._logits_to_keep = "logits_to_keep" in forward_params(self.decoder)
         self._causal_sdpa = base_model(self.decoder).config._attn_implementation == CAUSAL_SDPA
         if config.prefix_attention == "full" and not self._causal_sdpa:
-            raise ValueError(
-                "model.prefix_attention=full needs mmgen's SDPA attention, but the decoder uses "
+            raise ConfigError(
+                "model.prefix_attention: full needs mmgen's SDPA attention, but the decoder uses "
                 f"{base_model(self.decoder).config._attn_implementation!r}: set model.decoder.attn_implementation: sdpa"
             )
         self.generation_config = GenerationConfig()
         self.decode_cache = DecodeCache()  # static-cache sessions and padded LM heads kept between searches
 
+    @property
+    def max_positions(self) -> int | None:
+        """The decoder's positions (:func:`mmgen.models.positions.max_positions`); None when it names none."""
+        return max_positions(base_model(self.decoder).config)
+
     def _check_positions(self) -> None:
         """Fail at build time when image prefix + BOS/prompt + caption exceed the decoder's positions."""
-        hf = base_model(self.decoder).config
-        limit = getattr(hf, "max_position_embeddings", None) or getattr(hf, "n_positions", None)
-        need = self.num_prefix_tokens + len(self.start_ids) + self.config.max_caption_tokens
-        if limit is not None and need > limit:
-            raise ValueError(
-                f"the decoder has {limit} positions but a caption needs {need} (image prefix "
-                f"{self.num_prefix_tokens} + BOS/prompt {len(self.start_ids)} + model.max_caption_tokens "
-                f"{self.config.max_caption_tokens}): raise model.decoder.config_overrides.n_positions (or "
-                "max_position_embeddings), use a token-reducing projector (model.projector.kind=pool), or lower "
-                "model.max_caption_tokens"
-            )
+        prefix, start = self.num_prefix_tokens, len(self.start_ids)
+        check_training_length(self.max_positions, prefix, start, self.config.max_caption_tokens)
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -175,6 +173,18 @@ class CaptionModel(nn.Module):
         return self.embed_tokens(self.start_ids).unsqueeze(0).expand(batch, -1, -1)
 
     # -- generation ---------------------------------------------------------------------------------
+    def check_generation(
+        self, gen: GenerationConfig | None = None, prompt: str | None = None, key: str = "generation.max_new_tokens"
+    ) -> None:
+        """Refuse settings ``gen`` (default: :attr:`generation_config`) whose captions after ``prompt`` (None: the
+        model's own) cannot fit the decoder's positions (:mod:`mmgen.models.positions`): a ``ConfigError`` naming
+        ``key`` (``eval.generation.max_new_tokens`` in a training config), each part's count and the positions."""
+        gen = gen or self.generation_config
+        start = len(self.start_ids) if prompt is None else len(start_ids(self.tokenizer, prompt))
+        check_generation_length(
+            self.max_positions, self.num_prefix_tokens, start, gen.max_new_tokens, prompt is not None, key
+        )
+
     def prompt_embeds(
         self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None, prompt: str | None = None
     ) -> torch.Tensor:
@@ -227,6 +237,7 @@ class CaptionModel(nn.Module):
         Returns:
             :class:`~mmgen.generation.GeneratedCaptions`: texts and scores per image, best first.
         """
+        self.check_generation(gen, prompt)  # an index error deep in the decoder otherwise (a device assert on CUDA)
         out = self.search(self.prompt_embeds(pixel_values, features, prompt), gen, **options)
         return captions_of(self.tokenizer, out)
 
@@ -464,6 +475,7 @@ class CaptionModel(nn.Module):
         tokenizer = load_saved_tokenizer(path)
         model = cls(config, tokenizer, load_weights=False, decoder_hf_config=hf_cfg)
         load_weights(model, path / WEIGHTS_NAME)
+        require_finite_weights(model, path / WEIGHTS_NAME)  # NaN weights would caption "" for every image
         if generation is not None:
             model.generation_config = generation
         model.eval()

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 SERVE_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
 
@@ -39,3 +39,21 @@ class ServeSettings:
     """Largest ``max_new_tokens`` a request may ask for."""
     model_name: str = ""
     """How ``/health`` names the model."""
+
+    def __post_init__(self) -> None:
+        """Refuse settings the server cannot run with (a NaN wait would hang every request, an infinite one kill
+        the worker); all problems in one ``ValueError``, each naming its field."""
+        problems = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (type(value) is not int or value < 1):
+                problems.append(f"{f.name} must be an integer >= 1, got {value!r}")
+        wait = self.max_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not (0 <= wait <= MAX_WAIT_MS):
+            problems.append(f"max_wait_ms must be a number in [0, {MAX_WAIT_MS:g}], got {wait!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+MAX_WAIT_MS = 60_000.0
+"""The longest batch gathering window ``max_wait_ms`` may set (a NaN or an infinity is refused too)."""

@@ -7,8 +7,10 @@ or a JSON object (``image``: base64 of the file, or a ``data:`` URL; other keys:
 a form). The answer is ``{"caption", "captions", "scores", "batch_size",
 "queued_ms"}``. Errors are ``{"error": message}`` with 400 (malformed request), 413 (body or image
 too large), 415 (another content type), 422 (an image that cannot be decoded, a bad option) or 429
-(the queue is full; ``Retry-After`` says when to try again). The interactive docs pages are left
-out (they load scripts from a CDN); the schema is at ``/openapi.json``.
+(the queue is full; ``Retry-After`` says when to try again); 500 when the search itself failed (the reason
+is logged, the server keeps serving) and 503 when the captioning worker is not running (``/health`` says
+so too). The interactive docs pages are left out (they load scripts from a CDN); the schema is at
+``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
+import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +33,8 @@ from starlette.datastructures import UploadFile
 from mmgen.serve import ServeSettings
 from mmgen.serve.batcher import Batcher, Generate, Job, QueueFull
 from mmgen.serve.page import PAGE
+
+logger = logging.getLogger("mmgen.serve")
 
 
 class ApiError(Exception):
@@ -70,7 +76,12 @@ OPTIONS = {
         {"type": "string", "maxLength": 500, "description": "text the caption continues (default: the model's prompt)"}
     ),
     "bad_words": Option(
-        {"type": "array", "items": {"type": "string"}, "description": "words never generated"}, field="bad_words"
+        {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "pattern": r"\S"},  # blank words are refused
+            "description": "words never generated",
+        },
+        field="bad_words",
     ),
 }
 """The options of ``POST /v1/caption`` by name: their schema, parsing and checks all follow from this table."""
@@ -93,7 +104,10 @@ _REQUEST_SCHEMA = {
             "schema": {
                 "type": "object",
                 "required": ["image"],
-                "properties": {"image": {"type": "string", "format": "byte"}, **_OPTION_SCHEMA},
+                "properties": {  # an option given as null takes its default
+                    "image": {"type": "string", "format": "byte", "minLength": 1},
+                    **{k: {**v, "type": [v["type"], "null"]} for k, v in _OPTION_SCHEMA.items()},
+                },
             }
         },
     },
@@ -112,22 +126,48 @@ _ERROR = {"content": {"application/json": {"schema": {"type": "object", "propert
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 as soon as it is known to exceed ``limit`` bytes (declared or streamed)."""
+    """The request body, or 413 as soon as it is known to exceed ``limit`` bytes (declared or streamed); a client
+    that leaves before sending all of it is logged in one line."""
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        logger.info("%s: the client disconnected after %d bytes of its request body", _client(request), size)
+        raise ApiError(400, "the client disconnected before sending the whole request body") from None
     return b"".join(chunks)
+
+
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "a client"
+
+
+def _boundary(content_type: str) -> bytes | None:
+    """The ``boundary`` parameter of a multipart content type, as bytes (None when there is none)."""
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "boundary" and value.strip():
+            return value.strip().strip('"').encode("latin-1", "replace")
+    return None
 
 
 async def _parse_form(request: Request, body: bytes) -> tuple[bytes, str, dict]:
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
+
+    boundary = _boundary(request.headers.get("content-type", ""))
+    if boundary is not None and b"--" + boundary + b"--" not in body:
+        raise ApiError(
+            400, f"malformed multipart form: the body ends before its closing boundary ({len(body)} bytes): cut short?"
+        )
 
     try:
         form = await Request(request.scope, replay).form(max_files=1, max_fields=len(OPTIONS) + 1)
@@ -144,18 +184,31 @@ async def _parse_form(request: Request, body: bytes) -> tuple[bytes, str, dict]:
     return data, upload.filename or "upload", options
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
 def _parse_json(body: bytes) -> tuple[bytes, str, dict]:
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"invalid JSON ({e})") from None
+    try:  # strict JSON: no NaN / Infinity, no number beyond a float's range
+        payload = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ApiError(400, "invalid JSON (nested too deeply)") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, an integer of too many digits, ...
+        raise ApiError(400, f"invalid JSON ({' '.join(str(e).split())[:200]})") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
         raise ApiError(422, "the JSON body must be an object with 'image': the base64 of an image file")
     text = payload.pop("image")
     if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
         text = text.split(",", 1)[1]
-    try:
-        data = base64.b64decode(text, validate=True)
+    try:  # line breaks are legal in MIME base64 (the base64 tool wraps at 76 columns)
+        data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(422, "'image' is not valid base64") from None
     return data, "image", payload
@@ -179,7 +232,7 @@ def _checked(name: str, value: Any, option: Option, settings: ServeSettings) -> 
 def _as_int(key: str, value: Any, low: int, high: int) -> int:
     try:
         number = int(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         number = None
     if number is None or str(number) != str(value).strip():
         raise ApiError(422, f"{key}: expected an integer, got {value!r}")
@@ -211,13 +264,18 @@ def parse_options(
     prompt = checked.get("prompt")
     base, key = captioner.generation, tuple(sorted(overrides.items()))
     if cache is not None and cache.get(key, (None,))[0] is base:  # resolved from these very defaults
-        return cache[key][1], prompt
-    try:  # the limits bound what a request asks for; the model's own defaults stand as saved
-        gen = captioner.resolve_generation(**overrides)
-    except (ConfigError, ValueError) as e:
+        gen = cache[key][1]
+    else:
+        try:  # the limits bound what a request asks for; the model's own defaults stand as saved
+            gen = captioner.resolve_generation(**overrides)
+        except (ConfigError, ValueError) as e:
+            raise ApiError(422, str(e)) from None
+        if cache is not None and (key in cache or len(cache) < 1024):
+            cache[key] = (base, gen)
+    try:  # image tokens + prompt + max_new_tokens must fit the decoder's positions
+        captioner.model.check_generation(gen, prompt, key="max_new_tokens")
+    except ConfigError as e:
         raise ApiError(422, str(e)) from None
-    if cache is not None and (key in cache or len(cache) < 1024):
-        cache[key] = (base, gen)
     return gen, prompt
 
 
@@ -228,7 +286,7 @@ def _preprocess(captioner, data: bytes, name: str, max_pixels: int):
     try:
         return captioner.transform(decode_image(data, max_pixels=max_pixels, name=name))
     except BadImageError as e:
-        raise ApiError(413 if e.reason.startswith("too many pixels") else 422, str(e)) from None
+        raise ApiError(413 if e.too_large else 422, str(e)) from None
 
 
 def create_app(captioner, settings: ServeSettings | None = None, generate: Generate | None = None) -> FastAPI:
@@ -262,16 +320,10 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
         return HTMLResponse(PAGE)
 
     @app.get("/health")
-    async def health() -> dict:
-        """Liveness and load: the model, queued requests, batches and images so far."""
-        return {
-            "status": "ok",
-            "model": settings.model_name,
-            "queued": batcher.queued,
-            "max_queue": batcher.max_queue,
-            "batches": batcher.batches,
-            "images": batcher.images,
-        }
+    async def health() -> JSONResponse:
+        """Liveness and load: 'ok' while the captioning worker runs (else 'error', 503, and why), the model,
+        queued requests, batches and images so far, failed batches and the last failure."""
+        return _health(batcher, settings)
 
     responses = {
         200: {"content": {"application/json": {"schema": _RESPONSE_SCHEMA}}},
@@ -295,7 +347,9 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
             future = batcher.submit(Job(pixels, gen, prompt))
         except QueueFull as e:
             raise ApiError(429, str(e), headers={"Retry-After": "1"}) from None
-        result = await asyncio.wrap_future(future)
+        except RuntimeError as e:  # the worker is not running
+            raise ApiError(503, str(e)) from None
+        result = await _answer(request, future)
         return {
             "caption": result.captions[0],
             "captions": result.captions,
@@ -307,10 +361,54 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
     return app
 
 
+def _health(batcher: Batcher, settings: ServeSettings) -> JSONResponse:
+    worker = batcher.state
+    body = {
+        "status": "ok" if worker == "running" else "error",
+        "worker": worker,
+        "model": settings.model_name,
+        "queued": batcher.queued,
+        "max_queue": batcher.max_queue,
+        "batches": batcher.batches,
+        "images": batcher.images,
+        "failed_batches": batcher.failed_batches,
+        "last_error": batcher.last_error,
+    }
+    return JSONResponse(body, status_code=200 if worker == "running" else 503)
+
+
+async def _answer(request: Request, future) -> Any:
+    """The result of a queued job; when the client leaves first, the job is cancelled (never computed unless its
+    batch has started) and that is logged in one line. A failed search is 500 naming the error."""
+    waiter = asyncio.wrap_future(future)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not waiter.done():
+        dropped = future.cancel()  # False once its batch runs: then its result is simply not sent
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # a late failure is not "unretrieved"
+        logger.info("%s: the client disconnected while waiting%s", _client(request), "" if dropped else " (computed)")
+        raise ApiError(400, "the client disconnected before its caption was ready")
+    try:
+        return waiter.result()
+    except Exception as e:  # noqa: BLE001 - the search failed: logged by the batcher with its reason
+        raise ApiError(500, f"captioning failed: {' '.join(f'{type(e).__name__}: {e}'.split())[:500]}") from None
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client disconnects (the request's body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)  # a server that answers with empty body messages is polled, not spun on
+
+
 _STATUS = {
     400: "malformed request",
     413: "request body or image too large",
     415: "unsupported content type",
     422: "an image that cannot be decoded, or a bad option",
     429: "queue full, retry later",
+    500: "the search failed (the reason is logged; the server keeps serving)",
+    503: "the captioning worker is not running (see /health)",
 }

@@ -41,8 +41,8 @@ import torch
 from safetensors.torch import save_file, save_model
 from torch import nn
 
-from mmgen.errors import CheckpointError, MissingCheckpointFileError
-from mmgen.models.files import load_tensors, load_weights, one_line, read_json
+from mmgen.errors import CheckpointError, MissingCheckpointFileError, RunFailed
+from mmgen.models.files import load_tensors, load_weights, non_finite_tensors, one_line, read_json
 from mmgen.training.atomic_dirs import clean_work_dirs, commit_dir, fresh_work_dir, remove_dir
 from mmgen.training.rng import gather_rng_states as gather_rng_states  # re-exported: part of this API
 from mmgen.training.rng import rank_world, rng_state
@@ -64,7 +64,7 @@ FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"step_(\d+)")
 
 
-class NonFiniteWeightsError(RuntimeError):
+class NonFiniteWeightsError(RunFailed):
     """The model to be saved holds NaN or infinite weights (the run diverged); nothing was written."""
 
 
@@ -327,7 +327,7 @@ def check_finite_weights(model: nn.Module, destination: str | os.PathLike) -> No
     Raises:
         NonFiniteWeightsError: Naming how many tensors are affected and a few of them.
     """
-    bad = non_finite_tensors(model)
+    bad = non_finite_tensors(_unwrap(model))
     if bad:
         raise NonFiniteWeightsError(
             f"refusing to write {destination}: {len(bad)} weight tensor(s) hold NaN or infinite values "
@@ -345,7 +345,7 @@ def refuse_non_finite_weights(model: nn.Module, step: int, destination: Path, do
     """
     from mmgen.distributed import all_reduce_sum
 
-    bad = non_finite_tensors(model)  # FSDP: this rank's shards
+    bad = non_finite_tensors(_unwrap(model))  # FSDP: this rank's shards
     device = next(model.parameters()).device
     if all_reduce_sum(torch.tensor([float(len(bad))], device=device)).item():
         where = ", ".join(bad[:3]) or "on another rank"
@@ -353,22 +353,6 @@ def refuse_non_finite_weights(model: nn.Module, step: int, destination: Path, do
             f"step {step}: weights hold NaN or infinite values (e.g. {where}): stopping instead of {doing} "
             f"{destination}; training diverged: lower train.lr, check the data, or use precision fp32"
         )
-
-
-def non_finite_tensors(model: nn.Module) -> list[str]:
-    """The names of ``model``'s floating-point parameters and buffers that hold a NaN or an infinity (tied
-    weights once; a sharded tensor by this process's shard)."""
-    named, seen = [], set()
-    for n, t in _unwrap(model).state_dict(keep_vars=True).items():
-        t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor
-        if t.is_floating_point() and t.numel() and (t.data_ptr(), t.shape) not in seen:
-            seen.add((t.data_ptr(), t.shape))
-            named.append((n, t.detach()))
-    if not named:
-        return []
-    flags = [torch.isfinite(t).all() for _, t in named]
-    finite = torch.stack([f.to(flags[0].device) for f in flags]).cpu()  # one sync when all share a device
-    return [named[i][0] for i in (~finite).nonzero().flatten().tolist()]
 
 
 # -- writing --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import math
 import warnings
 from pathlib import Path
 
+from mmgen.atomic_files import atomic_write_text
 from mmgen.config import Config
 from mmgen.training.state_codec import json_safe, json_scalar
 
@@ -19,17 +20,24 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class RunLogger:
-    """metrics.jsonl, TensorBoard events (when tensorboard is installed) and PNG curves (rank 0 only)."""
+    """metrics.jsonl, TensorBoard events (when tensorboard is installed) and PNG curves (rank 0 only).
 
-    def __init__(self, run_dir: Path, cfg: Config, enabled: bool):
+    ``resumed_at``: the step a resumed run continues from; what was logged after it (by the run that was killed)
+    is removed from metrics.jsonl and from TensorBoard, since those steps are trained again.
+    """
+
+    def __init__(self, run_dir: Path, cfg: Config, enabled: bool, resumed_at: int | None = None):
         self.run_dir, self.enabled, self.tb = run_dir, enabled, None
         if enabled:
             _repair_torn_tail(run_dir / METRICS_FILE)  # a resumed run appends after whole lines only
+            if resumed_at is not None:
+                truncate_metrics(run_dir / METRICS_FILE, resumed_at)
         if enabled and cfg.train.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                purge = {} if resumed_at is None else {"purge_step": resumed_at + 1}
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), **purge)
             except ImportError:
                 warnings.warn(
                     "tensorboard is not installed: no TensorBoard events (pip install tensorboard)", stacklevel=2
@@ -117,6 +125,33 @@ def _repair_torn_tail(path: Path) -> None:
         else:
             f.truncate(cut)
             warnings.warn(f"{path}: removed a torn last line ({len(data) - cut} bytes) before appending", stacklevel=3)
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep the rows of ``path`` (a metrics.jsonl) up to ``step``: a resumed run trains the later steps again.
+
+    Returns:
+        The number of lines removed (said in a warning when there are any).
+    """
+    if not path.is_file():
+        return 0
+    lines = path.read_text(errors="replace").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return 0
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    warnings.warn(
+        f"{path}: removed {len(lines) - len(kept)} line(s) after step {step}, the step the run resumes from",
+        stacklevel=3,
+    )
+    return len(lines) - len(kept)
 
 
 def plot_curves(run_dir: str | Path, series: tuple[str, ...], title: str, log_scale: bool = False) -> None:

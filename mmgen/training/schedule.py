@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mmgen.config import TrainConfig
+from mmgen.config import ConfigError, TrainConfig
 
 
 def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -15,7 +15,10 @@ def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.opti
         cfg.lr, cfg.weight_decay, encoder_lr=cfg.encoder_lr, projector_lr=cfg.projector_lr, decoder_lr=cfg.decoder_lr
     )
     if not groups:
-        raise ValueError("nothing to train: every parameter is frozen (check model.*.freeze / model.decoder.mode)")
+        raise ConfigError(
+            "model.decoder.mode: nothing to train, every parameter is frozen (check model.encoder.freeze and "
+            "model.decoder.mode)"
+        )
     fused = cfg.fused_adam if cfg.fused_adam is not None else device.type == "cuda"
     for g in groups:
         g["initial_lr"] = g["lr"]

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from mmgen import distributed as D
-from mmgen.config import Config, save_config
+from mmgen.config import Config, ConfigError
+from mmgen.errors import RunFailed
+from mmgen.models.decoder import check_decoder_config
 from mmgen.runtime import set_threads
 from mmgen.training.checkpoint import refuse_non_finite_weights
 from mmgen.training.ema import average_state, averaged, build_average, restore_average
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from mmgen.models import CaptionOutput
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailed):
     """Raised after ``train.max_bad_steps`` consecutive steps with a NaN/inf loss."""
 
 
@@ -80,7 +82,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False):
         from mmgen.training import run_data as tdata
-        from mmgen.training.rundir import claim_run_dir, finished_run
+        from mmgen.training.rundir import check_resume, claim_run_dir, finished_run
 
         if cfg.train.objective != "xe" and type(self) is Trainer:
             raise ValueError(
@@ -92,10 +94,13 @@ class Trainer:
         set_threads(cfg.train.threads)  # before any work; None leaves torch's setting
         self.dist = D.init_distributed()
         self.levers = check_levers(cfg.train, self.dist.device)  # GPU-only levers fail here, before any work
+        check_decoder_config(cfg.model.decoder)  # a misspelt config_overrides key too
         cfg = tdata.resolve_data_source(cfg, print if self.dist.is_main else None)  # config.yaml says what trains
         self.cfg = cfg
         self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
         self.device = self.dist.device
+        if resume is not None:
+            check_resume(self.run_dir, cfg)  # overrides it cannot honour, before anything is read or written
         self.finished = finished_run(self.run_dir, cfg) if resume is not None else None
         if self.finished:
             if self.dist.is_main:
@@ -112,11 +117,11 @@ class Trainer:
     def _build(self, cfg: Config, resume: str | Path | None) -> None:
         from mmgen.training import run_data as tdata
         from mmgen.training.checkpoint import latest_checkpoint, load_latest_checkpoint
+        from mmgen.training.rundir import save_run_config
 
         seed_everything(cfg.train.seed)
-        if self.dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
-        D.barrier()
+        if not resume:  # a new run says what trains first; a resumed one once its checkpoint has loaded
+            save_run_config(self.run_dir, cfg, self.dist.is_main)
         self.data = tdata.prepare(cfg, self.run_dir, self.dist)
         tokenizer = tdata.prepare_tokenizer(cfg, self.data.train_records, self.run_dir, self.dist)
         from mmgen.models import CaptionModel
@@ -124,14 +129,20 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = CaptionModel(cfg.model, tokenizer).to(self.device)
         self.model.generation_config = cfg.eval.generation
-        if cfg.train.init_from and not resume:
+        self.model.check_generation(key="eval.generation.max_new_tokens")  # before a step is spent on it
+        self.state = TrainState()
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if resume and ckpt is None and self.dist.is_main:
+            print(
+                f"{self.run_dir}: no checkpoint yet (the run stopped before its first save, train.save_every="
+                f"{cfg.train.save_every}): training starts again from step 0"
+            )
+        if cfg.train.init_from and ckpt is None:
             from mmgen.models.files import load_matching_weights
 
             missing = load_matching_weights(self.model, cfg.train.init_from)
             if self.dist.is_main:
                 print(f"initialised from {cfg.train.init_from} ({len(missing)} tensors kept their new init)")
-        self.state = TrainState()
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
         if ckpt is None:
             seed_everything(cfg.train.seed + self.dist.rank)
         self.features = tdata.feature_cache(cfg, self.model, self.data, self.run_dir, self.dist)
@@ -140,7 +151,7 @@ class Trainer:
         self.wrapped = D.wrap_model(self.model, self.dist, cfg.train.distributed)
         self.sharded = D.is_sharded(self.wrapped)
         if self.sharded and cfg.train.objective != "xe":
-            raise ValueError("train.distributed=fsdp trains train.objective=xe only; SCST samples with ddp")
+            raise ConfigError("train.distributed: fsdp trains train.objective=xe only; SCST samples with ddp")
         self.average = build_average(self.model, cfg.train.ema_decay, self.sharded)  # train.ema_decay
         self._evaluated_at = -1  # the step of the last evaluation
         self._twin: torch.nn.Module | None = None  # FSDP: rank 0's unsharded copy for saving and evaluating
@@ -154,15 +165,18 @@ class Trainer:
             self.state.finished_max_steps = None  # a finished run continues when train.max_steps was raised
             if self.dist.is_main:
                 print(f"resumed from {ckpt} at step {self.state.step}")
+        if resume:  # every check has passed: the overrides (e.g. a raised train.max_steps) become the run's
+            save_run_config(self.run_dir, cfg, self.dist.is_main)
         # what a training forward calls (:meth:`forward`): the wrapped model, compiled with train.compile
         self.step_module = (
             torch.compile(self.wrapped, mode=cfg.train.compile_mode) if cfg.train.compile else self.wrapped
         )
-        self.logger = RunLogger(self.run_dir, cfg, self.dist.is_main)
+        # a resumed run's records end at its checkpoint's step (what a killed run logged after it is redone)
+        self.logger = RunLogger(self.run_dir, cfg, self.dist.is_main, resumed_at=self.state.step if resume else None)
         world, accum = self.dist.world_size, cfg.train.grad_accum
         if cfg.train.batch_size % (world * accum):
-            raise ValueError(
-                f"train.batch_size={cfg.train.batch_size} must be divisible by "
+            raise ConfigError(
+                f"train.batch_size: {cfg.train.batch_size} must be divisible by "
                 f"world size x grad_accum = {world * accum}"
             )
         self.micro_batch = cfg.train.batch_size // (world * accum)
