@@ -107,14 +107,22 @@ class Captioner:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         quantize: str | None = None,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
     ) -> Captioner:
-        """Load a model directory written by ``CaptionModel.save_pretrained`` (or by training).
+        """Load a model directory written by ``CaptionModel.save_pretrained`` (or by training), or a Hugging Face
+        Hub repo id (``owner/name``) holding one (downloaded through the Hugging Face cache, see :mod:`mmgen.hub`).
 
         Args:
-            path: The model directory.
+            path: The model directory, or a Hub repo id.
             device: Where to run (default: CUDA when available, else the CPU).
             dtype: Weights dtype, e.g. ``torch.bfloat16`` or ``"bfloat16"`` (default: as saved).
             quantize: ``"int8"`` for int8 CPU inference (needs ``device="cpu"``; default device then is the CPU).
+            revision: The Hub branch, tag or commit (default: ``main``).
+            cache_dir: The Hugging Face cache to use (default: ``HF_HUB_CACHE``).
+            token: A Hub token for private repos (default: the saved login, or ``HF_TOKEN``).
 
         Raises:
             mmgen.errors.MissingCheckpointFileError: The directory, a file or the ``tokenizer/`` it needs is
@@ -128,7 +136,32 @@ class Captioner:
             device = "cuda" if torch.cuda.is_available() and quantize is None else "cpu"
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        return cls(CaptionModel.from_pretrained(path, device=device, dtype=dtype), quantize=quantize)
+        hub = {"revision": revision, "cache_dir": cache_dir, "token": token}
+        return cls(CaptionModel.from_pretrained(path, device=device, dtype=dtype, **hub), quantize=quantize)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Save the model with this captioner's default generation settings (and the model card) into ``path``, as
+        ``CaptionModel.save_pretrained`` does; ``Captioner.from_pretrained(path)`` loads it back.
+
+        Raises:
+            ValueError: The model is int8-quantised (save the fp32 model; quantise when loading).
+        """
+        from mmgen.quantize import is_quantized
+
+        if is_quantized(self.model):
+            raise ValueError("an int8-quantised model is not saved: save the fp32 one and load it with quantize='int8'")
+        self.model.save_pretrained(path, generation=self.generation)
+
+    def push_to_hub(self, repo_id: str, **options: Any) -> str:
+        """Upload the model with this captioner's default generation settings to the Hub repo ``repo_id``;
+        ``options``: ``private``, ``revision``, ``commit_message``, ``token``, ``create_pr`` (see
+        :func:`mmgen.hub.push_model`). Returns the commit's URL."""
+        from mmgen.hub import push_model
+        from mmgen.quantize import is_quantized
+
+        if is_quantized(self.model):
+            raise ValueError("an int8-quantised model is not uploaded: push the fp32 one")
+        return push_model(self.model, repo_id, generation=self.generation, **options)
 
     @property
     def device(self) -> torch.device:

@@ -26,6 +26,7 @@ from mmgen.training.checkpoint import refuse_non_finite_weights
 from mmgen.training.ema import average_state, averaged, build_average, restore_average
 from mmgen.training.levers import check_levers, forward_context
 from mmgen.training.logs import RunLogger
+from mmgen.training.run_card import run_card, training_data
 from mmgen.training.run_data import batch_inputs
 from mmgen.training.schedule import build_optimizer, build_scheduler
 
@@ -49,6 +50,8 @@ class TrainState:
     bad_steps_in_a_row: int = 0
     skipped_steps: int = 0
     history: list = field(default_factory=list)
+    train_seconds: float = 0.0
+    """Wall-clock seconds spent in :meth:`Trainer.fit` so far, over every session of the run (for the model card)."""
     finished_max_steps: int | None = None
     """Set in the last checkpoint of a finished run: the ``train.max_steps`` it finished under (or its last step,
     when it was resumed past it); resuming trains further only when ``train.max_steps`` is raised above it."""
@@ -118,6 +121,7 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         D.barrier()
         self.data = tdata.prepare(cfg, self.run_dir, self.dist)
+        self.card_data = training_data(cfg, self.data.train_records)  # the model cards' "training data"
         tokenizer = tdata.prepare_tokenizer(cfg, self.data.train_records, self.run_dir, self.dist)
         from mmgen.models import CaptionModel
 
@@ -143,6 +147,7 @@ class Trainer:
             raise ValueError("train.distributed=fsdp trains train.objective=xe only; SCST samples with ddp")
         self.average = build_average(self.model, cfg.train.ema_decay, self.sharded)  # train.ema_decay
         self._evaluated_at = -1  # the step of the last evaluation
+        self.last_scores: dict = {}  # its scores (rank 0), for the model cards
         self._twin: torch.nn.Module | None = None  # FSDP: rank 0's unsharded copy for saving and evaluating
         self.optimizer = build_optimizer(self.model, cfg.train, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
@@ -299,6 +304,7 @@ class Trainer:
             total=cfg.train.max_steps, initial=st.step, disable=not self.dist.is_main, dynamic_ncols=True, desc="train"
         )
         last_scores: dict = {}
+        spent = st.train_seconds  # by earlier sessions of the run
         window_images, window_t = 0, self.clock()
         stop = st.step >= cfg.train.max_steps
         self.model.train()
@@ -310,6 +316,7 @@ class Trainer:
                     self.average.update(self.model)
                 st.step += 1
                 st.batch_in_epoch += 1
+                st.train_seconds = spent + self.clock() - start
                 window_images += images * self.dist.world_size
                 bar.update(1)
                 if st.step % cfg.train.log_every == 0 or st.step == cfg.train.max_steps:
@@ -419,9 +426,11 @@ class Trainer:
                         self.state.best = value
                         self.state.evals_without_improvement = 0
                         metrics = {"step": self.state.step, **scores}
-                        save_best(self.run_dir, model, metrics, generation=self.cfg.eval.generation)
+                        card = run_card(self, "best", scores, model)
+                        save_best(self.run_dir, model, metrics, generation=self.cfg.eval.generation, card=card)
                     else:
                         self.state.evals_without_improvement += 1
+            self.last_scores = scores
             entry = {"step": self.state.step, "eval": scores}
             self.state.history.append(entry)
             self.logger.log(entry)
@@ -456,6 +465,7 @@ class Trainer:
                 generation=self.cfg.eval.generation,
                 rng_states=rng,
                 optimizer_state=optim,
+                card=run_card(self, f"step_{self.state.step:08d}", self.last_scores, model),
             )
         D.barrier()
 
@@ -463,7 +473,8 @@ class Trainer:
         model = self.unsharded()
         if self.dist.is_main:
             with averaged(self.average, model):
-                model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
+                card = run_card(self, "final", self.last_scores, model)
+                model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation, card=card)
             self.logger.plot()
 
     def unsharded(self) -> torch.nn.Module:
