@@ -125,7 +125,7 @@ class ModelCard:
                     )
         facts = {
             "trained_on": self.trained_on(),
-            "synthetic_data": synthetic,
+            "synthetic_data": None if self.data is None else synthetic,
             "parameters": self.parameters.get("all", {}).get("total"),
         }
         return ModelCardData(
@@ -252,7 +252,7 @@ def describe_parts(config) -> dict[str, str]:
     decoder = f"transformers `{dec.name}`" + (" (pretrained)" if dec.pretrained else " (random init)")
     if over:
         layers, width = over.get("n_layer", over.get("num_hidden_layers")), over.get("n_embd", over.get("hidden_size"))
-        decoder += f", {layers} layers, {width} wide" if layers or width else ""
+        decoder += f", {layers} layer{'s' if layers != 1 else ''}, {width} wide" if layers or width else ""
     decoder += f", trained {dec.mode}" if dec.mode != "full" else ""
     return {
         "encoder": encoder,

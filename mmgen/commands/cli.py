@@ -21,6 +21,7 @@ COMMANDS = {
     "evaluate": "evaluate_command",
     "demo": "demo_command",
     "serve": "serve_command",
+    "push": "push_command",
 }
 
 

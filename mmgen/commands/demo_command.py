@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmgen.commands import add_threads_option, apply_threads
 from mmgen.config import Config, load_preset
@@ -35,6 +36,8 @@ class DemoResult:
     samples: list[tuple[str, str]]
     scenes: dict = field(default_factory=dict)
     """Attribute accuracies of the held-out captions (:func:`mmgen.scenes.accuracy.scene_accuracy`)."""
+    card: Any = None
+    """The model card written into the model folder (:class:`mmgen.model_card.ModelCard`)."""
 
     @property
     def cider_ratio(self) -> float:
@@ -87,6 +90,7 @@ def run_demo(
     from mmgen.data import load_records
     from mmgen.evaluation import score_captions
     from mmgen.evaluation.evaluate import evaluate_model, write_evaluation
+    from mmgen.model_card import write_card
     from mmgen.models import CaptionModel
     from mmgen.scenes.accuracy import load_scenes, scene_accuracy
     from mmgen.training.trainer import Trainer
@@ -130,10 +134,34 @@ def run_demo(
     picks = val[:4] if hasattr(val, "__getitem__") else list(val)[:4]
     samples = [(str(r.image), c) for r, c in zip(picks, captioner.caption([str(r.image) for r in picks]))]
     res = DemoResult(run_dir, eval_dir, result.scores, baseline, baseline_caption, samples, scenes)
+    res.card = demo_card(res, model, trainer, len(val), f"mmgen demo --budget {budget} --seed {seed}")
+    write_card(model_dir, res.card.render())
     _write_summary(out / "demo_summary.json", res, time.perf_counter() - t0)
     say("[4/4] done\n")
     say(_summary(res, model_dir, time.perf_counter() - t0))
     return res
+
+
+def demo_card(res: DemoResult, model, trainer, n_val: int, command: str, name: str = "mmgen-demo"):
+    """The model card of the demo's model: its training, and the demo's evaluation beside the baseline."""
+    from mmgen.model_card import Evaluation, TrainingBudget, model_card
+
+    st, cfg = trainer.state, trainer.cfg
+    budget = TrainingBudget(st.step, st.step * cfg.train.batch_size, st.train_seconds, str(trainer.device))
+    beams = cfg.eval.generation.num_beams
+    notes = [
+        f"The most frequent training caption ('{res.baseline_caption}') for every image scores BLEU-4 "
+        f"{res.baseline['Bleu_4']:.3f}, CIDEr {res.baseline['CIDEr']:.3f}: this model's CIDEr is "
+        f"{res.cider_ratio:.1f}x that."
+    ]
+    if res.scenes:
+        shown = ("background", "color", "size", "count", "shape", "relation")
+        parts = ", ".join(f"{k} {res.scenes[k]:.2f}" for k in shown if isinstance(res.scenes.get(k), float))
+        notes.append(f"Its captions read back against each scene's truth (share right): {parts}.")
+    evaluation = Evaluation(
+        res.scores, f"{n_val} held-out synthetic scenes (beam search, {beams} beams)", command, notes
+    )
+    return model_card(model, name, data=trainer.card_data, budget=budget, evaluation=evaluation)
 
 
 def _write_summary(path: Path, res: DemoResult, seconds: float) -> None:
