@@ -82,10 +82,10 @@ class ModelCard:
     limitations: list[str] = field(default_factory=list)
 
     def trained_on(self) -> str:
-        """One line on the training data (``synthetic scenes (4,000 images)``), or ``not recorded``."""
+        """One line on the training data (``synthetic scenes (...), 4,000 images``), or ``not recorded``."""
         if self.data is None:
             return "not recorded"
-        size = f" ({self.data.images:,} images)" if self.data.images else ""
+        size = f", {self.data.images:,} images" if self.data.images else ""
         return f"{self.data.name}{size}"
 
     def all_limitations(self) -> list[str]:

@@ -60,7 +60,7 @@ def shipped_card(model_dir: Path) -> str:
     metrics = json.loads((model_dir / "metrics.json").read_text())
     side = SHIPPED["image_size"]
     data = TrainingData(
-        f"synthetic scenes (`mmgen data synth`, simple, seed 0, {side}x{side} pixels)",
+        f"synthetic scenes (mmgen data synth: simple, seed 0, {side}x{side} pixels)",
         SHIPPED["train"],
         SHIPPED["train"] * 5,
         synthetic=True,

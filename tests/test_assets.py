@@ -38,8 +38,14 @@ def test_caption_the_shipped_images(capsys):
             "cpu",
         ]
     )
-    lines = capsys.readouterr().out.strip().splitlines()
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 4
+    # which model answers, on stderr: its name and what it was trained on (its card)
+    assert err.splitlines() == [
+        f"mmgen caption: model tiny-scenes-model ({ASSETS / 'tiny-scenes-model'}), trained on synthetic scenes "
+        "(mmgen data synth: simple, seed 0, 64x64 pixels), 4,000 images"
+    ]
     for line in lines:
         path, caption = line.split("\t")
         assert path.endswith(".png") and len(caption.split()) >= 4

@@ -39,7 +39,7 @@ def test_demo_beats_the_baseline(tmp_path):
     card = ModelCard.load(tmp_path / "demo" / "run" / "best" / "README.md")
     meta = card.data.to_dict()
     assert meta["library_name"] == "mmgen" and "synthetic-data" in meta["tags"]
-    assert meta["mmgen"]["synthetic_data"] is True and meta["mmgen"]["trained_on"].endswith("(1,200 images)")
+    assert meta["mmgen"]["synthetic_data"] is True and meta["mmgen"]["trained_on"].endswith(", 1,200 images")
     cider = next(r.metric_value for r in card.data.eval_results if r.metric_type == "cider")
     assert cider == round(res.scores["CIDEr"], 4)
     assert "knows synthetic shapes only" in card.text and "mmgen demo --budget small --seed 0" in card.text

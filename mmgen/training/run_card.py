@@ -38,7 +38,7 @@ def training_data(cfg: Config, train_records: Any) -> TrainingData:
     if synth:
         difficulty = synth.get("difficulty", "simple")
         side = synth.get("image_size", 64)
-        name = f"synthetic scenes (`mmgen data synth`, {difficulty}, seed {synth.get('seed', 0)}, {side}x{side} pixels)"
+        name = f"synthetic scenes (mmgen data synth: {difficulty}, seed {synth.get('seed', 0)}, {side}x{side} pixels)"
         return TrainingData(name, size, captions, synthetic=True, description=SCENE_KINDS.get(difficulty, ""))
     name = str(cfg.data.train) + (f" (split {cfg.data.train_split})" if cfg.data.train_split else "")
     return TrainingData(name, size, captions)

@@ -27,6 +27,7 @@ from mmgen.commands import (
     add_threads_option,
     apply_threads,
     load_captioner,
+    model_line,
     positive_int,
     split_generation_overrides,
     stderr_is_tty,
@@ -90,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = generation_overrides(args)
     captioner = load_captioner(args)
     captioner.resolve_generation(**overrides)  # invalid settings fail before any image is read
+    if not args.quiet:  # which model answers: on stderr, never among the captions
+        print(f"mmgen caption: {model_line(captioner, args.model)}", file=sys.stderr)
 
     failed = 0
     bar = tqdm(total=len(paths), desc="caption", unit="img", file=sys.stderr, disable=args.quiet or not stderr_is_tty())
