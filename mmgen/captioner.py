@@ -5,9 +5,9 @@
 >>> captioner.caption(["cat.jpg", "dog.png"], num_beams=5)
 ['a cat sitting on a couch', 'a dog running on the beach']
 
-Images may be paths, PIL images or tensors already preprocessed for the encoder; they are decoded
-safely (RGB, EXIF orientation, pixel limit), preprocessed with the saved encoder's timm data config
-and captioned in batches.
+Images may be paths, http(s) URLs, encoded bytes, PIL images, numpy arrays (HWC uint8 RGB) or tensors already
+preprocessed for the encoder; they are decoded safely (RGB, EXIF orientation, pixel limit), preprocessed with
+the saved encoder's timm data config and captioned in batches.
 """
 
 from __future__ import annotations
@@ -17,17 +17,21 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from PIL import Image
 
 from mmgen.config import GenerationConfig
 
+if TYPE_CHECKING:
+    import numpy as np
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
-ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
-"""A path, a PIL image, or a preprocessed tensor (3, H, W) / batch (B, 3, H, W)."""
+ImageInput = Union[str, os.PathLike, bytes, Image.Image, "np.ndarray", torch.Tensor]
+"""A path or http(s) URL, the bytes of an image file, a PIL image, a numpy array ``(H, W, 3)`` uint8 RGB (``(H, W)``
+grey, ``(H, W, 4)`` RGBA; ``(N, H, W, 3)``: N images), or a preprocessed tensor (3, H, W) / batch (B, 3, H, W)."""
 
 
 @dataclass
@@ -64,11 +68,13 @@ def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def _flatten(images: ImageInput | Sequence[ImageInput]) -> list[tuple[str, Any]]:
-    """(source name, image) per image; a batched tensor counts as its B images."""
-    single = isinstance(images, (str, os.PathLike, torch.Tensor, Image.Image))
+    """(source name, image) per image; a batched tensor or array counts as its B images."""
+    array = type(images).__module__ == "numpy" and hasattr(images, "ndim")
+    single = isinstance(images, (str, os.PathLike, bytes, bytearray, torch.Tensor, Image.Image)) or array
     items: list[tuple[str, Any]] = []
     for x in [images] if single else list(images):
-        if isinstance(x, torch.Tensor) and x.ndim == 4:
+        batched = isinstance(x, torch.Tensor) or (type(x).__module__ == "numpy" and hasattr(x, "ndim"))
+        if batched and x.ndim == 4:
             items += [(f"<image {len(items) + i}>", t) for i, t in enumerate(x)]
         elif isinstance(x, (str, os.PathLike)):
             items.append((str(x), x))
@@ -99,6 +105,10 @@ class Captioner:
         self.model = model.eval()
         self.generation = generation or model.generation_config
         self.transform = build_transform(model.data_config, uint8=True)  # the model normalises
+        self.url_timeout = 10.0
+        """Seconds a URL image's download may wait for its server (to connect, and between reads)."""
+        self.max_download_bytes = 20 * 2**20
+        """The largest image a URL may bring (20 MiB); larger ones fail as a bad image."""
 
     @classmethod
     def from_pretrained(
@@ -185,8 +195,8 @@ class Captioner:
         """The best caption of each image.
 
         Args:
-            images: One image or a list (paths, PIL images, preprocessed tensors); a ``(B, 3, H, W)``
-                tensor counts as B images.
+            images: One image or a list (paths, URLs, bytes, PIL images, numpy arrays, preprocessed tensors: see
+                :data:`ImageInput`); a ``(B, 3, H, W)`` tensor or ``(N, H, W, 3)`` array counts as its images.
             batch_size: Images per forward pass.
             prompt: Text the captions continue (``"a photo of"``), in place of the prompt the model was
                 trained with (``model.prompt``; ``""``: none); None keeps the model's. Not repeated in
@@ -284,19 +294,25 @@ class Captioner:
     def preprocess(self, image: Any, source: str | None = None) -> torch.Tensor:
         """One image as the encoder's ``(3, H, W)`` input, still in 0..255 (the model normalises it).
 
-        Paths and PIL images are decoded (RGB, EXIF orientation) and resized / cropped with the model's
-        data config into a uint8 tensor. A uint8 tensor ``(3, H, W)`` at the input size is taken as it is
-        (the model normalises it with its data config's mean and std, see
-        :meth:`~mmgen.models.caption_model.CaptionModel.normalize_pixels`); a float tensor is taken as already
-        normalised.
+        Paths, http(s) URLs (downloaded within :attr:`url_timeout` and :attr:`max_download_bytes`), bytes, PIL
+        images and numpy arrays (uint8 RGB, see :data:`ImageInput`) are decoded (RGB, EXIF orientation, the same
+        pixel limit) and resized / cropped with the model's data config into a uint8 tensor. A uint8 tensor
+        ``(3, H, W)`` at the input size is taken as it is (the model normalises it with its data config's mean
+        and std, see :meth:`~mmgen.models.caption_model.CaptionModel.normalize_pixels`); a float tensor is taken
+        as already normalised.
 
         Raises:
             mmgen.data.BadImageError: the image cannot be decoded, or a tensor has the wrong shape.
         """
+        from mmgen.data.downloads import array_to_image, fetch_url, is_url
         from mmgen.data.images import BadImageError, decode_image
         from mmgen.data.transforms import image_size
 
         source = source or "<image>"
+        if is_url(image):
+            image = fetch_url(image, self.url_timeout, self.max_download_bytes)
+        elif type(image).__module__ == "numpy":
+            image = array_to_image(image, source)
         if not isinstance(image, torch.Tensor):
             return self.transform(decode_image(image, name=source))
         size = image_size(self.model.data_config)
