@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -43,12 +43,14 @@ class CaptionResult:
         captions: ``num_return_sequences`` captions, best first (empty when ``error`` is set).
         scores: Their sequence scores.
         error: Why the image could not be captioned (only with ``skip_errors=True``), else None.
+        truncated: Per caption: it stopped at ``max_new_tokens`` without its end-of-sequence token.
     """
 
     source: str
     captions: list[str]
     scores: list[float]
     error: str | None = None
+    truncated: list[bool] = field(default_factory=list)
 
     @property
     def caption(self) -> str | None:
@@ -272,7 +274,7 @@ class Captioner:
                 if isinstance(p, str):
                     yield CaptionResult(source, [], [], error=p)
                 else:
-                    yield CaptionResult(source, out.texts[done], out.scores[done])
+                    yield CaptionResult(source, out.texts[done], out.scores[done], truncated=out.truncated[done])
                     done += 1
             pending.clear()
 

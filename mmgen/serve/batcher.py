@@ -61,6 +61,8 @@ class BatchResult:
     scores: list[float]
     batch_size: int
     queued_ms: float
+    truncated: list[bool] = field(default_factory=list)
+    """Per caption: it stopped at ``max_new_tokens`` (no end-of-sequence token)."""
 
 
 class Batcher:
@@ -162,6 +164,7 @@ class Batcher:
                 continue
             self.batches += 1
             self.images += len(batch)
-            for j, texts, scores in zip(batch, out.texts, out.scores):
+            cut = out.truncated or [[] for _ in batch]
+            for j, texts, scores, flags in zip(batch, out.texts, out.scores, cut):
                 queued = (started - j.arrived) * 1000
-                j.future.set_result(BatchResult(texts, scores, len(batch), queued))
+                j.future.set_result(BatchResult(texts, scores, len(batch), queued, flags))
