@@ -3,7 +3,7 @@
 * :mod:`mmgen.serve.batcher` -- dynamic batching of concurrent requests into one search (no web imports);
 * :mod:`mmgen.serve.app` -- the FastAPI app: ``POST /v1/caption``, ``GET /v1/model``, ``GET /health``, the page at
   ``/``;
-* :mod:`mmgen.serve.metrics` -- Prometheus metrics at ``GET /metrics`` (``prometheus-client``);
+* :mod:`mmgen.serve.prometheus_metrics` -- Prometheus metrics at ``GET /metrics`` (``prometheus-client``);
 * :mod:`mmgen.serve.server` -- running the app with uvicorn, in the foreground or on a background thread;
 * :mod:`mmgen.serve.loadtest` -- a bounded load test against a running server.
 """

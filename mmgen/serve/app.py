@@ -262,7 +262,7 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
     ``generate``: what captions a batch (default: the captioner's model, ``captioner.model.generate``); a
     stand-in measures or tests everything around the search.
     """
-    from mmgen.serve import metrics as prometheus
+    from mmgen.serve import prometheus_metrics as prometheus
 
     settings = settings or ServeSettings()
     generate = generate or captioner.model.generate

@@ -1,4 +1,5 @@
-"""A run's records: ``metrics.jsonl``, TensorBoard events and PNG curves.
+"""A run's records: ``metrics.jsonl``, the trackers of ``train.report_to`` (TensorBoard, MLflow, W&B:
+:mod:`mmgen.training.trackers`) and PNG curves.
 
 ``metrics.jsonl`` is strict JSON, one object a line: a NaN or infinite value (the loss of a skipped
 step) is written as ``null``. Readers go through :func:`read_metrics`, which skips a torn last line (a
@@ -19,46 +20,58 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class RunLogger:
-    """metrics.jsonl, TensorBoard events (when tensorboard is installed) and PNG curves (rank 0 only)."""
+    """metrics.jsonl, the trackers of ``train.report_to`` and PNG curves (rank 0 only).
+
+    Raises:
+        mmgen.training.trackers.MissingTrackerError: A tracker's package is missing (MLflow, W&B); a missing
+            TensorBoard is a warning (it is the default).
+    """
 
     def __init__(self, run_dir: Path, cfg: Config, enabled: bool):
-        self.run_dir, self.enabled, self.tb = run_dir, enabled, None
-        if enabled:
-            _repair_torn_tail(run_dir / METRICS_FILE)  # a resumed run appends after whole lines only
-        if enabled and cfg.train.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        from mmgen.config import to_dict
+        from mmgen.training.trackers import MissingTrackerError, open_trackers
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                warnings.warn(
-                    "tensorboard is not installed: no TensorBoard events (pip install tensorboard)", stacklevel=2
-                )
+        self.run_dir, self.enabled, self.trackers = run_dir, enabled, []
+        if not enabled:
+            return
+        _repair_torn_tail(run_dir / METRICS_FILE)  # a resumed run appends after whole lines only
+        names = cfg.train.trackers
+        try:
+            self.trackers = open_trackers(names, run_dir, cfg.train.tracking_project)
+        except MissingTrackerError as e:
+            if e.tracker != "tensorboard":
+                raise
+            warnings.warn("tensorboard is not installed: no TensorBoard events (pip install tensorboard)", stacklevel=2)
+            self.trackers = open_trackers([n for n in names if n != "tensorboard"], run_dir, cfg.train.tracking_project)
+        for tracker in self.trackers:
+            tracker.log_config(to_dict(cfg))
 
     def log(self, entry: dict) -> None:
-        """Append ``entry`` to metrics.jsonl (non-finite numbers as null) and its numbers to TensorBoard."""
+        """Append ``entry`` to metrics.jsonl (non-finite numbers as null) and its numbers to the trackers."""
         if not self.enabled:
             return
         line = json.dumps(json_safe(entry), allow_nan=False, default=json_scalar)
         with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(line + "\n")
-        if self.tb is not None:
-            step = entry["step"]
-            for k, v in entry.items():
-                if _finite_number(v) and k not in ("step",):
-                    self.tb.add_scalar(f"train/{k}", v, step)
-            for k, v in entry.get("eval", {}).items():
-                if _finite_number(v):
-                    self.tb.add_scalar(f"eval/{k}", v, step)
+        values = {f"train/{k}": v for k, v in entry.items() if _finite_number(v) and k != "step"}
+        values.update({f"eval/{k}": v for k, v in entry.get("eval", {}).items() if _finite_number(v)})
+        if values:
+            for tracker in self.trackers:
+                tracker.log_metrics(values, entry["step"])
 
-    def plot(self) -> None:
-        """Loss and eval-metric curves as ``curves.png``."""
-        if self.enabled:
-            plot_curves(self.run_dir, ("loss",), "training loss", log_scale=True)
+    def plot(self, card: Path | None = None) -> None:
+        """Loss and eval-metric curves as ``curves.png``; both, and the final model ``card``, go to the trackers."""
+        if not self.enabled:
+            return
+        plot_curves(self.run_dir, ("loss",), "training loss", log_scale=True)
+        files = [f for f in (self.run_dir / "curves.png", card) if f is not None and f.is_file()]
+        for tracker in self.trackers:
+            for f in files:
+                tracker.log_file(f)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def _finite_number(v) -> bool:

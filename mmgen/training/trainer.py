@@ -475,7 +475,7 @@ class Trainer:
             with averaged(self.average, model):
                 card = run_card(self, "final", self.last_scores, model)
                 model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation, card=card)
-            self.logger.plot()
+            self.logger.plot(card=self.run_dir / "final" / "README.md")
 
     def unsharded(self) -> torch.nn.Module:
         """The model with whole tensors: itself, or under FSDP (a collective: every rank calls it) an unsharded
