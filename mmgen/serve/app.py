@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -283,9 +283,7 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
 
     app = FastAPI(title="mmgen captioning", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher, app.state.settings = batcher, settings
-    if measured is not None:
-        endpoints = ("/v1/caption", "/v1/model", "/health", "/metrics", "/")
-        app.add_middleware(prometheus.RequestTimer, metrics=measured, endpoints=endpoints)
+    prometheus.add_metrics(app, measured, ("/v1/caption", "/v1/model", "/health", "/metrics", "/"))
     model_facts = describe_model(captioner, settings)
     resolved: dict = {}  # generation settings by the options asked (see parse_options)
 
@@ -302,14 +300,6 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
         """Which model answers: its name, what it was trained on, its size and scores, its generation defaults, and
         its model card (Markdown) in ``card``."""
         return model_facts
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        """Prometheus metrics (text exposition format)."""
-        if measured is None:
-            raise ApiError(501, f"metrics need {prometheus.PACKAGE}: pip install {prometheus.PACKAGE}")
-        body, content_type = measured.exposition()
-        return Response(body, media_type=content_type)
 
     @app.get("/health")
     async def health() -> dict:

@@ -98,3 +98,20 @@ class RequestTimer:
             await self.app(scope, receive, record)
         finally:
             self.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+
+
+def add_metrics(app, metrics: ServerMetrics | None, endpoints: tuple[str, ...]) -> None:
+    """``GET /metrics`` on a FastAPI app, and the timing of every request to ``endpoints``; without
+    ``prometheus_client`` (``metrics`` None) ``/metrics`` answers 501 naming the package."""
+    from fastapi.responses import JSONResponse, Response
+
+    if metrics is not None:
+        app.add_middleware(RequestTimer, metrics=metrics, endpoints=endpoints)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def exposition() -> Response:
+        """Prometheus metrics (text exposition format)."""
+        if metrics is None:
+            return JSONResponse({"error": f"metrics need {PACKAGE}: pip install {PACKAGE}"}, status_code=501)
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
