@@ -265,13 +265,10 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
     from mmgen.serve import prometheus_metrics as prometheus
 
     settings = settings or ServeSettings()
-    generate = generate or captioner.model.generate
-    queue = []  # the batcher, once made: the queue-depth gauge reads it
-    measured = prometheus.ServerMetrics(lambda: queue[0].queued if queue else 0) if prometheus.available() else None
-    if measured is not None:
-        generate = measured.observed(generate)
+    measured, generate = prometheus.measure(generate or captioner.model.generate)  # /metrics
     batcher = Batcher(generate, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue)
-    queue.append(batcher)
+    if measured is not None:
+        measured.queue.set_function(lambda: batcher.queued)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -334,18 +331,23 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
             raise ApiError(413, f"{len(images)} images in one request; the limit is {settings.max_images}")
         gen, prompt = parse_options(options, captioner, settings, resolved)
         pixels = [await run_in_threadpool(_preprocess, captioner, d, n, settings.max_pixels) for d, n in images]
-        futures = []
-        try:
-            for p in pixels:
-                futures.append(batcher.submit(Job(p, gen, prompt)))
-        except QueueFull as e:
-            for f in futures:  # all or nothing: the images already queued are dropped
-                f.cancel()
-            raise ApiError(429, str(e), headers={"Retry-After": "1"}) from None
-        answers = [_answer(await asyncio.wrap_future(f)) for f in futures]
+        answers = await _caption_all(batcher, pixels, gen, prompt)
         return {"results": answers} if many else answers[0]
 
     return app
+
+
+async def _caption_all(batcher: Batcher, pixels: list, gen, prompt: str | None) -> list[dict]:
+    """Queue one job per image (all or none: 429 when the queue cannot take them all) and wait for the answers."""
+    futures = []
+    try:
+        for p in pixels:
+            futures.append(batcher.submit(Job(p, gen, prompt)))
+    except QueueFull as e:
+        for f in futures:  # the images already queued are dropped
+            f.cancel()
+        raise ApiError(429, str(e), headers={"Retry-After": "1"}) from None
+    return [_answer(await asyncio.wrap_future(f)) for f in futures]
 
 
 def _answer(result) -> dict:

@@ -22,7 +22,7 @@ def available() -> bool:
 class ServerMetrics:
     """The metrics of one app: :meth:`observe_request` per HTTP request, :meth:`observed` wraps the search."""
 
-    def __init__(self, queue_depth: Callable[[], float]) -> None:
+    def __init__(self, queue_depth: Callable[[], float] = lambda: 0) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
@@ -98,6 +98,14 @@ class RequestTimer:
             await self.app(scope, receive, record)
         finally:
             self.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+
+
+def measure(generate: Callable) -> tuple[ServerMetrics | None, Callable]:
+    """New metrics and ``generate`` observed by them; ``(None, generate)`` without ``prometheus_client``."""
+    if not available():
+        return None, generate
+    metrics = ServerMetrics()
+    return metrics, metrics.observed(generate)
 
 
 def add_metrics(app, metrics: ServerMetrics | None, endpoints: tuple[str, ...]) -> None:
