@@ -9,8 +9,10 @@ command) every command's. Heavy imports happen inside each command's ``run``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import warnings
 
 COMMANDS = {
     # name: module under mmgen.commands
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     from mmgen.errors import CheckpointError
 
     try:
-        return int(args.func(args) or 0)
+        with one_line_warnings(f"mmgen {args.command}"):
+            return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"mmgen {args.command}: config error: {e}", file=sys.stderr)
         return USAGE
@@ -80,6 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as e:  # a saved model or checkpoint that cannot be read: the message names the file
         print(f"mmgen {args.command}: {e}", file=sys.stderr)
         return USAGE
+
+
+@contextlib.contextmanager
+def one_line_warnings(prefix: str):
+    """Warnings shown while a command runs are one line, ``PREFIX: warning: message``, not Python's default of the
+    file, line number, category and source line."""
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        return f"{prefix}: warning: {message}\n"
+
+    original, warnings.formatwarning = warnings.formatwarning, format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
 
 
 if __name__ == "__main__":

@@ -56,11 +56,10 @@ def caption_records(
     progress: bool | str = True,
 ) -> tuple[dict[Any, str], dict[Any, list[str]], list[tuple[Any, str]]]:
     """Caption every record: (candidates by image id, references by image id, failed images)."""
-    from tqdm import tqdm
-
     from mmgen.data.collate import EvalCollator
     from mmgen.data.datasets import CaptionEvalDataset, make_loader
     from mmgen.data.transforms import build_transform, image_size
+    from mmgen.progress import progress as progress_bar
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     # uint8 images (4x less to move to the device): the model normalises them
@@ -80,7 +79,11 @@ def caption_records(
     failed: list[tuple[Any, str]] = []
     was_training = model.training
     model.eval()
-    bar = tqdm(loader, desc="caption", disable=not progress, dynamic_ncols=True, leave=progress != "transient")
+    every = max(1, len(loader) // 10) if hasattr(loader, "__len__") else 10  # plain lines off a terminal: ~10
+    transient = progress == "transient"  # inside a training run: a bar on a terminal, no lines elsewhere
+    bar = progress_bar(
+        loader, desc="caption", disable=not progress, leave=not transient, every=every, plain=not transient
+    )
     for batch in bar:
         failed.extend(batch["failed"])
         if not batch["image_ids"]:

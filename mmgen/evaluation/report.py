@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmgen.data.images import DEFAULT_MAX_PIXELS
+from mmgen.evaluation.collapse import collapse_warning
 
 __all__ = ["ReportEntry", "write_report"]
 
@@ -113,9 +114,9 @@ def _summary(scores: Mapping[str, float], collapse: Mapping[str, Any] | None, co
         for name, value in collapse.items():
             out.append(f"<tr><td>{html.escape(name)}</td><td>{_fmt(value)}</td></tr>")
         out.append("</table>")
-        share = collapse.get("most_common_share", 0.0)
-        if isinstance(share, float) and share >= 0.5 and collapse.get("num_captions", 0) > 1:
-            out.append(f"<p class='warn'>Caption collapse: {share:.0%} of the captions are the same.</p>")
+        warning = collapse_warning(collapse)
+        if warning:
+            out.append(f"<p class='warn'>{html.escape(warning[0].upper() + warning[1:])}.</p>")
     return out
 
 

@@ -21,6 +21,7 @@ import torch
 
 from mmgen import distributed as D
 from mmgen.config import Config, save_config
+from mmgen.evaluation.collapse import collapse_warning
 from mmgen.runtime import set_threads
 from mmgen.training.checkpoint import refuse_non_finite_weights
 from mmgen.training.ema import average_state, averaged, build_average, restore_average
@@ -50,8 +51,7 @@ class TrainState:
     bad_steps_in_a_row: int = 0
     skipped_steps: int = 0
     history: list = field(default_factory=list)
-    train_seconds: float = 0.0
-    """Wall-clock seconds spent in :meth:`Trainer.fit` so far, over every session of the run (for the model card)."""
+    train_seconds: float = 0.0  # wall-clock seconds in Trainer.fit, over every session of the run (model cards)
     finished_max_steps: int | None = None
     """Set in the last checkpoint of a finished run: the ``train.max_steps`` it finished under (or its last step,
     when it was resumed past it); resuming trains further only when ``train.max_steps`` is raised above it."""
@@ -94,7 +94,8 @@ class Trainer:
             raise ValueError("resume and overwrite exclude each other: continue a run, or start over in its place")
         set_threads(cfg.train.threads)  # before any work; None leaves torch's setting
         self.dist = D.init_distributed()
-        self.levers = check_levers(cfg.train, self.dist.device)  # GPU-only levers fail here, before any work
+        say = print if self.dist.is_main else None
+        self.levers = check_levers(cfg.train, self.dist.device, say)  # GPU-only levers fail here, before any work
         cfg = tdata.resolve_data_source(cfg, print if self.dist.is_main else None)  # config.yaml says what trains
         self.cfg = cfg
         self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
@@ -296,15 +297,15 @@ class Trainer:
             self._lock()
 
     def _fit(self) -> dict:
-        from tqdm import tqdm
+        from mmgen.progress import progress, step_lines
 
         cfg, st = self.cfg, self.state
         start = self.clock()
-        bar = tqdm(
-            total=cfg.train.max_steps, initial=st.step, disable=not self.dist.is_main, dynamic_ncols=True, desc="train"
+        every = step_lines(cfg.train.max_steps, cfg.train.log_every)  # off a terminal: a plain line every N steps
+        bar = progress(
+            total=cfg.train.max_steps, initial=st.step, disable=not self.dist.is_main, desc="train", every=every
         )
-        last_scores: dict = {}
-        spent = st.train_seconds  # by earlier sessions of the run
+        last_scores, spent = {}, st.train_seconds  # spent: by the earlier sessions of the run
         window_images, window_t = 0, self.clock()
         stop = st.step >= cfg.train.max_steps
         self.model.train()
@@ -438,6 +439,8 @@ class Trainer:
                 f"\nstep {self.state.step} eval: "
                 + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
             )
+            if collapse := collapse_warning({k.removeprefix("collapse_"): v for k, v in scores.items()}):
+                print(f"step {self.state.step}: warning: {collapse}")  # its own line, not lost in the scores
         D.barrier()
         if self.dist.distributed:  # every rank follows rank 0's early-stop counter
             t = D.broadcast(torch.tensor([float(self.state.evals_without_improvement)]))
