@@ -33,6 +33,10 @@ def test_demo_beats_the_baseline(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines()]
     last_eval = [r["eval"] for r in rows if "eval" in r][-1]
     assert {"scene_exact", "scene_color", "scene_shape_small", "scene_relation_stated"} <= set(last_eval)
+    # the report carries the baseline the terminal prints, the run's curves and the scene charts
+    report = (tmp_path / "demo" / "eval" / "report.html").read_text(encoding="utf-8")
+    assert f"<q>{res.baseline_caption}</q>" in report and f"{res.cider_ratio:.1f}x</b> the baseline" in report
+    assert report.count("data:image/png;base64,") == 3
     # the model card says what the model is, what it learnt from, how long, and how well (the demo's own numbers)
     from huggingface_hub import ModelCard
 

@@ -88,11 +88,11 @@ def run_demo(
     """
     from mmgen.captioner import Captioner
     from mmgen.data import load_records
-    from mmgen.evaluation import score_captions
     from mmgen.evaluation.evaluate import evaluate_model, write_evaluation
     from mmgen.model_card import write_card
     from mmgen.models import CaptionModel
     from mmgen.scenes.accuracy import load_scenes, scene_accuracy
+    from mmgen.training.logs import read_metrics
     from mmgen.training.trainer import Trainer
 
     if budget not in BUDGETS:
@@ -126,10 +126,11 @@ def run_demo(
     )
     scenes = scene_accuracy(result.captions, load_scenes(run_dir / "data" / "captions_val.json"))
     eval_dir = out / "eval"
-    write_evaluation(eval_dir, result, title="mmgen demo: held-out synthetic scenes", scenes=scenes)
     baseline_caption = most_frequent_caption(train)
-    refs = {r.image_id: list(r.captions) for r in val}
-    baseline = score_captions(refs, {i: baseline_caption for i in refs}, metrics=["Bleu", "CIDEr"], tokenizer=tokenizer)
+    baseline = score_baseline(val, baseline_caption, tokenizer)
+    base = {"name": "the most frequent training caption", "caption": baseline_caption, "scores": baseline}
+    title = "mmgen demo: held-out synthetic scenes"
+    write_evaluation(eval_dir, result, title, scenes=scenes, curves=read_metrics(run_dir), baseline=base)
     captioner = Captioner(model)
     picks = val[:4] if hasattr(val, "__getitem__") else list(val)[:4]
     samples = [(str(r.image), c) for r, c in zip(picks, captioner.caption([str(r.image) for r in picks]))]
@@ -140,6 +141,14 @@ def run_demo(
     say("[4/4] done\n")
     say(_summary(res, model_dir, time.perf_counter() - t0))
     return res
+
+
+def score_baseline(val, caption: str, tokenizer: str = "auto") -> dict:
+    """BLEU and CIDEr-D of answering ``caption`` for every validation image."""
+    from mmgen.evaluation import score_captions
+
+    refs = {r.image_id: list(r.captions) for r in val}
+    return score_captions(refs, {i: caption for i in refs}, metrics=["Bleu", "CIDEr"], tokenizer=tokenizer)
 
 
 def demo_card(res: DemoResult, model, trainer, n_val: int, command: str, name: str = "mmgen-demo"):

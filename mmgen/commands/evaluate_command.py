@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mmgen.evaluation.evaluate import evaluate_model, write_evaluation
     from mmgen.scenes.accuracy import format_scene_accuracy, load_scenes, scene_accuracy
+    from mmgen.training.logs import read_metrics
 
     args.data, more = split_generation_overrides(args.data)  # --data takes every argument after it
     args.overrides = [*args.overrides, *more]
@@ -119,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     acc = None
     if scenes:  # mmgen data synth annotations: which attributes the captions get wrong
         acc = scene_accuracy(result.captions, scenes)
-    paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}", scenes=acc)
+    curves = read_metrics(args.model.parent) if (args.model.parent / "metrics.jsonl").is_file() else None  # RUN/best
+    paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}", scenes=acc, curves=curves)
     for k, v in result.scores.items():
         print(f"{k}: {v}")
     if acc:

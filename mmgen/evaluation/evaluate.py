@@ -154,10 +154,17 @@ def _source(image: Any) -> Any:
 
 
 def write_evaluation(
-    out_dir: str | Path, result: EvalResult, title: str = "mmgen evaluation", scenes: dict | None = None
+    out_dir: str | Path,
+    result: EvalResult,
+    title: str = "mmgen evaluation",
+    scenes: dict | None = None,
+    curves: list[dict] | None = None,
+    baseline: dict | None = None,
 ) -> dict[str, Path]:
     """Write the COCO results json, scores json, per-image table (TSV) and the HTML report; with ``scenes``
-    (attribute accuracies on synthetic scenes) also ``scene_accuracy.json``, and the report shows them."""
+    (attribute accuracies on synthetic scenes) also ``scene_accuracy.json``, and the report shows them; ``curves``
+    (the model's run's metrics.jsonl rows) and ``baseline`` go into the report (see
+    :func:`~mmgen.evaluation.report.write_report`)."""
     from mmgen.evaluation.report import write_report
 
     out = Path(out_dir)
@@ -166,7 +173,9 @@ def write_evaluation(
     paths["results"].write_text(json.dumps([{"image_id": i, "caption": c} for i, c in result.captions.items()]))
     paths["scores"].write_text(json.dumps(result.summary(), indent=2, default=str))
     # the report counts images, failed images and empty captions from the entries itself
-    paths["report"] = write_report(out, result.entries, result.scores, result.collapse, title=title, scenes=scenes)
+    paths["report"] = write_report(
+        out, result.entries, result.scores, result.collapse, title, scenes=scenes, curves=curves, baseline=baseline
+    )
     if scenes:
         paths["scene_accuracy"] = out / "scene_accuracy.json"
         paths["scene_accuracy"].write_text(json.dumps(scenes, indent=2))

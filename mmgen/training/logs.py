@@ -134,34 +134,9 @@ def _repair_torn_tail(path: Path) -> None:
 
 def plot_curves(run_dir: str | Path, series: tuple[str, ...], title: str, log_scale: bool = False) -> None:
     """``curves.png`` of a run: the training ``series`` of metrics.jsonl on the left, eval CIDEr / BLEU-4 on the
-    right (skipped when matplotlib is missing). Rows whose value is null (a skipped step) leave a gap."""
-    rows = read_metrics(run_dir)
-    if not rows:
-        return
-    try:
-        import matplotlib
+    right (:func:`mmgen.evaluation.charts.curves_png`; skipped when matplotlib is missing)."""
+    from mmgen.evaluation.charts import curves_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    train = [r for r in rows if series[0] in r]
-    evals = [r for r in rows if isinstance(r.get("eval"), dict)]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key in series:
-        pts = [(r["step"], r[key] if _finite_number(r.get(key)) else math.nan) for r in train]
-        if pts:
-            axes[0].plot(*zip(*pts), label=key)
-    axes[0].set(title=title, xlabel="step", yscale="log" if log_scale else "linear")
-    if len(series) > 1:
-        axes[0].legend()
-    for metric in ("CIDEr", "Bleu_4"):
-        pts = [(r["step"], r["eval"][metric]) for r in evals if _finite_number(r["eval"].get(metric))]
-        if pts:
-            axes[1].plot(*zip(*pts), marker="o", label=metric)
-    axes[1].set(title="validation", xlabel="step")
-    if evals:
-        axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(Path(run_dir) / "curves.png", dpi=100)
-    plt.close(fig)
+    png = curves_png(read_metrics(run_dir), series, title, log_scale)
+    if png is not None:
+        (Path(run_dir) / "curves.png").write_bytes(png)
