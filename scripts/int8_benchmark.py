@@ -101,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beams", type=int, nargs="+", default=[3, 1])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--random", type=int, nargs=2, metavar=("WIDTH", "DEPTH"), help="a random-init model instead")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["encoder,decoder"],
+        metavar="PARTS",
+        help="int8 variants to measure, each a comma-separated list of encoder, decoder, lm_head (default: "
+        "encoder,decoder: what quantize='int8' does)",
+    )
     p.add_argument("--train", type=int, metavar="WIDTH", help="train a scenes model this wide first, then measure it")
     p.add_argument("--train-depth", type=int, default=4, help="encoder blocks and decoder layers of --train (4)")
     p.add_argument("--train-seconds", type=float, default=420, help="CPU training budget of --train (420 s)")
@@ -130,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         threads = args.train_threads or args.threads
         args.model = train_model(args.train, args.train_depth, args.train_seconds, run_dir, threads)
         torch.set_num_threads(args.threads)
-    models = {
-        "fp32": Captioner.from_pretrained(args.model, device="cpu"),
-        "int8": Captioner.from_pretrained(args.model, device="cpu", quantize="int8"),
-    }
+    from mmgen.quantize import quantize_int8
+
+    models = {"fp32": Captioner.from_pretrained(args.model, device="cpu")}
+    for parts in args.parts:
+        name = "int8" if parts == "encoder,decoder" else f"int8 {parts}"
+        models[name] = Captioner(
+            quantize_int8(Captioner.from_pretrained(args.model, device="cpu").model, tuple(parts.split(",")))
+        )
     pixels = [models["fp32"].preprocess(x) for x in paths]  # decoding is the same for both: leave it out
     import platform
 
@@ -152,12 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                     runs[name].append((args.images / wall, 1000 * cpu / args.images))
                     captions[name] = out
             base = statistics.median(r[0] for r in runs["fp32"])
-            same = sum(a == b for a, b in zip(captions["fp32"], captions["int8"])) / args.images
             for name in models:
+                same = sum(a == b for a, b in zip(captions["fp32"], captions[name])) / args.images
                 speed = statistics.median(r[0] for r in runs[name])
                 cpu_ms = statistics.median(r[1] for r in runs[name])
                 cider = score_captions(refs, dict(zip(ids, captions[name])), metrics=["CIDEr"])["CIDEr"]
-                agree = f"{same:.1%}" if name == "int8" else ""
+                agree = f"{same:.1%}" if name != "fp32" else ""
                 row = [beams, batch, name, f"{speed:.1f}", f"{cpu_ms:.1f}", f"{speed / base:.2f}×", agree]
                 row.append(f"{cider:.3f}")
                 print("| " + " | ".join(map(str, row)) + " |", flush=True)

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "report.html into --out; on mmgen data synth scenes also scene_accuracy.json (which attributes the captions "
         "get wrong).",
     )
-    p.add_argument("--model", required=True, type=Path, help="a saved model directory (e.g. RUN/best)")
+    p.add_argument("--model", required=True, type=Path, help="a saved model directory (e.g. RUN/best) or Hub repo id")
     p.add_argument(
         "--data", required=True, nargs="+", help="caption file(s) or dataset (COCO, Karpathy, JSONL, CSV, HF)"
     )
@@ -57,9 +57,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def check_arguments(args: argparse.Namespace) -> None:
     """Fail with one line per missing path named on the command line (UsageError), before any loading."""
     from mmgen.config import looks_like_local_path, path_exists
+    from mmgen.hub import looks_like_repo_id
 
     problems = []
-    if not args.model.is_dir():
+    if not args.model.is_dir() and not looks_like_repo_id(str(args.model)):  # a Hub repo id is looked up later
         problems.append(f"--model {args.model}: no such directory")
     for source in args.data:  # a hub dataset name is not a path; files, folders and globs are
         if looks_like_local_path(source, data=True) and not path_exists(source):
