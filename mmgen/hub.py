@@ -150,22 +150,13 @@ def push_folder(
     return info.pr_url or info.commit_url
 
 
-def push_model(
-    model,
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    token: str | bool | None = None,
-    create_pr: bool = False,
-    generation=None,
-) -> str:
+def push_model(model, repo_id: str, *, generation=None, **options) -> str:
     """Save ``model`` (a ``CaptionModel``, with its card; ``generation``: the settings saved with it, default its
-    own) into a temporary folder and :func:`push_folder` it. Returns the commit's URL."""
+    own) into a temporary folder and :func:`push_folder` it; ``options``: ``private``, ``revision``,
+    ``commit_message``, ``token``, ``create_pr``. Returns the commit's URL."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="mmgen-push-") as tmp:
         folder = Path(tmp) / repo_id.split("/")[-1]  # a new card is named after the folder: the repo's name
         model.save_pretrained(folder, generation=generation)
-        return push_folder(folder, repo_id, private, revision, commit_message, token, create_pr)
+        return push_folder(folder, repo_id, **options)

@@ -27,3 +27,15 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip("shared data folder (../shared/data or $MMGEN_SHARED_DATA) is absent")
     return path
+
+
+SHIPPED_MODEL = ROOT / "assets" / "tiny-scenes-model"
+SHIPPED_IMAGES = sorted((ROOT / "assets" / "images").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """A Captioner of the shipped tiny model on the CPU."""
+    from mmgen.captioner import Captioner
+
+    return Captioner.from_pretrained(SHIPPED_MODEL, device="cpu")

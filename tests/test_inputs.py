@@ -9,23 +9,19 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT  # noqa: E402
+from conftest import SHIPPED_IMAGES as FILES
 from PIL import Image
 
-from mmgen import Captioner
 from mmgen.data import BadImageError
-
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "assets" / "tiny-scenes-model"
-FILES = sorted((ROOT / "assets" / "images").glob("*.png"))
 
 
 @pytest.fixture(scope="module")
-def captioner():
-    return Captioner.from_pretrained(MODEL, device="cpu")
+def captioner(shipped):
+    return shipped
 
 
 @pytest.fixture(scope="module")

@@ -5,27 +5,23 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 parser = pytest.importorskip("prometheus_client.parser")
+from conftest import SHIPPED_IMAGES as IMAGES  # noqa: E402
+from conftest import SHIPPED_MODEL as MODEL  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from mmgen.captioner import Captioner  # noqa: E402
 from mmgen.serve import ServeSettings  # noqa: E402
 from mmgen.serve.app import create_app  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "assets" / "tiny-scenes-model"
-IMAGES = sorted((ROOT / "assets" / "images").glob("*.png"))
-
 
 @pytest.fixture(scope="module")
-def captioner():
-    return Captioner.from_pretrained(MODEL, device="cpu")
+def captioner(shipped):
+    return shipped
 
 
 def samples(client) -> dict[tuple[str, tuple], float]:
