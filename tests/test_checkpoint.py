@@ -158,6 +158,7 @@ def test_pruning_best_and_replacing_a_step(tokenizer, tmp_path):
         "training_state.safetensors",
         "training_state.json",
         "complete.json",
+        "README.md",  # the model card
     }
 
     # saving a step again replaces it whole
