@@ -42,3 +42,15 @@ def fuzz_settings(examples: int):
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
         print_blob=True,
     )
+
+
+SHIPPED_MODEL = ROOT / "assets" / "tiny-scenes-model"
+SHIPPED_IMAGES = sorted((ROOT / "assets" / "images").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """A Captioner of the shipped tiny model on the CPU."""
+    from mmgen.captioner import Captioner
+
+    return Captioner.from_pretrained(SHIPPED_MODEL, device="cpu")

@@ -165,7 +165,9 @@ def test_file_names_with_tabs_and_line_breaks_stay_one_line_each(model_dir, imag
     assert fields[1][0] == str(folder) + "/line\\nbreak.png" and fields[2][0].endswith("tab\\there.png")
     captions = Captioner.from_pretrained(model_dir, device="cpu").caption([folder / n for n in names])
     assert [c for _, c in fields] == captions
-    assert err.splitlines()[0].startswith(f"mmgen caption: {folder}/cut\\rshort.png: not an image")
-    assert len(err.splitlines()) == 2  # the image, then the count
+    lines = err.splitlines()
+    assert lines[0].startswith("mmgen caption: model ")  # which model answers
+    assert lines[1].startswith(f"mmgen caption: {folder}/cut\\rshort.png: not an image")
+    assert len(lines) == 3  # the model, the image, then the count
     assert main(["caption", str(folder / names[1]), "--model", str(model_dir), "--device", "cpu", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["image"] == str(folder / names[1])  # JSON keeps the name as it is

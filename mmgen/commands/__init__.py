@@ -12,6 +12,7 @@ import argparse
 import math
 import re
 import sys
+from pathlib import Path
 
 USAGE = 2
 """Exit code of a usage error."""
@@ -169,6 +170,16 @@ def load_captioner(args: argparse.Namespace, device: str | None = None):
         return Captioner.from_pretrained(args.model, device=device or args.device, dtype=dtype, quantize=args.quantize)
     except (FileNotFoundError, OSError) as e:
         raise UsageError(f"cannot load the model: {e}") from None
+
+
+def model_line(captioner, source) -> str:
+    """Which model answers, in one line: its name, where it came from and what it was trained on (its card)."""
+    from mmgen.model_card import card_facts
+
+    facts = card_facts(captioner.model.card, name="")
+    name = facts["name"] or Path(str(source)).name
+    where = "" if name == str(source) else f" ({source})"
+    return f"model {name}{where}, trained on {facts['trained_on']}"
 
 
 def stderr_is_tty() -> bool:

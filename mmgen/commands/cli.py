@@ -23,6 +23,7 @@ COMMANDS = {
     "evaluate": "evaluate_command",
     "demo": "demo_command",
     "serve": "serve_command",
+    "push": "push_command",
 }
 
 
@@ -131,19 +132,18 @@ def _message(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def one_line_warnings(prefix: str):
-    """Warnings printed as ``PREFIX: warning: message`` on one line (not Python's two lines naming the source),
-    while the block runs."""
-    original = warnings.showwarning
+    """Warnings shown while the block runs are one line, ``PREFIX: warning: message`` (whitespace in the message
+    collapsed), not Python's default of the file, line number, category and source line. Only the formatting is
+    replaced, so that code recording warnings (``warnings.catch_warnings(record=True)``) still gets them."""
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        text = " ".join(str(message).split())
-        print(f"{prefix}: warning: {text}", file=file or sys.stderr)
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        return f"{prefix}: warning: {' '.join(str(message).split())}\n"
 
-    warnings.showwarning = show
+    original, warnings.formatwarning = warnings.formatwarning, format_warning
     try:
         yield
     finally:
-        warnings.showwarning = original
+        warnings.formatwarning = original
 
 
 if __name__ == "__main__":

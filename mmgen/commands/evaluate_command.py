@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "report.html into --out; on mmgen data synth scenes also scene_accuracy.json (which attributes the captions "
         "get wrong).",
     )
-    p.add_argument("--model", required=True, type=Path, help="a saved model directory (e.g. RUN/best)")
+    p.add_argument("--model", required=True, type=Path, help="a saved model directory (e.g. RUN/best) or Hub repo id")
     p.add_argument(
         "--data", required=True, nargs="+", help="caption file(s) or dataset (COCO, Karpathy, JSONL, CSV, HF)"
     )
@@ -60,9 +60,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def check_arguments(args: argparse.Namespace) -> None:
     """Fail with one line per missing path named on the command line (UsageError), before any loading."""
     from mmgen.config import looks_like_local_path, path_exists
+    from mmgen.hub import looks_like_repo_id
 
     problems = []
-    if not args.model.is_dir():
+    if not args.model.is_dir() and not looks_like_repo_id(str(args.model)):  # a Hub repo id is looked up later
         problems.append(f"--model {args.model}: no such directory")
     for source in args.data:  # a hub dataset name is not a path; files, folders and globs are
         if looks_like_local_path(source, data=True) and not path_exists(source):
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mmgen.evaluation.evaluate import evaluate_model, write_evaluation
     from mmgen.scenes.accuracy import format_scene_accuracy, load_scenes, scene_accuracy
+    from mmgen.training.logs import read_metrics
 
     args.data, more = split_generation_overrides(args.data)  # --data takes every argument after it
     args.overrides = [*args.overrides, *more]
@@ -124,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     acc = None
     if scenes:  # mmgen data synth annotations: which attributes the captions get wrong
         acc = scene_accuracy(result.captions, scenes)
-    paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}", scenes=acc)
+    curves = read_metrics(args.model.parent) if (args.model.parent / "metrics.jsonl").is_file() else None  # RUN/best
+    paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}", scenes=acc, curves=curves)
     for k, v in result.scores.items():
         print(f"{k}: {v}")
     if acc:

@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a saved model over HTTP (upload page, JSON API, dynamic batching)",
-        description="Serve a captioner: POST /v1/caption, GET /health, an upload page at /, schema at /openapi.json.",
+        description="Serve a captioner: POST /v1/caption, GET /v1/model, GET /health, GET /metrics (Prometheus), an "
+        "upload page at /, schema at /openapi.json.",
     )
     p.add_argument("--model", required=True, metavar="DIR", help="saved model directory")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
@@ -60,6 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="largest max_new_tokens a request may ask"
+    )
+    p.add_argument(
+        "--max-images", type=positive_int, default=d.max_images, help=f"images in one request ({d.max_images})"
     )
     add_threads_option(p)
     add_generation_overrides(p)  # the defaults of every request (which may change them within the limits)
@@ -99,6 +103,7 @@ def build_app(args: argparse.Namespace, generate=None):
         max_beams=args.max_beams,
         max_new_tokens=args.max_new_tokens,
         model_name=str(args.model),
+        max_images=args.max_images,
     )
     captioner = load_captioner(args)
     captioner.generation = captioner.resolve_generation(**changes)

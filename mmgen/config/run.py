@@ -147,6 +147,10 @@ class EvalConfig:
         choice(self.metric, "eval.metric", ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "loss"))
 
 
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
+"""What ``train.report_to`` may name: the keys of :data:`mmgen.training.trackers.TRACKERS` (a test holds the two
+equal)."""
+
 OBJECTIVES = ("xe", "scst")
 """The training objectives ``train.objective`` names: the keys of :data:`mmgen.training.objectives.TRAINERS` (a test
 holds the two equal; the config cannot import the trainers it configures)."""
@@ -224,10 +228,25 @@ class TrainConfig:
     """Train from precomputed frozen-encoder features (requires model.encoder.freeze=all)."""
     feature_cache_dir: str | None = None
     tensorboard: bool = True
+    """TensorBoard events in ``RUN/tensorboard`` when ``report_to`` is not set (the older switch; kept)."""
+    report_to: list[str] | None = None
+    """Experiment trackers that get the config, the metrics, the curves and the final model card, beside
+    ``metrics.jsonl``: any of 'tensorboard', 'mlflow' (``MLFLOW_TRACKING_URI``, else a file store in ``RUN/mlruns``;
+    pip install mlflow-skinny), 'wandb' (``WANDB_MODE=offline`` to stay on the machine; pip install wandb); [] for
+    none. None: ['tensorboard'] (unless ``tensorboard: false``)."""
+    tracking_project: str = "mmgen"
+    """The MLflow experiment / W&B project a run reports to (``report_to``)."""
     init_from: str | None = None
     """A saved model directory whose matching weights initialise this run (stage 1 -> stage 2)."""
     objective: str = "xe"
     """'xe' (cross-entropy on the reference captions) | 'scst' (self-critical CIDEr-D, see ``scst``)."""
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers the run reports to: ``report_to``, or TensorBoard when ``tensorboard`` (the default)."""
+        if self.report_to is not None:
+            return list(dict.fromkeys(self.report_to))
+        return ["tensorboard"] if self.tensorboard else []
 
     @collecting
     def __post_init__(self) -> None:
@@ -269,6 +288,8 @@ class TrainConfig:
         for name in self.sdpa_backends:
             choice(name, "train.sdpa_backends", SDPA_BACKENDS)
         check(len(self.sdpa_backends) > 0, "train.sdpa_backends", "must name at least one backend")
+        for name in self.report_to or []:
+            choice(name, "train.report_to", TRACKER_NAMES)
         if 1 <= self.max_steps <= self.warmup_steps:
             warnings.warn(
                 f"train.max_steps ({self.max_steps}) <= train.warmup_steps ({self.warmup_steps}): the learning rate "

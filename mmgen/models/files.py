@@ -137,6 +137,39 @@ def load_saved_tokenizer(model_dir: Path):
 WEIGHTS_NAME = "model.safetensors"
 
 
+def read_saved_configs(path: Path):
+    """``(ModelConfig, GenerationConfig or None, the decoder's transformers config)`` of a saved model directory.
+
+    Raises:
+        MissingCheckpointFileError: The directory or a config file is absent.
+        CheckpointError: A config file is not what ``save_pretrained`` writes; the message names it.
+    """
+    from transformers import AutoConfig
+
+    from mmgen.config import GenerationConfig, ModelConfig, from_dict
+
+    if not path.is_dir():
+        raise MissingCheckpointFileError(f"{path}: no such model directory")
+    cfg_file = path / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise MissingCheckpointFileError(f"{path}: not a mmgen model directory (no {CONFIG_NAME})")
+    meta = read_json(cfg_file, "the model config")
+    try:
+        config = from_dict(ModelConfig, meta["model"])
+        generation = from_dict(GenerationConfig, meta["generation"]) if "generation" in meta else None
+    except KeyError as e:
+        raise CheckpointError(f"{cfg_file}: no {e} section; not a config written by save_pretrained") from e
+    except (ValueError, TypeError) as e:  # ConfigError names the key
+        raise CheckpointError(f"{cfg_file}: {one_line(e)}") from e
+    dec_file = path / DECODER_CONFIG_NAME
+    hf_cfg_dict = read_json(dec_file, "the decoder's transformers config")
+    try:
+        hf_cfg = AutoConfig.for_model(**hf_cfg_dict)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{dec_file}: not a transformers model config ({one_line(e)})") from e
+    return config, generation, hf_cfg
+
+
 def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
     """Copy the tensors of a saved model into ``model`` where names and shapes match.
 

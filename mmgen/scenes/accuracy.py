@@ -105,12 +105,15 @@ def scene_accuracy(candidates: Mapping[Hashable, str], scenes: Mapping[Hashable,
     template states none), ``background``, ``count`` (number of objects), ``size`` / ``color`` /
     ``shape`` over true objects (a missing object counts wrong), ``shape_small`` / ``shape_large``,
     ``relation`` over two-object scenes whose caption states one and ``relation_stated``; ``images``;
-    and ``confusions``: the ``top`` most frequent (attribute, truth, prediction) errors with counts.
+    ``confusions``: the ``top`` most frequent (attribute, truth, prediction) errors with counts; and ``matrix``:
+    every (attribute, truth, prediction) with its count, right ones included (the confusion matrices of size,
+    colour, shape, background and relation).
     """
     ids = [i for i in candidates if i in scenes]
     n = Counter()
     right = Counter()
     confusions = Counter()
+    pairs = Counter()  # (attribute, truth, prediction), right or wrong
     for image_id in ids:
         scene, parsed = scenes[image_id], parse_caption(candidates[image_id])
         truth, pred = scene.get("groups", scene["objects"]), parsed["objects"]  # hard scenes: groups
@@ -138,38 +141,51 @@ def scene_accuracy(candidates: Mapping[Hashable, str], scenes: Mapping[Hashable,
                 ok[a] = ok.get(a, True) and hit
                 n[a] += 1
                 right[a] += hit
+                pairs[(a, t[a], value)] += 1
                 if a == "shape":
                     n[f"shape_{t['size']}"] += 1
                     right[f"shape_{t['size']}"] += hit
                 if not hit:
                     confusions[(a, t[a], value)] += 1
+        pairs[("background", scene["background"], parsed["background"])] += 1
         if not ok["background"]:
             confusions[("background", scene["background"], parsed["background"])] += 1
-        rel_ok = True
-        if len(truth) == 2 and scene.get("relation"):
-            n["relation_stated"] += 1
-            stated = parsed["relation"] is not None and len(pred) >= 2 and -1 not in order
-            if stated:
-                right["relation_stated"] += 1
-                # the caption says pred[0] REL pred[1]; in true order that is truth's relation or its inverse
-                want = scene["relation"] if order == (0, 1) else RELATIONS[scene["relation"]]
-                rel_ok = parsed["relation"] == want
-                n["relation"] += 1
-                right["relation"] += rel_ok
-                if not rel_ok:
-                    confusions[("relation", want, parsed["relation"])] += 1
+        rel_ok = _relation(scene, parsed, truth, pred, order, n, right, confusions, pairs)
         for k in ("background", "count"):
             n[k] += 1
             right[k] += ok[k]
         n["exact"] += 1
         right["exact"] += all(ok.values()) and rel_ok
+    return _accuracies(n, right, len(ids), confusions.most_common(top), sorted(pairs.items(), key=str))
+
+
+def _relation(scene, parsed, truth, pred, order, n, right, confusions, pairs) -> bool:
+    """Count the relation of a two-object scene whose caption states one; whether it is right (or not stated)."""
+    if not (len(truth) == 2 and scene.get("relation")):
+        return True
+    n["relation_stated"] += 1
+    stated = parsed["relation"] is not None and len(pred) >= 2 and -1 not in order
+    if not stated:
+        return True
+    right["relation_stated"] += 1
+    # the caption says pred[0] REL pred[1]; in true order that is truth's relation or its inverse
+    want = scene["relation"] if order == (0, 1) else RELATIONS[scene["relation"]]
+    rel_ok = parsed["relation"] == want
+    pairs[("relation", want, parsed["relation"])] += 1
+    n["relation"] += 1
+    right["relation"] += rel_ok
+    if not rel_ok:
+        confusions[("relation", want, parsed["relation"])] += 1
+    return rel_ok
+
+
+def _accuracies(n: Counter, right: Counter, images: int, confusions: list, pairs: list) -> dict:
     out = {k: right[k] / n[k] for k in ("exact", "background", "count", *ATTRIBUTES) if n[k]}
     extra = ("shape_small", "shape_medium", "shape_large", "number", "position", "relation", "relation_stated")
     out.update({k: right[k] / n[k] for k in extra if n[k]})
-    out["images"] = len(ids)
-    out["confusions"] = [
-        {"attribute": a, "truth": t, "caption": p, "count": c} for (a, t, p), c in confusions.most_common(top)
-    ]
+    out["images"] = images
+    out["confusions"] = [{"attribute": a, "truth": t, "caption": p, "count": c} for (a, t, p), c in confusions]
+    out["matrix"] = [{"attribute": a, "truth": t, "caption": p, "count": c} for (a, t, p), c in pairs]
     return out
 
 

@@ -1,7 +1,9 @@
 """Serving a captioner over HTTP: ``mmgen serve`` (needs the ``serve`` extra: FastAPI, uvicorn, python-multipart).
 
 * :mod:`mmgen.serve.batcher` -- dynamic batching of concurrent requests into one search (no web imports);
-* :mod:`mmgen.serve.app` -- the FastAPI app: ``POST /v1/caption``, ``GET /health``, the page at ``/``;
+* :mod:`mmgen.serve.app` -- the FastAPI app: ``POST /v1/caption``, ``GET /v1/model``, ``GET /health``, the page at
+  ``/``;
+* :mod:`mmgen.serve.prometheus_metrics` -- Prometheus metrics at ``GET /metrics`` (``prometheus-client``);
 * :mod:`mmgen.serve.server` -- running the app with uvicorn, in the foreground or on a background thread;
 * :mod:`mmgen.serve.loadtest` -- a bounded load test against a running server.
 """
@@ -39,6 +41,8 @@ class ServeSettings:
     """Largest ``max_new_tokens`` a request may ask for."""
     model_name: str = ""
     """How ``/health`` names the model."""
+    max_images: int = 32
+    """Most images in one request (``images`` or several ``image`` fields); beyond it 413."""
 
     def __post_init__(self) -> None:
         """Refuse settings the server cannot run with (a NaN wait would hang every request, an infinite one kill

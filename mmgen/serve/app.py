@@ -1,11 +1,15 @@
-"""The HTTP API of ``mmgen serve`` (FastAPI): ``POST /v1/caption``, ``GET /health``, the upload page at ``/``.
+"""The HTTP API of ``mmgen serve`` (FastAPI): ``POST /v1/caption``, ``GET /v1/model``, ``GET /health``,
+``GET /metrics`` (Prometheus), the upload page at ``/``.
 
 ``POST /v1/caption`` takes either a multipart form (field ``image``: the file; other fields: options)
 or a JSON object (``image``: base64 of the file, or a ``data:`` URL; other keys: options). Options
 (:data:`OPTIONS`, the one table they are read, checked and described from): ``beams``,
 ``max_new_tokens``, ``num_return_sequences``, ``prompt`` and ``bad_words`` (a list, or comma-separated in
-a form). The answer is ``{"caption", "captions", "scores", "batch_size",
-"queued_ms"}``. Errors are ``{"error": message}`` with 400 (malformed request), 413 (body or image
+a form). The answer is ``{"caption", "captions", "scores", "truncated", "batch_size",
+"queued_ms"}`` (``truncated``: per caption, whether it stopped at ``max_new_tokens``). Several images in one request
+(JSON ``images``: a list of base64 strings; a form: several ``image`` fields, or fields named ``images``) are
+answered in order as ``{"results": [answer, ...]}``, each image batched like a request of its own. Errors are
+``{"error": message}`` with 400 (malformed request), 413 (body or image
 too large), 415 (another content type), 422 (an image that cannot be decoded, a bad option) or 429
 (the queue is full; ``Retry-After`` says when to try again); 500 when the search itself failed (the reason
 is logged, the server keeps serving) and 503 when the captioning worker is not running (``/health`` says
@@ -96,6 +100,7 @@ _REQUEST_SCHEMA = {
                 "required": ["image"],
                 "properties": {
                     "image": {"type": "string", "format": "binary"},
+                    "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     **{k: ({"type": "string"} if k in _LISTS else v) for k, v in _OPTION_SCHEMA.items()},
                 },
             }
@@ -103,9 +108,10 @@ _REQUEST_SCHEMA = {
         "application/json": {
             "schema": {
                 "type": "object",
-                "required": ["image"],
+                "anyOf": [{"required": ["image"]}, {"required": ["images"]}],
                 "properties": {  # an option given as null takes its default
                     "image": {"type": "string", "format": "byte", "minLength": 1},
+                    "images": {"type": "array", "items": {"type": "string", "format": "byte", "minLength": 1}},
                     **{k: {**v, "type": [v["type"], "null"]} for k, v in _OPTION_SCHEMA.items()},
                 },
             }
@@ -118,9 +124,14 @@ _RESPONSE_SCHEMA = {
         "caption": {"type": "string"},
         "captions": {"type": "array", "items": {"type": "string"}},
         "scores": {"type": "array", "items": {"type": "number"}},
+        "truncated": {"type": "array", "items": {"type": "boolean"}, "description": "stopped at max_new_tokens"},
         "batch_size": {"type": "integer", "description": "images in the batched search this one ran in"},
         "queued_ms": {"type": "number"},
     },
+}
+_RESPONSE_SCHEMA["properties"]["results"] = {  # several images: one answer each, in order
+    "type": "array",
+    "items": {"type": "object", "properties": dict(_RESPONSE_SCHEMA["properties"])},
 }
 _ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
 
@@ -159,7 +170,7 @@ def _boundary(content_type: str) -> bytes | None:
     return None
 
 
-async def _parse_form(request: Request, body: bytes) -> tuple[bytes, str, dict]:
+async def _parse_form(request: Request, body: bytes, max_images: int = 1) -> tuple[list[tuple[bytes, str]], dict, bool]:
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
@@ -170,18 +181,18 @@ async def _parse_form(request: Request, body: bytes) -> tuple[bytes, str, dict]:
         )
 
     try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=len(OPTIONS) + 1)
+        form = await Request(request.scope, replay).form(max_files=max_images, max_fields=len(OPTIONS) + max_images)
     except Exception as e:  # noqa: BLE001 - multipart errors come in several kinds
         raise ApiError(400, f"malformed multipart form ({e})") from None
-    upload = form.get("image")
-    if not isinstance(upload, UploadFile):
-        raise ApiError(422, "the form needs a file field 'image'")
-    data = await upload.read()
-    options = {k: v for k, v in form.multi_items() if k != "image"}
+    uploads = [(k, v) for k, v in form.multi_items() if k in _IMAGE_FIELDS]
+    if not uploads or not all(isinstance(v, UploadFile) for _, v in uploads):
+        raise ApiError(422, "the form needs a file field 'image' (or several: 'image' or 'images')")
+    images = [(await v.read(), v.filename or "upload") for _, v in uploads]
+    options = {k: v for k, v in form.multi_items() if k not in _IMAGE_FIELDS}
     for name in _LISTS:
         if isinstance(options.get(name), str):
             options[name] = [w.strip() for w in options[name].split(",") if w.strip()]
-    return data, upload.filename or "upload", options
+    return images, options, len(images) > 1 or any(k == "images" for k, _ in uploads)
 
 
 def _no_constant(name: str) -> None:
@@ -195,23 +206,35 @@ def _finite(text: str) -> float:
     return value
 
 
-def _parse_json(body: bytes) -> tuple[bytes, str, dict]:
+_IMAGE_FIELDS = ("image", "images")
+
+
+def _parse_json(body: bytes) -> tuple[list[tuple[bytes, str]], dict, bool]:
     try:  # strict JSON: no NaN / Infinity, no number beyond a float's range
         payload = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise ApiError(400, "invalid JSON (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, an integer of too many digits, ...
         raise ApiError(400, f"invalid JSON ({' '.join(str(e).split())[:200]})") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
-        raise ApiError(422, "the JSON body must be an object with 'image': the base64 of an image file")
-    text = payload.pop("image")
+    many = isinstance(payload, dict) and isinstance(payload.get("images"), list) and "image" not in payload
+    if many and payload["images"] and all(isinstance(x, str) for x in payload["images"]):
+        texts = [(x, f"images[{i}]") for i, x in enumerate(payload.pop("images"))]
+    elif not many and isinstance(payload, dict) and isinstance(payload.get("image"), str):
+        texts = [(payload.pop("image"), "image")]
+    else:
+        raise ApiError(
+            422, "the JSON body must be an object with 'image': the base64 of an image file (or 'images': a list)"
+        )
+    return [(_base64(text, name), name) for text, name in texts], payload, many
+
+
+def _base64(text: str, name: str) -> bytes:
     if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
         text = text.split(",", 1)[1]
     try:  # line breaks are legal in MIME base64 (the base64 tool wraps at 76 columns)
-        data = base64.b64decode("".join(text.split()), validate=True)
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(422, "'image' is not valid base64") from None
-    return data, "image", payload
+        raise ApiError(422, f"'{name}' is not valid base64") from None
 
 
 def _checked(name: str, value: Any, option: Option, settings: ServeSettings) -> Any:
@@ -295,9 +318,13 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
     ``generate``: what captions a batch (default: the captioner's model, ``captioner.model.generate``); a
     stand-in measures or tests everything around the search.
     """
+    from mmgen.serve import prometheus_metrics as prometheus
+
     settings = settings or ServeSettings()
-    generate = generate or captioner.model.generate
+    measured, generate = prometheus.measure(generate or captioner.model.generate)  # /metrics
     batcher = Batcher(generate, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue)
+    if measured is not None:
+        measured.queue.set_function(lambda: batcher.queued)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -309,6 +336,8 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
 
     app = FastAPI(title="mmgen captioning", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher, app.state.settings = batcher, settings
+    prometheus.add_metrics(app, measured, ("/v1/caption", "/v1/model", "/health", "/metrics", "/"))
+    model_facts = describe_model(captioner, settings)
     resolved: dict = {}  # generation settings by the options asked (see parse_options)
 
     @app.exception_handler(ApiError)
@@ -318,6 +347,12 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE)
+
+    @app.get("/v1/model")
+    async def model() -> dict:
+        """Which model answers: its name, what it was trained on, its size and scores, its generation defaults, and
+        its model card (Markdown) in ``card``."""
+        return model_facts
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -332,31 +367,22 @@ def create_app(captioner, settings: ServeSettings | None = None, generate: Gener
 
     @app.post("/v1/caption", openapi_extra={"requestBody": _REQUEST_SCHEMA}, responses=responses)
     async def caption(request: Request) -> dict:
-        """Caption one image (multipart field ``image``, or JSON ``{"image": base64}``), batched with others."""
+        """Caption one image (multipart field ``image``, or JSON ``{"image": base64}``), batched with others; several
+        (``images``, or several ``image`` fields) are answered in order as ``{"results": [...]}``."""
         body = await read_body(request, settings.max_body_bytes)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
-            data, name, options = await _parse_form(request, body)
+            images, options, many = await _parse_form(request, body, settings.max_images)
         elif kind == "application/json":
-            data, name, options = _parse_json(body)
+            images, options, many = _parse_json(body)
         else:
             raise ApiError(415, f"send multipart/form-data or application/json, not {kind or 'no content type'!r}")
+        if len(images) > settings.max_images:
+            raise ApiError(413, f"{len(images)} images in one request; the limit is {settings.max_images}")
         gen, prompt = parse_options(options, captioner, settings, resolved)
-        pixels = await run_in_threadpool(_preprocess, captioner, data, name, settings.max_pixels)
-        try:
-            future = batcher.submit(Job(pixels, gen, prompt))
-        except QueueFull as e:
-            raise ApiError(429, str(e), headers={"Retry-After": "1"}) from None
-        except RuntimeError as e:  # the worker is not running
-            raise ApiError(503, str(e)) from None
-        result = await _answer(request, future)
-        return {
-            "caption": result.captions[0],
-            "captions": result.captions,
-            "scores": result.scores,
-            "batch_size": result.batch_size,
-            "queued_ms": round(result.queued_ms, 3),
-        }
+        pixels = [await run_in_threadpool(_preprocess, captioner, d, n, settings.max_pixels) for d, n in images]
+        answers = await _caption_all(request, batcher, pixels, gen, prompt)
+        return {"results": answers} if many else answers[0]
 
     return app
 
@@ -377,7 +403,7 @@ def _health(batcher: Batcher, settings: ServeSettings) -> JSONResponse:
     return JSONResponse(body, status_code=200 if worker == "running" else 503)
 
 
-async def _answer(request: Request, future) -> Any:
+async def _result(request: Request, future) -> Any:
     """The result of a queued job; when the client leaves first, the job is cancelled (never computed unless its
     batch has started) and that is logged in one line. A failed search is 500 naming the error."""
     waiter = asyncio.wrap_future(future)
@@ -403,9 +429,57 @@ async def _disconnect(request: Request) -> None:
         await asyncio.sleep(0.05)  # a server that answers with empty body messages is polled, not spun on
 
 
+async def _caption_all(request: Request, batcher: Batcher, pixels: list, gen, prompt: str | None) -> list[dict]:
+    """Queue one job per image (all or none: 429 when the queue cannot take them all, 503 when the worker is not
+    running) and wait for the answers, in order; when one fails (or the client leaves), the others are dropped."""
+    futures = []
+    try:
+        for p in pixels:
+            futures.append(batcher.submit(Job(p, gen, prompt)))
+        return [_answer(await _result(request, f)) for f in futures]
+    except QueueFull as e:
+        raise ApiError(429, str(e), headers={"Retry-After": "1"}) from None
+    except RuntimeError as e:  # the worker is not running
+        raise ApiError(503, str(e)) from None
+    finally:
+        for f in futures:  # nothing left queued for a request that has its answer (or its error)
+            f.cancel()
+
+
+def _answer(result) -> dict:
+    return {
+        "caption": result.captions[0],
+        "captions": result.captions,
+        "scores": result.scores,
+        "truncated": result.truncated,
+        "batch_size": result.batch_size,
+        "queued_ms": round(result.queued_ms, 3),
+    }
+
+
+def describe_model(captioner, settings: ServeSettings) -> dict:
+    """What ``GET /v1/model`` answers: the key facts of the model card (:func:`mmgen.model_card.card_facts`), where
+    the model was loaded from, its generation defaults, device and quantisation, and the card itself."""
+    from pathlib import Path
+
+    from mmgen.config import to_dict
+    from mmgen.model_card import card_facts
+
+    card = captioner.model.card
+    facts = card_facts(card)
+    facts["name"] = facts["name"] or Path(settings.model_name).name or "model"
+    facts["source"] = settings.model_name
+    facts["parameters"] = facts["parameters"] or sum(p.numel() for p in captioner.model.parameters())
+    facts["generation"] = to_dict(captioner.generation)
+    facts["device"] = str(captioner.device)
+    facts["quantized"] = getattr(captioner.model, "quantized", None)
+    facts["card"] = card or ""
+    return facts
+
+
 _STATUS = {
     400: "malformed request",
-    413: "request body or image too large",
+    413: "request body or image too large, or too many images",
     415: "unsupported content type",
     422: "an image that cannot be decoded, or a bad option",
     429: "queue full, retry later",

@@ -66,6 +66,8 @@ class BatchResult:
     scores: list[float]
     batch_size: int
     queued_ms: float
+    truncated: list[bool] = field(default_factory=list)
+    """Per caption: it stopped at ``max_new_tokens`` (no end-of-sequence token)."""
 
 
 class Batcher:
@@ -189,9 +191,10 @@ class Batcher:
         try:
             pixels = torch.stack([j.pixels for j in batch])  # (B, 3, H, W)
             out = self.generate(pixels, batch[0].gen, prompt=batch[0].prompt)
+            cut = out.truncated or [[] for _ in batch]
             results = [
-                BatchResult(texts, scores, len(batch), (started - j.arrived) * 1000)
-                for j, texts, scores in zip(batch, out.texts, out.scores)
+                BatchResult(texts, scores, len(batch), (started - j.arrived) * 1000, flags)
+                for j, texts, scores, flags in zip(batch, out.texts, out.scores, cut)
             ]
             if len(results) != len(batch):
                 raise RuntimeError(f"the search returned captions for {len(results)} of {len(batch)} images")

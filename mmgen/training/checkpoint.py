@@ -81,6 +81,7 @@ def save_checkpoint(
     rng_states: list[dict] | None = None,
     is_main: bool | None = None,
     optimizer_state: dict | None = None,
+    card: str | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step_{step:08d}/`` atomically and prune older checkpoints.
 
@@ -105,6 +106,7 @@ def save_checkpoint(
             its own random stream; by default only this process's states are saved.
         is_main: Whether this process writes; by default rank 0 (or the only process) does.
         optimizer_state: Written instead of ``optimizer.state_dict()`` (an FSDP run's full optimizer state).
+        card: The model card (``README.md``) to write with the model (default: ``save_pretrained``'s).
 
     Returns:
         The checkpoint directory.
@@ -127,7 +129,7 @@ def save_checkpoint(
             stacklevel=2,
         )
     tmp = fresh_work_dir(root, "tmp", final.name)
-    _save_model(target, tmp, generation)
+    _save_model(target, tmp, generation, card)
     if optimizer_state is None and optimizer is not None:
         optimizer_state = optimizer.state_dict()
     _write_training_state(tmp, step, optimizer_state, scheduler, state, rng_states or [rng_state()])
@@ -142,6 +144,7 @@ def save_best(
     metrics: Mapping[str, Any],
     generation: GenerationConfig | None = None,
     is_main: bool | None = None,
+    card: str | None = None,
 ) -> Path:
     """Write ``run_dir/best/`` (model files and ``metrics.json``) atomically, replacing the previous one.
 
@@ -151,6 +154,7 @@ def save_best(
         metrics: JSON-able scores (and the step) that made this model the best.
         generation: Generation settings saved with the model.
         is_main: Whether this process writes; by default rank 0 (or the only process) does.
+        card: The model card (``README.md``) to write with the model (default: ``save_pretrained``'s).
 
     Returns:
         The ``best`` directory.
@@ -167,7 +171,7 @@ def save_best(
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_work_dirs(run_dir)
     tmp = fresh_work_dir(run_dir, "tmp", BEST)
-    _save_model(target, tmp, generation)
+    _save_model(target, tmp, generation, card)
     metrics = json_safe(dict(metrics))  # strict JSON: a NaN score is written as null
     (tmp / METRICS).write_text(json.dumps(metrics, indent=2, default=json_scalar, allow_nan=False))
     _commit(tmp, final, metrics.get("step"))
@@ -356,10 +360,11 @@ def refuse_non_finite_weights(model: nn.Module, step: int, destination: Path, do
 
 
 # -- writing --------------------------------------------------------------------------------------
-def _save_model(model: nn.Module, path: Path, generation: GenerationConfig | None) -> None:
+def _save_model(model: nn.Module, path: Path, generation: GenerationConfig | None, card: str | None = None) -> None:
     if hasattr(model, "save_pretrained"):
-        # only CaptionModel takes ``generation``; a transformers model writes model.safetensors too
-        model.save_pretrained(path, **({"generation": generation} if generation is not None else {}))
+        # only CaptionModel takes ``generation`` and ``card``; a transformers model writes model.safetensors too
+        extra = {"generation": generation} if generation is not None else {}
+        model.save_pretrained(path, **extra, **({"card": card} if card is not None else {}))
     else:
         save_model(model, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
 

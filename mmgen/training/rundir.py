@@ -28,6 +28,7 @@ from mmgen.training.atomic_dirs import remove_dir
 
 LOCK_NAME = "train.lock"
 RESULTS = ("checkpoints", "best", "final", "metrics.jsonl", "tensorboard", "curves.png")  # what training writes
+RESULTS += ("tracking.json", "mlruns", "wandb")  # train.report_to: the trackers' ids, MLflow's file store, W&B's files
 PREPARED = ("config.yaml", "tokenizer")  # written before the first step
 CACHES = ("data", "features")  # checked by the run that reuses them; kept by overwrite
 _WORK = re.compile(r"\.(tmp|old|trash)-.+-\d+|config\.yaml\.tmp|train\.lock\.\d+")  # interrupted writes

@@ -8,28 +8,29 @@ same gradient for the same global batch.
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 import warnings
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from mmgen import distributed as D
 from mmgen.config import Config, ConfigError
 from mmgen.errors import RunFailed
+from mmgen.evaluation.collapse import collapse_warning
 from mmgen.models.decoder import check_decoder_config
 from mmgen.runtime import set_threads
 from mmgen.training.checkpoint import refuse_non_finite_weights
 from mmgen.training.ema import average_state, averaged, build_average, restore_average
 from mmgen.training.levers import check_levers, forward_context
 from mmgen.training.logs import RunLogger
+from mmgen.training.rng import seed_everything
+from mmgen.training.run_card import run_card, training_data
 from mmgen.training.run_data import batch_inputs
 from mmgen.training.schedule import build_optimizer, build_scheduler
+from mmgen.training.state import TrainState
 
 if TYPE_CHECKING:
     from mmgen.models import CaptionOutput
@@ -37,29 +38,6 @@ if TYPE_CHECKING:
 
 class NonFiniteLossError(RunFailed):
     """Raised after ``train.max_bad_steps`` consecutive steps with a NaN/inf loss."""
-
-
-@dataclass
-class TrainState:
-    """Where the run is; saved in every checkpoint (json)."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    best: float | None = None
-    evals_without_improvement: int = 0
-    bad_steps_in_a_row: int = 0
-    skipped_steps: int = 0
-    history: list = field(default_factory=list)
-    finished_max_steps: int | None = None
-    """Set in the last checkpoint of a finished run: the ``train.max_steps`` it finished under (or its last step,
-    when it was resumed past it); resuming trains further only when ``train.max_steps`` is raised above it."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -93,7 +71,8 @@ class Trainer:
             raise ValueError("resume and overwrite exclude each other: continue a run, or start over in its place")
         set_threads(cfg.train.threads)  # before any work; None leaves torch's setting
         self.dist = D.init_distributed()
-        self.levers = check_levers(cfg.train, self.dist.device)  # GPU-only levers fail here, before any work
+        say = print if self.dist.is_main else None
+        self.levers = check_levers(cfg.train, self.dist.device, say)  # GPU-only levers fail here, before any work
         check_decoder_config(cfg.model.decoder)  # a misspelt config_overrides key too
         cfg = tdata.resolve_data_source(cfg, print if self.dist.is_main else None)  # config.yaml says what trains
         self.cfg = cfg
@@ -123,6 +102,7 @@ class Trainer:
         if not resume:  # a new run says what trains first; a resumed one once its checkpoint has loaded
             save_run_config(self.run_dir, cfg, self.dist.is_main)
         self.data = tdata.prepare(cfg, self.run_dir, self.dist)
+        self.card_data = training_data(cfg, self.data.train_records)  # the model cards' "training data"
         tokenizer = tdata.prepare_tokenizer(cfg, self.data.train_records, self.run_dir, self.dist)
         from mmgen.models import CaptionModel
 
@@ -154,6 +134,7 @@ class Trainer:
             raise ConfigError("train.distributed: fsdp trains train.objective=xe only; SCST samples with ddp")
         self.average = build_average(self.model, cfg.train.ema_decay, self.sharded)  # train.ema_decay
         self._evaluated_at = -1  # the step of the last evaluation
+        self.last_scores: dict = {}  # its scores (rank 0), for the model cards
         self._twin: torch.nn.Module | None = None  # FSDP: rank 0's unsharded copy for saving and evaluating
         self.optimizer = build_optimizer(self.model, cfg.train, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
@@ -305,14 +286,15 @@ class Trainer:
             self._lock()
 
     def _fit(self) -> dict:
-        from tqdm import tqdm
+        from mmgen.progress import progress, step_lines
 
         cfg, st = self.cfg, self.state
         start = self.clock()
-        bar = tqdm(
-            total=cfg.train.max_steps, initial=st.step, disable=not self.dist.is_main, dynamic_ncols=True, desc="train"
+        every = step_lines(cfg.train.max_steps, cfg.train.log_every)  # off a terminal: a plain line every N steps
+        bar = progress(
+            total=cfg.train.max_steps, initial=st.step, disable=not self.dist.is_main, desc="train", every=every
         )
-        last_scores: dict = {}
+        last_scores, spent = {}, st.train_seconds  # spent: by the earlier sessions of the run
         window_images, window_t = 0, self.clock()
         stop = st.step >= cfg.train.max_steps
         self.model.train()
@@ -324,6 +306,7 @@ class Trainer:
                     self.average.update(self.model)
                 st.step += 1
                 st.batch_in_epoch += 1
+                st.train_seconds = spent + self.clock() - start
                 window_images += images * self.dist.world_size
                 bar.update(1)
                 if st.step % cfg.train.log_every == 0 or st.step == cfg.train.max_steps:
@@ -423,19 +406,11 @@ class Trainer:
                 data = self.data
                 scores = evaluate(model, data.val_records, self.cfg, self.device, data.val_scenes, self.dist.is_main)
                 model.train()
-                metric = self.cfg.eval.metric
-                value = scores.get(metric)
-                if value is not None:
-                    better = self.state.best is None or (
-                        value < self.state.best if metric == "loss" else value > self.state.best
-                    )
-                    if better:
-                        self.state.best = value
-                        self.state.evals_without_improvement = 0
-                        metrics = {"step": self.state.step, **scores}
-                        save_best(self.run_dir, model, metrics, generation=self.cfg.eval.generation)
-                    else:
-                        self.state.evals_without_improvement += 1
+                if self.state.record_eval(self.cfg.eval.metric, scores):
+                    metrics = {"step": self.state.step, **scores}
+                    card = run_card(self, "best", scores, model)
+                    save_best(self.run_dir, model, metrics, generation=self.cfg.eval.generation, card=card)
+            self.last_scores = scores
             entry = {"step": self.state.step, "eval": scores}
             self.state.history.append(entry)
             self.logger.log(entry)
@@ -443,6 +418,8 @@ class Trainer:
                 f"\nstep {self.state.step} eval: "
                 + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
             )
+            if collapse := collapse_warning({k.removeprefix("collapse_"): v for k, v in scores.items()}):
+                print(f"step {self.state.step}: warning: {collapse}")  # its own line, not lost in the scores
         D.barrier()
         if self.dist.distributed:  # every rank follows rank 0's early-stop counter
             t = D.broadcast(torch.tensor([float(self.state.evals_without_improvement)]))
@@ -470,6 +447,7 @@ class Trainer:
                 generation=self.cfg.eval.generation,
                 rng_states=rng,
                 optimizer_state=optim,
+                card=run_card(self, f"step_{self.state.step:08d}", self.last_scores, model),
             )
         D.barrier()
 
@@ -477,8 +455,9 @@ class Trainer:
         model = self.unsharded()
         if self.dist.is_main:
             with averaged(self.average, model):
-                model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
-            self.logger.plot()
+                card = run_card(self, "final", self.last_scores, model)
+                model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation, card=card)
+            self.logger.plot(card=self.run_dir / "final" / "README.md")
 
     def unsharded(self) -> torch.nn.Module:
         """The model with whole tensors: itself, or under FSDP (a collective: every rank calls it) an unsharded

@@ -29,6 +29,7 @@ from mmgen.commands import (
     add_threads_option,
     apply_threads,
     load_captioner,
+    model_line,
     positive_int,
     split_generation_overrides,
     stderr_is_tty,
@@ -107,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     captioner = load_captioner(args)
     # invalid settings, and captions longer than the decoder's positions, fail before any image is read
     captioner.model.check_generation(captioner.resolve_generation(**overrides), args.prompt)
+    if not args.quiet:  # which model answers: on stderr, never among the captions
+        print(f"mmgen caption: {model_line(captioner, args.model)}", file=sys.stderr)
 
     failed = 0
     bar = tqdm(total=len(paths), desc="caption", unit="img", file=sys.stderr, disable=args.quiet or not stderr_is_tty())
