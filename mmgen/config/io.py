@@ -149,6 +149,18 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def flat_dict(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested dict (e.g. :func:`to_dict` of a config) as dotted keys: ``{"train": {"lr": 1}}`` ->
+    ``{"train.lr": 1}``; lists and empty dicts are kept as values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flat_dict(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def unknown_key(key: str, valid: list[str]) -> ConfigError:
     """The error for a misspelt ``key``: the closest valid keys, or all of them."""
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3, cutoff=0.5)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mmgen.config import Config, ConfigError, load_config, save_config, to_dict
+from mmgen.config import Config, ConfigError, flat_dict, load_config, save_config, to_dict
 from mmgen.errors import RunDirError
 from mmgen.lock_files import LockFile
 from mmgen.training.atomic_dirs import remove_dir
@@ -190,7 +190,7 @@ def check_resume(run_dir: Path, cfg: Config) -> None:
         ConfigError: One line per key, naming the run's value and the new one.
     """
     saved = load_config(run_dir / "config.yaml")
-    before, now = _flat(to_dict(saved)), _flat(to_dict(cfg))
+    before, now = flat_dict(to_dict(saved)), flat_dict(to_dict(cfg))
     keys = [k for k in sorted(set(before) | set(now)) if k.startswith("model.") and k not in RESUME_MAY_CHANGE]
     errors = [
         f"{k}: {before.get(k)!r} in the run, {now.get(k)!r} now: a resumed run keeps its model (a new run "
@@ -208,14 +208,3 @@ def check_resume(run_dir: Path, cfg: Config) -> None:
         )
     if errors:
         raise ConfigError.listing([f"--resume {run_dir}: {e}" for e in errors])
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    """A nested dict as ``{"a.b.c": value}``."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

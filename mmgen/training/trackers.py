@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+
+from mmgen.config import flat_dict
 
 TRACKING_FILE = "tracking.json"
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny", "wandb": "wandb"}
@@ -31,17 +32,6 @@ class MissingTrackerError(ImportError):
     def __init__(self, tracker: str, message: str) -> None:
         super().__init__(message)
         self.tracker = tracker
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (lists kept as values)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 class Tracker:
@@ -106,7 +96,7 @@ class MLflowTracker(Tracker):
         from mlflow.entities import Param
 
         if self.new:  # a resumed run logged them already (MLflow refuses to change a parameter)
-            params = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in flatten(config).items()]
+            params = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in flat_dict(config).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
                 self.client.log_batch(self.run_id, params=params[i : i + 100])
 
