@@ -5,9 +5,9 @@
 >>> captioner.caption(["cat.jpg", "dog.png"], num_beams=5)
 ['a cat sitting on a couch', 'a dog running on the beach']
 
-Images may be paths, PIL images or tensors already preprocessed for the encoder; they are decoded
-safely (RGB, EXIF orientation, pixel limit), preprocessed with the saved encoder's timm data config
-and captioned in batches.
+Images may be paths, http(s) URLs, encoded bytes, PIL images, numpy arrays (HWC uint8 RGB) or tensors already
+preprocessed for the encoder; they are decoded safely (RGB, EXIF orientation, pixel limit), preprocessed with
+the saved encoder's timm data config and captioned in batches.
 """
 
 from __future__ import annotations
@@ -15,19 +15,23 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from PIL import Image
 
 from mmgen.config import GenerationConfig
 
+if TYPE_CHECKING:
+    import numpy as np
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
-ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
-"""A path, a PIL image, or a preprocessed tensor (3, H, W) / batch (B, 3, H, W)."""
+ImageInput = Union[str, os.PathLike, bytes, Image.Image, "np.ndarray", torch.Tensor]
+"""A path or http(s) URL, the bytes of an image file, a PIL image, a numpy array ``(H, W, 3)`` uint8 RGB (``(H, W)``
+grey, ``(H, W, 4)`` RGBA; ``(N, H, W, 3)``: N images), or a preprocessed tensor (3, H, W) / batch (B, 3, H, W)."""
 
 
 @dataclass
@@ -39,12 +43,14 @@ class CaptionResult:
         captions: ``num_return_sequences`` captions, best first (empty when ``error`` is set).
         scores: Their sequence scores.
         error: Why the image could not be captioned (only with ``skip_errors=True``), else None.
+        truncated: Per caption: it stopped at ``max_new_tokens`` without its end-of-sequence token.
     """
 
     source: str
     captions: list[str]
     scores: list[float]
     error: str | None = None
+    truncated: list[bool] = field(default_factory=list)
 
     @property
     def caption(self) -> str | None:
@@ -64,11 +70,13 @@ def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def _flatten(images: ImageInput | Sequence[ImageInput]) -> list[tuple[str, Any]]:
-    """(source name, image) per image; a batched tensor counts as its B images."""
-    single = isinstance(images, (str, os.PathLike, torch.Tensor, Image.Image))
+    """(source name, image) per image; a batched tensor or array counts as its B images."""
+    array = type(images).__module__ == "numpy" and hasattr(images, "ndim")
+    single = isinstance(images, (str, os.PathLike, bytes, bytearray, torch.Tensor, Image.Image)) or array
     items: list[tuple[str, Any]] = []
     for x in [images] if single else list(images):
-        if isinstance(x, torch.Tensor) and x.ndim == 4:
+        batched = isinstance(x, torch.Tensor) or (type(x).__module__ == "numpy" and hasattr(x, "ndim"))
+        if batched and x.ndim == 4:
             items += [(f"<image {len(items) + i}>", t) for i, t in enumerate(x)]
         elif isinstance(x, (str, os.PathLike)):
             items.append((str(x), x))
@@ -99,6 +107,10 @@ class Captioner:
         self.model = model.eval()
         self.generation = generation or model.generation_config
         self.transform = build_transform(model.data_config, uint8=True)  # the model normalises
+        self.url_timeout = 10.0
+        """Seconds a URL image's download may wait for its server (to connect, and between reads)."""
+        self.max_download_bytes = 20 * 2**20
+        """The largest image a URL may bring (20 MiB); larger ones fail as a bad image."""
 
     @classmethod
     def from_pretrained(
@@ -107,14 +119,22 @@ class Captioner:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         quantize: str | None = None,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
     ) -> Captioner:
-        """Load a model directory written by ``CaptionModel.save_pretrained`` (or by training).
+        """Load a model directory written by ``CaptionModel.save_pretrained`` (or by training), or a Hugging Face
+        Hub repo id (``owner/name``) holding one (downloaded through the Hugging Face cache, see :mod:`mmgen.hub`).
 
         Args:
-            path: The model directory.
+            path: The model directory, or a Hub repo id.
             device: Where to run (default: CUDA when available, else the CPU).
             dtype: Weights dtype, e.g. ``torch.bfloat16`` or ``"bfloat16"`` (default: as saved).
             quantize: ``"int8"`` for int8 CPU inference (needs ``device="cpu"``; default device then is the CPU).
+            revision: The Hub branch, tag or commit (default: ``main``).
+            cache_dir: The Hugging Face cache to use (default: ``HF_HUB_CACHE``).
+            token: A Hub token for private repos (default: the saved login, or ``HF_TOKEN``).
 
         Raises:
             mmgen.errors.MissingCheckpointFileError: The directory, a file or the ``tokenizer/`` it needs is
@@ -128,7 +148,32 @@ class Captioner:
             device = "cuda" if torch.cuda.is_available() and quantize is None else "cpu"
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        return cls(CaptionModel.from_pretrained(path, device=device, dtype=dtype), quantize=quantize)
+        hub = {"revision": revision, "cache_dir": cache_dir, "token": token}
+        return cls(CaptionModel.from_pretrained(path, device=device, dtype=dtype, **hub), quantize=quantize)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Save the model with this captioner's default generation settings (and the model card) into ``path``, as
+        ``CaptionModel.save_pretrained`` does; ``Captioner.from_pretrained(path)`` loads it back.
+
+        Raises:
+            ValueError: The model is int8-quantised (save the fp32 model; quantise when loading).
+        """
+        from mmgen.quantize import is_quantized
+
+        if is_quantized(self.model):
+            raise ValueError("an int8-quantised model is not saved: save the fp32 one and load it with quantize='int8'")
+        self.model.save_pretrained(path, generation=self.generation)
+
+    def push_to_hub(self, repo_id: str, **options: Any) -> str:
+        """Upload the model with this captioner's default generation settings to the Hub repo ``repo_id``;
+        ``options``: ``private``, ``revision``, ``commit_message``, ``token``, ``create_pr`` (see
+        :func:`mmgen.hub.push_model`). Returns the commit's URL."""
+        from mmgen.hub import push_model
+        from mmgen.quantize import is_quantized
+
+        if is_quantized(self.model):
+            raise ValueError("an int8-quantised model is not uploaded: push the fp32 one")
+        return push_model(self.model, repo_id, generation=self.generation, **options)
 
     @property
     def device(self) -> torch.device:
@@ -152,8 +197,8 @@ class Captioner:
         """The best caption of each image.
 
         Args:
-            images: One image or a list (paths, PIL images, preprocessed tensors); a ``(B, 3, H, W)``
-                tensor counts as B images.
+            images: One image or a list (paths, URLs, bytes, PIL images, numpy arrays, preprocessed tensors: see
+                :data:`ImageInput`); a ``(B, 3, H, W)`` tensor or ``(N, H, W, 3)`` array counts as its images.
             batch_size: Images per forward pass.
             prompt: Text the captions continue (``"a photo of"``), in place of the prompt the model was
                 trained with (``model.prompt``; ``""``: none); None keeps the model's. Not repeated in
@@ -214,6 +259,7 @@ class Captioner:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         gen = self.resolve_generation(**generation)
+        self.model.check_generation(gen, prompt)  # captions that cannot fit the decoder fail before any image is read
         rng = None
         if gen.do_sample and gen.seed is not None:  # one stream for the whole call
             rng = torch.Generator(device=self.device).manual_seed(gen.seed)
@@ -229,7 +275,7 @@ class Captioner:
                 if isinstance(p, str):
                     yield CaptionResult(source, [], [], error=p)
                 else:
-                    yield CaptionResult(source, out.texts[done], out.scores[done])
+                    yield CaptionResult(source, out.texts[done], out.scores[done], truncated=out.truncated[done])
                     done += 1
             pending.clear()
 
@@ -251,25 +297,29 @@ class Captioner:
     def preprocess(self, image: Any, source: str | None = None) -> torch.Tensor:
         """One image as the encoder's ``(3, H, W)`` input, still in 0..255 (the model normalises it).
 
-        Paths and PIL images are decoded (RGB, EXIF orientation) and resized / cropped with the model's
-        data config into a uint8 tensor. A uint8 tensor ``(3, H, W)`` at the input size is taken as it is
-        (the model normalises it with its data config's mean and std, see
-        :meth:`~mmgen.models.caption_model.CaptionModel.normalize_pixels`); a float tensor is taken as already
-        normalised.
+        Paths, http(s) URLs (downloaded within :attr:`url_timeout` and :attr:`max_download_bytes`), bytes, PIL
+        images and numpy arrays (uint8 RGB, see :data:`ImageInput`) are decoded (RGB, EXIF orientation, the same
+        pixel limit) and resized / cropped with the model's data config into a uint8 tensor. A uint8 tensor
+        ``(3, H, W)`` at the input size is taken as it is (the model normalises it with its data config's mean
+        and std, see :meth:`~mmgen.models.caption_model.CaptionModel.normalize_pixels`); a float tensor is taken
+        as already normalised (:func:`~mmgen.data.transforms.encoder_pixels` says which tensors are refused).
 
         Raises:
-            mmgen.data.BadImageError: the image cannot be decoded, or a tensor has the wrong shape.
+            mmgen.data.BadImageError: the image cannot be decoded, or a tensor is not an image of either kind
+                (wrong shape, NaN, integers outside 0..255, ...).
         """
-        from mmgen.data.images import BadImageError, decode_image
-        from mmgen.data.transforms import image_size
+        from mmgen.data.downloads import array_to_image, fetch_url, is_url
+        from mmgen.data.images import decode_image
+        from mmgen.data.transforms import encoder_pixels
 
         source = source or "<image>"
+        if is_url(image):
+            image = fetch_url(image, self.url_timeout, self.max_download_bytes)
+        elif type(image).__module__ == "numpy":
+            image = array_to_image(image, source)
         if not isinstance(image, torch.Tensor):
             return self.transform(decode_image(image, name=source))
-        size = image_size(self.model.data_config)
-        if image.ndim != 3 or image.shape[0] != 3 or tuple(image.shape[1:]) != size:
-            raise BadImageError(source, f"tensor of shape {tuple(image.shape)}; expected (3, {size[0]}, {size[1]})")
-        return image if image.dtype == torch.uint8 else image.float()
+        return encoder_pixels(image, self.model.data_config, source)
 
     def batch_pixels(self, pixels: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stack :meth:`preprocess` outputs into one ``(B, 3, H, W)`` batch for the model: uint8 when every

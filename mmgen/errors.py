@@ -1,4 +1,5 @@
-"""Errors about the files of a saved model or a run, light to import (the CLI catches them to print one line)."""
+"""Errors about the files of a saved model or a run, and runs that fail, light to import (the CLI catches them
+to print one line)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,8 @@ class MissingCheckpointFileError(CheckpointError, FileNotFoundError):
 
 class RunDirError(ValueError):
     """A run directory cannot be used as asked (another run's files, unrelated files, a trainer holding it)."""
+
+
+class RunFailed(RuntimeError):
+    """A run that failed while running, for a reason its message gives (a diverging loss, too many undecodable
+    images): ``mmgen`` prints the message in one line and exits with 1."""

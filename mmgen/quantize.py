@@ -69,13 +69,20 @@ def _dynamic_int8(module: nn.Module, skip: tuple[nn.Module, ...] = ()) -> nn.Mod
         return quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+PARTS = ("encoder", "decoder", "lm_head")
+"""What :func:`quantize_int8` can quantise: the encoder's and the decoder's linear layers, and the LM head."""
+
+
+def quantize_int8(model: nn.Module, parts: tuple[str, ...] = ("encoder", "decoder")) -> nn.Module:
     """Quantise a ``CaptionModel``'s encoder and decoder linear layers to int8, in place, for CPU inference.
 
-    The LM head stays in fp32. A LoRA-wrapped decoder is merged first. The model is put in eval mode.
+    The LM head stays in fp32 unless ``parts`` names it. A LoRA-wrapped decoder is merged first. The model is put in
+    eval mode.
 
     Args:
         model: A ``CaptionModel`` with fp32 weights on the CPU.
+        parts: Which of :data:`PARTS` to quantise (the default is what ``quantize="int8"`` does; the others are
+            there to measure, see ``scripts/int8_benchmark.py --parts``).
 
     Returns:
         The same model object.
@@ -88,12 +95,20 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         raise ValueError(f"int8 quantisation runs on the CPU only; the model is on {param.device} (use device='cpu')")
     if param.dtype != torch.float32:
         raise ValueError(f"int8 quantisation starts from fp32 weights; the model is in {param.dtype} (use dtype=None)")
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
     model.eval()
     if hasattr(model.decoder, "merge_and_unload"):  # peft: fold the LoRA update into the base weights
         model.decoder = model.decoder.merge_and_unload()
     _conv1d_to_linear(model.decoder)
-    _dynamic_int8(model.encoder)
-    _dynamic_int8(model.decoder, skip=(model.decoder.get_output_embeddings(),))
+    if "encoder" in parts:
+        _dynamic_int8(model.encoder)
+    head = model.decoder.get_output_embeddings()
+    if "decoder" in parts:
+        _dynamic_int8(model.decoder, skip=(head,))
+    if "lm_head" in parts:
+        _dynamic_int8(model.decoder, skip=tuple(m for m in model.decoder.modules() if m is not head))
     model.quantized = "int8"
     return model
 

@@ -72,8 +72,9 @@ def test_one_process_captions_everything_once(coco, expected, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{N} images ({N} captioned now, 0 done before, 1 could not be decoded)" in err
     before = out.read_bytes()
-    assert main(argv(source, out, "--device", "cpu")) == 0  # a finished run: nothing left to do
-    assert f"{N} images (0 captioned now, {N} done before)" in capsys.readouterr().err
+    assert main(argv(source, out, "--device", "cpu")) == 1  # a finished run: nothing left to do, one image failed
+    err = capsys.readouterr().err
+    assert f"{N} images (0 captioned now, {N} done before, 1 could not be decoded in an earlier run)" in err
     assert out.read_bytes() == before
 
 
@@ -98,8 +99,11 @@ def test_sigkill_then_rerun_gives_each_image_exactly_once(coco, expected, tmp_pa
             proc.kill()
     killed_at = out.read_bytes().count(b"\n")
     assert 5 <= killed_at < N  # the kill really landed mid-run
-    assert main(argv(source, out, "--batch-size", "8", "--device", "cpu")) == 1
+    assert json.loads(out.with_name("results.jsonl.lock").read_text())["pid"] == proc.pid  # the killed run's lock
+    with pytest.warns(UserWarning, match=f"taking over the lock of pid {proc.pid}.*no longer running"):
+        assert main(argv(source, out, "--batch-size", "8", "--device", "cpu")) == 1
     check_complete(out, expected)
+    assert not out.with_name("results.jsonl.lock").exists()
 
 
 def test_half_lines_and_parts_of_an_earlier_run_are_taken_over(coco, expected, tmp_path):
@@ -156,6 +160,62 @@ def test_other_settings_or_other_data_are_refused(coco, tmp_path, capsys):
     assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == [0, 1, 2]
 
 
+def test_the_model_is_its_files_not_its_path_and_one_run_at_a_time_writes_the_file(coco, tmp_path, capsys):
+    import shutil
+    import socket
+
+    from safetensors.torch import load_file, save_file
+
+    source, _ = coco
+    sub = json.loads(source.read_text())
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({**sub, "images": sub["images"][:3], "annotations": []}))
+    model = tmp_path / "model"
+    shutil.copytree(MODEL, model)
+    out = tmp_path / "results.jsonl"
+
+    def run(model_dir: Path, *extra: str) -> int:
+        argv = ["caption", "--data", str(small), "--images-dir", str(source.parent), "--out", str(out)]
+        return main([*argv, "--model", str(model_dir), "--beams", "1", "--device", "cpu", *extra])
+
+    assert run(model) == 0
+    first = out.read_text()
+    out.write_text(first.split("\n", 1)[0] + "\n")  # as if killed after one image
+    moved = tmp_path / "moved"
+    shutil.copytree(model, moved)  # the same files elsewhere: the same model
+    assert run(moved) == 0 and out.read_text() == first
+    assert "3 images (2 captioned now, 1 done before)" in capsys.readouterr().err
+    out.write_text(first.split("\n", 1)[0] + "\n")
+    weights = load_file(str(model / "model.safetensors"))
+    name = next(k for k in sorted(weights) if weights[k].is_floating_point())
+    weights[name] = weights[name] + 1e-3  # new weights at the same path
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+    assert run(model) == 2
+    err = capsys.readouterr().err
+    assert "the model's weights differ (another model, or new files at its path)" in err and err.count("\n") == 1
+    assert out.read_text() == first.split("\n", 1)[0] + "\n"  # nothing mixed in
+
+    lock = out.with_name("results.jsonl.lock")
+    held = {"pid": os.getppid(), "host": socket.gethostname(), "started": "now", "token": "t"}
+    lock.write_text(json.dumps(held))  # a live run on this host holds the file
+    assert run(moved) == 2
+    err = capsys.readouterr().err
+    assert f"another bulk captioning run is writing {out}: pid {os.getppid()}" in err and err.count("\n") == 1
+    assert out.read_text() == first.split("\n", 1)[0] + "\n" and lock.exists()
+    lock.unlink()
+
+    meta = out.with_name("results.jsonl.meta.json")
+    settings = json.loads(meta.read_text())
+    meta.write_text('{"model": ')  # damaged
+    assert run(moved) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mmgen caption: {meta}: damaged, not the JSON settings of the earlier run")
+    meta.write_text(json.dumps({k: v for k, v in settings.items() if k != "model_files"}))  # an earlier mmgen's
+    assert run(moved) == 2
+    assert "the model's files were not recorded (an earlier mmgen recorded only its path)" in capsys.readouterr().err
+    assert run(moved, "--overwrite") == 0 and out.read_text() == first
+
+
 def test_image_files_with_out_are_resumable_too(coco, expected, tmp_path):
     _, paths = coco
     out = tmp_path / "files.jsonl"
@@ -182,7 +242,7 @@ def test_low_level_file_helpers(tmp_path):
     f.write_text('{"index": 1}\n{"index": 0}\n{"index": 1, "dup": 1}\n{"ind')
     assert drop_partial_line(f) == len('{"ind') and f.read_text().endswith("}\n")
     assert [r["index"] for r in read_results(f)] == [1, 0, 1]
-    assert merge_results(f) == 2 and f.read_text() == '{"index": 0}\n{"index": 1}\n'
+    assert merge_results(f) == (2, 0) and f.read_text() == '{"index": 0}\n{"index": 1}\n'
     f.write_text('{"index": 0}\nnot json\n')
     with pytest.raises(ValueError, match=r"r.jsonl:2: not a JSON line"):
         list(read_results(f))
@@ -214,7 +274,7 @@ def test_parquet_shards_stream_and_split_between_ranks(coco, expected, tmp_path,
         stream = load_records(shards, streaming=True)
         summary = caption_to_file(captioner, stream, split, rank=rank, world_size=2, num_beams=1)
         assert summary.captioned == n // 2
-    assert finish(split) == n
+    assert finish(split) == (n, 1)  # lines, and the images that could not be decoded (index BROKEN)
     assert [json.loads(line).get("caption") for line in split.read_text().splitlines()] == expected[:n]
 
 

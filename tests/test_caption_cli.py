@@ -135,3 +135,39 @@ def test_progress_bar_on_a_terminal_stderr_only(model_dir, image_dir, capsys, mo
     out = capsys.readouterr().out
     assert [line.split("\t")[0] for line in out.splitlines()] == [str(image_dir / "a.jpg"), str(image_dir / "c.PNG")]
     assert ("2/2" in terminal.getvalue()) is not quiet  # the bar: on stderr, only on a terminal, not with --quiet
+
+
+def test_generation_overrides_and_images_after_the_options_as_the_synopsis_writes_them(model_dir, image_dir, capsys):
+    first, second = str(image_dir / "a.jpg"), str(image_dir / "c.PNG")
+    argv = ["caption", first, "--model", str(model_dir), "--beams", "3", "generation.num_beams=1"]
+    assert main([*argv, "--device", "cpu", second, "generation.max_new_tokens=4"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    captioner = Captioner.from_pretrained(model_dir, device="cpu")
+    expected = captioner.caption([first, second], num_beams=1, max_new_tokens=4, num_return_sequences=1)
+    assert lines == [[first, expected[0]], [second, expected[1]]]  # the dotted override wins over --beams
+
+
+def test_file_names_with_tabs_and_line_breaks_stay_one_line_each(model_dir, image_dir, tmp_path, capsys):
+    import codecs
+    import shutil
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    names = ["back\\slash.png", "line\nbreak.png", "tab\there.png"]  # sorted as list_images sorts them
+    for name in names:
+        shutil.copy(image_dir / "b.png", folder / name)
+    (folder / "cut\rshort.png").write_bytes(b"not an image")
+    assert main(["caption", str(folder), "--model", str(model_dir), "--device", "cpu"]) == 1
+    out, err = capsys.readouterr()
+    fields = [line.split("\t") for line in out.splitlines()]
+    assert [len(f) for f in fields] == [2, 2, 2]  # one line and two fields per image
+    assert [codecs.decode(path, "unicode_escape") for path, _ in fields] == [str(folder / n) for n in names]
+    assert fields[1][0] == str(folder) + "/line\\nbreak.png" and fields[2][0].endswith("tab\\there.png")
+    captions = Captioner.from_pretrained(model_dir, device="cpu").caption([folder / n for n in names])
+    assert [c for _, c in fields] == captions
+    lines = err.splitlines()
+    assert lines[0].startswith("mmgen caption: model ")  # which model answers
+    assert lines[1].startswith(f"mmgen caption: {folder}/cut\\rshort.png: not an image")
+    assert len(lines) == 3  # the model, the image, then the count
+    assert main(["caption", str(folder / names[1]), "--model", str(model_dir), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image"] == str(folder / names[1])  # JSON keeps the name as it is

@@ -300,3 +300,75 @@ def test_the_cli_prints_a_load_error_as_one_line(saved_model, tmp_path, image_fi
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"mmgen {command}: ") and err.count("\n") == 1 and names in err, err
+
+
+def _nan_weights(model_dir: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(model_dir / "model.safetensors"))
+    name = next(k for k, t in tensors.items() if t.is_floating_point() and "decoder" in k)
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_nan_weights_are_refused_at_load_not_captioned_as_empty_strings(saved_model, tmp_path, image_files, capsys):
+    from mmgen.commands.cli import main
+    from mmgen.errors import CheckpointError
+
+    model_dir = _damaged_copy(saved_model, tmp_path, _nan_weights)
+    for load in (CaptionModel.from_pretrained, Captioner.from_pretrained):
+        with pytest.raises(CheckpointError, match=r"model.safetensors: 1 weight tensor\(s\) hold NaN or infinite"):
+            load(model_dir)
+    for extra in ([], ["--quantize", "int8"]):
+        assert main(["caption", str(image_files[0]), "--model", str(model_dir), "--device", "cpu", *extra]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and "hold NaN or infinite values" in err
+
+
+def test_tensors_that_are_not_images_are_refused_and_integer_pixels_are_pixels(captioner, image_files):
+    cfg = captioner.model.data_config
+    raw = build_transform(cfg, uint8=True)(decode_image(image_files[0]))  # uint8 (3, H, W)
+    expected = captioner.caption(image_files[0])
+    for dtype in (torch.int16, torch.int32, torch.int64):  # integer pixels in 0..255: the same image
+        assert captioner.caption(raw.to(dtype)) == expected
+    normalised = build_transform(cfg)(decode_image(image_files[0]))
+    refused = {
+        "a torch.bool tensor is not an image": raw > 127,
+        r"torch.int64 tensor with values -1..255, outside 0..255": torch.cat(
+            [raw[:, :1].long() * 0 - 1, raw[:, 1:]], 1
+        ),
+        r"torch.int32 tensor with values 0..256": raw.int() + (raw == 255).int(),
+        "tensor holds NaN or infinite values": normalised.clone().index_fill_(1, torch.tensor([0]), float("nan")),
+        "far outside the normalised range": raw.float(),  # pixels in 0..255 given as float
+        r"tensor of shape \(3, 8, 8\)": raw[:, :8, :8],
+        "a torch.complex64 tensor": normalised.to(torch.complex64),
+    }
+    for message, tensor in refused.items():
+        with pytest.raises(BadImageError, match=message):
+            captioner.caption(tensor)
+    results = list(captioner.iter_captions([raw.float(), image_files[0]], skip_errors=True))
+    assert results[0].error and "far outside" in results[0].error and results[1].caption == expected[0]
+
+
+def test_captions_longer_than_the_decoders_positions_are_refused_at_the_exact_limit(captioner, image_files):
+    """The limit the check draws is where the decoder itself breaks: one token more and the search, run without the
+    check, fails with an index error (the reference); at the limit it runs."""
+    model = captioner.model
+    room = model.max_positions - model.num_prefix_tokens - len(model.start_ids) + 1  # longest caption that fits
+    pixels = captioner.preprocess(image_files[0])[None]
+    for n, fits in ((room, True), (room + 1, False)):
+        gen = captioner.resolve_generation(num_beams=1, max_new_tokens=n, min_new_tokens=n)
+        try:
+            model.search(model.prompt_embeds(pixels), gen)  # the decoder alone, without the check
+            ran = True
+        except IndexError:
+            ran = False
+        assert ran == fits
+        if fits:
+            assert len(captioner.caption(image_files[0], num_beams=1, max_new_tokens=n, min_new_tokens=n)) == 1
+        else:
+            with pytest.raises(ConfigError, match=f"generation.max_new_tokens: {n} new tokens after"):
+                captioner.caption(image_files[0], num_beams=1, max_new_tokens=n)
+    words = " ".join(["circle"] * room)  # a prompt alone as long as the room
+    with pytest.raises(ConfigError, match="the prompt alone is too long"):
+        captioner.caption(image_files[0], prompt=words)

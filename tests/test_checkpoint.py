@@ -21,6 +21,7 @@ from mmgen.models import CaptionModel, tiny_model_config
 from mmgen.tokenizer import train_caption_tokenizer
 from mmgen.training import checkpoint as ck
 from mmgen.training.checkpoint import latest_checkpoint, load_checkpoint, save_best, save_checkpoint
+from mmgen.training.schedule import param_groups
 
 CAPTIONS = [
     "a red circle to the left of a blue square",
@@ -69,7 +70,7 @@ def _lr(step: int, warmup: int, total: int) -> float:
 def _build(tok, seed: int):
     _seed(seed)
     model = CaptionModel(tiny_model_config(), tok).train()  # GPT-2 dropout 0.1 is active
-    opt = torch.optim.AdamW(model.param_groups(3e-3, 0.01), fused=False)
+    opt = torch.optim.AdamW(param_groups(model, 3e-3, 0.01), fused=False)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(_lr, warmup=2, total=6))
     return model, opt, sched
 
@@ -158,6 +159,7 @@ def test_pruning_best_and_replacing_a_step(tokenizer, tmp_path):
         "training_state.safetensors",
         "training_state.json",
         "complete.json",
+        "README.md",  # the model card
     }
 
     # saving a step again replaces it whole

@@ -84,7 +84,7 @@ def test_every_bad_value_is_reported_at_once():
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
     starts = ["train.lr:", "train.batch_size:", "train.grad_accum:", "model.projector.kind:", "unknown key 'train.lrr'"]
-    starts += ["generation.top_p:", "eval.metric:", "model.decoder.mode:", "override 'nonsense'"]
+    starts += ["eval.generation.top_p:", "eval.metric:", "model.decoder.mode:", "override 'nonsense'"]  # its full key
     assert sorted(error.startswith(tuple(starts)) for error in e.value.errors) == [True] * len(starts)
     for start in starts:
         assert sum(error.startswith(start) for error in e.value.errors) == 1, start

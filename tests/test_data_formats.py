@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,19 @@ def test_csv_one_row_per_caption_is_grouped(tmp_path):
         ),
         ("e.json", '{"images": [{"id": 1,\n "file_name": ', r"e\.json:2: invalid JSON"),
         ("f.csv", "image,caption\na.png,x,extra\n", r"f\.csv:2: more fields than the header"),
+        # values of the wrong type name their key instead of a TypeError deep inside
+        ("g.json", '{"images": [{"id": [1], "file_name": "a"}], "annotations": []}', r"g\.json: images\[0\]\.id: an"),
+        ("h.json", '{"images": [{"id": 1, "file_name": null}], "annotations": []}', r"images\[0\]\.file_name must be"),
+        (
+            "i.json",
+            '{"images": [{"id": 1, "file_name": "a"}], "annotations": [{"image_id": {"x": 1}, "caption": "x"}]}',
+            r"i\.json: annotations\[0\]\.image_id: an image id must be an integer or a string, got \{'x': 1\}",
+        ),
+        ("k2.json", '{"images": [{"filename": 7, "sentences": []}]}', r"k2\.json: images\[0\]\.filename must be a"),
+        ("k3.json", '{"images": [{"filename": "a", "cocoid": [3], "sentences": []}]}', r"images\[0\]\.cocoid: an"),
+        ("j.jsonl", '{"image": "a.png", "caption": "x", "image_id": [51]}\n', r"j\.jsonl:1: column 'image_id': an"),
+        ("s.jsonl", '{"image": "a.png", "caption": "x", "split": 1}\n', r"s\.jsonl:1: column 'split' must hold a"),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, r"deep\.json: invalid JSON \(nested too deeply\)"),
     ],
 )
 def test_malformed_input_names_file_and_line_or_key(tmp_path, name, text, expected):
@@ -291,6 +305,49 @@ def test_karpathy_file_without_the_requested_split_names_the_ones_it_has(tmp_pat
 def test_one_image_in_two_splits_of_a_table_is_refused_naming_both_rows(tmp_path):
     (tmp_path / "t.csv").write_text("image,caption,split\na.png,one,train\nb.png,two,val\na.png,three,val\n")
     with pytest.raises(
-        DataFormatError, match=r"t\.csv:4: image a\.png is in split 'val' here but in 'train' at .*t\.csv:2"
+        DataFormatError, match=r"t\.csv:4: image 'a\.png' is in split 'val' here but in 'train' at .*t\.csv:2"
     ):
         load_records(tmp_path / "t.csv")
+
+
+def test_utf8_with_a_byte_order_mark_reads_as_without_and_other_encodings_are_named(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark: the same records as the plain file."""
+    table = "image,caption\nimages/a.png,a red café\n"
+    coco = json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"image_id": 1, "caption": "x"}]})
+    for name, text in (("t.csv", table), ("c.json", coco), ("l.jsonl", '{"image": "a.png", "caption": "x"}\n')):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        (tmp_path / f"bom-{name}").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+        plain, marked = load_records(tmp_path / name), load_records(tmp_path / f"bom-{name}")
+        assert detect_format(tmp_path / f"bom-{name}") == detect_format(tmp_path / name)
+        assert [(r.captions, r.image, r.image_id) for r in marked] == [(r.captions, r.image, r.image_id) for r in plain]
+    (tmp_path / "latin1.csv").write_bytes(table.encode("latin-1"))
+    at = table.encode("latin-1").index(b"\xe9")  # the é, one byte in Latin-1
+    with pytest.raises(
+        DataFormatError, match=rf"latin1\.csv: not UTF-8 text \(invalid continuation byte at byte {at}\b"
+    ):
+        load_records(tmp_path / "latin1.csv")
+    (tmp_path / "utf16.json").write_bytes(coco.encode("utf-16"))
+    with pytest.raises(DataFormatError, match=r"utf16\.json: not UTF-8 text"):
+        load_records(tmp_path / "utf16.json")
+
+
+def test_image_paths_outside_the_images_folder_are_warned_about_or_refused_when_strict(tmp_path):
+    inside, outside = _img(tmp_path / "imgs" / "a.png"), _img(tmp_path / "secret.png")
+    images = [
+        {"id": 1, "file_name": "a.png"},
+        {"id": 2, "file_name": "../secret.png"},
+        {"id": 3, "file_name": str(outside)},
+    ]
+    anns = [{"image_id": i, "caption": "x"} for i in (1, 2, 3)]
+    (tmp_path / "c.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    with pytest.warns(UserWarning, match=r"c\.json: 2 image path\(s\) lead outside the images folder .*imgs"):
+        records = load_records(tmp_path / "c.json", images=tmp_path / "imgs")
+    assert [Path(r.image).resolve() for r in records] == [inside, outside, outside]  # read from where they lead
+    with pytest.raises(DataFormatError, match=r"images\[1\]\.file_name: '\.\./secret\.png' leads outside the images"):
+        load_records(tmp_path / "c.json", images=tmp_path / "imgs", strict_paths=True)
+    (tmp_path / "t.csv").write_text(f"image,caption\nimgs/a.png,x\n{outside},y\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a table's absolute paths are ordinary: no warning
+        assert len(load_records(tmp_path / "t.csv")) == 2
+    with pytest.raises(DataFormatError, match=r"t\.csv:3: column 'image': .* leads outside the images folder"):
+        load_records(tmp_path / "t.csv", strict_paths=True)

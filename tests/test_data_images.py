@@ -192,3 +192,36 @@ def test_reduced_scale_jpeg_decoding_keeps_the_requested_size():
     assert decode_image(data).size == (600, 400)
     w, h = decode_image(data, min_size=120).size
     assert min(w, h) >= 120 and (w, h) != (600, 400)
+
+
+def test_an_extreme_aspect_ratio_is_refused_from_the_header_before_any_resize(tmp_path):
+    """A 100000x1 PNG is 372 bytes and 0.1 Mpx, but the encoder's resize would make it 6.4M x 64 pixels."""
+    from mmgen.data.images import MAX_ASPECT_RATIO
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (100_000, 1)).save(wide)
+    assert wide.stat().st_size < 1000
+    with pytest.raises(BadImageError, match=r"wide.png: extreme aspect ratio: 100000x1 is more than 100 times") as e:
+        decode_image(wide)
+    assert not e.value.too_large  # not too many pixels: a server answers 422, not 413
+    tall = _encode(Image.new("L", (3, 3 * MAX_ASPECT_RATIO + 1)), "PNG")
+    with pytest.raises(BadImageError, match="extreme aspect ratio: 3x301"):
+        decode_image(tall)
+    edge = decode_image(_encode(Image.new("L", (3, 3 * MAX_ASPECT_RATIO)), "PNG"))  # at the limit: decoded
+    assert edge.size == (3, 300) and edge.mode == "RGB"
+    assert decode_image(wide, max_aspect=None).size == (100_000, 1)  # the check can be turned off
+    with pytest.raises(BadImageError, match="too many pixels") as e:
+        decode_image(_encode(Image.new("L", (300, 200)), "PNG"), max_pixels=1000)
+    assert e.value.too_large
+
+
+def test_what_is_not_a_regular_file_is_named_for_what_it_is(tmp_path):
+    cases = {tmp_path / "gone.png": "file not found", tmp_path: "a directory, not an image file"}
+    if Path("/dev/zero").exists():  # reading it would never end: never opened
+        cases[Path("/dev/zero")] = r"not a regular file \(a character device\)"
+    link = tmp_path / "link.png"
+    link.symlink_to(tmp_path / "nowhere.png")
+    cases[link] = r"file not found \(a broken symbolic link\)"
+    for path, reason in cases.items():
+        with pytest.raises(BadImageError, match=f"^{path}: {reason}$"):
+            decode_image(path)

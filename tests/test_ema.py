@@ -126,11 +126,13 @@ def test_resuming_with_another_choice_of_average_is_refused(tmp_path, scenes):
     # the exact resume with an average: tests/test_training.py::test_resume_reproduces_the_uninterrupted_run...
     run = tmp_path / "run"
     Trainer(_cfg(run, scenes, "train.max_steps=3", "train.save_every=2", "train.ema_decay=0.8")).fit()
-    with pytest.raises(ValueError, match="trained with a weight average and is resumed without one"):
+    saved = (run / "config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match="trained with a weight average and is resumed without one"):
         Trainer(_cfg(run, scenes, "train.max_steps=5", "train.save_every=2"), resume=run)
+    assert (run / "config.yaml").read_bytes() == saved  # refused before anything was written
     plain = tmp_path / "plain"
     Trainer(_cfg(plain, scenes, "train.max_steps=3", "train.save_every=2")).fit()
-    with pytest.raises(ValueError, match="trained without a weight average and is resumed with one"):
+    with pytest.raises(ConfigError, match="trained without a weight average and is resumed with one"):
         Trainer(_cfg(plain, scenes, "train.max_steps=5", "train.save_every=2", "train.ema_decay=0.8"), resume=plain)
 
 

@@ -13,6 +13,7 @@ from mmgen.models import CaptionModel, tiny_model_config
 from mmgen.models.encoder import Encoder
 from mmgen.models.stems import ConvStem, HybridStem, sincos_2d
 from mmgen.tokenizer import train_caption_tokenizer
+from mmgen.training.schedule import param_groups
 
 
 def _cfg(**kw) -> EncoderConfig:
@@ -67,7 +68,7 @@ def test_sincos_positions_are_fixed_and_encode_row_and_column():
     model = CaptionModel(cfg, tok)
     pos = model.encoder.model.pos_embed
     assert not pos.requires_grad and torch.equal(pos[0, 1:], sincos_2d((4, 4), 64)) and not pos[0, 0].any()
-    assert all(p is not pos for g in model.param_groups(1e-3, 0.01) for p in g["params"])  # never trained
+    assert all(p is not pos for g in param_groups(model, 1e-3, 0.01) for p in g["params"])  # never trained
 
 
 @pytest.mark.parametrize("key, value", [("stem", "conv"), ("stem", "hybrid"), ("pos_embed", "sincos")])

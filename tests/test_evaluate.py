@@ -1,6 +1,7 @@
 """mmgen evaluate on a tiny saved model: every output written, failed images listed, report names every image."""
 
 import json
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -85,6 +86,10 @@ def test_evaluate_writes_all_outputs_and_lists_failed_images(saved, capsys):
     assert "Scene attributes" in text and "shape_small" in text  # the report shows what the captions get wrong
     rows = (saved / "out" / "per_image.tsv").read_text().splitlines()
     assert len(rows) == 1 + 6
+    html = (saved / "out" / "report.html").read_text()
+    summary = {k: int(v) for k, v in re.findall(r"<tr><td>([a-z ]+)</td><td class='num'>(\d+)</td></tr>", html)}
+    # the report's counts are scores.json's: a failed image is not an empty caption
+    assert summary == {"images": 5, "failed images": 1, "empty captions": scores["empty_captions"]}
 
 
 def test_bad_arguments_are_one_line_and_exit_code_2(saved, tmp_path, capsys):

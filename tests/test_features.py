@@ -288,7 +288,8 @@ def test_config_builder_matches_the_training_run(tmp_path, records, tokenizer):
     cfg = _config()
     cfg.data.train, cfg.train.out_dir, cfg.train.seed = str(tmp_path / "train.jsonl"), str(tmp_path / "run"), 5
     cfg.save(tmp_path / "config.yaml")
-    cache = build_feature_cache_cli(tmp_path / "config.yaml", ["data.max_bad_fraction=0.2"])
+    placeholder = f"data.val={tmp_path / 'dataset_coco.json'}"  # as a preset names it: absent, and never read
+    cache = build_feature_cache_cli(tmp_path / "config.yaml", ["data.max_bad_fraction=0.2", placeholder])
     assert cache.built and cache.path == tmp_path / "run" / "features"
 
     from mmgen.training.run_data import prepare

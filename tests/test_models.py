@@ -12,6 +12,7 @@ from mmgen.models import CaptionModel, tiny_model_config
 from mmgen.models.decoder import build_decoder
 from mmgen.models.encoder import Encoder
 from mmgen.tokenizer import train_caption_tokenizer
+from mmgen.training.schedule import param_groups
 
 CAPTIONS = [
     "a red circle to the left of a blue square",
@@ -141,7 +142,7 @@ def test_last_k_blocks(tokenizer):
     )
     assert all(g for n, g in parts.items() if ".blocks.1." in n or n.startswith("encoder.model.norm"))
     assert not any(g for n, g in parts.items() if ".blocks.0." in n or "patch_embed" in n or "pos_embed" in n)
-    groups = model.param_groups(1e-3, 0.1)
+    groups = param_groups(model, 1e-3, 0.1)
     in_groups = {id(p) for g in groups for p in g["params"]}
     assert all(id(p) not in in_groups for n, p in model.named_parameters() if not p.requires_grad)
 
@@ -168,7 +169,8 @@ def test_save_and_load_give_identical_logits(tokenizer, tmp_path):
     model = CaptionModel(cfg, tokenizer).eval()
     model.save_pretrained(tmp_path / "m")
     files = sorted(p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*") if p.is_file())
-    assert all(f.endswith((".json", ".safetensors")) or f.startswith("tokenizer/") for f in files), files
+    assert all(f.endswith((".json", ".safetensors")) or f.startswith("tokenizer/") for f in files if f != "README.md")
+    assert "README.md" in files  # the model card
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl", ".tmp")) for f in files)
     loaded = CaptionModel.from_pretrained(tmp_path / "m")
     ids, mask, labels, _ = _batch(tokenizer, "a photo of")
@@ -302,3 +304,49 @@ def test_lora_without_a_peft_default_targets_the_attention_projections(tokenizer
     with warnings.catch_warnings():  # peft's own default (GPT-2: c_attn) is left alone
         warnings.filterwarnings("error", message=".*target_modules.*")
         build_decoder(tiny_model_config(decoder_mode="lora").decoder, len(tokenizer), _special(tokenizer))
+
+
+class _Payload:
+    """What a hostile pickle holds: unpickling it would call ``print``."""
+
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def test_pickled_encoder_and_decoder_weights_are_refused_in_one_line_naming_the_file(tmp_path, capsys):
+    from mmgen.errors import CheckpointError
+
+    torch.save({"w": _Payload()}, tmp_path / "vit.pth")
+    torch.save({"w": _Payload()}, tmp_path / "vit.safetensors")  # a pickle wearing the safetensors name
+    small = {"img_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    for name in ("vit.pth", "vit.safetensors"):
+        cfg = EncoderConfig(name="vit_base_patch16_224", weights=str(tmp_path / name), **small)
+        with pytest.raises(CheckpointError, match=f"{tmp_path / name}") as caught:
+            Encoder(cfg)
+        assert "\n" not in str(caught.value)
+    decoder = tmp_path / "gpt2"
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32, vocab_size=40).save_pretrained(decoder)
+    torch.save({"w": _Payload()}, decoder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=rf"model.decoder.name={decoder}: cannot be loaded") as caught:
+        build_decoder(DecoderConfig(name=str(decoder), pretrained=True), 40, {})
+    assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)  # one line, no terminal colours
+    assert "unpickled" not in capsys.readouterr().out  # nothing was ever unpickled
+
+
+def test_misspelt_or_mistyped_decoder_overrides_name_the_key_before_any_model_is_built():
+    from mmgen.config import ConfigError
+    from mmgen.models.decoder import check_decoder_config
+
+    for overrides, message in (
+        ({"n_layr": 2}, "model.decoder.config_overrides.n_layr: not a field of GPT2Config; did you mean n_layer?"),
+        ({"n_layer": "two"}, "model.decoder.config_overrides.n_layer: expected an integer (like its default 12)"),
+        ({"resid_pdrop": "none"}, "model.decoder.config_overrides.resid_pdrop: expected a number"),
+        ({"scale_attn_weights": 1}, "model.decoder.config_overrides.scale_attn_weights: expected true/false"),
+    ):
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            check_decoder_config(DecoderConfig(config_overrides=overrides))
+    check_decoder_config(DecoderConfig(config_overrides={"n_layer": 2, "resid_pdrop": 0}))  # an int for a float
+    with pytest.raises(ConfigError, match="model.decoder.config_overrides: shapes a random-init decoder"):
+        DecoderConfig(pretrained=True, config_overrides={"n_layer": 2})  # would be ignored silently

@@ -80,3 +80,20 @@ def test_cli_quantize_and_prompt_options(fp32, int8, capsys):
     assert caption == fp32.caption(IMAGES[1], prompt="a picture of a", bad_words=["red"])[0]
     assert main(["caption", str(IMAGES[0]), "--model", str(MODEL), "--quantize", "int8", "--dtype", "bfloat16"]) == 2
     assert "starts from float32 weights" in capsys.readouterr().err
+
+
+def test_parts_choose_which_layers_are_quantised(fp32):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    def quantised(module):
+        return sum(isinstance(m, DynamicLinear) for m in module.modules())
+
+    encoder_only = quantize_int8(copy.deepcopy(fp32.model), ("encoder",))
+    assert quantised(encoder_only.encoder) > 0 and quantised(encoder_only.decoder) == 0
+    head_only = quantize_int8(copy.deepcopy(fp32.model), ("lm_head",))
+    assert quantised(head_only.decoder) == 1 and quantised(head_only.encoder) == 0
+    assert isinstance(head_only.decoder.get_output_embeddings(), DynamicLinear)
+    default = quantize_int8(copy.deepcopy(fp32.model))
+    assert not isinstance(default.decoder.get_output_embeddings(), DynamicLinear) and quantised(default.decoder) > 0
+    with pytest.raises(ValueError, match="unknown parts"):
+        quantize_int8(copy.deepcopy(fp32.model), ("projector",))

@@ -86,3 +86,40 @@ def test_thumbnails_use_evaluations_decoder_and_pixel_limit(tmp_path, monkeypatc
     assert len([attrs for tag, attrs in parser.tags if tag == "img"]) == 1  # only the small image
     assert decoded == [big, small]  # the rejected image is not even opened
     assert (120, 100) not in loaded  # the big image's pixels were never decoded
+
+
+def test_the_collapse_banner_needs_one_caption_said_at_least_twice(tmp_path):
+    cases = {("a dog", "a cat"): False, ("a dog", "a dog"): True, ("a dog", "a dog", "a cat"): True, ("x",): False}
+    for captions, collapsed in cases.items():
+        path = write_report(tmp_path / str(len(captions)), [], {}, collapse_stats(list(captions)))
+        assert ("Caption collapse" in path.read_text()) == collapsed, captions
+
+
+def test_the_report_draws_curves_attributes_confusions_and_the_baseline(tmp_path):
+    import base64
+    import io
+
+    import numpy as np
+
+    from mmgen.scenes.accuracy import scene_accuracy
+    from mmgen.scenes.simple import sample_scene, scene_captions
+
+    rng = np.random.default_rng(0)
+    scenes = {i: sample_scene(rng) for i in range(40)}
+    captions = {i: scene_captions(s)[0] for i, s in scenes.items()}
+    captions[0] = "a small red circle on a striped background"
+    acc = scene_accuracy(captions, scenes)
+    rows = [{"step": s, "loss": 2.0 / s} for s in range(1, 21)] + [{"step": 20, "eval": {"CIDEr": 1.2, "loss": 0.4}}]
+    baseline = {"name": "the most frequent caption", "caption": "a red square", "scores": {"CIDEr": 0.4, "Bleu_4": 0.1}}
+    entries = [ReportEntry(i, None, c, list(scene_captions(scenes[i])), cider=1.0) for i, c in captions.items()]
+    path = write_report(tmp_path, entries, {"CIDEr": 1.2, "Bleu_4": 0.5}, scenes=acc, curves=rows, baseline=baseline)
+    parser = _Collector()
+    parser.feed(path.read_text(encoding="utf-8"))
+    figures = [a["src"] for t, a in parser.tags if t == "img" and a.get("src", "").startswith("data:image/png")]
+    assert len(figures) == 3  # the curves, the attribute bars, the confusion matrices
+    sizes = [Image.open(io.BytesIO(base64.b64decode(f.split(",", 1)[1]))).size for f in figures]
+    assert all(w > 300 and h > 150 for w, h in sizes)
+    text = " ".join(parser.text)
+    assert "a red square" in text and "3.0x" in text and "baseline 0.400" in text
+    plain = write_report(tmp_path / "plain", entries, {"CIDEr": 1.2})  # no run, no scenes: no figures
+    assert "data:image/png" not in plain.read_text(encoding="utf-8")

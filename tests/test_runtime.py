@@ -93,7 +93,9 @@ def test_bad_thread_counts_are_usage_errors(command, capsys):
 
 def test_train_threads_is_the_config_key_and_the_trainer_applies_it(monkeypatch, tmp_path, restore_threads):
     config = tmp_path / "c.yaml"
-    Config().save(config)
+    cfg = Config()
+    cfg.data.train = str(config)  # a file that exists (the trainer never reads it here)
+    cfg.save(config)
     got = []
     monkeypatch.setattr("mmgen.training.objectives.build_trainer", lambda cfg, **_: got.append(cfg) or 1 / 0)
     with pytest.raises(ZeroDivisionError):

@@ -74,6 +74,17 @@ def test_planted_errors_are_counted_per_attribute(scenes):
     for c in acc["confusions"]:
         by_attr[c["attribute"]] = by_attr.get(c["attribute"], 0) + c["count"]
     assert by_attr.get("relation") == 5 and by_attr.get("color", 0) == 15
+    # the confusion matrices hold every object (right or wrong): each attribute's counts add up to the objects, the
+    # wrong cells to the errors planted, and the planted colours sit where they were put
+    cells = {(c["attribute"], c["truth"], c["caption"]): c["count"] for c in acc["matrix"]}
+    for attribute in ("size", "color", "shape"):
+        assert sum(v for (a, _, _), v in cells.items() if a == attribute) == n_objects
+    assert sum(v for (a, t, said), v in cells.items() if a == "color" and t != said) == 15
+    assert sum(v for (a, _, _), v in cells.items() if a == "background") == len(ids)
+    assert sum(v for (a, t, said), v in cells.items() if a == "relation" and t != said) == 5
+    wrong = {(scenes[i]["objects"][0]["color"], "purple" if scenes[i]["objects"][0]["color"] != "purple" else "red")
+             for i in recolour}  # fmt: skip
+    assert all(cells[("color", t, said)] >= 1 for t, said in wrong)
     assert "scene attributes: exact" in format_scene_accuracy(acc)
 
 

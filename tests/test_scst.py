@@ -301,5 +301,5 @@ def test_fsdp_refuses_scst(tmp_path, xe_run, monkeypatch):
     from mmgen import distributed
 
     monkeypatch.setattr(distributed, "is_sharded", lambda model: True)  # as if fully_shard had wrapped it
-    with pytest.raises(ValueError, match="train.distributed=fsdp trains train.objective=xe only"):
+    with pytest.raises(ValueError, match="train.distributed: fsdp trains train.objective=xe only"):
         build_trainer(_scst_cfg(tmp_path / "scst", xe_run))

@@ -25,6 +25,7 @@ pytest.importorskip("multipart")
 sync_client = pytest.importorskip("websockets.sync.client")
 
 from mmgen.captioner import Captioner  # noqa: E402
+from mmgen.serve import ServeSettings  # noqa: E402
 from mmgen.serve.app import create_app  # noqa: E402
 from mmgen.serve.server import BackgroundServer  # noqa: E402
 
@@ -43,6 +44,9 @@ class Browser:
             "--no-sandbox",  # tests run as root in a container
             "--disable-gpu",
             "--no-first-run",
+            "--disable-background-networking",  # no connections out of this closed machine
+            "--disable-component-update",
+            "--disable-sync",
             "--remote-debugging-port=0",
             f"--user-data-dir={profile}",
             "about:blank",
@@ -101,6 +105,35 @@ def browser(tmp_path):
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
+BROKEN_IMAGES = """[...document.images].filter((img) => {
+  const box = img.getBoundingClientRect();
+  const shown = box.width > 0 && box.height > 0 && getComputedStyle(img).visibility !== "hidden";
+  return shown && !(img.complete && img.naturalWidth > 0);
+}).map((img) => img.id || img.alt)"""
+"""The images the page shows that have no picture (the browser draws its broken-image icon for them)."""
+
+
+def test_the_empty_page_shows_no_broken_image_and_names_the_model(browser, tmp_path):
+    captioner = Captioner.from_pretrained(MODEL, device="cpu")
+    with BackgroundServer(create_app(captioner, ServeSettings(model_name=str(MODEL)))) as server:
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=server.url + "/")
+        browser.wait_for("document.readyState === 'complete' && !!document.querySelector('#file')")
+        shown = browser.wait_for("document.querySelector('#model b') && document.querySelector('#model').textContent")
+        shot = browser.send("Page.captureScreenshot", format="png")["data"]
+        (tmp_path / "empty.png").write_bytes(base64.b64decode(shot))  # to look at when the test fails
+        assert browser.evaluate(BROKEN_IMAGES) == []
+        assert browser.evaluate("getComputedStyle(document.querySelector('#result')).display") == "none"
+    assert "tiny-scenes-model" in shown and "trained on synthetic scenes" in shown and "4,000 images" in shown
+
+
+def test_the_broken_image_check_finds_a_broken_image(browser):
+    """The check above can fail: an image element with no picture, shown, is found."""
+    browser.send("Page.navigate", url="data:text/html,<img id=x alt=x style='width:50px;height:50px'>")
+    browser.wait_for("document.readyState === 'complete'")
+    assert browser.evaluate(BROKEN_IMAGES) == ["x"]
+
+
 def test_choose_an_image_and_see_its_caption(browser, tmp_path):
     captioner = Captioner.from_pretrained(MODEL, device="cpu")
     expected = captioner.caption(IMAGE)[0]
@@ -115,6 +148,7 @@ def test_choose_an_image_and_see_its_caption(browser, tmp_path):
         assert shown == expected
         assert browser.evaluate("document.querySelector('#error').textContent") == ""
         assert browser.evaluate("document.querySelector('#preview').naturalWidth") == 64  # the image beside it
+        assert browser.evaluate(BROKEN_IMAGES) == []
         shot = browser.send("Page.captureScreenshot", format="png")["data"]
         (tmp_path / "page.png").write_bytes(base64.b64decode(shot))  # to look at when the test fails
 

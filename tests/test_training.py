@@ -80,9 +80,11 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, scenes, m
     with pytest.raises(KeyboardInterrupt):
         Trainer(cut).fit()
     monkeypatch.setattr(Trainer, "_after_step", original)
-    Trainer(cut, resume=cut.train.out_dir).fit()
+    with pytest.warns(UserWarning, match=r"metrics.jsonl: removed 1 line\(s\) after step 4"):  # step 5 is redone
+        Trainer(cut, resume=cut.train.out_dir).fit()
+    rows = [json.loads(line) for line in (Path(cut.train.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 11))  # every step once: nothing logged twice
     resumed = _losses(cut.train.out_dir)
-    assert list(resumed) == list(range(1, 11))
     assert resumed == reference  # exact float equality, step by step
     from safetensors.torch import load_file
 
@@ -615,12 +617,63 @@ def test_resuming_a_finished_run_writes_nothing_unless_max_steps_is_raised(tmp_p
     assert "the run is finished (step 5, train.max_steps=5)" in capsys.readouterr().out
 
 
+def test_a_refused_resume_writes_nothing_and_the_run_still_resumes(tmp_path, scenes, capsys):
+    from mmgen.commands.cli import main
+
+    cfg = _cfg(tmp_path, scenes, "train.max_steps=3", "train.batch_size=16", "train.save_every=2")
+    Trainer(cfg).fit()
+    run = Path(cfg.train.out_dir)
+    before = _snapshot(run)
+    capsys.readouterr()
+    for override, message in {
+        "model.decoder.config_overrides.n_embd=32": "model.decoder.config_overrides.n_embd: 64 in the run, 32 now: "
+        "a resumed run keeps its model",
+        "model.prompt=a photo of": "model.prompt: '' in the run, 'a photo of' now",
+        "train.ema_decay=0.9": "train.ema_decay: the run was trained without a weight average and is resumed with one",
+    }.items():
+        assert main(["train", "--resume", str(run), override, "train.max_steps=5"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and err.startswith(f"mmgen train: config error: --resume {run}")
+        assert _snapshot(run) == before  # refused before anything was written: config.yaml as it was
+    assert main(["train", "--resume", str(run), "train.max_steps=4", "model.decoder.gradient_checkpointing=true"]) == 0
+    assert "resumed from" in capsys.readouterr().out  # the checkpoints were never blamed
+
+
+def test_resuming_a_run_killed_before_its_first_checkpoint_starts_over_and_says_so(
+    tmp_path, scenes, monkeypatch, capsys
+):
+    common = ("train.max_steps=3", "train.batch_size=16", "train.save_every=100")
+    full = _cfg(tmp_path / "a", scenes, *common)
+    Trainer(full).fit()
+    cut = _cfg(tmp_path / "b", scenes, *common)
+    original = Trainer._after_step
+
+    def interrupt(self, start):
+        if self.state.step == 2:
+            raise KeyboardInterrupt
+        return original(self, start)
+
+    monkeypatch.setattr(Trainer, "_after_step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cut).fit()
+    monkeypatch.setattr(Trainer, "_after_step", original)
+    run = Path(cut.train.out_dir)
+    assert not (run / "checkpoints").exists() and (run / "metrics.jsonl").read_text().count("\n") == 2
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match=r"removed 2 line\(s\) after step 0"):
+        Trainer(cut, resume=run).fit()
+    assert f"{run}: no checkpoint yet (the run stopped before its first save" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # not 1, 2, then 1, 2, 3 appended
+    assert _losses(run) == _losses(full.train.out_dir)  # the same run as one never interrupted
+
+
 def test_a_diverging_run_stops_before_saving_non_finite_weights(tmp_path, scenes):
     from mmgen.config import ConfigError
     from mmgen.training.checkpoint import NonFiniteWeightsError
 
     for bad in (".inf", ".nan", "-1"):
-        with pytest.raises(ConfigError, match="train.lr: must be a finite number > 0"):
+        with pytest.raises(ConfigError, match="train.lr: (must be|expected) a finite number"):
             _cfg(tmp_path, scenes, f"train.lr={bad}")
     cfg = _cfg(
         tmp_path, scenes, "train.max_steps=10", "train.batch_size=16", "train.save_every=3", "train.max_bad_steps=9"
@@ -678,3 +731,13 @@ def test_metrics_rows_are_strict_json_and_readers_skip_what_is_not(tmp_path, sce
     assert [r["step"] for r in rows] == [1, 2, 4]
     messages = sorted(str(w.message) for w in caught)
     assert "skipped 1 line(s) that are not JSON objects: [3]" in messages[0] and "torn last line (line 5" in messages[1]
+
+
+def test_synthetic_scenes_without_validation_images_train_without_validation(tmp_path):
+    overrides = [o for o in TINY if o != "data.synth=null"]
+    synth = "data.synth={n_train: 16, n_val: 0, image_size: 32}"
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", [*overrides, synth, "train.batch_size=8", "train.max_steps=2",
+                      f"train.out_dir={tmp_path / 'run'}"])  # fmt: skip
+    trainer = Trainer(cfg)
+    assert trainer.data.val_records is None and not (tmp_path / "run" / "data" / "captions_val.json").exists()
+    assert trainer.fit() == {} and (tmp_path / "run" / "final" / "model.safetensors").exists()

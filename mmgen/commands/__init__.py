@@ -9,8 +9,10 @@ folder named on it that is missing or unusable), reported before any work in one
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
+from pathlib import Path
 
 USAGE = 2
 """Exit code of a usage error."""
@@ -74,6 +76,69 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0..65535 (0: any free port)."""
+    value = _int_at_least(text, 0)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {value}")
+    return value
+
+
+def number_in(low: float, high: float, low_open: bool = False):
+    """argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``); NaN and infinities
+    are refused."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+            bracket = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"must be a number in {bracket}{low:g}, {high:g}], got {text}")
+        return value
+
+    return parse
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device``: checked when parsed (a device this machine does not have is a one-line usage error)."""
+    parser.add_argument(
+        "--device", type=device_name, default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)"
+    )
+
+
+def device_name(text: str) -> str:
+    """argparse type: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is available (torch.cuda.is_available() is false)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: the MPS backend (Apple GPU) is not available")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text}: mmgen runs on cpu, cuda or mps")
+    return text
+
+
+def add_strict_paths_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--strict-paths``: refuse image paths of a caption file that lead outside its images folder."""
+    parser.add_argument(
+        "--strict-paths",
+        action="store_true",
+        help="refuse image paths of a caption file that lead outside its images folder (absolute, or through ..); "
+        "by default COCO and Karpathy files read them from there, with a warning",
+    )
+
+
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--threads N``: the CPU threads torch computes with (see :func:`apply_threads`)."""
     parser.add_argument(
@@ -105,6 +170,16 @@ def load_captioner(args: argparse.Namespace, device: str | None = None):
         return Captioner.from_pretrained(args.model, device=device or args.device, dtype=dtype, quantize=args.quantize)
     except (FileNotFoundError, OSError) as e:
         raise UsageError(f"cannot load the model: {e}") from None
+
+
+def model_line(captioner, source) -> str:
+    """Which model answers, in one line: its name, where it came from and what it was trained on (its card)."""
+    from mmgen.model_card import card_facts
+
+    facts = card_facts(captioner.model.card, name="")
+    name = facts["name"] or Path(str(source)).name
+    where = "" if name == str(source) else f" ({source})"
+    return f"model {name}{where}, trained on {facts['trained_on']}"
 
 
 def stderr_is_tty() -> bool:

@@ -13,15 +13,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mmgen.commands import add_threads_option, apply_threads
+from mmgen.commands import (
+    UsageError,
+    add_device_option,
+    add_strict_paths_option,
+    add_threads_option,
+    apply_threads,
+    non_negative_int,
+    positive_int,
+)
 
 
 def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output directory (captions_train.json, captions_val.json, images/)")
-    p.add_argument("--n", type=int, required=True, help="total number of images")
+    p.add_argument("--n", type=positive_int, required=True, help="total number of images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=64, help="side length in pixels (default: 64)")
-    p.add_argument("--split-val", type=int, default=0, metavar="K", help="the last K images form the val split")
+    p.add_argument("--image-size", type=positive_int, default=64, help="side length in pixels (default: 64)")
+    p.add_argument(
+        "--split-val", type=non_negative_int, default=0, metavar="K", help="the last K images form the val split"
+    )
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default: png)")
     from mmgen.scenes import difficulties
 
@@ -33,6 +43,9 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
 
 def _run_synth(args: argparse.Namespace) -> int:
     from mmgen.scenes.writer import make_scenes
+
+    if args.split_val > args.n:
+        raise UsageError(f"--split-val {args.split_val}: more than the {args.n} images of --n")
 
     summary = make_scenes(
         args.out,
@@ -59,14 +72,17 @@ def _add_stats(p: argparse.ArgumentParser) -> None:
         help="caption file(s) (COCO or Karpathy json, JSONL, CSV), HF dataset folder, shards or hub name",
     )
     p.add_argument("--images", default=None, help="images directory for COCO/Karpathy files and relative paths")
+    add_strict_paths_option(p)
     p.add_argument("--split", default=None, help="keep one split (train/val/test) where the source has splits")
     p.add_argument("--no-restval", dest="restval", action="store_false", help="Karpathy: keep 'restval' apart")
     p.add_argument("--image-column", default=None)
     p.add_argument("--caption-column", default=None)
     p.add_argument("--no-decode", dest="decode", action="store_false", help="do not decode the images")
-    p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit (default: DataConfig's)")
-    p.add_argument("--max-images", type=int, default=None, help="only look at the first N images")
-    p.add_argument("--workers", type=int, default=4, help="decoding threads")
+    p.add_argument(
+        "--max-pixels", type=positive_int, default=None, help="decompression-bomb limit (default: DataConfig's)"
+    )
+    p.add_argument("--max-images", type=positive_int, default=None, help="only look at the first N images")
+    p.add_argument("--workers", type=positive_int, default=4, help="decoding threads")
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a report")
 
 
@@ -85,6 +101,7 @@ def _run_stats(args: argparse.Namespace) -> int:
             image_column=args.image_column,
             caption_column=args.caption_column,
             keep_uncaptioned=True,  # counted, not hidden
+            strict_paths=args.strict_paths,
         )
     except (DataFormatError, FileNotFoundError, ImportError) as e:
         print(f"mmgen data stats: {e}", file=sys.stderr)
@@ -101,9 +118,10 @@ def _add_features(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training config whose frozen encoder and data are used")
     p.add_argument("--out", help="cache directory (default: train.feature_cache_dir or RUN_DIR/features)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="storage dtype (default: bf16 on GPU)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    add_device_option(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     add_threads_option(p)
+    p.set_defaults(positionals="overrides")
 
 
 def _run_features(args: argparse.Namespace) -> int:
@@ -154,7 +172,8 @@ def build_feature_cache_cli(
     from mmgen.models.encoder import Encoder
     from mmgen.training import run_data as tdata
 
-    cfg = load_config(config_path, overrides)
+    # the cache holds the training split: a preset's placeholder data.val is never read; the paths used must exist
+    cfg = load_config(config_path, [*(overrides or []), "data.val=null", "data.val_images=null"], check_paths=True)
     dist = D.init_distributed(device)
     run_dir = Path(cfg.train.out_dir)
     data = tdata.prepare(cfg, run_dir, dist)

@@ -13,8 +13,10 @@ from pathlib import Path
 from mmgen.commands import (
     FAILED,
     UsageError,
+    add_device_option,
     add_generation_flags,
     add_generation_overrides,
+    add_strict_paths_option,
     add_threads_option,
     apply_threads,
     generation_changes,
@@ -33,11 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "report.html into --out; on mmgen data synth scenes also scene_accuracy.json (which attributes the captions "
         "get wrong).",
     )
-    p.add_argument("--model", required=True, type=Path, help="a saved model directory (e.g. RUN/best)")
+    p.add_argument("--model", required=True, type=Path, help="a saved model directory (e.g. RUN/best) or Hub repo id")
     p.add_argument(
         "--data", required=True, nargs="+", help="caption file(s) or dataset (COCO, Karpathy, JSONL, CSV, HF)"
     )
     p.add_argument("--images", help="images directory for COCO-style annotation files")
+    add_strict_paths_option(p)
     p.add_argument("--split", help="split to evaluate (Karpathy / HF datasets), e.g. test")
     add_generation_flags(p)
     p.add_argument("--batch-size", type=positive_int, default=32)
@@ -46,20 +49,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics", nargs="+", default=None, help="metrics (default: Bleu METEOR ROUGE_L CIDEr; METEOR needs Java)"
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    add_device_option(p)
     p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes")
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default: ./eval)")
     add_threads_option(p)
     add_generation_overrides(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, positionals="overrides")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Fail with one line per missing path named on the command line (UsageError), before any loading."""
     from mmgen.config import looks_like_local_path, path_exists
+    from mmgen.hub import looks_like_repo_id
 
     problems = []
-    if not args.model.is_dir():
+    if not args.model.is_dir() and not looks_like_repo_id(str(args.model)):  # a Hub repo id is looked up later
         problems.append(f"--model {args.model}: no such directory")
     for source in args.data:  # a hub dataset name is not a path; files, folders and globs are
         if looks_like_local_path(source, data=True) and not path_exists(source):
@@ -84,8 +88,10 @@ def load_inputs(args: argparse.Namespace, device: str):
         raise UsageError(f"cannot load the model: {e}") from None
     changes = generation_changes(args)
     gen = dataclasses.replace(model.generation_config, **changes)
+    model.check_generation(gen)
     try:
-        records = load_records(args.data if len(args.data) > 1 else args.data[0], images=args.images, split=args.split)
+        source = args.data if len(args.data) > 1 else args.data[0]
+        records = load_records(source, images=args.images, split=args.split, strict_paths=args.strict_paths)
     except (FileNotFoundError, DataFormatError) as e:
         raise UsageError(f"cannot read --data: {e}") from None
     if args.max_images is not None:
@@ -98,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mmgen.evaluation.evaluate import evaluate_model, write_evaluation
     from mmgen.scenes.accuracy import format_scene_accuracy, load_scenes, scene_accuracy
+    from mmgen.training.logs import read_metrics
 
     args.data, more = split_generation_overrides(args.data)  # --data takes every argument after it
     args.overrides = [*args.overrides, *more]
@@ -119,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     acc = None
     if scenes:  # mmgen data synth annotations: which attributes the captions get wrong
         acc = scene_accuracy(result.captions, scenes)
-    paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}", scenes=acc)
+    curves = read_metrics(args.model.parent) if (args.model.parent / "metrics.jsonl").is_file() else None  # RUN/best
+    paths = write_evaluation(args.out, result, title=f"mmgen evaluation: {args.model}", scenes=acc, curves=curves)
     for k, v in result.scores.items():
         print(f"{k}: {v}")
     if acc:

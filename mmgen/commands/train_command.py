@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from mmgen.commands import add_threads_option
+from mmgen.commands import UsageError, add_threads_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,37 +30,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     add_threads_option(p)  # the same as the override train.threads=N (saved with the run's config)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, positionals="overrides")
 
 
 def run(args: argparse.Namespace) -> int:
     from mmgen.config import load_config
     from mmgen.distributed import cleanup_distributed
-    from mmgen.errors import RunDirError
-    from mmgen.training.checkpoint import NonFiniteWeightsError
-    from mmgen.training.objectives import NonFiniteLossError, build_trainer
+    from mmgen.training.objectives import build_trainer
 
     if args.resume is not None and args.overwrite:
-        raise SystemExit("mmgen train: --resume continues a run, --overwrite starts over: use one of them")
+        raise UsageError("--resume continues a run, --overwrite starts over: use one of them")
     if args.threads is not None:
         args.overrides = [*args.overrides, f"train.threads={args.threads}"]  # applied by the trainer, saved
     if args.resume is not None:
         saved = args.resume / "config.yaml"
-        if not saved.exists():
-            raise SystemExit(f"mmgen train: {args.resume} has no config.yaml; is it a run directory?")
+        if not saved.is_file():
+            raise UsageError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
         cfg = load_config(saved, args.overrides)
     elif args.print_config:
         cfg = load_config(args.config, args.overrides)  # defaults alone when there is no --config
     else:
         if args.config is None:
-            raise SystemExit("mmgen train: --config is required (or --resume RUN_DIR)")
+            raise UsageError("--config is required (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides, check_paths=True)  # missing paths fail before any work
     if args.print_config:
         from mmgen.config import describe_config
 
         print(describe_config(cfg))
         return 0
-    try:
+    try:  # a RunDirError (2), a diverging run (1): one line each, printed by mmgen.commands.cli
         trainer = build_trainer(cfg, resume=args.resume, overwrite=args.overwrite)
         if trainer.finished:  # said so; nothing was written
             return 0
@@ -70,12 +67,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"run directory: {trainer.run_dir}")
             if scores:
                 print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
-    except RunDirError as e:
-        print(f"mmgen train: {e}", file=sys.stderr)
-        return 2
-    except (NonFiniteLossError, NonFiniteWeightsError) as e:
-        print(f"mmgen train: {e}", file=sys.stderr)
-        return 1
     finally:
         cleanup_distributed()
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from mmgen.config.io import ConfigError, apply_overrides, check, coerce, collect_errors, collecting, report
 
@@ -25,6 +25,9 @@ def sdpa_names(text: str) -> list[str]:
 
 @dataclass
 class GenerationConfig:
+    SECTION: ClassVar[str] = "generation"
+    """How the checks name the keys (``generation.num_beams``); a training config's are ``eval.generation.*``."""
+
     num_beams: int = 3
     """Beam width (1: greedy, or plain sampling with ``do_sample``)."""
     max_new_tokens: int = 20

@@ -20,6 +20,7 @@ import functools
 import glob
 import inspect
 import json
+import math
 import os
 import re
 import textwrap
@@ -148,7 +149,8 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+def unknown_key(key: str, valid: list[str]) -> ConfigError:
+    """The error for a misspelt ``key``: the closest valid keys, or all of them."""
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown key '{key}'{hint}")
@@ -181,10 +183,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if tp is float:  # NaN or an infinity never means what it says (a NaN budget never ends, a NaN rate diverges)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -214,7 +216,7 @@ def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     moved = getattr(cls, "MOVED_KEYS", {})
-    with collect_errors():
+    with collect_errors() as errors:
         kwargs = {}
         for k, v in d.items():
             key = f"{prefix}{k}"
@@ -227,7 +229,7 @@ def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
                     report(f"{key}: no longer a key here; its settings are {moved[k]}")
                 continue
             if k not in fields:
-                report(_unknown_key(key, sorted(fields)))
+                report(unknown_key(key, sorted(fields)))
                 continue
             tp = _strip_optional(hints[k])
             try:
@@ -236,11 +238,17 @@ def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
                 )
             except ConfigError as e:  # a wrong type: reported, the field keeps its default
                 report(e)
+        start = len(errors)
         try:
             obj = cls(**kwargs)
         except TypeError as e:  # a value of the wrong kind reached a check (e.g. null for a number)
             report(f"{prefix or 'config'}: {e}")
             obj = cls()
+        section = getattr(cls, "SECTION", None)  # a section that lives in several places names its keys by one
+        if section and prefix and prefix != f"{section}.":
+            errors[start:] = [
+                prefix + e[len(section) + 1 :] if e.startswith(f"{section}.") else e for e in errors[start:]
+            ]
     return obj
 
 
@@ -298,11 +306,15 @@ def _apply_override(d: dict, parts: list[str], text: str, cls: type) -> None:
             if p in getattr(schema, "MOVED_KEYS", {}):
                 raise ConfigError(f"{dotted}: no longer a key here; its settings are {schema.MOVED_KEYS[p]}")
             if p not in fields:
-                raise _unknown_key(dotted, sorted(fields))
+                raise unknown_key(dotted, sorted(fields))
             tp = _strip_optional(typing.get_type_hints(schema)[p])
             schema = tp if dataclasses.is_dataclass(tp) else None
         if i == len(parts) - 1:
-            node[p] = _parse_value(text)
+            try:
+                node[p] = _parse_value(text)
+            except yaml.YAMLError as e:  # unbalanced brackets, a control character, a python tag
+                problem = " ".join(str(getattr(e, "problem", None) or e).split())
+                raise ConfigError(f"{dotted}: {text!r} is not a YAML value ({problem})") from None
         else:
             if not isinstance(node.get(p), dict):
                 node[p] = {}
@@ -327,9 +339,11 @@ def load_config(
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
         try:
-            d = yaml.safe_load(p.read_text()) or {}
+            d = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from e
+            raise ConfigError(_yaml_error(p, e)) from None
         if not isinstance(d, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
     with collect_errors():
@@ -337,6 +351,15 @@ def load_config(
         if check is not None:
             check(cfg)
     return cfg
+
+
+def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """A YAML error in one line, naming the file, line and column."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else f"{path}"
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    return " ".join(f"{where}: invalid YAML: {problem}{f' ({context})' if context else ''}".split())
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -147,6 +147,11 @@ class DecoderConfig:
         check(bool(self.name), "model.decoder.name", "must be a hub name or a local directory")
         choice(self.mode, "model.decoder.mode", ("full", "frozen", "lora"))
         check(isinstance(self.config_overrides, dict), "model.decoder.config_overrides", "must be a mapping")
+        check(
+            not (self.pretrained and self.config_overrides),
+            "model.decoder.config_overrides",
+            "shapes a random-init decoder (pretrained: false); a pretrained one keeps its hub config",
+        )
 
 
 @dataclass

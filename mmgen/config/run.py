@@ -23,8 +23,10 @@ from mmgen.config.io import (
     from_dict,
     looks_like_local_path,
     path_exists,
+    report,
     save_config,
     to_dict,
+    unknown_key,
 )
 from mmgen.config.model import ModelConfig
 
@@ -55,7 +57,8 @@ class DataConfig:
     The decoder runs over the image prefix once and its K captions share it, so K captions cost much less
     than K images."""
     synth: dict | None = None
-    """Generate a synthetic scenes dataset before training: {n_train, n_val, seed, image_size}."""
+    """Generate a synthetic scenes dataset before training: {n_train, n_val, seed, image_size, image_format,
+    difficulty} (``mmgen data synth``'s options; n_train required, n_val 0: no validation)."""
     num_workers: int = 2
     max_pixels: int = 89_478_485
     """Decompression-bomb guard (PIL's default)."""
@@ -72,6 +75,9 @@ class DataConfig:
     """Stream a Hugging Face training source (each rank reads its own part); other sources are read whole."""
     image_column: str = "image"
     caption_column: str = "caption"
+    strict_paths: bool = False
+    """Refuse image paths of caption files that lead outside their images folder (absolute, or through ``..``);
+    by default COCO and Karpathy files read them from there, with a warning."""
 
     @collecting
     def __post_init__(self) -> None:
@@ -87,6 +93,38 @@ class DataConfig:
         check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
         check(not (self.preload and self.augment), "data.preload", "stores fixed images: set data.augment=false")
         check(not (self.preload and self.streaming), "data.preload", "needs an indexable dataset, not streaming")
+        if self.synth is not None:
+            check_synth(self.synth)
+
+
+SYNTH_KEYS = {"n_train": int, "n_val": int, "seed": int, "image_size": int, "image_format": str, "difficulty": str}
+"""The keys of ``data.synth`` (the arguments of :func:`mmgen.scenes.writer.make_scenes_splits`) and their types."""
+
+
+def check_synth(synth: Any) -> None:
+    """Report what is wrong with a ``data.synth`` mapping (each problem naming its ``data.synth.KEY``)."""
+    from mmgen.scenes import GENERATORS
+
+    if not isinstance(synth, dict):
+        report(f"data.synth: expected a mapping such as {{n_train: 1000, n_val: 100}} or null, got {synth!r}")
+        return
+    for key, value in synth.items():
+        kind = SYNTH_KEYS.get(key)
+        if kind is None:
+            report(unknown_key(f"data.synth.{key}", sorted(SYNTH_KEYS)))
+        elif isinstance(value, bool) or not isinstance(value, kind):
+            report(f"data.synth.{key}: expected {'an integer' if kind is int else 'a string'}, got {value!r}")
+    typed = {k: v for k, v in synth.items() if k in SYNTH_KEYS and type(v) is SYNTH_KEYS[k]}
+    check("n_train" in synth, "data.synth.n_train", "is required: the number of training scenes")
+    check(typed.get("n_train", 1) >= 1, "data.synth.n_train", f"must be >= 1, got {synth.get('n_train')!r}")
+    check(
+        typed.get("n_val", 0) >= 0, "data.synth.n_val", f"must be >= 0 (0: no validation), got {synth.get('n_val')!r}"
+    )
+    check(typed.get("image_size", 1) >= 1, "data.synth.image_size", f"must be >= 1, got {synth.get('image_size')!r}")
+    if "image_format" in typed:
+        choice(typed["image_format"], "data.synth.image_format", ("png", "jpg"))
+    if "difficulty" in typed:
+        choice(typed["difficulty"], "data.synth.difficulty", tuple(GENERATORS))
 
 
 @dataclass
@@ -108,6 +146,10 @@ class EvalConfig:
         check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         choice(self.metric, "eval.metric", ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "loss"))
 
+
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
+"""What ``train.report_to`` may name: the keys of :data:`mmgen.training.trackers.TRACKERS` (a test holds the two
+equal)."""
 
 OBJECTIVES = ("xe", "scst")
 """The training objectives ``train.objective`` names: the keys of :data:`mmgen.training.objectives.TRAINERS` (a test
@@ -186,10 +228,25 @@ class TrainConfig:
     """Train from precomputed frozen-encoder features (requires model.encoder.freeze=all)."""
     feature_cache_dir: str | None = None
     tensorboard: bool = True
+    """TensorBoard events in ``RUN/tensorboard`` when ``report_to`` is not set (the older switch; kept)."""
+    report_to: list[str] | None = None
+    """Experiment trackers that get the config, the metrics, the curves and the final model card, beside
+    ``metrics.jsonl``: any of 'tensorboard', 'mlflow' (``MLFLOW_TRACKING_URI``, else a file store in ``RUN/mlruns``;
+    pip install mlflow-skinny), 'wandb' (``WANDB_MODE=offline`` to stay on the machine; pip install wandb); [] for
+    none. None: ['tensorboard'] (unless ``tensorboard: false``)."""
+    tracking_project: str = "mmgen"
+    """The MLflow experiment / W&B project a run reports to (``report_to``)."""
     init_from: str | None = None
     """A saved model directory whose matching weights initialise this run (stage 1 -> stage 2)."""
     objective: str = "xe"
     """'xe' (cross-entropy on the reference captions) | 'scst' (self-critical CIDEr-D, see ``scst``)."""
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers the run reports to: ``report_to``, or TensorBoard when ``tensorboard`` (the default)."""
+        if self.report_to is not None:
+            return list(dict.fromkeys(self.report_to))
+        return ["tensorboard"] if self.tensorboard else []
 
     @collecting
     def __post_init__(self) -> None:
@@ -231,6 +288,8 @@ class TrainConfig:
         for name in self.sdpa_backends:
             choice(name, "train.sdpa_backends", SDPA_BACKENDS)
         check(len(self.sdpa_backends) > 0, "train.sdpa_backends", "must name at least one backend")
+        for name in self.report_to or []:
+            choice(name, "train.report_to", TRACKER_NAMES)
         if 1 <= self.max_steps <= self.warmup_steps:
             warnings.warn(
                 f"train.max_steps ({self.max_steps}) <= train.warmup_steps ({self.warmup_steps}): the learning rate "
@@ -341,6 +400,12 @@ class Config:
         if not dc.synth:
             named += [(f"data.{k}", getattr(dc, k), True) for k in ("train_images", "val_images")]
             named += [(f"data.{k}", getattr(dc, k), False) for k in ("train", "val")]
+            check(
+                dc.train is not None,
+                "data.train",
+                "is not set: name the training data (a COCO or Karpathy json, a JSONL/CSV table, a Hugging Face "
+                "dataset), or data.synth to generate scenes",
+            )
         for key, value, local in named:
             if value is None or not isinstance(value, str):
                 continue

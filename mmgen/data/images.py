@@ -23,22 +23,31 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmgen.errors import RunFailed
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 89_478_485
 """PIL's own default limit (about 0.25 GB of RGB data)."""
 
+MAX_ASPECT_RATIO = 100
+"""Longest side over shortest side beyond which an image is refused: the encoder's transform scales the short
+side to the input size, so a 100000x1 image (within any pixel limit) would become 6.4M x 64 pixels. Up to this
+ratio the resized image holds at most ``MAX_ASPECT_RATIO`` squares of the input size."""
+
 
 class BadImageError(Exception):
-    """An image that cannot be used; ``source`` names the file (or the record) and ``reason`` says why."""
+    """An image that cannot be used; ``source`` names the file (or the record) and ``reason`` says why;
+    ``too_large`` is true when it was refused for its size (too many pixels: a server answers 413)."""
 
-    def __init__(self, source: str, reason: str) -> None:
+    def __init__(self, source: str, reason: str, too_large: bool = False) -> None:
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+        self.too_large = too_large
 
 
-class TooManyBadImagesError(RuntimeError):
+class TooManyBadImagesError(RunFailed):
     """More than the allowed fraction of a training epoch's images could not be decoded."""
 
 
@@ -66,7 +75,7 @@ def _open(source: Any, name: str) -> Image.Image:
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
-            raise BadImageError(name, "file not found")
+            raise BadImageError(name, _not_a_file(path))
         if path.stat().st_size == 0:
             raise BadImageError(name, "empty file (0 bytes)")
         fp: Any = path
@@ -84,18 +93,36 @@ def _open(source: Any, name: str) -> Image.Image:
     except UnidentifiedImageError:
         raise BadImageError(name, "not an image (unrecognised or damaged header)") from None
     except Image.DecompressionBombError as e:
-        raise BadImageError(name, f"too many pixels ({e})") from None
+        raise BadImageError(name, f"too many pixels ({e})", too_large=True) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         reason = "truncated image data" if "truncat" in str(e).lower() else "corrupt image header"
         raise BadImageError(name, f"{reason} ({e})") from None
 
 
-def _check_pixels(im: Image.Image, name: str, max_pixels: int | None) -> None:
+def _not_a_file(path: Path) -> str:
+    """Why a path that is not a regular file cannot be an image (a device such as /dev/zero is never read)."""
+    if not path.exists():
+        return "file not found" if not path.is_symlink() else "file not found (a broken symbolic link)"
+    if path.is_dir():
+        return "a directory, not an image file"
+    kinds = (("is_char_device", "a character device"), ("is_block_device", "a block device"), ("is_fifo", "a pipe"))
+    kind = next((what for test, what in kinds if getattr(path, test)()), "a special file")
+    return f"not a regular file ({kind})"
+
+
+def _check_size(im: Image.Image, name: str, max_pixels: int | None, max_aspect: float | None) -> None:
+    """Refuse, from the header, an image whose decoding or resizing would take unbounded work."""
     w, h = im.size
     if w <= 0 or h <= 0:
         raise BadImageError(name, f"invalid size {w}x{h}")
     if max_pixels is not None and w * h > max_pixels:
-        raise BadImageError(name, f"too many pixels: {w}x{h} = {w * h} > max_pixels {max_pixels}")
+        raise BadImageError(name, f"too many pixels: {w}x{h} = {w * h} > max_pixels {max_pixels}", too_large=True)
+    if max_aspect is not None and max(w, h) > max_aspect * min(w, h):
+        raise BadImageError(
+            name,
+            f"extreme aspect ratio: {w}x{h} is more than {max_aspect:g} times as long as it is wide (resized for "
+            "the model its long side would grow without bound)",
+        )
 
 
 def _high_depth_to_rgb(im: Image.Image) -> Image.Image:
@@ -147,6 +174,7 @@ def decode_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     min_size: int | None = None,
     name: str | None = None,
+    max_aspect: float | None = MAX_ASPECT_RATIO,
 ) -> Image.Image:
     """Decode an image into an RGB PIL image with its EXIF orientation applied.
 
@@ -157,16 +185,19 @@ def decode_image(
         min_size: When set, JPEGs may be decoded at a reduced scale (1/2, 1/4, 1/8) as long as both
             sides stay >= ``min_size``; a large speed-up for big photos resized to a small input.
         name: How to name the source in errors (default: the path, or a description of the data).
+        max_aspect: Reject images whose long side is more than this many times their short side (checked on
+            the header; see :data:`MAX_ASPECT_RATIO`). ``None`` disables the check.
 
     Returns:
         A fully loaded RGB image.
 
     Raises:
-        BadImageError: missing, empty, non-image, corrupt or truncated data, or too many pixels.
+        BadImageError: missing, empty, non-image, corrupt or truncated data, not a regular file, too many
+            pixels or an extreme aspect ratio.
     """
     name = name or source_name(source)
     im = _open(source, name)
-    _check_pixels(im, name, max_pixels)
+    _check_size(im, name, max_pixels, max_aspect)
     try:
         if min_size and im.format == "JPEG":
             im.draft(None, (min_size, min_size))  # keeps both sides >= min_size

@@ -96,7 +96,8 @@ def _load_one(source: str | Path, images: str | Path | None, split: str | None, 
         )
     if fmt not in FILE_FORMATS:
         raise DataFormatError(f"{source}: unknown format {fmt!r}; expected one of {FORMATS}")
-    options = ReadOptions(restval=restval, keep_uncaptioned=kw.get("keep_uncaptioned", False), **cols)
+    flags = {k: kw.get(k, False) for k in ("keep_uncaptioned", "strict_paths")}
+    options = ReadOptions(restval=restval, **flags, **cols)
     records = FILE_FORMATS[fmt](Path(source), images, options, data)  # data: parsed once, during detection
     return filter_records(records, split, restval, Path(source))
 
@@ -115,6 +116,7 @@ def load_records(
     world_size: int = 1,
     format: str | None = None,
     keep_uncaptioned: bool = False,
+    strict_paths: bool = False,
 ) -> Sequence[Record] | Iterable[Record]:
     """Load caption records from any supported source; the format is detected from the content.
 
@@ -139,6 +141,8 @@ def load_records(
         format: Skip detection (one of :data:`FORMATS`).
         keep_uncaptioned: COCO files: also return the images that have no caption (other formats always
             return them; training leaves them out).
+        strict_paths: Caption files: refuse image paths that lead outside the images folder (absolute, or through
+            ``..``); by default COCO and Karpathy files read them from there with a warning.
 
     Returns:
         A sequence of :class:`Record` (a list for file formats), or an iterable when streaming.
@@ -164,6 +168,7 @@ def load_records(
         "world_size": world_size,
         "format": format,
         "keep_uncaptioned": keep_uncaptioned,
+        "strict_paths": strict_paths,
     }
     parts = [_load_one(s, d, split, restval, kw) for s, d in zip(sources, dirs)]
     if all(isinstance(p, list) for p in parts):
@@ -205,6 +210,7 @@ def load_split(
         cache_dir=cache_dir,
         rank=rank,
         world_size=world_size,
+        strict_paths=cfg.strict_paths,
     )
 
 

@@ -88,3 +88,47 @@ def build_transform(
             **kw,
         )
     return create_transform(is_training=False, **kw)
+
+
+def encoder_pixels(image: torch.Tensor, data_config: dict, source: str) -> torch.Tensor:
+    """A ``(3, H, W)`` tensor as the encoder takes it (see :meth:`~mmgen.models.CaptionModel.normalize_pixels`):
+    uint8 pixels in 0..255, or float pixels normalised with the data config's mean and std.
+
+    Other integer dtypes holding values in 0..255 are pixels too (returned as uint8). What cannot be an image
+    of either kind is refused rather than captioned wrongly: another shape or size, bool or complex values,
+    integers outside 0..255, NaN or infinite floats, and floats far outside the normalised range (pixels in
+    0..255 given as float).
+
+    Raises:
+        mmgen.data.BadImageError: Naming ``source`` and what is wrong with the tensor.
+    """
+    from mmgen.data.images import BadImageError
+
+    size = image_size(data_config)
+    if image.ndim != 3 or image.shape[0] != 3 or tuple(image.shape[1:]) != size:
+        raise BadImageError(source, f"tensor of shape {tuple(image.shape)}; expected (3, {size[0]}, {size[1]})")
+    kinds = "give uint8 pixels in 0..255, or float pixels normalised with the model's mean and std"
+    if image.dtype == torch.bool or image.is_complex():
+        raise BadImageError(source, f"a {image.dtype} tensor is not an image: {kinds}")
+    if image.dtype == torch.uint8:
+        return image
+    if not image.is_floating_point():
+        lo, hi = int(image.min()), int(image.max())
+        if lo < 0 or hi > 255:
+            raise BadImageError(source, f"{image.dtype} tensor with values {lo}..{hi}, outside 0..255: {kinds}")
+        return image.to(torch.uint8)
+    image = image.float()
+    if not bool(torch.isfinite(image).all()):
+        raise BadImageError(source, f"tensor holds NaN or infinite values: {kinds}")
+    mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(data_config["std"], dtype=torch.float32).view(3, 1, 1)
+    lo, hi = (0 - mean) / std, (1 - mean) / std  # (3, 1, 1): where normalised pixels of 0..1 lie
+    margin = hi - lo  # resampling and augmentation overshoot a little; pixels in 0..255 lie far beyond
+    far = (image.cpu() < lo - margin) | (image.cpu() > hi + margin)
+    if bool(far.any()):
+        raise BadImageError(
+            source,
+            f"float tensor with values {float(image.min()):.4g}..{float(image.max()):.4g}, far outside the "
+            f"normalised range of this model's pixels: {kinds} (pixels in 0..255: tensor.to(torch.uint8))",
+        )
+    return image

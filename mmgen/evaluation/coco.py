@@ -11,10 +11,33 @@ __all__ = ["check_captions", "load_coco_references", "load_coco_results", "resul
 
 
 def _load_json(source: str | PathLike[str] | Any) -> Any:
-    if isinstance(source, (str, PathLike)):
-        with open(source, encoding="utf-8") as f:
+    """The parsed file (UTF-8, a byte-order mark allowed), or ``source`` itself when it is parsed already.
+
+    Raises:
+        ValueError: The file is not JSON (cut short, not UTF-8, nested too deeply); the message names it.
+    """
+    if not isinstance(source, (str, PathLike)):
+        return source
+    try:
+        with open(source, encoding="utf-8-sig") as f:
             return json.load(f)
-    return source
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}; cut short?)") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise ValueError(f"{source}: not valid JSON (nested too deeply)") from None
+
+
+def _named(source: Any) -> str:
+    """How a message names the file (nothing for data passed in parsed)."""
+    return f"{source}: " if isinstance(source, (str, PathLike)) else ""
+
+
+def _image_id(value: Any, where: str) -> Hashable:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{where}: image_id must be an integer or a string, got {value!r:.80}")
+    return value
 
 
 def load_coco_references(source: str | PathLike[str] | Mapping[str, Any]) -> dict[Hashable, list[str]]:
@@ -30,44 +53,52 @@ def load_coco_references(source: str | PathLike[str] | Mapping[str, Any]) -> dic
         ValueError: The file is not a COCO caption file or a caption is not a string (the message
             names the annotation).
     """
-    data = _load_json(source)
+    data, named = _load_json(source), _named(source)
     if not isinstance(data, Mapping) or not isinstance(data.get("annotations"), list):
-        raise ValueError("not a COCO caption annotation file: expected an object with an 'annotations' list")
-    refs: dict[Hashable, list[str]] = {img["id"]: [] for img in data.get("images", []) if isinstance(img, Mapping)}
+        raise ValueError(f"{named}not a COCO caption annotation file: expected an object with an 'annotations' list")
+    images = data.get("images", [])
+    if not isinstance(images, list):
+        raise ValueError(f"{named}'images' must be a list")
+    refs: dict[Hashable, list[str]] = {}
+    for index, img in enumerate(images):
+        if isinstance(img, Mapping) and "id" in img:
+            refs[_image_id(img["id"], f"{named}images[{index}].id")] = []
     for index, ann in enumerate(data["annotations"]):
         if not isinstance(ann, Mapping) or "image_id" not in ann or "caption" not in ann:
-            raise ValueError(f"annotation {index} lacks 'image_id' or 'caption'")
+            raise ValueError(f"{named}annotation {index} lacks 'image_id' or 'caption'")
         caption = ann["caption"]
+        image_id = _image_id(ann["image_id"], f"{named}annotation {index}")
         if not isinstance(caption, str):
             raise ValueError(
-                f"annotation {index} (id {ann.get('id')}, image_id {ann['image_id']!r}) has a caption of type "
+                f"{named}annotation {index} (id {ann.get('id')}, image_id {image_id!r}) has a caption of type "
                 f"{type(caption).__name__}, expected a string"
             )
-        refs.setdefault(ann["image_id"], []).append(caption)
+        refs.setdefault(image_id, []).append(caption)
     return {image_id: caps for image_id, caps in refs.items() if caps}
 
 
-def results_to_candidates(results: Iterable[Mapping[str, Any]]) -> dict[Hashable, str]:
-    """Candidates from COCO results entries ``{"image_id": ..., "caption": ...}``.
+def results_to_candidates(results: Iterable[Mapping[str, Any]], named: str = "") -> dict[Hashable, str]:
+    """Candidates from COCO results entries ``{"image_id": ..., "caption": ...}`` (``named``: the file, for
+    messages).
 
     Raises:
-        ValueError: An entry lacks a key, has a non-string caption, or repeats an image id (the
-            message names the entries).
+        ValueError: An entry lacks a key, has an image id that is not an integer or a string, a non-string
+            caption, or repeats an image id (the message names the entries).
     """
     candidates: dict[Hashable, str] = {}
     first_index: dict[Hashable, int] = {}
     for index, entry in enumerate(results):
         if not isinstance(entry, Mapping) or "image_id" not in entry or "caption" not in entry:
-            raise ValueError(f"result {index} is not an object with 'image_id' and 'caption'")
-        image_id, caption = entry["image_id"], entry["caption"]
+            raise ValueError(f"{named}result {index} is not an object with 'image_id' and 'caption'")
+        image_id, caption = _image_id(entry["image_id"], f"{named}result {index}"), entry["caption"]
         if not isinstance(caption, str):
             raise ValueError(
-                f"result {index} (image_id {image_id!r}) has a caption of type {type(caption).__name__}, "
+                f"{named}result {index} (image_id {image_id!r}) has a caption of type {type(caption).__name__}, "
                 "expected a string"
             )
         if image_id in candidates:
             raise ValueError(
-                f"duplicate results for image_id {image_id!r} (entries {first_index[image_id]} and {index}); "
+                f"{named}duplicate results for image_id {image_id!r} (entries {first_index[image_id]} and {index}); "
                 "give one caption per image"
             )
         candidates[image_id] = caption
@@ -81,10 +112,10 @@ def load_coco_results(source: str | PathLike[str] | list[Mapping[str, Any]]) -> 
     Raises:
         ValueError: See :func:`results_to_candidates`; also when the file is not a list.
     """
-    data = _load_json(source)
+    data, named = _load_json(source), _named(source)
     if not isinstance(data, list):
-        raise ValueError("not a COCO results file: expected a JSON list of {'image_id', 'caption'} objects")
-    return results_to_candidates(data)
+        raise ValueError(f"{named}not a COCO results file: expected a JSON list of {{'image_id', 'caption'}} objects")
+    return results_to_candidates(data, named)
 
 
 def check_captions(

@@ -7,7 +7,10 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["collapse_stats", "normalize_caption"]
+__all__ = ["collapse_stats", "collapse_warning", "normalize_caption"]
+
+COLLAPSE_SHARE = 0.5
+"""A model collapses when at least this share of its captions is one caption."""
 
 _TRAILING_PUNCT = re.compile(r"[\s.!?,;:]+$")
 
@@ -44,3 +47,17 @@ def collapse_stats(candidates: Mapping[Hashable, str] | Iterable[str]) -> dict[s
         "most_common_share": top / total if total else 0.0,
         "mean_length": sum(len(ws) for ws in words) / total if total else 0.0,
     }
+
+
+def collapse_warning(stats: Mapping[str, Any]) -> str | None:
+    """One line when :func:`collapse_stats` shows caption collapse (:data:`COLLAPSE_SHARE` or more of the captions
+    are one caption), else None."""
+    share, total = stats.get("most_common_share", 0.0), stats.get("num_captions", 0)
+    if not isinstance(share, float) or share < COLLAPSE_SHARE or not total or round(share * total) <= 1:
+        return None  # collapse is one caption said at least twice
+    said = stats.get("most_common_caption")
+    which = f" ('{said}')" if isinstance(said, str) else ""
+    return (
+        f"caption collapse: {share:.0%} of the {int(total)} captions are the same caption{which}; "
+        f"distinct captions {stats.get('distinct_fraction', 0.0):.3f}"
+    )

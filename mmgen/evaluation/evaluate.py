@@ -56,11 +56,10 @@ def caption_records(
     progress: bool | str = True,
 ) -> tuple[dict[Any, str], dict[Any, list[str]], list[tuple[Any, str]]]:
     """Caption every record: (candidates by image id, references by image id, failed images)."""
-    from tqdm import tqdm
-
     from mmgen.data.collate import EvalCollator
     from mmgen.data.datasets import CaptionEvalDataset, make_loader
     from mmgen.data.transforms import build_transform, image_size
+    from mmgen.progress import progress as progress_bar
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     # uint8 images (4x less to move to the device): the model normalises them
@@ -80,7 +79,11 @@ def caption_records(
     failed: list[tuple[Any, str]] = []
     was_training = model.training
     model.eval()
-    bar = tqdm(loader, desc="caption", disable=not progress, dynamic_ncols=True, leave=progress != "transient")
+    every = max(1, len(loader) // 10) if hasattr(loader, "__len__") else 10  # plain lines off a terminal: ~10
+    transient = progress == "transient"  # inside a training run: a bar on a terminal, no lines elsewhere
+    bar = progress_bar(
+        loader, desc="caption", disable=not progress, leave=not transient, every=every, plain=not transient
+    )
     for batch in bar:
         failed.extend(batch["failed"])
         if not batch["image_ids"]:
@@ -151,10 +154,17 @@ def _source(image: Any) -> Any:
 
 
 def write_evaluation(
-    out_dir: str | Path, result: EvalResult, title: str = "mmgen evaluation", scenes: dict | None = None
+    out_dir: str | Path,
+    result: EvalResult,
+    title: str = "mmgen evaluation",
+    scenes: dict | None = None,
+    curves: list[dict] | None = None,
+    baseline: dict | None = None,
 ) -> dict[str, Path]:
     """Write the COCO results json, scores json, per-image table (TSV) and the HTML report; with ``scenes``
-    (attribute accuracies on synthetic scenes) also ``scene_accuracy.json``, and the report shows them."""
+    (attribute accuracies on synthetic scenes) also ``scene_accuracy.json``, and the report shows them; ``curves``
+    (the model's run's metrics.jsonl rows) and ``baseline`` go into the report (see
+    :func:`~mmgen.evaluation.report.write_report`)."""
     from mmgen.evaluation.report import write_report
 
     out = Path(out_dir)
@@ -163,7 +173,9 @@ def write_evaluation(
     paths["results"].write_text(json.dumps([{"image_id": i, "caption": c} for i, c in result.captions.items()]))
     paths["scores"].write_text(json.dumps(result.summary(), indent=2, default=str))
     # the report counts images, failed images and empty captions from the entries itself
-    paths["report"] = write_report(out, result.entries, result.scores, result.collapse, title=title, scenes=scenes)
+    paths["report"] = write_report(
+        out, result.entries, result.scores, result.collapse, title, scenes=scenes, curves=curves, baseline=baseline
+    )
     if scenes:
         paths["scene_accuracy"] = out / "scene_accuracy.json"
         paths["scene_accuracy"].write_text(json.dumps(scenes, indent=2))

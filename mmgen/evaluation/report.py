@@ -1,7 +1,10 @@
 """A self-contained HTML report of a caption evaluation, worst images first, plus a per-image TSV.
 
-The HTML file embeds its thumbnails as base64 JPEG and its style inline, so it opens offline and can
-be copied anywhere on its own.
+At the top the headline scores (and a baseline's, when one is given), the training curves of the model's run when
+it has them, and on synthetic scenes a bar chart of what the captions get right and the confusion matrices of
+their attributes (:mod:`mmgen.evaluation.charts`); then the tables and every image. The HTML file embeds its
+figures (PNG) and thumbnails (JPEG) as base64 and its style inline, so it opens offline and can be copied anywhere
+on its own.
 """
 
 from __future__ import annotations
@@ -18,12 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from mmgen.data.images import DEFAULT_MAX_PIXELS
+from mmgen.evaluation.collapse import collapse_warning
 
 __all__ = ["ReportEntry", "write_report"]
 
 THUMB_SIZE = 160
 _STYLE = """
-body { font-family: sans-serif; margin: 1.5em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 72em; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+.cards { display: flex; flex-wrap: wrap; gap: .8em; margin: 1em 0; }
+.card { border: 1px solid #ddd; border-radius: 8px; padding: .6em 1em; min-width: 8em; background: #fafbfc; }
+.card .value { font-size: 1.7em; font-weight: 600; font-variant-numeric: tabular-nums; }
+.card .label { color: #666; font-size: .85em; } .card .vs { color: #666; font-size: .8em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { color: #666; font-size: .9em; }
 table { border-collapse: collapse; margin-bottom: 1.5em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }
 th { background: #f0f0f0; }
@@ -113,9 +123,9 @@ def _summary(scores: Mapping[str, float], collapse: Mapping[str, Any] | None, co
         for name, value in collapse.items():
             out.append(f"<tr><td>{html.escape(name)}</td><td>{_fmt(value)}</td></tr>")
         out.append("</table>")
-        share = collapse.get("most_common_share", 0.0)
-        if isinstance(share, float) and share >= 0.5 and collapse.get("num_captions", 0) > 1:
-            out.append(f"<p class='warn'>Caption collapse: {share:.0%} of the captions are the same.</p>")
+        warning = collapse_warning(collapse)
+        if warning:
+            out.append(f"<p class='warn'>{html.escape(warning[0].upper() + warning[1:])}.</p>")
     return out
 
 
@@ -134,6 +144,53 @@ def _scenes(acc: Mapping[str, Any]) -> list[str]:
             out.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells))
             out.append(f"<td class='num'>{int(c['count'])}</td></tr>")
         out.append("</table>")
+    return out
+
+
+HEADLINE = {"CIDEr": "CIDEr-D", "Bleu_4": "BLEU-4", "METEOR": "METEOR", "ROUGE_L": "ROUGE-L"}
+
+
+def _card(value: str, label: str, extra: str = "") -> str:
+    return f"<div class='card'><div class='value'>{value}</div><div class='label'>{label}</div>{extra}</div>"
+
+
+def _headline(scores: Mapping[str, float], counts: Mapping[str, int], baseline: Mapping[str, Any] | None) -> list[str]:
+    """Cards with the main scores (and the baseline's beside them), then the baseline's caption."""
+    base = (baseline or {}).get("scores", {})
+    cards = []
+    for key, label in HEADLINE.items():
+        if isinstance(scores.get(key), (int, float)):
+            vs = f"<div class='vs'>baseline {base[key]:.3f}</div>" if isinstance(base.get(key), (int, float)) else ""
+            cards.append(_card(f"{scores[key]:.3f}", label, vs))
+    out = ["<div class='cards'>", *cards, _card(str(counts["images"]), "images"), "</div>"]
+    if baseline:
+        name, caption = (html.escape(str(baseline.get(k, ""))) for k in ("name", "caption"))
+        out.append(f"<p>Baseline: {name or 'baseline'}, <q>{caption}</q> for every image.")
+        if base.get("CIDEr"):
+            ratio = scores.get("CIDEr", 0.0) / base["CIDEr"]
+            out[-1] += f" This model's CIDEr-D is <b>{ratio:.1f}x</b> the baseline's."
+        out[-1] += "</p>"
+    return out
+
+
+def _figure(png: bytes | None, caption: str) -> list[str]:
+    if png is None:
+        return []
+    data = base64.b64encode(png).decode("ascii")
+    return [f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>",
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"]  # fmt: skip
+
+
+def _charts(curves: Sequence[Mapping] | None, scenes: Mapping[str, Any] | None) -> list[str]:
+    from mmgen.evaluation.charts import attributes_png, confusion_png, curves_png
+
+    out = []
+    if curves:
+        out += ["<h2>Training</h2>", *_figure(curves_png(curves), "the model's run: training loss and validation")]
+    if scenes:
+        out += ["<h2>What the captions get right</h2>"]
+        out += _figure(attributes_png(scenes), "each attribute of the scenes, read back from the captions")
+        out += _figure(confusion_png(scenes.get("matrix") or []), "truth (rows) against what the caption says")
     return out
 
 
@@ -159,6 +216,8 @@ def write_report(
     thumb_size: int = THUMB_SIZE,
     scenes: Mapping[str, Any] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    curves: Sequence[Mapping] | None = None,
+    baseline: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.html`` and ``per_image.tsv`` into ``out_dir``.
 
@@ -172,6 +231,8 @@ def write_report(
         scenes: Attribute accuracies on synthetic scenes, shown under the collapse monitor.
         max_pixels: Images with more pixels get a placeholder instead of a thumbnail (the decompression-bomb
             limit of evaluation, :data:`~mmgen.data.images.DEFAULT_MAX_PIXELS`; checked before decoding).
+        curves: The rows of the model's run's ``metrics.jsonl``: its training curves are drawn.
+        baseline: ``{"name", "caption", "scores"}`` of a baseline to compare with (the demo's most frequent caption).
 
     Returns:
         The path of ``report.html``.
@@ -179,16 +240,19 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted(((e, *_thumbnail(e, thumb_size, max_pixels)) for e in map(_as_entry, entries)), key=_sort_key)
+    failed = [e.error is not None for e, _, _ in rows]  # images evaluation could not caption (as in scores.json)
     counts = {
-        "images": len(rows),
-        "failed images": sum(1 for e, thumb, _ in rows if thumb is None or e.error is not None),
-        "empty captions": sum(1 for e, _, _ in rows if not e.candidate.strip()),
+        "images": failed.count(False),
+        "failed images": failed.count(True),
+        "empty captions": sum(1 for (e, _, _), bad in zip(rows, failed) if not bad and not e.candidate.strip()),
     }
     parts = [
         "<!DOCTYPE html>",
         "<html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        *_headline(scores, counts, baseline),
+        *_charts(curves, scenes),
         *_summary(scores, collapse, counts),
         *(_scenes(scenes) if scenes else []),
         "<h2>Images, worst CIDEr first</h2>",

@@ -4,7 +4,7 @@ together)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,10 +19,13 @@ class GeneratedCaptions:
     Attributes:
         texts: One list per image of ``num_return_sequences`` captions, best first.
         scores: The matching sequence scores (see :class:`~mmgen.generation.SearchOutput`).
+        truncated: The matching flags: True for a caption that ended at ``max_new_tokens`` without its
+            end-of-sequence token (cut short, not finished by the model).
     """
 
     texts: list[list[str]]
     scores: list[list[float]]
+    truncated: list[list[bool]] = field(default_factory=list)
 
     @property
     def best(self) -> list[str]:
@@ -56,9 +59,21 @@ def captions_of(tokenizer, out: SearchOutput) -> GeneratedCaptions:
     b, r, _ = out.sequences.shape
     texts = decode_sequences(tokenizer, out.sequences.reshape(b * r, -1), out.lengths.reshape(-1))
     scores = out.scores.float().reshape(-1).tolist()
-    result = GeneratedCaptions([], [])
+    cut = truncated_sequences(out, tokenizer.eos_token_id).reshape(-1).tolist()
+    result = GeneratedCaptions([], [], [])
     for i in range(b):  # best first: samples come out in drawing order (beams already are sorted; a stable sort)
-        pairs = sorted(zip(texts[i * r : (i + 1) * r], scores[i * r : (i + 1) * r]), key=lambda p: -p[1])
-        result.texts.append([t for t, _ in pairs])
-        result.scores.append([s for _, s in pairs])
+        rows = range(i * r, (i + 1) * r)
+        triples = sorted(((texts[j], scores[j], cut[j]) for j in rows), key=lambda p: -p[1])
+        result.texts.append([t for t, _, _ in triples])
+        result.scores.append([s for _, s, _ in triples])
+        result.truncated.append([c for _, _, c in triples])
     return result
+
+
+def truncated_sequences(out: SearchOutput, eos_token_id: int | None) -> torch.Tensor:
+    """``(B, R)`` bool: the sequences whose last token is not the end-of-sequence token (the search stopped them at
+    ``max_new_tokens``); unfilled slots (length 0) are not."""
+    if eos_token_id is None or out.sequences.shape[-1] == 0:
+        return torch.zeros(out.lengths.shape, dtype=torch.bool)
+    last = out.sequences.gather(-1, (out.lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, R)
+    return ((last != eos_token_id) & (out.lengths > 0)).cpu()

@@ -10,26 +10,28 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from mmgen.atomic_files import atomic_path, atomic_write_text
-from mmgen.config import GenerationConfig, ModelConfig, from_dict, to_dict
+from mmgen.config import ConfigError, GenerationConfig, ModelConfig, to_dict
 from mmgen.distributed import is_sharded
-from mmgen.errors import CheckpointError, MissingCheckpointFileError
 from mmgen.generation import DecodeCache, search
 from mmgen.generation.captions import GeneratedCaptions, bad_words_ids, captions_of
 from mmgen.models.decoder import build_decoder, checkpointing_enabled
 from mmgen.models.encoder import Encoder, normalize_on_device
 from mmgen.models.files import (
+    CONFIG_NAME,
+    DECODER_CONFIG_NAME,
     TOKENIZER_DIR,
     WEIGHTS_NAME,
     jsonable,
     load_saved_tokenizer,
     load_weights,
-    one_line,
-    read_json,
+    read_saved_configs,
+    require_finite_weights,
 )
 from mmgen.models.lm_loss import IGNORE_INDEX, caption_loss, linear_cross_entropy
+from mmgen.models.positions import check_generation_length, check_training_length, max_positions
 from mmgen.models.projector import build_projector
 from mmgen.tokenizer import ensure_special_tokens, load_tokenizer, start_ids
 from mmgen.transformers_glue import (
@@ -42,8 +44,6 @@ from mmgen.transformers_glue import (
     returned_cache,
 )
 
-CONFIG_NAME = "config.json"
-DECODER_CONFIG_NAME = "decoder_config.json"
 _LOGIT_SHAPING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 """transformers config fields of decoders whose logits are more than ``lm_head(hidden)`` (Gemma-2's soft cap,
 Cohere's scale, Granite's divisor): a fused loss would compute other numbers, so it refuses them."""
@@ -96,26 +96,23 @@ class CaptionModel(nn.Module):
         self._logits_to_keep = "logits_to_keep" in forward_params(self.decoder)
         self._causal_sdpa = base_model(self.decoder).config._attn_implementation == CAUSAL_SDPA
         if config.prefix_attention == "full" and not self._causal_sdpa:
-            raise ValueError(
-                "model.prefix_attention=full needs mmgen's SDPA attention, but the decoder uses "
+            raise ConfigError(
+                "model.prefix_attention: full needs mmgen's SDPA attention, but the decoder uses "
                 f"{base_model(self.decoder).config._attn_implementation!r}: set model.decoder.attn_implementation: sdpa"
             )
         self.generation_config = GenerationConfig()
         self.decode_cache = DecodeCache()  # static-cache sessions and padded LM heads kept between searches
+        self.card: str | None = None  # the model card (README.md) it was loaded with, written again when saved
+
+    @property
+    def max_positions(self) -> int | None:
+        """The decoder's positions (:func:`mmgen.models.positions.max_positions`); None when it names none."""
+        return max_positions(base_model(self.decoder).config)
 
     def _check_positions(self) -> None:
         """Fail at build time when image prefix + BOS/prompt + caption exceed the decoder's positions."""
-        hf = base_model(self.decoder).config
-        limit = getattr(hf, "max_position_embeddings", None) or getattr(hf, "n_positions", None)
-        need = self.num_prefix_tokens + len(self.start_ids) + self.config.max_caption_tokens
-        if limit is not None and need > limit:
-            raise ValueError(
-                f"the decoder has {limit} positions but a caption needs {need} (image prefix "
-                f"{self.num_prefix_tokens} + BOS/prompt {len(self.start_ids)} + model.max_caption_tokens "
-                f"{self.config.max_caption_tokens}): raise model.decoder.config_overrides.n_positions (or "
-                "max_position_embeddings), use a token-reducing projector (model.projector.kind=pool), or lower "
-                "model.max_caption_tokens"
-            )
+        prefix, start = self.num_prefix_tokens, len(self.start_ids)
+        check_training_length(self.max_positions, prefix, start, self.config.max_caption_tokens)
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -175,6 +172,18 @@ class CaptionModel(nn.Module):
         return self.embed_tokens(self.start_ids).unsqueeze(0).expand(batch, -1, -1)
 
     # -- generation ---------------------------------------------------------------------------------
+    def check_generation(
+        self, gen: GenerationConfig | None = None, prompt: str | None = None, key: str = "generation.max_new_tokens"
+    ) -> None:
+        """Refuse settings ``gen`` (default: :attr:`generation_config`) whose captions after ``prompt`` (None: the
+        model's own) cannot fit the decoder's positions (:mod:`mmgen.models.positions`): a ``ConfigError`` naming
+        ``key`` (``eval.generation.max_new_tokens`` in a training config), each part's count and the positions."""
+        gen = gen or self.generation_config
+        start = len(self.start_ids) if prompt is None else len(start_ids(self.tokenizer, prompt))
+        check_generation_length(
+            self.max_positions, self.num_prefix_tokens, start, gen.max_new_tokens, prompt is not None, key
+        )
+
     def prompt_embeds(
         self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None, prompt: str | None = None
     ) -> torch.Tensor:
@@ -227,6 +236,7 @@ class CaptionModel(nn.Module):
         Returns:
             :class:`~mmgen.generation.GeneratedCaptions`: texts and scores per image, best first.
         """
+        self.check_generation(gen, prompt)  # an index error deep in the decoder otherwise (a device assert on CUDA)
         out = self.search(self.prompt_embeds(pixel_values, features, prompt), gen, **options)
         return captions_of(self.tokenizer, out)
 
@@ -381,40 +391,19 @@ class CaptionModel(nn.Module):
         out["all"] = {k: sum(v[k] for v in out.values()) for k in ("trainable", "total")}
         return out
 
-    def param_groups(
-        self,
-        lr: float,
-        weight_decay: float,
-        encoder_lr: float | None = None,
-        projector_lr: float | None = None,
-        decoder_lr: float | None = None,
-    ) -> list[dict]:
-        """AdamW groups per part and decay class; frozen parameters are left out (no optimizer state).
-
-        Matrices decay; biases, norms, embeddings of positions and other 1-D parameters do not.
-        """
-        lrs = {"encoder": encoder_lr or lr, "projector": projector_lr or lr, "decoder": decoder_lr or lr}
-        groups = []
-        seen: set[int] = set()
-        for part in ("encoder", "projector", "decoder"):
-            decay, no_decay = [], []
-            for _, p in getattr(self, part).named_parameters():
-                if not p.requires_grad or id(p) in seen:
-                    continue
-                seen.add(id(p))
-                (decay if p.ndim >= 2 else no_decay).append(p)
-            for params, wd, suffix in ((decay, weight_decay, "decay"), (no_decay, 0.0, "no_decay")):
-                if params:
-                    groups.append({"params": params, "lr": lrs[part], "weight_decay": wd, "name": f"{part}.{suffix}"})
-        return groups
-
     # -- persistence -----------------------------------------------------------------------------
-    def save_pretrained(self, path: str | os.PathLike, generation: GenerationConfig | None = None) -> None:
-        """Write ``config.json``, ``decoder_config.json``, ``model.safetensors`` and ``tokenizer/``.
+    def save_pretrained(
+        self, path: str | os.PathLike, generation: GenerationConfig | None = None, card: str | None = None
+    ) -> None:
+        """Write ``config.json``, ``decoder_config.json``, ``model.safetensors``, ``tokenizer/`` and the model card
+        ``README.md``: ``card``, else the card the model was loaded with (:attr:`card`), else one that describes the
+        architecture and says the training was not recorded (:mod:`mmgen.model_card`).
 
         Every file is written under a temporary name and renamed, so a reader never sees half a file.
         """
         from safetensors.torch import save_model
+
+        from mmgen.model_card import model_card, write_card
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -428,50 +417,56 @@ class CaptionModel(nn.Module):
         with atomic_path(path / WEIGHTS_NAME) as tmp:
             save_model(self, str(tmp), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
+        write_card(path, card or self.card or model_card(self, name=path.resolve().name).render())
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
     ) -> CaptionModel:
-        """Load a directory written by ``save_pretrained``; safetensors only, nothing is unpickled.
+        """Load a directory written by ``save_pretrained``, or a Hub repo id (``owner/name``) holding one, fetched
+        through the Hugging Face cache (:func:`mmgen.hub.resolve_model_dir`: ``revision``, ``cache_dir``, ``token``);
+        safetensors only, nothing is unpickled. The model card (``README.md``), when there is one, is kept in
+        :attr:`card` and written again by :meth:`save_pretrained`.
 
         Raises:
-            mmgen.errors.MissingCheckpointFileError: The directory, or a file or the ``tokenizer/`` it needs, is
-                absent (also a ``FileNotFoundError``).
+            mmgen.errors.MissingCheckpointFileError: The directory (or repo), or a file or the ``tokenizer/`` it needs,
+                is absent (also a ``FileNotFoundError``).
             mmgen.errors.CheckpointError: A file is corrupt, truncated, pickled or inconsistent; the message
                 names it.
         """
-        path = Path(path)
-        if not path.is_dir():
-            raise MissingCheckpointFileError(f"{path}: no such model directory")
-        cfg_file = path / CONFIG_NAME
-        if not cfg_file.is_file():
-            raise MissingCheckpointFileError(f"{path}: not a mmgen model directory (no {CONFIG_NAME})")
-        meta = read_json(cfg_file, "the model config")
-        try:
-            config = from_dict(ModelConfig, meta["model"])
-            generation = from_dict(GenerationConfig, meta["generation"]) if "generation" in meta else None
-        except KeyError as e:
-            raise CheckpointError(f"{cfg_file}: no {e} section; not a config written by save_pretrained") from e
-        except (ValueError, TypeError) as e:  # ConfigError names the key
-            raise CheckpointError(f"{cfg_file}: {one_line(e)}") from e
-        dec_file = path / DECODER_CONFIG_NAME
-        hf_cfg_dict = read_json(dec_file, "the decoder's transformers config")
-        try:
-            hf_cfg = AutoConfig.for_model(**hf_cfg_dict)
-        except (KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{dec_file}: not a transformers model config ({one_line(e)})") from e
+        from mmgen.hub import resolve_model_dir
+        from mmgen.model_card import read_card
+
+        path = resolve_model_dir(path, revision=revision, cache_dir=cache_dir, token=token)
+        config, generation, hf_cfg = read_saved_configs(path)
         tokenizer = load_saved_tokenizer(path)
         model = cls(config, tokenizer, load_weights=False, decoder_hf_config=hf_cfg)
         load_weights(model, path / WEIGHTS_NAME)
+        require_finite_weights(model, path / WEIGHTS_NAME)  # NaN weights would caption "" for every image
         if generation is not None:
             model.generation_config = generation
+        model.card = read_card(path)
         model.eval()
         if dtype is not None:
             model.to(dtype)
         if device is not None:
             model.to(device)
         return model
+
+    def push_to_hub(self, repo_id: str, **options) -> str:
+        """Save the model (:meth:`save_pretrained`, card included) and upload it to the Hub repo ``repo_id`` in one
+        commit; ``options``: ``private``, ``revision``, ``commit_message``, ``token``, ``create_pr``, ``generation``
+        (:func:`mmgen.hub.push_model`). Returns the commit's URL."""
+        from mmgen.hub import push_model
+
+        return push_model(self, repo_id, **options)
 
 
 def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> CaptionModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from mmgen.config import DecoderConfig
+from mmgen.config import ConfigError, DecoderConfig
+from mmgen.errors import CheckpointError
+from mmgen.models.files import one_line
 from mmgen.transformers_glue import register_causal_sdpa
 
 
@@ -32,14 +35,41 @@ def decoder_config(
     else:
         hf_cfg = AutoConfig.from_pretrained(cfg.name)  # hub name: needs the network or the HF cache
     for k, v in cfg.config_overrides.items():
-        if not hasattr(hf_cfg, k) and k not in getattr(hf_cfg, "attribute_map", {}):
-            raise ValueError(f"model.decoder.config_overrides.{k}: not a field of {type(hf_cfg).__name__}")
+        _check_override(hf_cfg, k, v)
         setattr(hf_cfg, k, v)
     if vocab_size is not None:
         hf_cfg.vocab_size = vocab_size
     for k, v in (special_ids or {}).items():
         setattr(hf_cfg, k, v)
     return hf_cfg
+
+
+def _check_override(hf_cfg: PretrainedConfig, key: str, value) -> None:
+    """Refuse a ``config_overrides`` key the decoder's config does not have, or a value of another type than the
+    field's (an integer field given text would fail deep inside the model's constructor)."""
+    import difflib
+
+    name, fields = f"model.decoder.config_overrides.{key}", sorted(hf_cfg.to_dict())
+    if not hasattr(hf_cfg, key) and key not in getattr(hf_cfg, "attribute_map", {}):
+        close = difflib.get_close_matches(key, fields, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"{name}: not a field of {type(hf_cfg).__name__}{hint}")
+    current = getattr(hf_cfg, key, None)
+    kinds = ((bool, (bool,), "true/false"), (int, (int,), "an integer"), (float, (int, float), "a number"))
+    for kind, accepted, what in kinds:
+        if isinstance(current, kind):
+            if isinstance(value, bool) != (kind is bool) or not isinstance(value, accepted):
+                raise ConfigError(f"{name}: expected {what} (like its default {current!r}), got {value!r}")
+            return
+    if isinstance(current, str) and not isinstance(value, str):
+        raise ConfigError(f"{name}: expected a string (like its default {current!r}), got {value!r}")
+
+
+def check_decoder_config(cfg: DecoderConfig) -> None:
+    """Build a random-init decoder's transformers config (not the model): a misspelt or mistyped
+    ``config_overrides`` key fails before any work, naming it (a ``ConfigError``)."""
+    if not cfg.pretrained:
+        decoder_config(cfg)
 
 
 def build_decoder(
@@ -61,7 +91,10 @@ def build_decoder(
     if hf_config is not None:
         model = AutoModelForCausalLM.from_config(hf_config, **attn)
     else:
-        model = AutoModelForCausalLM.from_pretrained(cfg.name, **attn)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(cfg.name, **attn)
+        except (pickle.UnpicklingError, OSError, ValueError, RuntimeError, EOFError) as e:
+            raise CheckpointError(f"model.decoder.name={cfg.name}: cannot be loaded ({one_line(e)[:300]})") from e
         if vocab_size > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(vocab_size)
         for k, v in special_ids.items():

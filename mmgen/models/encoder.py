@@ -4,6 +4,7 @@ its input images (:func:`normalize_on_device`)."""
 from __future__ import annotations
 
 import functools
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import torch
 from torch import nn
 
 from mmgen.config import EncoderConfig
+from mmgen.errors import CheckpointError
+from mmgen.models.files import one_line
 
 
 class Encoder(nn.Module):
@@ -38,7 +41,12 @@ class Encoder(nn.Module):
 
             stem = ConvStem if cfg.stem == "conv" else HybridStem
             kwargs["embed_layer"] = functools.partial(stem, norm=cfg.stem_norm)
-        self.model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0, **kwargs)
+        try:
+            self.model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0, **kwargs)
+        except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError, EOFError) as e:
+            if "pretrained_cfg_overlay" not in kwargs:
+                raise
+            raise CheckpointError(f"model.encoder.weights={cfg.weights}: cannot be loaded ({one_line(e)[:300]})") from e
         if cfg.weights and load_weights and str(cfg.weights).endswith(".safetensors"):
             self._load_safetensors(Path(cfg.weights))
         self.num_prefix_tokens, self.grid_size = checked or token_layout(self.model, cfg.name)
@@ -50,11 +58,11 @@ class Encoder(nn.Module):
         self.apply_freeze()
 
     def _load_safetensors(self, path: Path) -> None:
-        from safetensors.torch import load_file
+        from mmgen.models.files import load_tensors
 
         if not path.exists():
             raise FileNotFoundError(f"model.encoder.weights: no such file {path}")
-        state = load_file(str(path))
+        state = load_tensors(path)  # a pickle or a damaged file: a CheckpointError naming it
         state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc."))}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(("head", "fc"))]

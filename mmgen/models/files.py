@@ -6,8 +6,10 @@ A model directory (``CaptionModel.save_pretrained``, a checkpoint, ``best/``, ``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -15,6 +17,8 @@ from torch import nn
 
 from mmgen.errors import CheckpointError, MissingCheckpointFileError
 
+CONFIG_NAME = "config.json"
+DECODER_CONFIG_NAME = "decoder_config.json"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_FILE = "tokenizer.json"
 # torch.save writes a zip archive (PK..) or, in its legacy format, a pickle (protocol 2+ starts with 0x80)
@@ -57,8 +61,8 @@ def _readable_safetensors(file: Path) -> None:
 
 
 def one_line(e: BaseException) -> str:
-    """An exception's message on one line (some libraries' messages span several)."""
-    return " ".join(str(e).split())
+    """An exception's message on one line (some libraries' messages span several, or hold terminal colours)."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
 
 
 def _corrupt(file: Path, e: Exception) -> CheckpointError:
@@ -133,6 +137,39 @@ def load_saved_tokenizer(model_dir: Path):
 WEIGHTS_NAME = "model.safetensors"
 
 
+def read_saved_configs(path: Path):
+    """``(ModelConfig, GenerationConfig or None, the decoder's transformers config)`` of a saved model directory.
+
+    Raises:
+        MissingCheckpointFileError: The directory or a config file is absent.
+        CheckpointError: A config file is not what ``save_pretrained`` writes; the message names it.
+    """
+    from transformers import AutoConfig
+
+    from mmgen.config import GenerationConfig, ModelConfig, from_dict
+
+    if not path.is_dir():
+        raise MissingCheckpointFileError(f"{path}: no such model directory")
+    cfg_file = path / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise MissingCheckpointFileError(f"{path}: not a mmgen model directory (no {CONFIG_NAME})")
+    meta = read_json(cfg_file, "the model config")
+    try:
+        config = from_dict(ModelConfig, meta["model"])
+        generation = from_dict(GenerationConfig, meta["generation"]) if "generation" in meta else None
+    except KeyError as e:
+        raise CheckpointError(f"{cfg_file}: no {e} section; not a config written by save_pretrained") from e
+    except (ValueError, TypeError) as e:  # ConfigError names the key
+        raise CheckpointError(f"{cfg_file}: {one_line(e)}") from e
+    dec_file = path / DECODER_CONFIG_NAME
+    hf_cfg_dict = read_json(dec_file, "the decoder's transformers config")
+    try:
+        hf_cfg = AutoConfig.for_model(**hf_cfg_dict)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{dec_file}: not a transformers model config ({one_line(e)})") from e
+    return config, generation, hf_cfg
+
+
 def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
     """Copy the tensors of a saved model into ``model`` where names and shapes match.
 
@@ -160,7 +197,67 @@ def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> list[str
                 loaded.add(tensor.data_ptr())
             else:
                 missing.append(name)
+    require_finite_weights(model, file)
     return [name for name in missing if own[name].data_ptr() not in loaded]
+
+
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    """The names of ``model``'s floating-point parameters and buffers that hold a NaN or an infinity (tied
+    weights once; a sharded tensor by this process's shard)."""
+    named, seen = [], set()
+    for n, t in model.state_dict(keep_vars=True).items():
+        t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor
+        if t.is_floating_point() and t.numel() and (t.data_ptr(), t.shape) not in seen:
+            seen.add((t.data_ptr(), t.shape))
+            named.append((n, t.detach()))
+    if not named:
+        return []
+    flags = [torch.isfinite(t).all() for _, t in named]
+    finite = torch.stack([f.to(flags[0].device) for f in flags]).cpu()  # one sync when all share a device
+    return [named[i][0] for i in (~finite).nonzero().flatten().tolist()]
+
+
+def require_finite_weights(model: nn.Module, file: Path) -> None:
+    """Refuse a loaded model whose weights hold a NaN or an infinity: it would caption ``""`` for every image.
+
+    Raises:
+        CheckpointError: Naming ``file``, how many tensors are affected and a few of them.
+    """
+    bad = non_finite_tensors(model)
+    if bad:
+        raise CheckpointError(
+            f"{file}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {', '.join(bad[:3])}); "
+            "the model cannot caption: load an earlier checkpoint of its run"
+        )
+
+
+def model_fingerprint(path: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of the files of a saved model that decide its captions, by part: ``weights``
+    (``model.safetensors``), ``config`` (``config.json`` and ``decoder_config.json``) and ``tokenizer`` (every file
+    of ``tokenizer/``). Equal fingerprints: the same model, wherever it lies; new weights at the same path differ.
+
+    Raises:
+        MissingCheckpointFileError: A file it hashes is missing.
+    """
+    path = Path(path)
+    tokenizer = path / TOKENIZER_DIR
+    parts = {
+        "weights": [path / WEIGHTS_NAME],
+        "config": [path / CONFIG_NAME, path / DECODER_CONFIG_NAME],
+        "tokenizer": sorted(f for f in tokenizer.rglob("*") if f.is_file()) if tokenizer.is_dir() else [],
+    }
+    out = {}
+    for part, files in parts.items():
+        digest = hashlib.sha256()
+        for file in files:
+            if not file.is_file():
+                raise MissingCheckpointFileError(f"{file}: missing (the model's {part})")
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+            with open(file, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        out[part] = digest.hexdigest()
+    return out
 
 
 def jsonable(d: dict) -> dict:

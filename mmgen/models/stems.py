@@ -31,8 +31,8 @@ class ConvStem(PatchEmbed):
     mean of each group is taken away), which on coloured backgrounds is what a caption names. ``norm="ws"``
     normalises the filters instead of the image (weight standardisation, NF-Nets' ``ScaledStdConv2d``): each
     filter has zero mean and unit norm, so the activations keep their scale through the stack while every
-    image keeps its colours. He-normal initialisation keeps the scale of the plain stack. Accepted wherever timm takes ``embed_layer``
-    (``functools.partial(ConvStem, norm="group")``).
+    image keeps its colours. He-normal initialisation keeps the scale of the plain stack. Accepted wherever
+    timm takes ``embed_layer`` (``functools.partial(ConvStem, norm="ws")``).
     """
 
     def __init__(self, *args, norm: str = "none", **kwargs):

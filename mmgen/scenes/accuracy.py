@@ -148,17 +148,20 @@ def scene_accuracy(candidates: Mapping[Hashable, str], scenes: Mapping[Hashable,
     object counts wrong), ``shape_small`` / ``shape_medium`` / ``shape_large``; on grid scenes ``number`` (the
     number said before each group) and ``position`` (of a lone object); ``relation`` over two-object scenes
     whose caption states one and ``relation_stated``; ``images``; and ``confusions``: the ``top`` most frequent
-    (attribute, truth, prediction) errors with counts.
+    (attribute, truth, prediction) errors with counts; and ``matrix``: every (attribute, truth,
+    prediction) with its count, right ones included (the confusion matrices of the report).
     """
     vocabulary = getattr(scenes, "vocabulary", HARD)
     attributes = tuple(a for a in ATTRIBUTES if a != "size" or vocabulary.sizes)
-    n, right, confusions = Counter(), Counter(), Counter()
+    n, right, confusions, pairs = Counter(), Counter(), Counter(), Counter()  # pairs: (key, truth, said), any
 
     def tally(key: str, hit: bool, truth=None, said=None) -> bool:
         n[key] += 1
         right[key] += hit
-        if not hit and key not in ("exact", "relation_stated"):
-            confusions[(key, truth, said)] += 1
+        if key not in ("exact", "relation_stated"):
+            pairs[(key, truth, said)] += 1
+            if not hit:
+                confusions[(key, truth, said)] += 1
         return hit
 
     ids = [i for i in candidates if i in scenes]
@@ -195,6 +198,9 @@ def scene_accuracy(candidates: Mapping[Hashable, str], scenes: Mapping[Hashable,
     out["images"] = len(ids)
     out["confusions"] = [
         {"attribute": a, "truth": t, "caption": p, "count": c} for (a, t, p), c in confusions.most_common(top)
+    ]
+    out["matrix"] = [
+        {"attribute": a, "truth": t, "caption": p, "count": c} for (a, t, p), c in sorted(pairs.items(), key=str)
     ]
     return out
 

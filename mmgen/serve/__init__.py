@@ -1,7 +1,9 @@
 """Serving a captioner over HTTP: ``mmgen serve`` (needs the ``serve`` extra: FastAPI, uvicorn, python-multipart).
 
 * :mod:`mmgen.serve.batcher` -- dynamic batching of concurrent requests into one search (no web imports);
-* :mod:`mmgen.serve.app` -- the FastAPI app: ``POST /v1/caption``, ``GET /health``, the page at ``/``;
+* :mod:`mmgen.serve.app` -- the FastAPI app: ``POST /v1/caption``, ``GET /v1/model``, ``GET /health``, the page at
+  ``/``;
+* :mod:`mmgen.serve.prometheus_metrics` -- Prometheus metrics at ``GET /metrics`` (``prometheus-client``);
 * :mod:`mmgen.serve.server` -- running the app with uvicorn, in the foreground or on a background thread;
 * :mod:`mmgen.serve.loadtest` -- a bounded load test against a running server.
 """
@@ -9,7 +11,7 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 SERVE_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
 
@@ -39,3 +41,23 @@ class ServeSettings:
     """Largest ``max_new_tokens`` a request may ask for."""
     model_name: str = ""
     """How ``/health`` names the model."""
+    max_images: int = 32
+    """Most images in one request (``images`` or several ``image`` fields); beyond it 413."""
+
+    def __post_init__(self) -> None:
+        """Refuse settings the server cannot run with (a NaN wait would hang every request, an infinite one kill
+        the worker); all problems in one ``ValueError``, each naming its field."""
+        problems = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (type(value) is not int or value < 1):
+                problems.append(f"{f.name} must be an integer >= 1, got {value!r}")
+        wait = self.max_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not (0 <= wait <= MAX_WAIT_MS):
+            problems.append(f"max_wait_ms must be a number in [0, {MAX_WAIT_MS:g}], got {wait!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+MAX_WAIT_MS = 60_000.0
+"""The longest batch gathering window ``max_wait_ms`` may set (a NaN or an infinity is refused too)."""

@@ -9,11 +9,14 @@ for a later batch (oldest first). A lone request while the last batch was a sing
 a time) leaves at once: waiting could gather nothing and would only add latency. The queue is bounded:
 :meth:`Batcher.submit` raises :class:`QueueFull` rather than letting latency grow without limit.
 
-One thread runs every search, so the model is never used from two threads at once.
+One thread runs every search, so the model is never used from two threads at once. A batch whose search fails
+fails its requests with the error (logged in one line) and the worker goes on with the next; :attr:`Batcher.state`
+says whether it is running (what ``/health`` reports).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -28,6 +31,8 @@ from mmgen.config import GenerationConfig
 
 if TYPE_CHECKING:
     from mmgen.generation import GeneratedCaptions
+
+logger = logging.getLogger("mmgen.serve")
 
 Generate = Callable[..., "GeneratedCaptions"]
 """``generate(pixels, gen, prompt=...)``: the captions of a batch of images (``CaptionModel.generate``)."""
@@ -61,6 +66,8 @@ class BatchResult:
     scores: list[float]
     batch_size: int
     queued_ms: float
+    truncated: list[bool] = field(default_factory=list)
+    """Per caption: it stopped at ``max_new_tokens`` (no end-of-sequence token)."""
 
 
 class Batcher:
@@ -75,9 +82,12 @@ class Batcher:
     """
 
     def __init__(self, generate: Generate, max_batch: int = 32, max_wait: float = 0.005, max_queue: int = 256) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait < 0:
+        # a NaN wait would never end a batch; one beyond the clock's range kills the worker (OverflowError)
+        wait_ok = isinstance(max_wait, (int, float)) and 0 <= max_wait <= threading.TIMEOUT_MAX / 2
+        if max_batch < 1 or max_queue < 1 or not wait_ok:
             raise ValueError(
-                f"need max_batch >= 1, max_queue >= 1, max_wait >= 0; got {max_batch}, {max_queue}, {max_wait}"
+                f"need max_batch >= 1, max_queue >= 1, 0 <= max_wait < {threading.TIMEOUT_MAX / 2:.3g} s; got "
+                f"{max_batch}, {max_queue}, {max_wait}"
             )
         self.generate = generate
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
@@ -87,6 +97,9 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self.batches = 0  # searches run so far
         self.images = 0  # images captioned so far
+        self.failed_batches = 0  # searches (or batch assemblies) that failed; their requests got the error
+        self.last_error: str | None = None  # the last failure, one line
+        self._died: str | None = None  # why the worker thread ended unexpectedly
         self._last_size = 0  # images in the last batch
 
     def start(self) -> Batcher:
@@ -110,6 +123,14 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def state(self) -> str:
+        """'running', 'stopped' (not started, or stopped), or 'dead: <why>' (the worker thread ended by itself)."""
+        if self._died is not None:
+            return f"dead: {self._died}"
+        alive = self._thread is not None and self._thread.is_alive() and not self._stopping
+        return "running" if alive else "stopped"
+
     def submit(self, job: Job) -> Future:
         """Queue a job; its future resolves to a :class:`BatchResult` (or the search's exception).
 
@@ -118,8 +139,8 @@ class Batcher:
             RuntimeError: the batcher is not running.
         """
         with self._cond:
-            if self._thread is None or self._stopping:
-                raise RuntimeError("the batcher is not running")
+            if self.state != "running":
+                raise RuntimeError(f"the captioning worker is not running ({self.state})")
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(f"{len(self._queue)} requests are queued already (the limit); retry shortly")
             self._queue.append(job)
@@ -148,20 +169,58 @@ class Batcher:
             return batch
 
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            batch = [j for j in batch if j.future.set_running_or_notify_cancel()]  # skip cancelled requests
-            if not batch:
-                continue
-            started = time.monotonic()
-            try:
-                pixels = torch.stack([j.pixels for j in batch])  # (B, 3, H, W)
-                out = self.generate(pixels, batch[0].gen, prompt=batch[0].prompt)
-            except Exception as e:  # noqa: BLE001 - the requests get the error; the worker keeps serving
-                for j in batch:
-                    j.future.set_exception(e)
-                continue
-            self.batches += 1
-            self.images += len(batch)
-            for j, texts, scores in zip(batch, out.texts, out.scores):
-                queued = (started - j.arrived) * 1000
-                j.future.set_result(BatchResult(texts, scores, len(batch), queued))
+        try:
+            while True:
+                try:
+                    batch = self._next_batch()
+                    if batch is None:
+                        return
+                    self._caption(batch)
+                except Exception as e:  # noqa: BLE001 - a fault of the worker itself: fail what waits, go on
+                    self._failed(e, self._take_all())
+        except BaseException as e:  # the thread ends (logged): say why (/health), fail what waits
+            self._died = f"{type(e).__name__}: {e}"
+            self._failed(e, self._take_all())
+
+    def _caption(self, batch: list[Job]) -> None:
+        """Caption one batch; a failing search fails its jobs (logged) and the worker goes on."""
+        batch = [j for j in batch if j.future.set_running_or_notify_cancel()]  # skip cancelled requests
+        if not batch:
+            return
+        started = time.monotonic()
+        try:
+            pixels = torch.stack([j.pixels for j in batch])  # (B, 3, H, W)
+            out = self.generate(pixels, batch[0].gen, prompt=batch[0].prompt)
+            cut = out.truncated or [[] for _ in batch]
+            results = [
+                BatchResult(texts, scores, len(batch), (started - j.arrived) * 1000, flags)
+                for j, texts, scores, flags in zip(batch, out.texts, out.scores, cut)
+            ]
+            if len(results) != len(batch):
+                raise RuntimeError(f"the search returned captions for {len(results)} of {len(batch)} images")
+        except BaseException as e:  # the requests get the error; the worker keeps serving (unless it must stop)
+            self._failed(e, batch)
+            if not isinstance(e, Exception):
+                raise
+            return
+        self.batches += 1
+        self.images += len(batch)
+        for j, result in zip(batch, results):
+            j.future.set_result(result)
+
+    def _take_all(self) -> list[Job]:
+        """Empty the queue; its jobs are returned (to be failed)."""
+        with self._cond:
+            jobs, self._queue = list(self._queue), deque()
+        return jobs
+
+    def _failed(self, error: BaseException, jobs: list[Job]) -> None:
+        """Record and log a failure in one line, and give its ``jobs`` the error."""
+        self.failed_batches += 1
+        self.last_error = " ".join(f"{type(error).__name__}: {error}".split())
+        logger.error("captioning %d request(s) failed: %s", len(jobs), self.last_error)
+        if not isinstance(error, Exception):  # SystemExit, KeyboardInterrupt: not for the requests to re-raise
+            error = RuntimeError(f"the captioning worker stopped ({self.last_error})")
+        for j in jobs:
+            if not j.future.done() and (j.future.running() or j.future.set_running_or_notify_cancel()):
+                j.future.set_exception(error)

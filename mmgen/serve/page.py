@@ -1,7 +1,7 @@
 """The upload page served at ``/``: choose or drop an image, see its caption beside it.
 
 One self-contained HTML document (inline style and script, nothing fetched from elsewhere) that posts
-the file to ``/v1/caption`` as a multipart form.
+the file to ``/v1/caption`` as a multipart form, and says which model answers (``/v1/model``).
 """
 
 PAGE = """<!doctype html>
@@ -12,7 +12,11 @@ PAGE = """<!doctype html>
 <title>mmgen captioning</title>
 <style>
   body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 52rem; padding: 0 1rem; color: #222; }
-  h1 { font-size: 1.4rem; }
+  h1 { font-size: 1.4rem; margin-bottom: .3rem; }
+  [hidden] { display: none !important; }
+  #model { color: #555; margin: 0 0 1.2rem 0; }
+  #model b { color: #222; }
+  .cut { color: #a60; font-size: .9rem; }
   #drop { border: 2px dashed #888; border-radius: 8px; padding: 1.5rem; text-align: center; cursor: pointer; }
   #drop.over { background: #eef5ff; border-color: #36c; }
   #result { display: flex; gap: 1.5rem; align-items: flex-start; margin-top: 1.5rem; }
@@ -26,6 +30,7 @@ PAGE = """<!doctype html>
 </head>
 <body>
 <h1>Caption an image</h1>
+<p id="model">&nbsp;</p>
 <div id="drop">Drop an image here, or <label for="file"><u>choose a file</u></label>
   <input id="file" type="file" accept="image/*" hidden>
 </div>
@@ -56,6 +61,12 @@ async function caption(file) {
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || response.statusText);
     $("caption").textContent = answer.caption;
+    if (answer.truncated && answer.truncated[0]) {
+      const cut = document.createElement("span");
+      cut.className = "cut";
+      cut.textContent = " (cut short: stopped at max_new_tokens)";
+      $("caption").appendChild(cut);
+    }
     $("details").textContent = "score " + answer.scores[0].toFixed(3) + ", batched with "
       + (answer.batch_size - 1) + " other image(s)";
   } catch (e) {
@@ -63,6 +74,12 @@ async function caption(file) {
     $("error").textContent = String(e.message || e);
   }
 }
+fetch("/v1/model").then((r) => r.json()).then((m) => {
+  const name = document.createElement("b");
+  name.textContent = m.name;
+  $("model").replaceChildren("Model ", name, ", trained on " + m.trained_on
+    + (m.synthetic_data ? " (synthetic images: other pictures get captions about shapes)" : ""));
+}).catch(() => { $("model").textContent = ""; });
 $("file").addEventListener("change", () => { if ($("file").files[0]) caption($("file").files[0]); });
 $("drop").addEventListener("click", (e) => { if (!e.target.closest("label")) $("file").click(); });
 $("drop").addEventListener("dragover", (e) => { e.preventDefault(); $("drop").classList.add("over"); });

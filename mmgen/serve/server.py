@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 
@@ -11,10 +12,28 @@ import uvicorn
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **options) -> None:
     """Serve ``app`` until interrupted (Ctrl-C finishes the queued requests, then stops).
 
-    ``log_level`` "info" logs every request; "warning" only problems. ``options``: further ``uvicorn.run``
-    settings (``http="h11", loop="asyncio"``: the pure-Python parser and event loop).
+    ``log_level`` "info" logs every request; "warning" only problems. mmgen's own lines (a failed search, a
+    client that left) go through uvicorn's log format. ``options``: further ``uvicorn.run`` settings
+    (``http="h11", loop="asyncio"``: the pure-Python parser and event loop).
     """
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10, **options)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=log_config(log_level),
+        timeout_graceful_shutdown=10,
+        **options,
+    )
+
+
+def log_config(log_level: str = "info") -> dict:
+    """uvicorn's logging config, with the ``mmgen`` loggers written by its default handler at ``log_level``."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["mmgen"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    return config
 
 
 class BackgroundServer:

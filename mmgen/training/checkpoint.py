@@ -41,8 +41,8 @@ import torch
 from safetensors.torch import save_file, save_model
 from torch import nn
 
-from mmgen.errors import CheckpointError, MissingCheckpointFileError
-from mmgen.models.files import load_tensors, load_weights, one_line, read_json
+from mmgen.errors import CheckpointError, MissingCheckpointFileError, RunFailed
+from mmgen.models.files import load_tensors, load_weights, non_finite_tensors, one_line, read_json
 from mmgen.training.atomic_dirs import clean_work_dirs, commit_dir, fresh_work_dir, remove_dir
 from mmgen.training.rng import gather_rng_states as gather_rng_states  # re-exported: part of this API
 from mmgen.training.rng import rank_world, rng_state
@@ -64,7 +64,7 @@ FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"step_(\d+)")
 
 
-class NonFiniteWeightsError(RuntimeError):
+class NonFiniteWeightsError(RunFailed):
     """The model to be saved holds NaN or infinite weights (the run diverged); nothing was written."""
 
 
@@ -81,6 +81,7 @@ def save_checkpoint(
     rng_states: list[dict] | None = None,
     is_main: bool | None = None,
     optimizer_state: dict | None = None,
+    card: str | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step_{step:08d}/`` atomically and prune older checkpoints.
 
@@ -105,6 +106,7 @@ def save_checkpoint(
             its own random stream; by default only this process's states are saved.
         is_main: Whether this process writes; by default rank 0 (or the only process) does.
         optimizer_state: Written instead of ``optimizer.state_dict()`` (an FSDP run's full optimizer state).
+        card: The model card (``README.md``) to write with the model (default: ``save_pretrained``'s).
 
     Returns:
         The checkpoint directory.
@@ -127,7 +129,7 @@ def save_checkpoint(
             stacklevel=2,
         )
     tmp = fresh_work_dir(root, "tmp", final.name)
-    _save_model(target, tmp, generation)
+    _save_model(target, tmp, generation, card)
     if optimizer_state is None and optimizer is not None:
         optimizer_state = optimizer.state_dict()
     _write_training_state(tmp, step, optimizer_state, scheduler, state, rng_states or [rng_state()])
@@ -142,6 +144,7 @@ def save_best(
     metrics: Mapping[str, Any],
     generation: GenerationConfig | None = None,
     is_main: bool | None = None,
+    card: str | None = None,
 ) -> Path:
     """Write ``run_dir/best/`` (model files and ``metrics.json``) atomically, replacing the previous one.
 
@@ -151,6 +154,7 @@ def save_best(
         metrics: JSON-able scores (and the step) that made this model the best.
         generation: Generation settings saved with the model.
         is_main: Whether this process writes; by default rank 0 (or the only process) does.
+        card: The model card (``README.md``) to write with the model (default: ``save_pretrained``'s).
 
     Returns:
         The ``best`` directory.
@@ -167,7 +171,7 @@ def save_best(
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_work_dirs(run_dir)
     tmp = fresh_work_dir(run_dir, "tmp", BEST)
-    _save_model(target, tmp, generation)
+    _save_model(target, tmp, generation, card)
     metrics = json_safe(dict(metrics))  # strict JSON: a NaN score is written as null
     (tmp / METRICS).write_text(json.dumps(metrics, indent=2, default=json_scalar, allow_nan=False))
     _commit(tmp, final, metrics.get("step"))
@@ -327,7 +331,7 @@ def check_finite_weights(model: nn.Module, destination: str | os.PathLike) -> No
     Raises:
         NonFiniteWeightsError: Naming how many tensors are affected and a few of them.
     """
-    bad = non_finite_tensors(model)
+    bad = non_finite_tensors(_unwrap(model))
     if bad:
         raise NonFiniteWeightsError(
             f"refusing to write {destination}: {len(bad)} weight tensor(s) hold NaN or infinite values "
@@ -345,7 +349,7 @@ def refuse_non_finite_weights(model: nn.Module, step: int, destination: Path, do
     """
     from mmgen.distributed import all_reduce_sum
 
-    bad = non_finite_tensors(model)  # FSDP: this rank's shards
+    bad = non_finite_tensors(_unwrap(model))  # FSDP: this rank's shards
     device = next(model.parameters()).device
     if all_reduce_sum(torch.tensor([float(len(bad))], device=device)).item():
         where = ", ".join(bad[:3]) or "on another rank"
@@ -355,27 +359,12 @@ def refuse_non_finite_weights(model: nn.Module, step: int, destination: Path, do
         )
 
 
-def non_finite_tensors(model: nn.Module) -> list[str]:
-    """The names of ``model``'s floating-point parameters and buffers that hold a NaN or an infinity (tied
-    weights once; a sharded tensor by this process's shard)."""
-    named, seen = [], set()
-    for n, t in _unwrap(model).state_dict(keep_vars=True).items():
-        t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor
-        if t.is_floating_point() and t.numel() and (t.data_ptr(), t.shape) not in seen:
-            seen.add((t.data_ptr(), t.shape))
-            named.append((n, t.detach()))
-    if not named:
-        return []
-    flags = [torch.isfinite(t).all() for _, t in named]
-    finite = torch.stack([f.to(flags[0].device) for f in flags]).cpu()  # one sync when all share a device
-    return [named[i][0] for i in (~finite).nonzero().flatten().tolist()]
-
-
 # -- writing --------------------------------------------------------------------------------------
-def _save_model(model: nn.Module, path: Path, generation: GenerationConfig | None) -> None:
+def _save_model(model: nn.Module, path: Path, generation: GenerationConfig | None, card: str | None = None) -> None:
     if hasattr(model, "save_pretrained"):
-        # only CaptionModel takes ``generation``; a transformers model writes model.safetensors too
-        model.save_pretrained(path, **({"generation": generation} if generation is not None else {}))
+        # only CaptionModel takes ``generation`` and ``card``; a transformers model writes model.safetensors too
+        extra = {"generation": generation} if generation is not None else {}
+        model.save_pretrained(path, **extra, **({"card": card} if card is not None else {}))
     else:
         save_model(model, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
 

@@ -14,6 +14,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import torch
 from torch import nn
 
+from mmgen.config import ConfigError
+
 AVERAGE_KEY = "weight_average"  # the entry of a checkpoint's trainer state that holds the average
 
 
@@ -90,7 +92,7 @@ def build_average(model: nn.Module, decay: float, sharded: bool = False) -> Weig
     if not decay:
         return None
     if sharded:
-        raise ValueError("train.ema_decay: no weight average under train.distributed=fsdp; use ddp")
+        raise ConfigError("train.ema_decay: no weight average under train.distributed=fsdp; use ddp")
     return WeightAverage(model, decay)
 
 

@@ -72,12 +72,16 @@ class StepLevers:
             torch.compiler.cudagraph_mark_step_begin()
 
 
-def check_levers(tc: TrainConfig, device: torch.device) -> StepLevers:
-    """Check the levers ``tc`` asks for against ``device``, before any heavy work.
+def check_levers(tc: TrainConfig, device: torch.device, say=None) -> StepLevers:
+    """Check the levers ``tc`` asks for against ``device``, before any heavy work; ``say`` (e.g. ``print``) gets one
+    line when settings meant for a GPU run on the CPU (:func:`gpu_settings_on_cpu`).
 
     Raises:
         ConfigError: A lever cannot run here; the message names the key and the package or device it needs.
     """
+    note = gpu_settings_on_cpu(tc, device)
+    if note and say is not None:
+        say(note)
     xe = tc.objective == "xe"  # scst: no cross-entropy
     impl = resolve_loss_impl(tc.loss_impl, device, smoothing=tc.label_smoothing > 0) if xe else "plain"
     if tc.fp8:
@@ -86,6 +90,27 @@ def check_levers(tc: TrainConfig, device: torch.device) -> StepLevers:
     # CUDA graphs and accumulation: gradients accumulate into buffers of our own (see keep_grad_buffers)
     grads_to_none = not (graphs and tc.grad_accum > 1)
     return StepLevers(impl, tc.fp8, graphs, grads_to_none, label_smoothing=float(tc.label_smoothing) if xe else 0.0)
+
+
+def gpu_settings_on_cpu(tc: TrainConfig, device: torch.device) -> str | None:
+    """One line saying what settings meant for a GPU (a preset like ``configs/scenes_gpu.yaml``) cost on the CPU,
+    or None: ``train.compile`` compiles for minutes before the first step (inside a ``train.max_time`` budget), and
+    bf16 autocast is slow on most CPUs."""
+    if device.type != "cpu":
+        return None
+    found = []
+    if tc.compile:
+        budget = f", inside the train.max_time budget of {tc.max_time:g} s" if tc.max_time else ""
+        found.append(f"train.compile=true (torch.compile takes minutes on the CPU before the first step{budget})")
+    if tc.precision == "bf16":
+        found.append("train.precision=bf16 (bf16 autocast is slow on most CPUs)")
+    if not found:
+        return None
+    return (
+        "note: this run is on the CPU, with settings meant for a GPU: "
+        + "; ".join(found)
+        + (". Override them (train.compile=false train.precision=auto) or use configs/tiny_cpu.yaml")
+    )
 
 
 def resolve_loss_impl(name: str, device: torch.device, smoothing: bool = False) -> str:

@@ -1,4 +1,5 @@
-"""A run's records: ``metrics.jsonl``, TensorBoard events and PNG curves.
+"""A run's records: ``metrics.jsonl``, the trackers of ``train.report_to`` (TensorBoard, MLflow, W&B:
+:mod:`mmgen.training.trackers`) and PNG curves.
 
 ``metrics.jsonl`` is strict JSON, one object a line: a NaN or infinite value (the loss of a skipped
 step) is written as ``null``. Readers go through :func:`read_metrics`, which skips a torn last line (a
@@ -12,6 +13,7 @@ import math
 import warnings
 from pathlib import Path
 
+from mmgen.atomic_files import atomic_write_text
 from mmgen.config import Config
 from mmgen.training.state_codec import json_safe, json_scalar
 
@@ -19,46 +21,63 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class RunLogger:
-    """metrics.jsonl, TensorBoard events (when tensorboard is installed) and PNG curves (rank 0 only)."""
+    """metrics.jsonl, the trackers of ``train.report_to`` and PNG curves (rank 0 only).
 
-    def __init__(self, run_dir: Path, cfg: Config, enabled: bool):
-        self.run_dir, self.enabled, self.tb = run_dir, enabled, None
-        if enabled:
-            _repair_torn_tail(run_dir / METRICS_FILE)  # a resumed run appends after whole lines only
-        if enabled and cfg.train.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    ``resumed_at``: the step a resumed run continues from; what was logged after it (by the run that was killed)
+    is removed from metrics.jsonl and from TensorBoard, since those steps are trained again.
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                warnings.warn(
-                    "tensorboard is not installed: no TensorBoard events (pip install tensorboard)", stacklevel=2
-                )
+    Raises:
+        mmgen.training.trackers.MissingTrackerError: A tracker's package is missing (MLflow, W&B); a missing
+            TensorBoard is a warning (it is the default).
+    """
+
+    def __init__(self, run_dir: Path, cfg: Config, enabled: bool, resumed_at: int | None = None):
+        from mmgen.config import to_dict
+        from mmgen.training.trackers import MissingTrackerError, open_trackers
+
+        self.run_dir, self.enabled, self.trackers = run_dir, enabled, []
+        if not enabled:
+            return
+        _repair_torn_tail(run_dir / METRICS_FILE)  # a resumed run appends after whole lines only
+        if resumed_at is not None:
+            truncate_metrics(run_dir / METRICS_FILE, resumed_at)
+        names, project = cfg.train.trackers, cfg.train.tracking_project
+        try:
+            self.trackers = open_trackers(names, run_dir, project, resumed_at)
+        except MissingTrackerError as e:
+            if e.tracker != "tensorboard":
+                raise
+            warnings.warn("tensorboard is not installed: no TensorBoard events (pip install tensorboard)", stacklevel=2)
+            self.trackers = open_trackers([n for n in names if n != "tensorboard"], run_dir, project, resumed_at)
+        for tracker in self.trackers:
+            tracker.log_config(to_dict(cfg))
 
     def log(self, entry: dict) -> None:
-        """Append ``entry`` to metrics.jsonl (non-finite numbers as null) and its numbers to TensorBoard."""
+        """Append ``entry`` to metrics.jsonl (non-finite numbers as null) and its numbers to the trackers."""
         if not self.enabled:
             return
         line = json.dumps(json_safe(entry), allow_nan=False, default=json_scalar)
         with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(line + "\n")
-        if self.tb is not None:
-            step = entry["step"]
-            for k, v in entry.items():
-                if _finite_number(v) and k not in ("step",):
-                    self.tb.add_scalar(f"train/{k}", v, step)
-            for k, v in entry.get("eval", {}).items():
-                if _finite_number(v):
-                    self.tb.add_scalar(f"eval/{k}", v, step)
+        values = {f"train/{k}": v for k, v in entry.items() if _finite_number(v) and k != "step"}
+        values.update({f"eval/{k}": v for k, v in entry.get("eval", {}).items() if _finite_number(v)})
+        if values:
+            for tracker in self.trackers:
+                tracker.log_metrics(values, entry["step"])
 
-    def plot(self) -> None:
-        """Loss and eval-metric curves as ``curves.png``."""
-        if self.enabled:
-            plot_curves(self.run_dir, ("loss",), "training loss", log_scale=True)
+    def plot(self, card: Path | None = None) -> None:
+        """Loss and eval-metric curves as ``curves.png``; both, and the final model ``card``, go to the trackers."""
+        if not self.enabled:
+            return
+        plot_curves(self.run_dir, ("loss",), "training loss", log_scale=True)
+        files = [f for f in (self.run_dir / "curves.png", card) if f is not None and f.is_file()]
+        for tracker in self.trackers:
+            for f in files:
+                tracker.log_file(f)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def _finite_number(v) -> bool:
@@ -119,36 +138,38 @@ def _repair_torn_tail(path: Path) -> None:
             warnings.warn(f"{path}: removed a torn last line ({len(data) - cut} bytes) before appending", stacklevel=3)
 
 
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep the rows of ``path`` (a metrics.jsonl) up to ``step``: a resumed run trains the later steps again.
+
+    Returns:
+        The number of lines removed (said in a warning when there are any).
+    """
+    if not path.is_file():
+        return 0
+    lines = path.read_text(errors="replace").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return 0
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    warnings.warn(
+        f"{path}: removed {len(lines) - len(kept)} line(s) after step {step}, the step the run resumes from",
+        stacklevel=3,
+    )
+    return len(lines) - len(kept)
+
+
 def plot_curves(run_dir: str | Path, series: tuple[str, ...], title: str, log_scale: bool = False) -> None:
     """``curves.png`` of a run: the training ``series`` of metrics.jsonl on the left, eval CIDEr / BLEU-4 on the
-    right (skipped when matplotlib is missing). Rows whose value is null (a skipped step) leave a gap."""
-    rows = read_metrics(run_dir)
-    if not rows:
-        return
-    try:
-        import matplotlib
+    right (:func:`mmgen.evaluation.charts.curves_png`; skipped when matplotlib is missing)."""
+    from mmgen.evaluation.charts import curves_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    train = [r for r in rows if series[0] in r]
-    evals = [r for r in rows if isinstance(r.get("eval"), dict)]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key in series:
-        pts = [(r["step"], r[key] if _finite_number(r.get(key)) else math.nan) for r in train]
-        if pts:
-            axes[0].plot(*zip(*pts), label=key)
-    axes[0].set(title=title, xlabel="step", yscale="log" if log_scale else "linear")
-    if len(series) > 1:
-        axes[0].legend()
-    for metric in ("CIDEr", "Bleu_4"):
-        pts = [(r["step"], r["eval"][metric]) for r in evals if _finite_number(r["eval"].get(metric))]
-        if pts:
-            axes[1].plot(*zip(*pts), marker="o", label=metric)
-    axes[1].set(title="validation", xlabel="step")
-    if evals:
-        axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(Path(run_dir) / "curves.png", dpi=100)
-    plt.close(fig)
+    png = curves_png(read_metrics(run_dir), series, title, log_scale)
+    if png is not None:
+        (Path(run_dir) / "curves.png").write_bytes(png)

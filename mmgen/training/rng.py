@@ -18,6 +18,12 @@ import torch.distributed as dist
 from mmgen.training.state_codec import decode_tree, encode_tree
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict:
     """This process's RNG states: python ``random``, numpy's global generator, torch CPU and CUDA."""
     snap: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmgen import distributed as D
-from mmgen.config import Config
+from mmgen.config import Config, ConfigError
 
 
 @dataclass
@@ -75,13 +75,13 @@ def prepare(cfg: Config, run_dir: Path, dist: D.DistState) -> RunData:
             make_scenes_splits(out, **dc.synth)
         D.barrier()
         train, train_images = str(out / "captions_train.json"), str(out)
-        val, val_images = str(out / "captions_val.json"), str(out)
+        val, val_images = (str(out / "captions_val.json"), str(out)) if dc.synth.get("n_val", 0) else (None, None)
     if train is None:
-        raise ValueError("data.train is not set (a dataset path, or data.synth to generate scenes)")
+        raise ConfigError("data.train: is not set (a dataset path, or data.synth to generate scenes)")
     streaming = dc.streaming and is_stream(train)
     if dc.streaming and not streaming and dist.is_main:
         print(f"data.streaming: {train} is not a Hugging Face dataset source; it is read whole (map-style)")
-    cols = {"image_column": dc.image_column, "caption_column": dc.caption_column}
+    cols = {"image_column": dc.image_column, "caption_column": dc.caption_column, "strict_paths": dc.strict_paths}
     part = {"streaming": True, "rank": dist.rank, "world_size": dist.world_size} if streaming else {}
     train_records = load_records(train, train_images, dc.train_split, dc.restval, **cols, **part)
     if streaming and hasattr(train_records, "shuffled"):  # a new order every epoch, drawn from the seed
@@ -166,7 +166,7 @@ def _whole_stream(cfg: Config) -> Any:
     from mmgen.data import load_records
 
     dc = cfg.data
-    cols = {"image_column": dc.image_column, "caption_column": dc.caption_column}
+    cols = {"image_column": dc.image_column, "caption_column": dc.caption_column, "strict_paths": dc.strict_paths}
     return load_records(dc.train, dc.train_images, dc.train_split, dc.restval, **cols, streaming=True)
 
 
@@ -220,8 +220,8 @@ class TrainBatches:
         per_step = self.micro_batch * accum  # items per rank per optimizer step
         steps = len(ds) // cfg.train.batch_size
         if steps == 0:
-            raise ValueError(
-                f"the training set has {len(ds)} items, fewer than train.batch_size={cfg.train.batch_size}"
+            raise ConfigError(
+                f"train.batch_size: {cfg.train.batch_size} is more than the {len(ds)} items of the training set"
             )
         if self.loader is None:  # built once: persistent workers, the sampler carries the epoch to them
             sampler = EpochSampler(
@@ -296,9 +296,9 @@ class TrainBatches:
                 yield [b for b in group if b["image_ids"]]  # every image bad: an empty step
             step += 1
         if step == 0:
-            raise ValueError(
-                f"the training stream {cfg.data.train} (split {cfg.data.train_split!r}) holds less than one optimizer "
-                f"step (train.batch_size={cfg.train.batch_size}) on rank {dist.rank}"
+            raise ConfigError(
+                f"train.batch_size: the training stream {cfg.data.train} (split {cfg.data.train_split!r}) holds less "
+                f"than one optimizer step (train.batch_size={cfg.train.batch_size}) on rank {dist.rank}"
             )
 
     def end_epoch(self, epoch: int) -> None:

@@ -10,30 +10,25 @@ or overwrite it, which deletes those files and keeps the two caches. A directory
 no run writes is never used for a new run nor emptied: the error names them.
 
 One trainer at a time holds a run directory: rank 0 creates ``train.lock`` (pid, host, start time)
-with ``O_EXCL`` and removes it when training ends. A lock left by a dead process of this host is taken
-over with a warning; a live one, or one from another host, refuses the start and says which.
+with ``O_EXCL`` and removes it when training ends (:mod:`mmgen.lock_files`). A lock left by a dead process of
+this host is taken over with a warning; a live one, or one from another host, refuses the start and says which.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
-import socket
-import time
-import uuid
-import warnings
 from pathlib import Path
 
 import torch
 
-from mmgen.config import Config, load_config, to_dict
+from mmgen.config import Config, ConfigError, load_config, save_config, to_dict
 from mmgen.errors import RunDirError
+from mmgen.lock_files import LockFile
 from mmgen.training.atomic_dirs import remove_dir
 
 LOCK_NAME = "train.lock"
 RESULTS = ("checkpoints", "best", "final", "metrics.jsonl", "tensorboard", "curves.png")  # what training writes
+RESULTS += ("tracking.json", "mlruns", "wandb")  # train.report_to: the trackers' ids, MLflow's file store, W&B's files
 PREPARED = ("config.yaml", "tokenizer")  # written before the first step
 CACHES = ("data", "features")  # checked by the run that reuses them; kept by overwrite
 _WORK = re.compile(r"\.(tmp|old|trash)-.+-\d+|config\.yaml\.tmp|train\.lock\.\d+")  # interrupted writes
@@ -134,99 +129,17 @@ def claim_run_dir(run_dir: Path, cfg: Config, is_main: bool, resume: bool, overw
     return lock
 
 
-class RunLock:
-    """``run_dir/train.lock``, held by one trainer; :meth:`release` removes it (only if it is still ours)."""
-
-    def __init__(self, path: Path, token: str | None) -> None:
-        self.path, self.token = path, token  # token None: a lock this process does not hold
+class RunLock(LockFile):
+    """``run_dir/train.lock``, held by one trainer (see :mod:`mmgen.lock_files`)."""
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> RunLock:
-        """Create the lock atomically (``O_EXCL``); take over a stale one of a dead process on this host.
+    def acquire(cls, run_dir: Path) -> LockFile:
+        """Take the lock of ``run_dir``; a stale one of a dead trainer on this host is taken over with a warning.
 
         Raises:
             RunDirError: Another live trainer (or one on another host) holds the directory.
         """
-        path = run_dir / LOCK_NAME
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex}
-        info["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_lock(path)
-                if holder is not None:  # None: it went away meanwhile
-                    _take_over_if_stale(path, holder)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(info, f)
-            return cls(path, info["token"])
-        raise RunDirError(f"{path}: could not take the lock (other trainers are starting in this directory)")
-
-    def release(self) -> None:
-        """Remove the lock file if it is still this lock (idempotent)."""
-        holder = _read_lock(self.path) if self.token is not None else None
-        if holder is not None and holder.get("token") == self.token:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-
-
-def _read_lock(path: Path) -> dict | None:
-    """The holder recorded in a lock file; None when the file is gone; {} when it cannot be read."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _take_over_if_stale(path: Path, holder: dict) -> None:
-    """Move ``path`` aside when its holder is a dead process of this host (or this very process).
-
-    Raises:
-        RunDirError: The holder is alive, on another host, or unknown.
-    """
-    pid, host = holder.get("pid"), holder.get("host")
-    who = f"pid {pid} on {host} (since {holder.get('started', '?')})"
-    if not isinstance(pid, int) or not host:
-        raise RunDirError(
-            f"{path} exists but cannot be read: another trainer may be starting in this directory; "
-            "if none is, delete the file"
-        )
-    if host != socket.gethostname():
-        raise RunDirError(
-            f"another trainer holds this run directory: {who} ({path}); if it is no longer running, delete the file"
-        )
-    if pid != os.getpid() and _alive(pid):
-        raise RunDirError(f"another trainer is running in this run directory: {who} ({path})")
-    if pid != os.getpid():  # this process's own earlier trainer is simply superseded
-        warnings.warn(f"{path}: taking over the lock of {who}, which is no longer running", stacklevel=4)
-    _take_over(path, holder)
-
-
-def _take_over(path: Path, holder: dict) -> None:
-    """Move the stale lock aside; put back a fresh one that another process created in the meantime."""
-    aside = path.with_name(f"{LOCK_NAME}.{os.getpid()}")
-    try:
-        os.replace(path, aside)
-    except FileNotFoundError:
-        return
-    if _read_lock(aside) != holder:  # not the stale lock we judged: a live trainer's, restore it
-        with contextlib.suppress(FileExistsError):
-            os.link(aside, path)
-    aside.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, under another user
-        return True
-    return True
+        return cls.take(run_dir / LOCK_NAME, "trainer", "this run directory", RunDirError)
 
 
 def finished_run(run_dir: Path, cfg: Config) -> str | None:
@@ -249,3 +162,60 @@ def finished_run(run_dir: Path, cfg: Config) -> str | None:
             "nothing to do (raise train.max_steps to train further)"
         )
     return None
+
+
+def save_run_config(run_dir: Path, cfg: Config, is_main: bool) -> None:
+    """Write the run's ``config.yaml`` (rank 0; every rank waits for it)."""
+    from mmgen import distributed as D
+
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    D.barrier()
+
+
+RESUME_MAY_CHANGE = (
+    "model.encoder.gradient_checkpointing",
+    "model.decoder.gradient_checkpointing",
+    "model.decoder.attn_implementation",
+)
+"""The keys of the ``model`` section an override may change when a run is resumed: how the same weights compute."""
+
+
+def check_resume(run_dir: Path, cfg: Config) -> None:
+    """Refuse overrides a resumed run cannot honour, before anything is read or written: the run's model (the
+    checkpoints hold its weights; only :data:`RESUME_MAY_CHANGE` may change), its objective, and whether it keeps
+    a weight average (``train.ema_decay`` 0 or not: the checkpoints hold one or none).
+
+    Raises:
+        ConfigError: One line per key, naming the run's value and the new one.
+    """
+    saved = load_config(run_dir / "config.yaml")
+    before, now = _flat(to_dict(saved)), _flat(to_dict(cfg))
+    keys = [k for k in sorted(set(before) | set(now)) if k.startswith("model.") and k not in RESUME_MAY_CHANGE]
+    errors = [
+        f"{k}: {before.get(k)!r} in the run, {now.get(k)!r} now: a resumed run keeps its model (a new run "
+        f"starts from its weights with train.init_from={run_dir}/best)"
+        for k in keys
+        if before.get(k) != now.get(k)
+    ]
+    if saved.train.objective != cfg.train.objective:
+        errors.append(f"train.objective: {saved.train.objective!r} in the run, {cfg.train.objective!r} now")
+    if bool(saved.train.ema_decay) != bool(cfg.train.ema_decay):
+        had, asked = ("with", "without") if saved.train.ema_decay else ("without", "with")
+        errors.append(
+            f"train.ema_decay: the run was trained {had} a weight average and is resumed {asked} one "
+            f"({saved.train.ema_decay} in the run, {cfg.train.ema_decay} now): resume with the run's own decay"
+        )
+    if errors:
+        raise ConfigError.listing([f"--resume {run_dir}: {e}" for e in errors])
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A nested dict as ``{"a.b.c": value}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -8,56 +8,36 @@ same gradient for the same global batch.
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 import warnings
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from mmgen import distributed as D
-from mmgen.config import Config, save_config
+from mmgen.config import Config, ConfigError
+from mmgen.errors import RunFailed
+from mmgen.evaluation.collapse import collapse_warning
+from mmgen.models.decoder import check_decoder_config
 from mmgen.runtime import set_threads
 from mmgen.training.checkpoint import refuse_non_finite_weights
 from mmgen.training.ema import average_state, averaged, build_average, restore_average
 from mmgen.training.levers import check_levers, forward_context
 from mmgen.training.logs import RunLogger
+from mmgen.training.rng import seed_everything
+from mmgen.training.run_card import run_card, training_data
 from mmgen.training.run_data import batch_inputs
 from mmgen.training.schedule import build_optimizer, build_scheduler
+from mmgen.training.state import TrainState
 
 if TYPE_CHECKING:
     from mmgen.models import CaptionOutput
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailed):
     """Raised after ``train.max_bad_steps`` consecutive steps with a NaN/inf loss."""
-
-
-@dataclass
-class TrainState:
-    """Where the run is; saved in every checkpoint (json)."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    best: float | None = None
-    evals_without_improvement: int = 0
-    bad_steps_in_a_row: int = 0
-    skipped_steps: int = 0
-    history: list = field(default_factory=list)
-    finished_max_steps: int | None = None
-    """Set in the last checkpoint of a finished run: the ``train.max_steps`` it finished under (or its last step,
-    when it was resumed past it); resuming trains further only when ``train.max_steps`` is raised above it."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -80,7 +60,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False):
         from mmgen.training import run_data as tdata
-        from mmgen.training.rundir import claim_run_dir, finished_run
+        from mmgen.training.rundir import check_resume, claim_run_dir, finished_run
 
         if cfg.train.objective != "xe" and type(self) is Trainer:
             raise ValueError(
@@ -91,11 +71,15 @@ class Trainer:
             raise ValueError("resume and overwrite exclude each other: continue a run, or start over in its place")
         set_threads(cfg.train.threads)  # before any work; None leaves torch's setting
         self.dist = D.init_distributed()
-        self.levers = check_levers(cfg.train, self.dist.device)  # GPU-only levers fail here, before any work
+        say = print if self.dist.is_main else None
+        self.levers = check_levers(cfg.train, self.dist.device, say)  # GPU-only levers fail here, before any work
+        check_decoder_config(cfg.model.decoder)  # a misspelt config_overrides key too
         cfg = tdata.resolve_data_source(cfg, print if self.dist.is_main else None)  # config.yaml says what trains
         self.cfg = cfg
         self.run_dir = Path(resume) if resume else Path(cfg.train.out_dir)
         self.device = self.dist.device
+        if resume is not None:
+            check_resume(self.run_dir, cfg)  # overrides it cannot honour, before anything is read or written
         self.finished = finished_run(self.run_dir, cfg) if resume is not None else None
         if self.finished:
             if self.dist.is_main:
@@ -112,26 +96,33 @@ class Trainer:
     def _build(self, cfg: Config, resume: str | Path | None) -> None:
         from mmgen.training import run_data as tdata
         from mmgen.training.checkpoint import latest_checkpoint, load_latest_checkpoint
+        from mmgen.training.rundir import save_run_config
 
         seed_everything(cfg.train.seed)
-        if self.dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
-        D.barrier()
+        if not resume:  # a new run says what trains first; a resumed one once its checkpoint has loaded
+            save_run_config(self.run_dir, cfg, self.dist.is_main)
         self.data = tdata.prepare(cfg, self.run_dir, self.dist)
+        self.card_data = training_data(cfg, self.data.train_records)  # the model cards' "training data"
         tokenizer = tdata.prepare_tokenizer(cfg, self.data.train_records, self.run_dir, self.dist)
         from mmgen.models import CaptionModel
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = CaptionModel(cfg.model, tokenizer).to(self.device)
         self.model.generation_config = cfg.eval.generation
-        if cfg.train.init_from and not resume:
+        self.model.check_generation(key="eval.generation.max_new_tokens")  # before a step is spent on it
+        self.state = TrainState()
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if resume and ckpt is None and self.dist.is_main:
+            print(
+                f"{self.run_dir}: no checkpoint yet (the run stopped before its first save, train.save_every="
+                f"{cfg.train.save_every}): training starts again from step 0"
+            )
+        if cfg.train.init_from and ckpt is None:
             from mmgen.models.files import load_matching_weights
 
             missing = load_matching_weights(self.model, cfg.train.init_from)
             if self.dist.is_main:
                 print(f"initialised from {cfg.train.init_from} ({len(missing)} tensors kept their new init)")
-        self.state = TrainState()
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
         if ckpt is None:
             seed_everything(cfg.train.seed + self.dist.rank)
         self.features = tdata.feature_cache(cfg, self.model, self.data, self.run_dir, self.dist)
@@ -140,9 +131,10 @@ class Trainer:
         self.wrapped = D.wrap_model(self.model, self.dist, cfg.train.distributed)
         self.sharded = D.is_sharded(self.wrapped)
         if self.sharded and cfg.train.objective != "xe":
-            raise ValueError("train.distributed=fsdp trains train.objective=xe only; SCST samples with ddp")
+            raise ConfigError("train.distributed: fsdp trains train.objective=xe only; SCST samples with ddp")
         self.average = build_average(self.model, cfg.train.ema_decay, self.sharded)  # train.ema_decay
         self._evaluated_at = -1  # the step of the last evaluation
+        self.last_scores: dict = {}  # its scores (rank 0), for the model cards
         self._twin: torch.nn.Module | None = None  # FSDP: rank 0's unsharded copy for saving and evaluating
         self.optimizer = build_optimizer(self.model, cfg.train, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
@@ -154,15 +146,18 @@ class Trainer:
             self.state.finished_max_steps = None  # a finished run continues when train.max_steps was raised
             if self.dist.is_main:
                 print(f"resumed from {ckpt} at step {self.state.step}")
+        if resume:  # every check has passed: the overrides (e.g. a raised train.max_steps) become the run's
+            save_run_config(self.run_dir, cfg, self.dist.is_main)
         # what a training forward calls (:meth:`forward`): the wrapped model, compiled with train.compile
         self.step_module = (
             torch.compile(self.wrapped, mode=cfg.train.compile_mode) if cfg.train.compile else self.wrapped
         )
-        self.logger = RunLogger(self.run_dir, cfg, self.dist.is_main)
+        # a resumed run's records end at its checkpoint's step (what a killed run logged after it is redone)
+        self.logger = RunLogger(self.run_dir, cfg, self.dist.is_main, resumed_at=self.state.step if resume else None)
         world, accum = self.dist.world_size, cfg.train.grad_accum
         if cfg.train.batch_size % (world * accum):
-            raise ValueError(
-                f"train.batch_size={cfg.train.batch_size} must be divisible by "
+            raise ConfigError(
+                f"train.batch_size: {cfg.train.batch_size} must be divisible by "
                 f"world size x grad_accum = {world * accum}"
             )
         self.micro_batch = cfg.train.batch_size // (world * accum)
@@ -291,14 +286,15 @@ class Trainer:
             self._lock()
 
     def _fit(self) -> dict:
-        from tqdm import tqdm
+        from mmgen.progress import progress, step_lines
 
         cfg, st = self.cfg, self.state
         start = self.clock()
-        bar = tqdm(
-            total=cfg.train.max_steps, initial=st.step, disable=not self.dist.is_main, dynamic_ncols=True, desc="train"
+        every = step_lines(cfg.train.max_steps, cfg.train.log_every)  # off a terminal: a plain line every N steps
+        bar = progress(
+            total=cfg.train.max_steps, initial=st.step, disable=not self.dist.is_main, desc="train", every=every
         )
-        last_scores: dict = {}
+        last_scores, spent = {}, st.train_seconds  # spent: by the earlier sessions of the run
         window_images, window_t = 0, self.clock()
         stop = st.step >= cfg.train.max_steps
         self.model.train()
@@ -310,6 +306,7 @@ class Trainer:
                     self.average.update(self.model)
                 st.step += 1
                 st.batch_in_epoch += 1
+                st.train_seconds = spent + self.clock() - start
                 window_images += images * self.dist.world_size
                 bar.update(1)
                 if st.step % cfg.train.log_every == 0 or st.step == cfg.train.max_steps:
@@ -409,19 +406,11 @@ class Trainer:
                 data = self.data
                 scores = evaluate(model, data.val_records, self.cfg, self.device, data.val_scenes, self.dist.is_main)
                 model.train()
-                metric = self.cfg.eval.metric
-                value = scores.get(metric)
-                if value is not None:
-                    better = self.state.best is None or (
-                        value < self.state.best if metric == "loss" else value > self.state.best
-                    )
-                    if better:
-                        self.state.best = value
-                        self.state.evals_without_improvement = 0
-                        metrics = {"step": self.state.step, **scores}
-                        save_best(self.run_dir, model, metrics, generation=self.cfg.eval.generation)
-                    else:
-                        self.state.evals_without_improvement += 1
+                if self.state.record_eval(self.cfg.eval.metric, scores):
+                    metrics = {"step": self.state.step, **scores}
+                    card = run_card(self, "best", scores, model)
+                    save_best(self.run_dir, model, metrics, generation=self.cfg.eval.generation, card=card)
+            self.last_scores = scores
             entry = {"step": self.state.step, "eval": scores}
             self.state.history.append(entry)
             self.logger.log(entry)
@@ -429,6 +418,8 @@ class Trainer:
                 f"\nstep {self.state.step} eval: "
                 + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
             )
+            if collapse := collapse_warning({k.removeprefix("collapse_"): v for k, v in scores.items()}):
+                print(f"step {self.state.step}: warning: {collapse}")  # its own line, not lost in the scores
         D.barrier()
         if self.dist.distributed:  # every rank follows rank 0's early-stop counter
             t = D.broadcast(torch.tensor([float(self.state.evals_without_improvement)]))
@@ -456,6 +447,7 @@ class Trainer:
                 generation=self.cfg.eval.generation,
                 rng_states=rng,
                 optimizer_state=optim,
+                card=run_card(self, f"step_{self.state.step:08d}", self.last_scores, model),
             )
         D.barrier()
 
@@ -463,8 +455,9 @@ class Trainer:
         model = self.unsharded()
         if self.dist.is_main:
             with averaged(self.average, model):
-                model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation)
-            self.logger.plot()
+                card = run_card(self, "final", self.last_scores, model)
+                model.save_pretrained(self.run_dir / "final", generation=self.cfg.eval.generation, card=card)
+            self.logger.plot(card=self.run_dir / "final" / "README.md")
 
     def unsharded(self) -> torch.nn.Module:
         """The model with whole tensors: itself, or under FSDP (a collective: every rank calls it) an unsharded

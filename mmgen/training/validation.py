@@ -28,11 +28,11 @@ def validation_loss(model, records: Sequence, cfg: Config, device, progress: boo
         progress: Show a progress bar.
     """
     import torch
-    from tqdm import tqdm
 
     from mmgen.data.collate import CaptionCollator
     from mmgen.data.datasets import CaptionTrainDataset, make_loader
     from mmgen.data.transforms import build_transform, image_size
+    from mmgen.progress import progress as progress_bar
     from mmgen.training.levers import forward_context
     from mmgen.training.run_data import batch_inputs
 
@@ -45,7 +45,7 @@ def validation_loss(model, records: Sequence, cfg: Config, device, progress: boo
     tokens = 0
     with torch.no_grad():
         loader = make_loader(ds, cfg.eval.batch_size, collate, num_workers=cfg.data.num_workers)
-        bar = tqdm(loader, desc="val loss", disable=not progress, dynamic_ncols=True, leave=False)
+        bar = progress_bar(loader, desc="val loss", disable=not progress, leave=False, plain=False)
         for b in bar:
             n = int((b["labels"][:, 1:] != -100).sum())
             if n == 0:

@@ -23,10 +23,13 @@ import sys
 from mmgen.commands import (
     FAILED,
     UsageError,
+    add_device_option,
     add_generation_flags,
+    add_strict_paths_option,
     add_threads_option,
     apply_threads,
     load_captioner,
+    model_line,
     positive_int,
     split_generation_overrides,
     stderr_is_tty,
@@ -50,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="saved model directory (config.json, ...)")
     p.add_argument("--data", nargs="+", metavar="SOURCE", help="caption a dataset (COCO, JSONL/CSV, HF); needs --out")
     p.add_argument("--images-dir", default=None, metavar="DIR", help="images of a COCO/table --data source")
+    add_strict_paths_option(p)
     p.add_argument("--split", default=None, help="with --data: only this split (train, val, test)")
     p.add_argument("--out", default=None, metavar="FILE", help="bulk mode: append JSON lines here; resumable")
     p.add_argument("--overwrite", action="store_true", help="bulk mode: start again instead of resuming")
@@ -60,12 +64,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--json", action="store_true", help='print JSON lines {"image", "caption", "score"}')
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    add_device_option(p)
     p.add_argument(
         "--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="weights dtype (default: as saved)"
     )
     add_threads_option(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, positionals="images")
+
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def one_field(text: str) -> str:
+    r"""``text`` as one field of a TSV line: a backslash, a tab, a line break or another control character in a
+    file name (or a caption) is escaped (``\\``, ``\t``, ``\n``, ``\r``, ``\xNN``, ``\uNNNN``), so that each
+    image stays one line; other text is unchanged."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    escaped = (_ESCAPES.get(c, c if c.isprintable() else c.encode("unicode_escape").decode()) for c in text)
+    return "".join(escaped)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_arguments(args.images)
     overrides = generation_overrides(args)
     captioner = load_captioner(args)
-    captioner.resolve_generation(**overrides)  # invalid settings fail before any image is read
+    # invalid settings, and captions longer than the decoder's positions, fail before any image is read
+    captioner.model.check_generation(captioner.resolve_generation(**overrides), args.prompt)
+    if not args.quiet:  # which model answers: on stderr, never among the captions
+        print(f"mmgen caption: {model_line(captioner, args.model)}", file=sys.stderr)
 
     failed = 0
     bar = tqdm(total=len(paths), desc="caption", unit="img", file=sys.stderr, disable=args.quiet or not stderr_is_tty())
@@ -99,11 +119,11 @@ def run(args: argparse.Namespace) -> int:
         with tqdm.external_write_mode(file=sys.stderr):  # lines never land inside the bar
             if r.error is not None:
                 failed += 1
-                print(f"mmgen caption: {r.source}: {r.error}", file=sys.stderr)
+                print(f"mmgen caption: {one_field(r.source)}: {one_field(r.error)}", file=sys.stderr)
             elif args.json:
                 print(json.dumps({"image": r.source, "caption": r.caption, "score": r.scores[0]}), flush=True)
             else:
-                print(f"{r.source}\t{r.caption}", flush=True)
+                print(f"{one_field(r.source)}\t{one_field(r.caption)}", flush=True)
         bar.update(1)
     bar.close()
     if failed:

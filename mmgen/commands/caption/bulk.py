@@ -33,6 +33,7 @@ from mmgen.commands.caption.results_file import (
     finish,
     part_path,
 )
+from mmgen.lock_files import LockFile
 
 
 @dataclass
@@ -147,7 +148,8 @@ def caption_to_file(
             progress(len(rows))
         batch.clear()
 
-    with open(mine, "a", encoding="utf-8") as f:
+    # a file name that is not UTF-8 is written as the JSON escape of its bytes (\udcXX), which reads back
+    with open(mine, "a", encoding="utf-8", errors="backslashreplace") as f:
         for i, item in _my_records(records, rank, world_size):
             image, name, image_id = _describe(item)
             if i in done:
@@ -182,18 +184,23 @@ def _records(args: argparse.Namespace):
             split=args.split,
             streaming=is_stream(args.data),
             keep_uncaptioned=True,  # every image is captioned, with or without references
+            strict_paths=args.strict_paths,
         )
     except (DataFormatError, FileNotFoundError) as e:
         raise UsageError(f"--data: {e}") from None
 
 
-def _settings(args: argparse.Namespace, captioner, overrides: dict) -> dict:
-    """What decides the captions: resuming with other values would mix two kinds of caption."""
+def _settings(args: argparse.Namespace, captioner, overrides: dict, model_files: dict) -> dict:
+    """What decides the captions: resuming with other values would mix two kinds of caption. The model is its
+    files' fingerprint (``model_files``); its path is only recorded."""
     from mmgen.config import to_dict
 
-    gen = to_dict(captioner.resolve_generation(**overrides))
+    resolved = captioner.resolve_generation(**overrides)
+    captioner.model.check_generation(resolved, args.prompt)
+    gen = to_dict(resolved)
     return {
         "model": str(Path(args.model).resolve()),
+        "model_files": model_files,
         "data": [str(Path(d).resolve()) if Path(d).exists() else d for d in (args.data or args.images)],
         "split": args.split,
         **{f"generation.{k}": v for k, v in gen.items()},
@@ -203,14 +210,15 @@ def _settings(args: argparse.Namespace, captioner, overrides: dict) -> dict:
     }
 
 
-def _on_rank0(state, fn) -> None:
-    """Run ``fn`` on rank 0; every rank raises a UsageError when it failed there (the message on rank 0)."""
+def _on_rank0(state, fn) -> Any:
+    """Run ``fn`` on rank 0 (returns its result there, None elsewhere); every rank raises a UsageError when it
+    failed there (the message on rank 0)."""
     from mmgen.distributed import broadcast
 
-    error = None
+    error, result = None, None
     if state.is_main:
         try:
-            fn()
+            result = fn()
         except (ValueError, OSError) as e:
             error = str(e)
     if state.distributed:
@@ -219,13 +227,31 @@ def _on_rank0(state, fn) -> None:
             raise UsageError("rank 0 could not start the run (see its message)")
     if error is not None:
         raise UsageError(error)
+    return result
+
+
+def _start(out: Path, settings: dict, overwrite: bool) -> LockFile:
+    """Rank 0's start: take ``OUT.lock`` (one run at a time appends to a results file), then check or record the
+    settings; returns the lock.
+
+    Raises:
+        ResumeError: Another run holds the file, or the settings differ from the earlier run's.
+    """
+    lock = LockFile.take(out.with_name(f"{out.name}.lock"), "bulk captioning run", str(out), ResumeError, "is writing")
+    try:
+        check_settings(out, settings, overwrite=overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def run_bulk(args: argparse.Namespace) -> int:
     """Caption into ``args.out``; returns the exit code (1 when some images could not be decoded)."""
     from tqdm import tqdm
 
-    from mmgen.distributed import all_reduce_sum, barrier, cleanup_distributed, init_distributed
+    from mmgen.distributed import all_reduce_sum, barrier, broadcast, cleanup_distributed, init_distributed
+    from mmgen.models.files import model_fingerprint
 
     out = Path(args.out)
     if not out.parent.is_dir():
@@ -233,10 +259,12 @@ def run_bulk(args: argparse.Namespace) -> int:
     records = _records(args)
     overrides = generation_overrides(args)
     state = init_distributed(args.device or ("cpu" if args.quantize else None))
+    lock = None
     try:
         captioner = load_captioner(args, device=str(state.device))
-        settings = _settings(args, captioner, overrides)  # invalid settings fail here, before any image is read
-        _on_rank0(state, lambda: check_settings(out, settings, overwrite=args.overwrite))
+        model_files = model_fingerprint(args.model)  # the model is its files, wherever they lie
+        settings = _settings(args, captioner, overrides, model_files)  # invalid settings fail before any image
+        lock = _on_rank0(state, lambda: _start(out, settings, args.overwrite))
         barrier()
         total = len(records) if hasattr(records, "__len__") else None
         share = None if total is None else len(range(state.rank, total, state.world_size))
@@ -260,14 +288,20 @@ def run_bulk(args: argparse.Namespace) -> int:
             bar.close()
         counts = torch.tensor([summary.captioned, summary.failed, summary.skipped], dtype=torch.long)
         captioned, failed, skipped = all_reduce_sum(counts).tolist()
-        merged = finish(out, state.rank, state.world_size)
+        merged, failed_all = finish(out, state.rank, state.world_size) or (None, 0)
         barrier()  # no rank exits (and makes torchrun stop the others) before the merge is written
+        failed_all = int(broadcast(torch.tensor([failed_all], dtype=torch.long), src=0).item())
     finally:
+        if lock is not None:
+            lock.release()
         cleanup_distributed()
     if state.is_main:
+        before = failed_all - failed  # images of the earlier run(s) that could not be decoded: still missing
+        failures = f", {failed} could not be decoded" if failed else ""
+        failures += f", {before} could not be decoded in an earlier run" if before else ""
         print(
-            f"mmgen caption: {out}: {merged} images ({captioned} captioned now, {skipped} done before"
-            f"{f', {failed} could not be decoded' if failed else ''})",
+            f"mmgen caption: {out}: {merged} images ({captioned} captioned now, {skipped} done before{failures})"
+            + ("; their lines hold 'error'" if failed_all else ""),
             file=sys.stderr,
         )
-    return FAILED if failed else 0
+    return FAILED if failed_all else 0

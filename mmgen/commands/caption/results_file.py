@@ -11,8 +11,9 @@ Under ``torchrun`` rank ``r`` of ``W`` captions the indices ``i % W == r`` into 
 ``OUT.part<r>``; when every rank is done, rank 0 merges the parts (and any earlier ``OUT``) into
 ``OUT`` sorted by index, atomically, and removes the parts. A single process appends to ``OUT``
 itself. A rerun with another number of processes works the same way: the parts of any earlier run
-count as done. The generation settings are kept in ``OUT.meta.json``; a rerun with other settings
-or another model is refused rather than mixing captions made two ways.
+count as done. The settings are kept in ``OUT.meta.json`` (the generation settings, the data, and the model by
+the SHA-256 of its files, so that new weights at the same path count as another model); a rerun with other
+settings or another model is refused rather than mixing captions made two ways.
 """
 
 from __future__ import annotations
@@ -98,6 +99,35 @@ def done_indices(out: Path, keep: Any = None) -> dict[int, str]:
 ADDED_SETTINGS = {"generation.padded_head": None, "generation.decode_sdpa": "efficient,math"}
 """Settings recorded since they became generation options, with the value every earlier run used."""
 
+NOT_COMPARED = ("model",)
+"""Settings recorded for the reader only: the model's path (a moved model is the same model: its files decide)."""
+
+
+def read_settings(meta: Path) -> dict:
+    """The settings an earlier run recorded in ``meta``.
+
+    Raises:
+        ResumeError: The file is damaged (not a JSON object); the message names it.
+    """
+    try:
+        before = json.loads(meta.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResumeError(
+            f"{meta}: damaged, not the JSON settings of the earlier run ({e}); pass --overwrite to start again"
+        ) from None
+    if not isinstance(before, dict):
+        raise ResumeError(f"{meta}: damaged, not a JSON object of settings; pass --overwrite to start again")
+    return {**ADDED_SETTINGS, **before}  # a run recorded before these were settings used their defaults
+
+
+def _difference(key: str, then: Any, now: Any) -> str:
+    if key == "model_files":
+        if not isinstance(then, dict):
+            return "the model's files were not recorded (an earlier mmgen recorded only its path)"
+        parts = [part for part in now if then.get(part) != now[part]]
+        return f"the model's {' and '.join(parts)} differ (another model, or new files at its path)"
+    return f"{key}: {then!r} then, {now!r} now"
+
 
 def check_settings(out: Path, settings: dict, overwrite: bool = False) -> None:
     """Record the run's settings in ``out.meta.json``, or check them against an earlier run's.
@@ -105,7 +135,8 @@ def check_settings(out: Path, settings: dict, overwrite: bool = False) -> None:
     With ``overwrite``, earlier results (the output, its parts and settings) are deleted first.
 
     Raises:
-        ResumeError: results exist that were made with other settings (the message lists the differences).
+        ResumeError: results exist that were made with other settings (the message lists the differences), or
+            the settings file is damaged.
     """
     meta = out.with_name(f"{out.name}.meta.json")
     settings = json.loads(json.dumps(settings, default=str))  # as it reads back (tuples become lists)
@@ -114,9 +145,12 @@ def check_settings(out: Path, settings: dict, overwrite: bool = False) -> None:
             p.unlink(missing_ok=True)
     has_results = out.exists() or bool(_parts(out))
     if meta.exists() and has_results:
-        before = json.loads(meta.read_text(encoding="utf-8"))
-        before = {**ADDED_SETTINGS, **before}  # a run recorded before these were settings used their defaults
-        diff = [f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items() if before.get(k) != v]
+        before = read_settings(meta)
+        diff = [
+            _difference(k, before.get(k), v)
+            for k, v in settings.items()
+            if k not in NOT_COMPARED and before.get(k) != v
+        ]
         if diff:
             raise ResumeError(
                 f"{out} was started with other settings ({'; '.join(diff)}): rerun with the same ones to resume, "
@@ -128,11 +162,12 @@ def check_settings(out: Path, settings: dict, overwrite: bool = False) -> None:
     atomic_write_text(meta, json.dumps(settings, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def merge_results(out: Path) -> int:
+def merge_results(out: Path) -> tuple[int, int]:
     """Merge ``out`` and its parts into ``out``, one line per index, sorted, atomically; removes the parts.
 
     Returns:
-        The number of lines in ``out``.
+        The number of lines in ``out``, and how many of them are images that could not be decoded (``error``),
+        this run's and any earlier run's.
     """
     parts = _parts(out)
     rows: dict[int, dict] = {}
@@ -144,14 +179,14 @@ def merge_results(out: Path) -> int:
             last = i
             rows.setdefault(i, row)
     if parts or not in_order or (out.exists() and out.stat().st_size and not _ends_with_newline(out)):
-        with atomic_path(out, ".merge.tmp") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(out, ".merge.tmp") as tmp, open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
             for i in sorted(rows):
                 f.write(json.dumps(rows[i], ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
         for p in parts:
             p.unlink()
-    return len(rows)
+    return len(rows), sum("error" in row for row in rows.values())
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -160,8 +195,9 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def finish(out: str | os.PathLike, rank: int = 0, world_size: int = 1) -> int | None:
-    """Wait for every rank, then merge on rank 0 (see :func:`merge_results`); returns the merged count there."""
+def finish(out: str | os.PathLike, rank: int = 0, world_size: int = 1) -> tuple[int, int] | None:
+    """Wait for every rank, then merge on rank 0 (see :func:`merge_results`); returns the merged counts there (lines,
+    failed images)."""
     from mmgen.distributed import barrier
 
     if world_size > 1:
