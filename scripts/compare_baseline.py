@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from compare_report import plot, print_table  # noqa: E402
 
 from mmgen.config import Config, GenerationConfig, load_config  # noqa: E402
+from mmgen.scenes import difficulties  # noqa: E402
 from mmgen.training.ema import WeightAverage, averaged, build_average  # noqa: E402
 from mmgen.training.schedule import time_lr_factor  # noqa: E402
 
@@ -58,13 +59,20 @@ from mmgen.training.schedule import time_lr_factor  # noqa: E402
 
 @dataclass
 class Data:
-    train_pixels: torch.Tensor  # (N, 3, H, W) uint8
+    train_records: list
     train_captions: list[list[str]]
-    val_pixels: torch.Tensor  # (M, 3, H, W) uint8
+    val_records: list
     val_ids: list
     val_refs: dict
     val_scenes: dict | None
     tokenizer: object
+    decoded: dict = field(default_factory=dict)
+
+    def pixels(self, split: str, size: int) -> torch.Tensor:
+        """The split's images as uint8 (N, 3, size, size), decoded once per size (an arm's own resolution)."""
+        if (split, size) not in self.decoded:
+            self.decoded[split, size] = _pixels(self.train_records if split == "train" else self.val_records, size)
+        return self.decoded[split, size]
 
 
 def _pixels(records, size: int) -> torch.Tensor:
@@ -133,11 +141,11 @@ def prepare_scenes(args: argparse.Namespace, size: int) -> Path:
 
 def prepare_data(args: argparse.Namespace, cfg: Config) -> Data:
     from mmgen.data.sources import load_records
-    from mmgen.scenes.accuracy import load_scenes
+    from mmgen.scenes.accuracy import SceneTruth, load_scenes
     from mmgen.tokenizer import ensure_special_tokens, train_caption_tokenizer
 
     size = cfg.model.encoder.img_size or 64
-    root = prepare_scenes(args, size)
+    root = prepare_scenes(args, args.scene_size or size)
     train = load_records(str(root / "captions_train.json"))
     val = load_records(str(root / "captions_val.json"))[: args.eval_images]
     tc = cfg.model.tokenizer
@@ -146,12 +154,12 @@ def prepare_data(args: argparse.Namespace, cfg: Config) -> Data:
     )
     scenes = load_scenes(root / "captions_val.json")
     return Data(
-        train_pixels=_pixels(train, size),
+        train_records=train,
         train_captions=[list(r.captions) for r in train],
-        val_pixels=_pixels(val, size),
+        val_records=val,
         val_ids=[r.image_id for r in val],
         val_refs={r.image_id: list(r.captions) for r in val},
-        val_scenes={i: scenes[i] for i in (r.image_id for r in val)} if scenes else None,
+        val_scenes=SceneTruth({r.image_id: scenes[r.image_id] for r in val}, scenes.vocabulary) if scenes else None,
         tokenizer=ensure_special_tokens(tok),
     )
 
@@ -316,7 +324,8 @@ def train_step(arm: Arm, data: Data, idx: list[int], captions: list[str], progre
         g["lr"] = tc.lr * factor
     cuda = mean.is_cuda
     c0, w0 = time.process_time(), time.perf_counter()
-    pixels = (data.train_pixels[idx].to(mean.device).float() / 255.0 - mean) / std  # (B, 3, H, W)
+    size = arm.cfg.model.encoder.img_size or 64
+    pixels = (data.pixels("train", size)[idx].to(mean.device).float() / 255.0 - mean) / std  # (B, 3, H, W)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
         loss = loss_of(arm, pixels, captions, data.tokenizer)
     loss.backward()
@@ -346,7 +355,7 @@ def caption(arm: Arm, data: Data, beams: int, batch: int, mean, std) -> list[str
     max_new = arm.cfg.model.max_caption_tokens
     out: list[str] = []
     for s in range(0, len(data.val_ids), batch):
-        px = data.val_pixels[s : s + batch].to(mean.device)
+        px = data.pixels("val", arm.cfg.model.encoder.img_size or 64)[s : s + batch].to(mean.device)
         if arm.kind == "mmgen":
             gen = GenerationConfig(num_beams=beams, max_new_tokens=max_new)
             out += arm.model.generate(px, gen).best
@@ -381,8 +390,8 @@ def coco_scores(refs: dict, cands: dict) -> dict:
         k += len(refs[i])
     res = dict(zip(ids, ([c] for c in ptb_tokenize([cands[i] for i in ids], backend="python"))))
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    cider, _ = Cider().compute_score(gts, res)
-    return {"Bleu_4": float(bleu[3]), "CIDEr": float(cider)}
+    cider, per_image = Cider().compute_score(gts, res)
+    return {"Bleu_4": float(bleu[3]), "CIDEr": float(cider), "CIDEr_per_image": [float(c) for c in per_image]}
 
 
 def evaluate(arm: Arm, data: Data, args: argparse.Namespace, mean, std) -> dict:
@@ -401,6 +410,7 @@ def evaluate(arm: Arm, data: Data, args: argparse.Namespace, mean, std) -> dict:
         row.update({f"scene_{k}": v for k, v in acc.items() if isinstance(v, float)})
     row["eval_s"] = time.perf_counter() - t0
     row["examples"] = [caps[i] for i in data.val_ids[:3]]
+    row["captions"] = [caps[i] for i in data.val_ids]
     arm.curve.append(row)
     return row
 
@@ -471,7 +481,13 @@ def run(args: argparse.Namespace) -> dict:
                 f"BLEU-4 {row['Bleu_4']:.3f}  CIDEr {row['CIDEr']:.3f}  | {row['examples'][0]}",
                 flush=True,
             )
-    return summarise(args, arms, data)
+    out = summarise(args, arms, data)
+    if args.save_models:
+        out["_arms"] = arms  # taken out again before result.json is written
+    return out
+
+
+PER_IMAGE = ("captions", "CIDEr_per_image")  # kept for the final evaluation only
 
 
 def summarise(args: argparse.Namespace, arms: list[Arm], data: Data) -> dict:
@@ -497,7 +513,7 @@ def summarise(args: argparse.Namespace, arms: list[Arm], data: Data) -> dict:
             "images_per_s": a.images / max(a.wall, 1e-9),
             "cpu_s_per_image": a.cpu / max(a.images, 1),
             "final": {k: v for k, v in last.items() if k != "examples"},
-            "curve": a.curve,
+            "curve": [{k: v for k, v in row.items() if k not in PER_IMAGE} for row in a.curve],
         }
     return out
 
@@ -518,8 +534,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--no-default-arm", action="store_true", help="only the --arm variants of mmgen")
-    p.add_argument("--data-dir", required=True, help="synthetic scenes (made here unless already present)")
-    p.add_argument("--difficulty", choices=("simple", "hard"), default="hard")
+    p.add_argument("--data-dir", help="synthetic scenes (made here unless already present)")
+    p.add_argument(
+        "--suite",
+        nargs="+",
+        metavar="NAME",
+        help="run every distribution named (or 'design', 'held-out', 'all') x --seeds, --jobs at a time, and "
+        "summarise (scripts/compare_suite.py); scenes go under --data-root",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="with --suite: the seeds of every run")
+    p.add_argument("--jobs", type=int, default=1, help="with --suite: runs at a time")
+    p.add_argument("--data-root", default="runs/suite-data", help="with --suite: a scenes folder per run under it")
+    p.add_argument("--difficulty", choices=tuple(difficulties()), default="hard", help="the scenes")
+    p.add_argument(
+        "--scene-size",
+        type=int,
+        help="side of the stored scenes (default: the config's image size); every arm resizes them to its own",
+    )
     p.add_argument("--n-train", type=int, default=10000)
     p.add_argument("--n-val", type=int, default=500)
     p.add_argument("--seed", type=int, default=0, help="weights, batch order and caption sampling")
@@ -535,11 +566,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-batch", type=int, default=100)
     p.add_argument("--beams", type=int, default=3)
     p.add_argument("--out", default="runs/compare", help="output directory: result.json, curves.png")
+    p.add_argument("--save-models", action="store_true", help="also write each arm's final weights (NAME.safetensors)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.suite:
+        from compare_suite import run_suite
+
+        return run_suite(args, sys.argv[1:] if argv is None else list(argv))
+    if not args.data_dir:
+        raise SystemExit("compare_baseline: --data-dir is required (or --suite)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("compare_baseline: --device cuda, but torch sees no CUDA GPU")
     if args.no_default_arm and args.no_baseline and not args.arm:
@@ -548,6 +586,11 @@ def main(argv: list[str] | None = None) -> dict:
     result["beams"] = args.beams
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    for a in result.pop("_arms", []):
+        from safetensors.torch import save_model
+
+        with averaged(a.average, a.model):
+            save_model(a.model, str(out / f"{a.name}.safetensors"))
     (out / "result.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "curves.png")
     print_table(result)

@@ -148,3 +148,50 @@ def test_with_a_weight_average_every_arm_evaluates_its_average(compare, tmp_path
     for name, (updates, _, params) in seen.items():
         assert updates is None, name
         assert any(not torch.equal(params[n], averaged[name][n]) for n in params), name
+
+
+def _suite_module():
+    spec = importlib.util.spec_from_file_location("compare_suite", ROOT / "scripts" / "compare_suite.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_suite_summary_is_the_runs_ratios_with_an_interval_around_them(tmp_path):
+    """summarise_suite against numbers worked out by hand from two made-up runs of one distribution."""
+    suite = _suite_module()
+    per_image = {0: ([2.0, 4.0], [1.0, 1.0]), 1: ([3.0, 3.0], [2.0, 4.0])}  # (mmgen, baseline) CIDEr per image
+    for seed, (ours, theirs) in per_image.items():
+        arms = {}
+        for name, scores in (("mmgen", ours), ("VisionEncoderDecoder", theirs)):
+            final = {"CIDEr": sum(scores) / 2, "CIDEr_per_image": scores, "scene_color": 0.5 + 0.1 * seed}
+            arms[name] = {"final": final, "train_cpu_s": 10.0, "steps": 5}
+        (tmp_path / f"hue-flat-s{seed}").mkdir()
+        result = {"command": "x", "budget": {"steps": 5}, "arms": arms}
+        (tmp_path / f"hue-flat-s{seed}" / "result.json").write_text(json.dumps(result))
+    summary = suite.summarise_suite(tmp_path, ["hue-flat"], [0, 1])
+    row = summary["distributions"]["hue-flat"]["mmgen"]
+    assert row["cider"] == [3.0, 3.0] and row["ratio_per_seed"] == [3.0, 1.0]
+    assert row["ratio_mean"] == 2.0 and row["ratio_worst"] == 1.0 and row["ratio_of_means"] == 6.0 / 4.0
+    lo, hi = row["ratio_interval"]
+    assert lo <= 1.5 <= hi and lo >= 5.0 / 6.0 and hi <= 7.0 / 3.0  # resampled pairs stay within the extremes
+    assert row["attributes"]["color"] == pytest.approx(0.55)
+    table = suite.format_suite(summary)
+    assert "| hue-flat | mmgen | 3.00 / 3.00 | 3.000 | **2.00x** | 1.00x |" in table
+
+
+def test_the_suite_runs_every_distribution_and_seed_and_reuses_finished_runs(compare, tmp_path):
+    argv = ["--suite", "hue-flat", "--seeds", "0", "1", "--jobs", "2", "--data-root", str(tmp_path / "data")]
+    argv += ["--n-train", "16", "--n-val", "4", "--eval-images", "4", "--batch-size", "8", "--beams", "1"]
+    argv += ["--steps", "2", "--eval-every", "0", "--out", str(tmp_path / "out"), *TINY]
+    summary = compare.main(argv)
+    runs = {s: json.loads((tmp_path / "out" / f"hue-flat-s{s}" / "result.json").read_text()) for s in (0, 1)}
+    row = summary["distributions"]["hue-flat"]["mmgen"]
+    assert row["cider"] == [runs[s]["arms"]["mmgen"]["final"]["CIDEr"] for s in (0, 1)]
+    assert "--difficulty hue-flat" in runs[1]["command"] and "--seed 1" in runs[1]["command"]
+    assert (tmp_path / "out" / "suite.md").read_text().startswith("budget {'steps': 2}")
+    before = {s: (tmp_path / "out" / f"hue-flat-s{s}" / "result.json").stat().st_mtime_ns for s in (0, 1)}
+    compare.main(argv)  # finished runs are summarised again, not rerun
+    assert {s: (tmp_path / "out" / f"hue-flat-s{s}" / "result.json").stat().st_mtime_ns for s in (0, 1)} == before
+    with pytest.raises(SystemExit, match="unknown distribution 'nope'"):
+        compare.main([*argv[:1], "nope", *argv[2:]])

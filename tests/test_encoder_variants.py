@@ -116,6 +116,30 @@ def test_group_norm_stem_normalises_each_image_on_its_own(stem):
     assert changed[0] > 3 * changed[15]
 
 
+def test_weight_standardised_stem_normalises_the_filters_not_the_image():
+    from timm.layers import ScaledStdConv2d
+
+    torch.manual_seed(0)  # the stem's random init
+    enc = Encoder(_cfg(stem="hybrid", stem_norm="ws")).eval()
+    stem = enc.model.patch_embed
+    convs = [m for m in stem.modules() if isinstance(m, ScaledStdConv2d)]
+    assert [c.stride for c in convs] == [(2, 2)] * 3 and not [
+        m for m in stem.modules() if isinstance(m, torch.nn.GroupNorm)
+    ]
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        alone, together = stem(x[:1]), stem(x)
+        conv_path = stem.proj.conv(x)  # the convolutions alone, without the linear patch projection
+        flat = [
+            stem.proj.conv(torch.full((1, 3, 32, 32), 0.0) + torch.tensor(c).view(1, 3, 1, 1))
+            for c in ((1.0, -1.0, 0.0), (-1.0, 1.0, 0.0))
+        ]
+    torch.testing.assert_close(together[:1], alone)  # no batch statistics
+    assert 0.2 < conv_path.std().item() < 5.0  # standardised filters keep the activations' scale through the stack
+    # a flat image's colour reaches every token: red-ish and green-ish backgrounds differ everywhere
+    assert (flat[0] - flat[1]).abs().amax(dim=1).min() > 1e-3
+
+
 def test_stem_norm_needs_a_convolutional_stem():
     with pytest.raises(ConfigError, match="model.encoder.stem_norm: normalises the convolutional stem"):
         _cfg(stem_norm="group")

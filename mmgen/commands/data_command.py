@@ -33,10 +33,11 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
         "--split-val", type=non_negative_int, default=0, metavar="K", help="the last K images form the val split"
     )
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default: png)")
-    from mmgen.scenes import GENERATORS
+    from mmgen.scenes import difficulties
 
-    kinds = "; ".join(f"{name}: {what}" for name, (_, what) in GENERATORS.items())
-    p.add_argument("--difficulty", choices=tuple(GENERATORS), default="simple", help=f"{kinds} (default: simple)")
+    kinds = difficulties()
+    described = "; ".join(f"{name}: {what}" for name, what in kinds.items())
+    p.add_argument("--difficulty", choices=tuple(kinds), default="simple", help=f"{described} (default: simple)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -38,8 +38,9 @@ class EncoderConfig:
     projection, summed: colours reach the tokens from the first step). 'conv' and 'hybrid': random init only."""
     stem_norm: str = "none"
     """With stem 'conv' / 'hybrid': 'none' | 'group' (a GroupNorm after each stride-2 convolution, over groups
-    of 16 channels of one image: no batch statistics; without it some runs on the scenes never learnt the
-    textured backgrounds, see BENCHMARKS.md)."""
+    of 16 channels of one image: no batch statistics, but each image's mean colour per group is taken away) |
+    'ws' (weight-standardised convolutions: the filters are normalised, every image keeps its colours; see
+    BENCHMARKS.md, "Quality that carries")."""
     pos_embed: str = "learn"
     """'learn' (the model's learned position embeddings) | 'sincos' (fixed 2-D sin-cos: every token knows its
     row and column from the first step; random init only)."""
@@ -48,7 +49,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         check(bool(self.name), "model.encoder.name", "must be a timm model name")
         choice(self.stem, "model.encoder.stem", ("patch", "conv", "hybrid"))
-        choice(self.stem_norm, "model.encoder.stem_norm", ("none", "group"))
+        choice(self.stem_norm, "model.encoder.stem_norm", ("none", "group", "ws"))
         check(
             self.stem_norm == "none" or self.stem in ("conv", "hybrid"),
             "model.encoder.stem_norm",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.layers import PatchEmbed
+from timm.layers import PatchEmbed, ScaledStdConv2d
 from torch import nn
 
 
@@ -27,14 +27,17 @@ class ConvStem(PatchEmbed):
     norm over the channels of one pixel (it would erase most of its colour: 3 degrees of freedom, 2 of them
     taken by the mean and the scale) nor batch statistics (one process and N processes would train
     differently): a GroupNorm normalises each group of 16 channels over the whole image, one image at a time,
-    so a pixel's colour against the rest of its image survives. He-normal initialisation keeps the
-    activations' scale through the stack without it. Accepted wherever timm takes ``embed_layer``
-    (``functools.partial(ConvStem, norm="group")``).
+    so a pixel's colour against the rest of its image survives -- but not the image's own mean colour (the
+    mean of each group is taken away), which on coloured backgrounds is what a caption names. ``norm="ws"``
+    normalises the filters instead of the image (weight standardisation, NF-Nets' ``ScaledStdConv2d``): each
+    filter has zero mean and unit norm, so the activations keep their scale through the stack while every
+    image keeps its colours. He-normal initialisation keeps the scale of the plain stack. Accepted wherever
+    timm takes ``embed_layer`` (``functools.partial(ConvStem, norm="ws")``).
     """
 
     def __init__(self, *args, norm: str = "none", **kwargs):
-        if norm not in ("none", "group"):
-            raise ValueError(f"model.encoder.stem_norm must be 'none' or 'group', got {norm!r}")
+        if norm not in STEM_NORMS:
+            raise ValueError(f"model.encoder.stem_norm must be one of {STEM_NORMS}, got {norm!r}")
         super().__init__(*args, **kwargs)
         p = self.patch_size[0]
         if self.patch_size[0] != self.patch_size[1] or p < 2 or p & (p - 1):
@@ -45,18 +48,28 @@ class ConvStem(PatchEmbed):
         widths = [max(dim >> (n - i), 8) for i in range(1, n + 1)]
         layers: list[nn.Module] = []
         for w in widths:
-            layers.append(nn.Conv2d(in_chans, w, 3, stride=2, padding=1))
+            if norm == "ws":  # weight-standardised (NF-Net): the filters are normalised, not the image
+                layers.append(ScaledStdConv2d(in_chans, w, 3, stride=2, padding=1, gamma=GELU_GAMMA))
+            else:
+                layers.append(nn.Conv2d(in_chans, w, 3, stride=2, padding=1))
             if norm == "group":
                 layers.append(nn.GroupNorm(max(1, w // 16), w))  # groups of 16 channels, per image
             layers.append(nn.GELU())
             in_chans = w
         layers.append(nn.Conv2d(in_chans, dim, 1, bias=conv.bias is not None))
         for m in layers:
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and not isinstance(m, ScaledStdConv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         self.proj = nn.Sequential(*layers)  # (B, 3, H, W) -> (B, C, H/p, W/p)
+
+
+STEM_NORMS = ("none", "group", "ws")
+"""``model.encoder.stem_norm``: none; a GroupNorm after each stride-2 convolution (per image); weight-standardised
+convolutions."""
+GELU_GAMMA = 1.7015
+"""The gain that keeps a GELU's output at unit variance for unit-variance input (NF-Nets' gamma for GELU)."""
 
 
 class HybridStem(ConvStem):

@@ -87,3 +87,31 @@ def polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
         radii = np.where(np.arange(10) % 2 == 0, 1.2 * r, 0.5 * r)
         return [(cx + q * np.cos(a), cy + q * np.sin(a)) for q, a in zip(radii, angles)]
     raise ValueError(f"unknown shape {shape!r}")
+
+
+def outline(shape: str, r: float) -> list[tuple[float, float]]:
+    """The corners of an upright shape of 'radius' ``r`` around the origin: the four of :func:`polygon` and a
+    hexagon, pentagon and cross (every one within 1.2 radii of its centre)."""
+
+    def regular(n: int, q: float, phase: float) -> list[tuple[float, float]]:
+        angles = phase + 2 * np.pi * np.arange(n) / n
+        return [(q * np.cos(a), q * np.sin(a)) for a in angles]
+
+    if shape == "square":
+        h = 0.8 * r
+        return [(-h, -h), (h, -h), (h, h), (-h, h)]
+    if shape == "hexagon":
+        return regular(6, 1.05 * r, 0.0)
+    if shape == "pentagon":
+        return regular(5, 1.1 * r, -np.pi / 2)
+    if shape == "cross":
+        w, h = 0.36 * r, 1.05 * r
+        arm = [(-w, -h), (w, -h), (w, -w)]  # one arm; the cross is four of them, a quarter turn apart
+        return [p for k in range(4) for p in [_quarter_turns(x, y, k) for x, y in arm]]
+    return polygon(shape, 0.0, 0.0, r)  # triangle, diamond, star
+
+
+def _quarter_turns(x: float, y: float, k: int) -> tuple[float, float]:
+    for _ in range(k):
+        x, y = -y, x
+    return x, y

@@ -17,14 +17,18 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mmgen.scenes import GENERATORS
+from mmgen.scenes import GENERATORS, difficulties
+from mmgen.scenes.suite import SUITE, SceneDistribution
 
 
-def scene_generator(difficulty: str) -> ModuleType:
-    """The module of a scene generator (``sample_scene``, ``scene_captions``, ``draw_scene``) by its name."""
-    if difficulty not in GENERATORS:
-        raise ValueError(f"difficulty must be one of {tuple(GENERATORS)}, got {difficulty!r}")
-    return importlib.import_module(GENERATORS[difficulty][0])
+def scene_generator(difficulty: str) -> ModuleType | SceneDistribution:
+    """A scene generator (``sample_scene``, ``scene_captions``, ``draw_scene``) by its name: a module of
+    :data:`~mmgen.scenes.GENERATORS` or a distribution of the suite."""
+    if difficulty in GENERATORS:
+        return importlib.import_module(GENERATORS[difficulty][0])
+    if difficulty in SUITE:
+        return SUITE[difficulty]
+    raise ValueError(f"difficulty must be one of {tuple(difficulties())}, got {difficulty!r}")
 
 
 def _encode(im: Image.Image, fmt: str) -> bytes:
