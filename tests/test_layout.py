@@ -9,13 +9,24 @@ module takes another module's private name (``_name``): what two modules share i
 from __future__ import annotations
 
 import ast
+import functools
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mmgen"
+
+
+@functools.cache
+def _parse(path: Path) -> ast.Module:
+    """``ast.parse`` of a file, in a thread of its own: CPython 3.11's AST constructor checks its recursion depth
+    against the thread's, which an earlier test of this process may have left skewed (cpython#106905: a
+    ``SystemError: AST constructor recursion depth mismatch`` unrelated to the file)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(ast.parse, path.read_text()).result()
 
 
 def _modules() -> dict[str, Path]:
@@ -30,7 +41,7 @@ def _modules() -> dict[str, Path]:
 def _defined_names(path: Path) -> set[str]:
     """The names a module defines or imports (and, when it has a module ``__getattr__``, the strings it
     lists: names exported lazily, as ``mmgen.data`` does)."""
-    tree = ast.parse(path.read_text())
+    tree = _parse(path)
     names = set()
     lazy = any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in tree.body)
     for node in ast.walk(tree):
@@ -51,7 +62,7 @@ def _imports(modules: dict[str, Path]) -> tuple[dict[str, set[str]], list[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     broken = []
     for name, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_parse(path)):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names if a.name.startswith("mmgen")]
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mmgen") and not node.level:
@@ -151,7 +162,7 @@ def _private_imports(name: str, tree: ast.AST, modules: dict[str, Path]) -> list
 
 def test_no_module_takes_another_modules_private_name():
     modules = _modules()
-    found = [f for name, path in modules.items() for f in _private_imports(name, ast.parse(path.read_text()), modules)]
+    found = [f for name, path in modules.items() for f in _private_imports(name, _parse(path), modules)]
     assert found == []
 
 
@@ -203,7 +214,7 @@ def test_modules_and_functions_stay_small():
     ]
     long = []
     for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_parse(path)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 79:
                 long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert big == [] and long == []
