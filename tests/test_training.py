@@ -49,6 +49,21 @@ def _losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}  # a resumed step overwrites the interrupted one
 
 
+def _interrupt_at(cfg, step: int, monkeypatch) -> None:
+    """Train ``cfg`` and stop it with a KeyboardInterrupt once it reaches ``step`` (as Ctrl-C would)."""
+    original = Trainer._after_step
+
+    def interrupt(self, start):
+        if self.state.step == step:
+            raise KeyboardInterrupt
+        return original(self, start)
+
+    monkeypatch.setattr(Trainer, "_after_step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg).fit()
+    monkeypatch.setattr(Trainer, "_after_step", original)
+
+
 def test_tiny_run_lowers_the_loss(tmp_path, scenes):
     cfg = _cfg(tmp_path, scenes, "train.max_steps=60", "train.batch_size=16", "train.save_every=1000")
     Trainer(cfg).fit()
@@ -69,17 +84,7 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, scenes, m
     reference = _losses(full.train.out_dir)
 
     cut = _cfg(tmp_path / "b", scenes, *common)
-    original = Trainer._after_step
-
-    def interrupt(self, start):
-        if self.state.step == 5:  # after the step-4 checkpoint, mid-epoch (6 steps per epoch)
-            raise KeyboardInterrupt
-        return original(self, start)
-
-    monkeypatch.setattr(Trainer, "_after_step", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cut).fit()
-    monkeypatch.setattr(Trainer, "_after_step", original)
+    _interrupt_at(cut, 5, monkeypatch)  # after the step-4 checkpoint, mid-epoch (6 steps per epoch)
     with pytest.warns(UserWarning, match=r"metrics.jsonl: removed 1 line\(s\) after step 4"):  # step 5 is redone
         Trainer(cut, resume=cut.train.out_dir).fit()
     rows = [json.loads(line) for line in (Path(cut.train.out_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -505,17 +510,7 @@ def test_streaming_trains_from_a_stream_across_epochs_and_resumes_exactly(tmp_pa
     reference = _losses(full.train.out_dir)
 
     cut = _cfg(tmp_path / "b", hf_scenes, *common)
-    original = Trainer._after_step
-
-    def interrupt(self, start):
-        if self.state.step == 3:  # after the step-2 checkpoint, mid-epoch
-            raise KeyboardInterrupt
-        return original(self, start)
-
-    monkeypatch.setattr(Trainer, "_after_step", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cut).fit()
-    monkeypatch.setattr(Trainer, "_after_step", original)
+    _interrupt_at(cut, 3, monkeypatch)  # after the step-2 checkpoint, mid-epoch
     Trainer(cut, resume=cut.train.out_dir).fit()
     assert _losses(cut.train.out_dir) == reference  # the consumed batches were skipped, the same ones followed
 
@@ -646,17 +641,7 @@ def test_resuming_a_run_killed_before_its_first_checkpoint_starts_over_and_says_
     full = _cfg(tmp_path / "a", scenes, *common)
     Trainer(full).fit()
     cut = _cfg(tmp_path / "b", scenes, *common)
-    original = Trainer._after_step
-
-    def interrupt(self, start):
-        if self.state.step == 2:
-            raise KeyboardInterrupt
-        return original(self, start)
-
-    monkeypatch.setattr(Trainer, "_after_step", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cut).fit()
-    monkeypatch.setattr(Trainer, "_after_step", original)
+    _interrupt_at(cut, 2, monkeypatch)
     run = Path(cut.train.out_dir)
     assert not (run / "checkpoints").exists() and (run / "metrics.jsonl").read_text().count("\n") == 2
     capsys.readouterr()
