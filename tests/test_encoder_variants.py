@@ -39,6 +39,21 @@ def test_conv_stem_keeps_the_patch_grid_and_is_convolutional():
         Encoder(_cfg(stem="conv", patch_size=6, img_size=36))
 
 
+def test_stem_width_sets_the_first_convolution_and_doubles_up_to_the_token_width():
+    def widths(**kw):
+        return [
+            m.out_channels
+            for m in Encoder(_cfg(stem="conv", **kw)).model.patch_embed.proj
+            if isinstance(m, torch.nn.Conv2d)
+        ]
+
+    assert widths(stem_width=8) == [8, 16, 32, 64]  # 3 strides, then the 1x1 projection to the token width
+    assert widths(stem_width=32) == [32, 64, 64, 64]  # never above the token width
+    assert widths(stem_width=96) == [96, 96, 96, 64]  # a first width above it stays
+    with pytest.raises(ConfigError, match="model.encoder.stem_width"):
+        _cfg(stem="conv", stem_width=0)
+
+
 def test_hybrid_stem_adds_the_linear_patch_projection_to_the_convolutions():
     enc = Encoder(_cfg(stem="hybrid"))
     stem = enc.model.patch_embed

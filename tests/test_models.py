@@ -85,6 +85,23 @@ def test_pool_projector_is_average_of_2x2_patches(tokenizer):
     torch.testing.assert_close(model.projector(feats), model.projector.mlp(manual[None]))
 
 
+def test_pixel_shuffle_with_a_linear_head_is_one_map_of_each_2x2_neighbourhood(tokenizer):
+    cfg = tiny_model_config(projector="pixel_shuffle")
+    cfg.projector.head = "linear"
+    model = CaptionModel(cfg, tokenizer)
+    feats = torch.randn(2, 16, 64)  # 4x4 grid
+    grid = feats.reshape(2, 4, 4, 64)
+    lin = model.projector.mlp.proj
+    assert isinstance(lin, torch.nn.Linear) and lin.in_features == 4 * 64
+    # token (i, j) of the 2x2 grid: the row-major 2x2 neighbourhood's features, concatenated, through one linear map
+    manual = torch.stack(
+        [torch.cat([grid[:, 2 * i + a, 2 * j + b] for a in range(2) for b in range(2)], dim=-1)
+         for i in range(2) for j in range(2)],
+        dim=1,
+    )  # fmt: skip
+    torch.testing.assert_close(model.projector(feats), manual @ lin.weight.T + lin.bias)
+
+
 def _trained_parts(model, loss):
     model.zero_grad(set_to_none=True)
     loss.backward()

@@ -41,6 +41,9 @@ class EncoderConfig:
     of 16 channels of one image: no batch statistics, but each image's mean colour per group is taken away) |
     'ws' (weight-standardised convolutions: the filters are normalised, every image keeps its colours; see
     BENCHMARKS.md, "Quality that carries")."""
+    stem_width: int | None = None
+    """With stem 'conv' / 'hybrid': the first convolution's width, doubled at every later one up to the token
+    width (None: the token width halved at every stride back from the last, at least 8)."""
     pos_embed: str = "learn"
     """'learn' (the model's learned position embeddings) | 'sincos' (fixed 2-D sin-cos: every token knows its
     row and column from the first step; random init only)."""
@@ -50,6 +53,7 @@ class EncoderConfig:
         check(bool(self.name), "model.encoder.name", "must be a timm model name")
         choice(self.stem, "model.encoder.stem", ("patch", "conv", "hybrid"))
         choice(self.stem_norm, "model.encoder.stem_norm", ("none", "group", "ws"))
+        check(self.stem_width is None or self.stem_width >= 1, "model.encoder.stem_width", "must be >= 1")
         check(
             self.stem_norm == "none" or self.stem in ("conv", "hybrid"),
             "model.encoder.stem_norm",
@@ -93,6 +97,8 @@ class ProjectorConfig:
     'pixel_shuffle' (2x2 space-to-depth then mlp) | 'mapper' (transformer with learned queries)."""
     factor: int = 2
     """Spatial reduction for 'pool' and 'pixel_shuffle': tokens shrink by factor**2."""
+    head: str = "mlp"
+    """What follows 'pool' and 'pixel_shuffle': 'mlp' (Linear -> GELU -> Linear) | 'linear' (one linear map)."""
     hidden_dim: int | None = None
     """Hidden width of the mlp (default: the decoder's width)."""
     num_queries: int = 10
@@ -104,6 +110,7 @@ class ProjectorConfig:
     @collecting
     def __post_init__(self) -> None:
         choice(self.kind, "model.projector.kind", PROJECTOR_KINDS)
+        choice(self.head, "model.projector.head", ("mlp", "linear"))
         check(self.factor >= 1, "model.projector.factor", "must be >= 1")
         check(self.num_queries >= 1, "model.projector.num_queries", "must be >= 1")
         check(self.mapper_layers >= 1, "model.projector.mapper_layers", "must be >= 1")

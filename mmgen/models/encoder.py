@@ -40,7 +40,7 @@ class Encoder(nn.Module):
             from mmgen.models.stems import ConvStem, HybridStem
 
             stem = ConvStem if cfg.stem == "conv" else HybridStem
-            kwargs["embed_layer"] = functools.partial(stem, norm=cfg.stem_norm)
+            kwargs["embed_layer"] = functools.partial(stem, norm=cfg.stem_norm, width=cfg.stem_width)
         try:
             self.model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0, **kwargs)
         except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError, EOFError) as e:

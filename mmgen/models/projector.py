@@ -4,9 +4,10 @@ A small registry (``PROJECTORS``, keyed by the kinds the config accepts:
 :data:`mmgen.config.PROJECTOR_KINDS`) of real variants:
 - ``linear``: one linear map.
 - ``mlp``: Linear -> GELU -> Linear (LLaVA-1.5).
-- ``pool``: 2-D average pooling over the patch grid (factor f: N' = N / f^2), then the mlp.
-- ``pixel_shuffle``: space-to-depth over the patch grid (C -> C f^2, N' = N / f^2), then the mlp
-  (nanoVLM / Idefics3).
+- ``pool``: 2-D average pooling over the patch grid (factor f: N' = N / f^2), then the mlp (or one linear
+  map: ``model.projector.head``).
+- ``pixel_shuffle``: space-to-depth over the patch grid (C -> C f^2, N' = N / f^2), then the mlp or one
+  linear map (nanoVLM / Idefics3).
 - ``mapper``: learned queries through a small transformer over the image tokens (ClipCap).
 """
 
@@ -67,7 +68,7 @@ class PoolProjector(nn.Module):
         super().__init__()
         _check_grid(grid, cfg)
         self.grid, self.factor = grid, cfg.factor
-        self.mlp = MLPProjector(cfg, in_dim, out_dim, grid)
+        self.mlp = _head(cfg, in_dim, out_dim, grid)
 
     def num_tokens(self, n: int) -> int:
         return (self.grid[0] // self.factor) * (self.grid[1] // self.factor)
@@ -85,7 +86,7 @@ class PixelShuffleProjector(nn.Module):
         super().__init__()
         _check_grid(grid, cfg)
         self.grid, self.factor = grid, cfg.factor
-        self.mlp = MLPProjector(cfg, in_dim * cfg.factor**2, out_dim, grid)
+        self.mlp = _head(cfg, in_dim * cfg.factor**2, out_dim, grid)
 
     def num_tokens(self, n: int) -> int:
         return (self.grid[0] // self.factor) * (self.grid[1] // self.factor)
@@ -127,6 +128,11 @@ class MapperProjector(nn.Module):
         q = self.queries.unsqueeze(0).expand(b, -1, -1)  # (B, Q, D)
         h = self.transformer(torch.cat([self.proj(x), q], dim=1))  # (B, N + Q, D)
         return h[:, -self.num_queries :]  # (B, Q, D)
+
+
+def _head(cfg: ProjectorConfig, in_dim: int, out_dim: int, grid: tuple[int, int] | None) -> nn.Module:
+    """The map after a grid reduction: ``model.projector.head`` ('mlp' or 'linear')."""
+    return (MLPProjector if cfg.head == "mlp" else LinearProjector)(cfg, in_dim, out_dim, grid)
 
 
 def _check_grid(grid: tuple[int, int] | None, cfg: ProjectorConfig) -> None:

@@ -22,7 +22,8 @@ from torch import nn
 class ConvStem(PatchEmbed):
     """A timm ``PatchEmbed`` whose projection is ``log2(patch)`` stride-2 3x3 convolutions, then a 1x1 one.
 
-    Widths double at every stride up to ``embed_dim`` (for 128 and patch 8: 32, 64, 128); each conv is
+    Widths double at every stride up to ``embed_dim`` (for 128 and patch 8: 32, 64, 128; ``width`` sets the
+    first, ``model.encoder.stem_width``); each conv is
     followed by a GELU, and with ``norm="group"`` a GroupNorm before it (``model.encoder.stem_norm``). Never a
     norm over the channels of one pixel (it would erase most of its colour: 3 degrees of freedom, 2 of them
     taken by the mean and the scale) nor batch statistics (one process and N processes would train
@@ -35,7 +36,7 @@ class ConvStem(PatchEmbed):
     timm takes ``embed_layer`` (``functools.partial(ConvStem, norm="ws")``).
     """
 
-    def __init__(self, *args, norm: str = "none", **kwargs):
+    def __init__(self, *args, norm: str = "none", width: int | None = None, **kwargs):
         if norm not in STEM_NORMS:
             raise ValueError(f"model.encoder.stem_norm must be one of {STEM_NORMS}, got {norm!r}")
         super().__init__(*args, **kwargs)
@@ -45,7 +46,10 @@ class ConvStem(PatchEmbed):
         conv = self.proj
         in_chans, dim = conv.in_channels, conv.out_channels
         n = int(math.log2(p))
-        widths = [max(dim >> (n - i), 8) for i in range(1, n + 1)]
+        if width is None:
+            widths = [max(dim >> (n - i), 8) for i in range(1, n + 1)]
+        else:  # the first width given, doubled at every stride, never above the token width
+            widths = [min(width << i, max(width, dim)) for i in range(n)]
         layers: list[nn.Module] = []
         for w in widths:
             if norm == "ws":  # weight-standardised (NF-Net): the filters are normalised, not the image
@@ -80,8 +84,8 @@ class HybridStem(ConvStem):
     stack alone learns slowly. ``patch_size**2 * 3 * embed_dim`` more parameters.
     """
 
-    def __init__(self, *args, norm: str = "none", **kwargs):
-        super().__init__(*args, norm=norm, **kwargs)
+    def __init__(self, *args, norm: str = "none", width: int | None = None, **kwargs):
+        super().__init__(*args, norm=norm, width=width, **kwargs)
         conv = self.proj
         dim, p = conv[-1].out_channels, self.patch_size
         self.proj = _Sum(conv, nn.Conv2d(conv[0].in_channels, dim, p, stride=p))
