@@ -131,7 +131,8 @@ class MapperProjector(nn.Module):
 
 
 def _head(cfg: ProjectorConfig, in_dim: int, out_dim: int, grid: tuple[int, int] | None) -> nn.Module:
-    """The map after a grid reduction: ``model.projector.head`` ('mlp' or 'linear')."""
+    """The map after a grid reduction: ``model.projector.head`` ('mlp' or 'linear'). The projectors keep it
+    as ``self.mlp`` whichever it is, so checkpoints saved before the option load unchanged."""
     return (MLPProjector if cfg.head == "mlp" else LinearProjector)(cfg, in_dim, out_dim, grid)
 
 
