@@ -93,8 +93,8 @@ holds the two equal; the config cannot import the models it configures)."""
 @dataclass
 class ProjectorConfig:
     kind: str = "mlp"
-    """'linear' | 'mlp' (2 layers, GELU) | 'pool' (2x2 average pooling then mlp) |
-    'pixel_shuffle' (2x2 space-to-depth then mlp) | 'mapper' (transformer with learned queries)."""
+    """'linear' | 'mlp' (2 layers, GELU) | 'pool' (2x2 average pooling then ``head``) |
+    'pixel_shuffle' (2x2 space-to-depth then ``head``) | 'mapper' (transformer with learned queries)."""
     factor: int = 2
     """Spatial reduction for 'pool' and 'pixel_shuffle': tokens shrink by factor**2."""
     head: str = "mlp"
