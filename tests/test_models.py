@@ -102,6 +102,13 @@ def test_pixel_shuffle_with_a_linear_head_is_one_map_of_each_2x2_neighbourhood(t
     torch.testing.assert_close(model.projector(feats), manual @ lin.weight.T + lin.bias)
 
 
+def test_an_unknown_projector_head_is_a_config_error_naming_the_key():
+    from mmgen.config import ConfigError, ProjectorConfig
+
+    with pytest.raises(ConfigError, match=r"model\.projector\.head.*'relu'"):
+        ProjectorConfig(kind="pixel_shuffle", head="relu")
+
+
 def _trained_parts(model, loss):
     model.zero_grad(set_to_none=True)
     loss.backward()
